@@ -1,0 +1,2143 @@
+"""Everruns: a headless runtime for AI agents, in one module.
+
+Run ``python everruns.py`` and get a REST API on http://127.0.0.1:9000 to
+define agents, open sessions, post messages and watch the agent work through
+a live event stream. Embed it with ``everruns.create_app(db="x.db")``.
+
+Sections (each starts with a banner ``# == N. Name``; grep for it):
+
+  0. Header          docstring, gevent patching when run as a script
+  1. Imports
+  2. Constants       limits, codes, event types, the SETTINGS table
+  3. Helpers         uuid7, time, JSON, hashing
+  4. Errors          EverrunsError and the one error renderer
+  5. Schemas         pydantic request/response models
+  6. Storage         peewee models, pragmas, migrations, the write path
+  7. Event bus       (live events; see the turn engine)
+  8. Providers       (the adapters that speak to LLMs)
+  9. Capabilities    tools with JSON-schema parameters, a plain dict registry
+ 10. Turn engine     (the per-session runner)
+ 11. HTTP layer      route registry, body and query parsing, handlers
+ 12. OpenAPI         the document built from the route registry, Swagger UI
+ 13. App factory     create_app, serve, graceful shutdown
+ 14. CLI             main(), --help, --version
+"""
+
+# =============================================================================
+# 0. Header
+# =============================================================================
+
+import os as _os
+import sys as _sys
+
+# gevent must patch the process before anything imports socket, threading or
+# peewee (peewee keeps one connection per thread: unpatched, every greenlet
+# would share one connection and one transaction). Only a script run patches;
+# an embedding program decides for itself.
+if __name__ == "__main__" or _os.path.basename(_sys.argv[0]) == "everruns":
+    from gevent import monkey as _monkey
+
+    _monkey.patch_all()
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SETTINGS",
+    "EverrunsError",
+    "Setting",
+    "create_app",
+    "main",
+    "serve",
+]
+
+# =============================================================================
+# 1. Imports
+# =============================================================================
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import types
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from typing import Annotated, Any, Literal
+
+import bottle
+import peewee as pw
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+from pydantic.json_schema import models_json_schema
+
+_log = logging.getLogger("everruns")
+
+# =============================================================================
+# 2. Constants and settings
+# =============================================================================
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_NAME = 256
+MAX_DESCRIPTION = 10 * 1024
+MAX_SYSTEM_PROMPT = 1024 * 1024
+MAX_MESSAGE_TEXT = 1024 * 1024
+MAX_CAPABILITIES = 64
+MAX_TAGS = 32
+MAX_TAG = 64
+MAX_IDEMPOTENCY_KEY = 255
+PAGE_DEFAULT, PAGE_MAX = 20, 100
+
+ERROR_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    500: "INTERNAL_ERROR",
+}
+
+EVENT_TYPES = (
+    "session.started",
+    "message.created",
+    "message.delta",
+    "tool.call",
+    "tool.result",
+    "session.completed",
+)
+
+# The built-in capabilities, in the order GET /v1/capabilities lists them.
+# Section 9 defines them; the schemas of section 5 need the ids to validate
+# an agent's capability list.
+CAPABILITY_IDS = (
+    "current_time",
+    "test_math",
+    "test_weather",
+    "session_file_system",
+    "web_fetch",
+    "stateless_todo_list",
+    "noop",
+)
+
+PROVIDER_DEFAULTS = {
+    "openai": ("https://api.openai.com/v1", "gpt-4o-mini"),
+    "anthropic": ("https://api.anthropic.com", "claude-sonnet-4-5"),
+    "llmsim": (None, "llmsim"),
+}
+
+UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+JSON_TYPE = "application/json; charset=utf-8"
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One server option: its flag, environment variable, default and help."""
+
+    name: str
+    flag: str
+    env: str
+    default: Any
+    help: str
+    type: Callable[[str], Any] = str
+    choices: tuple[str, ...] | None = None
+
+
+SETTINGS = (
+    Setting("host", "--host", "EVERRUNS_HOST", "127.0.0.1", "Address to bind."),
+    Setting("port", "--port", "EVERRUNS_PORT", 9000, "Port to listen on.", int),
+    Setting("db", "--db", "EVERRUNS_DB", "everruns.db", "SQLite file path, or `:memory:`."),
+    Setting(
+        "api_key",
+        "--api-key",
+        "EVERRUNS_API_KEY",
+        None,
+        "Require `Authorization: Bearer <key>` on every /v1/ request.",
+    ),
+    Setting(
+        "sync",
+        "--sync",
+        "EVERRUNS_SYNC",
+        "full",
+        "SQLite `synchronous`: `full` survives power loss, `normal` is faster on slow storage.",
+        choices=("full", "normal"),
+    ),
+    Setting(
+        "shutdown_grace",
+        "--shutdown-grace",
+        "EVERRUNS_SHUTDOWN_GRACE",
+        5.0,
+        "Seconds running turns get to finish on Ctrl-C or SIGTERM.",
+        float,
+    ),
+    Setting(
+        "default_provider",
+        "--default-provider",
+        "EVERRUNS_DEFAULT_PROVIDER",
+        None,
+        "Provider (id, name or type) to make the default at start-up.",
+    ),
+    Setting(
+        "log_level",
+        "--log-level",
+        "EVERRUNS_LOG_LEVEL",
+        "info",
+        "Logging level.",
+        choices=("debug", "info", "warning", "error"),
+    ),
+)
+
+# =============================================================================
+# 3. Helpers
+# =============================================================================
+
+_uuid_state = {"ms": 0, "seq": 0}
+_uuid_lock = threading.Lock()
+
+
+def uuid7() -> str:
+    """A time-ordered UUID v7; strictly increasing within this process."""
+    with _uuid_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _uuid_state["ms"]:
+            ms, seq = _uuid_state["ms"], _uuid_state["seq"] + 1
+            if seq > 0xFFF:
+                ms, seq = ms + 1, 0
+        else:
+            seq = 0
+        _uuid_state.update(ms=ms, seq=seq)
+    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
+    return str(uuid.UUID(int=value))
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 with milliseconds and a Z."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text, UTF-8 kept as is."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def digest(value: Any) -> str:
+    """A stable hash of a JSON value (keys sorted)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def looks_like_credential(header_name: str) -> bool:
+    """True for header names that usually carry a secret."""
+    name = header_name.lower()
+    return any(word in name for word in ("auth", "key", "token", "secret", "cookie", "password"))
+
+
+# =============================================================================
+# 4. Errors
+# =============================================================================
+
+
+class EverrunsError(Exception):
+    """An error with an HTTP status and an UPPER_SNAKE code, shown to clients."""
+
+    status = 500
+    code = "INTERNAL_ERROR"
+
+    def __init__(self, message: str, *, details: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class _BadRequest(EverrunsError):
+    status, code = 400, "BAD_REQUEST"
+
+
+class _ValidationFailed(EverrunsError):
+    status, code = 400, "VALIDATION_ERROR"
+
+
+class _Unauthorized(EverrunsError):
+    status, code = 401, "UNAUTHORIZED"
+
+
+class _NotFound(EverrunsError):
+    status, code = 404, "NOT_FOUND"
+
+
+class _Conflict(EverrunsError):
+    status, code = 409, "CONFLICT"
+
+
+class _PayloadTooLarge(EverrunsError):
+    status, code = 413, "PAYLOAD_TOO_LARGE"
+
+
+class _UnsupportedMediaType(EverrunsError):
+    status, code = 415, "UNSUPPORTED_MEDIA_TYPE"
+
+
+def _invalid(loc: list, msg: str) -> _ValidationFailed:
+    """A validation error about one field."""
+    return _ValidationFailed(f"{'.'.join(map(str, loc))}: {msg}", details=[{"loc": loc, "msg": msg}])
+
+
+def error_body(status: int, message: str, code: str | None = None, details: list | None = None) -> str:
+    """The one renderer of error bodies: {"error": {"message", "code"[, "details"]}}."""
+    error: dict[str, Any] = {"message": message, "code": code or ERROR_CODES.get(status, "INTERNAL_ERROR")}
+    if details is not None:
+        error["details"] = details
+    return dumps({"error": error})
+
+
+# =============================================================================
+# 5. Schemas
+# =============================================================================
+
+
+class _In(BaseModel):
+    """Base of request bodies: strict JSON types, unknown fields rejected."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Out(BaseModel):
+    """Base of response bodies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
+Description = Annotated[str, StringConstraints(max_length=MAX_DESCRIPTION)]
+SystemPrompt = Annotated[str, StringConstraints(max_length=MAX_SYSTEM_PROMPT)]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TAG)]
+Tags = Annotated[list[Tag], Field(max_length=MAX_TAGS)]
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
+Id = Annotated[str, StringConstraints(pattern=UUID_PATTERN)]
+Timestamp = Annotated[str, Field(examples=["2026-01-01T12:00:00.000Z"])]
+CapabilityId = Literal[CAPABILITY_IDS]
+ProviderType = Literal["openai", "anthropic", "llmsim"]
+HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,128}$")]
+HeaderValue = Annotated[str, StringConstraints(pattern=r"^[^\r\n\x00]*$", max_length=4096)]
+BaseUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2048)]
+ApiKey = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
+class LlmsimSettings(_In):
+    """Settings of the built-in simulator."""
+
+    token_delay_ms: int = Field(0, ge=0, le=10000, description="Pause before each streamed word.")
+    reply: str | None = Field(None, max_length=MAX_MESSAGE_TEXT, description="A fixed answer.")
+
+
+class RemoteSettings(_In):
+    """Settings of an OpenAI-compatible or Anthropic provider."""
+
+    timeout_s: float = Field(60, gt=0, le=3600)
+    max_tokens: int = Field(4096, ge=1, le=1_000_000)
+    extra_headers: dict[HeaderName, HeaderValue] = Field(default_factory=dict, max_length=32)
+
+
+SETTINGS_MODELS: dict[str, type[_In]] = {
+    "llmsim": LlmsimSettings,
+    "openai": RemoteSettings,
+    "anthropic": RemoteSettings,
+}
+
+
+class _ProviderCreateCommon(_In):
+    name: Name
+    base_url: BaseUrl | None = None
+    default_model: ModelName | None = None
+    api_key: ApiKey | None = None
+    is_default: bool = False
+
+
+class LlmsimProviderCreate(_ProviderCreateCommon):
+    """Create a simulator provider."""
+
+    provider_type: Literal["llmsim"]
+    settings: LlmsimSettings = Field(default_factory=LlmsimSettings)
+
+
+class OpenAIProviderCreate(_ProviderCreateCommon):
+    """Create an OpenAI-compatible provider."""
+
+    provider_type: Literal["openai"]
+    settings: RemoteSettings = Field(default_factory=RemoteSettings)
+
+
+class AnthropicProviderCreate(_ProviderCreateCommon):
+    """Create an Anthropic provider."""
+
+    provider_type: Literal["anthropic"]
+    settings: RemoteSettings = Field(default_factory=RemoteSettings)
+
+
+class ProviderCreate(RootModel):
+    """Body of POST /v1/llm-providers: one shape per provider_type."""
+
+    model_config = ConfigDict(strict=True)
+    root: Annotated[
+        LlmsimProviderCreate | OpenAIProviderCreate | AnthropicProviderCreate,
+        Field(discriminator="provider_type"),
+    ]
+
+
+class ProviderUpdate(_In):
+    """Body of PATCH /v1/llm-providers/{id}; `api_key: null` removes the key."""
+
+    name: Name = None
+    base_url: BaseUrl | None = None
+    default_model: ModelName = None
+    api_key: ApiKey | None = None
+    is_default: bool = None
+    settings: LlmsimSettings | RemoteSettings = None
+
+
+class Provider(_Out):
+    """An LLM provider. The API key is never returned, only whether one is set."""
+
+    id: str
+    name: str
+    provider_type: ProviderType
+    base_url: str | None
+    default_model: str
+    api_key_set: bool
+    is_default: bool
+    settings: LlmsimSettings | RemoteSettings
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class AgentCreate(_In):
+    """Body of POST /v1/agents."""
+
+    name: Name
+    description: Description = ""
+    system_prompt: SystemPrompt = ""
+    capabilities: Annotated[list[CapabilityId], Field(max_length=MAX_CAPABILITIES)] = []
+    provider_id: Id | None = None
+    model: ModelName | None = None
+    tags: Tags = []
+    max_iterations: int = Field(10, ge=1, le=50)
+
+
+class AgentUpdate(_In):
+    """Body of PATCH /v1/agents/{id}: only the fields present change."""
+
+    name: Name = None
+    description: Description = None
+    system_prompt: SystemPrompt = None
+    capabilities: Annotated[list[CapabilityId], Field(max_length=MAX_CAPABILITIES)] = None
+    provider_id: Id | None = None
+    model: ModelName | None = None
+    tags: Tags = None
+    max_iterations: int = Field(None, ge=1, le=50)
+
+
+class Agent(_Out):
+    """An agent: system prompt, capabilities, and the model it talks to."""
+
+    id: str
+    name: str
+    description: str
+    system_prompt: str
+    capabilities: list[str]
+    provider_id: str | None
+    model: str | None
+    tags: list[str]
+    max_iterations: int
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class SessionCreate(_In):
+    """Body of POST /v1/agents/{id}/sessions (may be empty)."""
+
+    title: Annotated[str, StringConstraints(max_length=MAX_NAME)] | None = None
+    tags: Tags = []
+    provider_id: Id | None = None
+    model: ModelName | None = None
+
+
+class SessionUpdate(_In):
+    """Body of PATCH /v1/sessions/{id}."""
+
+    title: Annotated[str, StringConstraints(max_length=MAX_NAME)] | None = None
+    tags: Tags = None
+    provider_id: Id | None = None
+    model: ModelName | None = None
+
+
+class TurnError(_Out):
+    """Why a turn failed."""
+
+    message: str
+    code: str
+
+
+class LastTurn(_Out):
+    """The latest turn of a session."""
+
+    id: str
+    status: Literal["running", "completed", "failed", "cancelled"]
+    error: TurnError | None
+
+
+class Usage(_Out):
+    """Token counts."""
+
+    input_tokens: int
+    output_tokens: int
+
+
+class Session(_Out):
+    """A conversation with an agent."""
+
+    id: str
+    agent_id: str
+    title: str | None
+    tags: list[str]
+    provider_id: str | None
+    model: str | None
+    status: Literal["idle", "running"]
+    created_at: Timestamp
+    updated_at: Timestamp
+    last_turn: LastTurn | None
+    usage: Usage
+
+
+class TextPart(_Out):
+    """Plain text."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ToolCallPart(_Out):
+    """A tool call made by the assistant."""
+
+    type: Literal["tool_call"]
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+class ToolResultPart(_Out):
+    """The result of a tool call."""
+
+    type: Literal["tool_result"]
+    tool_call_id: str
+    name: str
+    result: Any
+    is_error: bool
+
+
+Part = Annotated[TextPart | ToolCallPart | ToolResultPart, Field(discriminator="type")]
+
+
+class Message(_Out):
+    """One message of a conversation."""
+
+    id: str
+    session_id: str
+    role: Literal["user", "assistant", "tool"]
+    content: list[Part]
+    turn_id: str | None
+    created_at: Timestamp
+
+
+class TextPartIn(_In):
+    """A text part of a posted message."""
+
+    type: Literal["text"]
+    text: Annotated[str, StringConstraints(max_length=MAX_MESSAGE_TEXT)]
+
+
+MessageContent = (
+    Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE_TEXT)]
+    | Annotated[list[TextPartIn], Field(min_length=1, max_length=64)]
+)
+
+
+class TurnControls(_In):
+    """Per-turn overrides."""
+
+    model: ModelName | None = None
+    provider_id: Id | None = None
+    max_iterations: int | None = Field(None, ge=1, le=50)
+    temperature: float | None = Field(None, ge=0, le=2)
+
+
+class UserMessageIn(_In):
+    """A user message."""
+
+    role: Literal["user"]
+    content: MessageContent
+
+
+def _text_parts(content: str | list[TextPartIn]) -> list[dict]:
+    """Posted content as a list of text parts, the message text limit checked."""
+    parts = [{"type": "text", "text": content}] if isinstance(content, str) else [p.model_dump() for p in content]
+    if sum(len(p["text"]) for p in parts) > MAX_MESSAGE_TEXT:
+        raise ValueError(f"message text is longer than {MAX_MESSAGE_TEXT} characters")
+    return parts
+
+
+class MessagePostFull(_In):
+    """{"message": {"role": "user", "content": ...}, "controls"?}"""
+
+    message: UserMessageIn
+    controls: TurnControls | None = None
+
+    @model_validator(mode="after")
+    def _check_text(self) -> "MessagePostFull":
+        _text_parts(self.message.content)
+        return self
+
+
+class MessagePostShort(_In):
+    """{"content": "text", "controls"?}"""
+
+    content: MessageContent
+    controls: TurnControls | None = None
+
+    @model_validator(mode="after")
+    def _check_text(self) -> "MessagePostShort":
+        _text_parts(self.content)
+        return self
+
+
+class MessagePost(RootModel):
+    """Body of POST /v1/sessions/{id}/messages, in either form."""
+
+    model_config = ConfigDict(strict=True)
+    root: MessagePostFull | MessagePostShort
+
+    def parts(self) -> list[dict]:
+        """The posted content as text parts."""
+        body = self.root
+        return _text_parts(body.message.content if isinstance(body, MessagePostFull) else body.content)
+
+    def controls(self) -> dict | None:
+        """The per-turn controls that were given, if any."""
+        controls = self.root.controls
+        return controls.model_dump(exclude_none=True) if controls else None
+
+
+class ToolSpec(_Out):
+    """A tool a capability adds: its name, description and JSON-schema parameters."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+class Capability(_Out):
+    """A built-in capability: tools plus system-prompt text."""
+
+    id: str
+    name: str
+    description: str
+    status: Literal["available"]
+    category: str
+    system_prompt: str
+    tools: list[ToolSpec]
+
+
+class Health(_Out):
+    """Liveness and database status."""
+
+    status: Literal["ok"]
+    version: str
+    database: Literal["ok"]
+
+
+class _ErrorDetail(_Out):
+    loc: list[str | int]
+    msg: str
+
+
+class _ErrorInfo(_Out):
+    message: str
+    code: str
+    details: list[_ErrorDetail] | None = None
+
+
+class ErrorBody(_Out):
+    """The body of every error response."""
+
+    error: _ErrorInfo
+
+
+class ListQuery(BaseModel):
+    """Pagination of id-keyed lists."""
+
+    model_config = ConfigDict(extra="ignore")
+    limit: int = Field(PAGE_DEFAULT, ge=1, le=PAGE_MAX, description="Page size.")
+    after: Id | None = Field(None, description="The id of the last item of the previous page.")
+
+
+class CapabilityListQuery(ListQuery):
+    """Pagination of the capability list (keyed by capability id)."""
+
+    after: CapabilityId | None = Field(None, description="The id of the last item of the previous page.")
+
+
+class _EmptyBody(_In):
+    """Routes that take no body accept at most an empty JSON object."""
+
+
+def _page_model(item: type[BaseModel]) -> type[BaseModel]:
+    """The {data, has_more, next_after} envelope for one item type."""
+    return type(
+        f"{item.__name__}Page",
+        (_Out,),
+        {
+            "__annotations__": {"data": list[item], "has_more": bool, "next_after": str | int | None},
+            "__doc__": f"A page of {item.__name__} objects.",
+        },
+    )
+
+
+ProviderPage = _page_model(Provider)
+AgentPage = _page_model(Agent)
+SessionPage = _page_model(Session)
+MessagePage = _page_model(Message)
+CapabilityPage = _page_model(Capability)
+
+# =============================================================================
+# 6. Storage
+# =============================================================================
+
+
+class _JSONField(pw.TextField):
+    """A JSON value stored as text."""
+
+    def db_value(self, value: Any) -> str | None:
+        return None if value is None else dumps(value)
+
+    def python_value(self, value: str | None) -> Any:
+        return None if value is None else json.loads(value)
+
+
+# Frozen DDL, one list per schema version: a migration never depends on the
+# model classes, which always describe the newest version.
+_MIGRATIONS: list[list[str]] = [
+    [
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """CREATE TABLE provider (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL, provider_type TEXT NOT NULL,
+            base_url TEXT, default_model TEXT NOT NULL, api_key TEXT,
+            is_default INTEGER NOT NULL DEFAULT 0, settings TEXT NOT NULL,
+            created_at TEXT NOT NULL, updated_at TEXT NOT NULL)""",
+        "CREATE UNIQUE INDEX provider_one_default ON provider (is_default) WHERE is_default = 1",
+        """CREATE TABLE agent (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL,
+            system_prompt TEXT NOT NULL, capabilities TEXT NOT NULL,
+            provider_id TEXT REFERENCES provider (id), model TEXT, tags TEXT NOT NULL,
+            max_iterations INTEGER NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)""",
+        "CREATE INDEX agent_provider ON agent (provider_id)",
+        """CREATE TABLE session (
+            id TEXT PRIMARY KEY, agent_id TEXT NOT NULL REFERENCES agent (id) ON DELETE CASCADE,
+            title TEXT, tags TEXT NOT NULL, provider_id TEXT REFERENCES provider (id), model TEXT,
+            status TEXT NOT NULL, last_turn TEXT, input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL, updated_at TEXT NOT NULL)""",
+        "CREATE INDEX session_agent ON session (agent_id, id)",
+        "CREATE INDEX session_provider ON session (provider_id)",
+        """CREATE TABLE turn (
+            id TEXT PRIMARY KEY, session_id TEXT NOT NULL REFERENCES session (id) ON DELETE CASCADE,
+            status TEXT NOT NULL, error TEXT, provider_id TEXT, model TEXT,
+            input_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL DEFAULT 0,
+            iterations INTEGER NOT NULL DEFAULT 0, started_at TEXT NOT NULL, ended_at TEXT)""",
+        "CREATE INDEX turn_session ON turn (session_id, status)",
+        """CREATE TABLE message (
+            id TEXT PRIMARY KEY, session_id TEXT NOT NULL REFERENCES session (id) ON DELETE CASCADE,
+            role TEXT NOT NULL, content TEXT NOT NULL, turn_id TEXT, controls TEXT,
+            provider_id TEXT, model TEXT, created_at TEXT NOT NULL)""",
+        "CREATE INDEX message_session ON message (session_id, id)",
+        "CREATE INDEX message_owed ON message (session_id) WHERE turn_id IS NULL",
+        """CREATE TABLE event (
+            id TEXT PRIMARY KEY, session_id TEXT NOT NULL REFERENCES session (id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL, type TEXT NOT NULL, turn_id TEXT, ts TEXT NOT NULL,
+            data TEXT NOT NULL, UNIQUE (session_id, seq))""",
+        """CREATE TABLE idempotency_key (
+            session_id TEXT NOT NULL REFERENCES session (id) ON DELETE CASCADE,
+            key TEXT NOT NULL, request_hash TEXT NOT NULL, message_id TEXT NOT NULL,
+            created_at TEXT NOT NULL, PRIMARY KEY (session_id, key))""",
+    ],
+]
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def _build_models(db: pw.Database) -> types.SimpleNamespace:
+    """Model classes bound to one database, so two apps never share one."""
+
+    class Base(pw.Model):
+        class Meta:
+            database = db
+
+    class Meta(Base):
+        key = pw.TextField(primary_key=True)
+        value = pw.TextField()
+
+        class Meta:
+            table_name = "meta"
+
+    class Provider(Base):
+        id = pw.TextField(primary_key=True)
+        name = pw.TextField()
+        provider_type = pw.TextField()
+        base_url = pw.TextField(null=True)
+        default_model = pw.TextField()
+        api_key = pw.TextField(null=True)
+        is_default = pw.BooleanField(default=False)
+        settings = _JSONField()
+        created_at = pw.TextField()
+        updated_at = pw.TextField()
+
+        class Meta:
+            table_name = "provider"
+
+    class Agent(Base):
+        id = pw.TextField(primary_key=True)
+        name = pw.TextField()
+        description = pw.TextField()
+        system_prompt = pw.TextField()
+        capabilities = _JSONField()
+        provider_id = pw.TextField(null=True)
+        model = pw.TextField(null=True)
+        tags = _JSONField()
+        max_iterations = pw.IntegerField()
+        created_at = pw.TextField()
+        updated_at = pw.TextField()
+
+        class Meta:
+            table_name = "agent"
+
+    class Session(Base):
+        id = pw.TextField(primary_key=True)
+        agent_id = pw.TextField()
+        title = pw.TextField(null=True)
+        tags = _JSONField()
+        provider_id = pw.TextField(null=True)
+        model = pw.TextField(null=True)
+        status = pw.TextField(default="idle")
+        last_turn = _JSONField(null=True)
+        input_tokens = pw.IntegerField(default=0)
+        output_tokens = pw.IntegerField(default=0)
+        created_at = pw.TextField()
+        updated_at = pw.TextField()
+
+        class Meta:
+            table_name = "session"
+
+    class Turn(Base):
+        id = pw.TextField(primary_key=True)
+        session_id = pw.TextField()
+        status = pw.TextField()
+        error = _JSONField(null=True)
+        provider_id = pw.TextField(null=True)
+        model = pw.TextField(null=True)
+        input_tokens = pw.IntegerField(default=0)
+        output_tokens = pw.IntegerField(default=0)
+        iterations = pw.IntegerField(default=0)
+        started_at = pw.TextField()
+        ended_at = pw.TextField(null=True)
+
+        class Meta:
+            table_name = "turn"
+
+    class Message(Base):
+        id = pw.TextField(primary_key=True)
+        session_id = pw.TextField()
+        role = pw.TextField()
+        content = _JSONField()
+        turn_id = pw.TextField(null=True)
+        controls = _JSONField(null=True)
+        provider_id = pw.TextField(null=True)
+        model = pw.TextField(null=True)
+        created_at = pw.TextField()
+
+        class Meta:
+            table_name = "message"
+
+    class Event(Base):
+        id = pw.TextField(primary_key=True)
+        session_id = pw.TextField()
+        seq = pw.IntegerField()
+        type = pw.TextField()
+        turn_id = pw.TextField(null=True)
+        ts = pw.TextField()
+        data = _JSONField()
+
+        class Meta:
+            table_name = "event"
+
+    class IdempotencyKey(Base):
+        session_id = pw.TextField()
+        key = pw.TextField()
+        request_hash = pw.TextField()
+        message_id = pw.TextField()
+        created_at = pw.TextField()
+
+        class Meta:
+            table_name = "idempotency_key"
+            primary_key = pw.CompositeKey("session_id", "key")
+
+    return types.SimpleNamespace(
+        Meta=Meta,
+        Provider=Provider,
+        Agent=Agent,
+        Session=Session,
+        Turn=Turn,
+        Message=Message,
+        Event=Event,
+        IdempotencyKey=IdempotencyKey,
+    )
+
+
+def _pragmas(sync: str) -> dict[str, Any]:
+    """The connection pragmas (see ENGINEERING notes in the README)."""
+    return {
+        "journal_mode": "wal",
+        "synchronous": sync,
+        "foreign_keys": 1,
+        "busy_timeout": 5000,
+        "journal_size_limit": 67108864,
+        "temp_store": "memory",
+    }
+
+
+def _check_greenlet_local() -> None:
+    """Refuse a process where gevent patched threading after peewee was imported."""
+    from gevent import monkey
+
+    if monkey.is_module_patched("threading") and not issubclass(pw._ConnectionLocal, _gevent_local()):
+        raise RuntimeError(
+            "peewee was imported before gevent patched the process: all greenlets would share "
+            "one database connection. Call gevent.monkey.patch_all() before importing everruns."
+        )
+
+
+def _gevent_local() -> type:
+    import gevent.local
+
+    return gevent.local.local
+
+
+class _Store:
+    """One app's database: its models, its write lock and its migrations."""
+
+    def __init__(self, path: str, sync: str = "full") -> None:
+        self.path = path
+        self.memory = path == ":memory:"
+        if not self.memory:
+            _check_greenlet_local()
+        # An in-memory database lives and dies with its connection, so every
+        # greenlet shares one; a file database gets one connection per greenlet.
+        self.db = pw.SqliteDatabase(path, pragmas=_pragmas(sync), thread_safe=not self.memory)
+        self.m = _build_models(self.db)
+        self._lock = threading.RLock()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        """The one write path: a process-wide lock, then BEGIN IMMEDIATE.
+
+        Nothing inside may yield to other greenlets (no network I/O).
+        """
+        with self._lock, self.db.atomic(lock_type="IMMEDIATE"):
+            yield
+
+    def release(self) -> None:
+        """Close this greenlet's connection (file databases only)."""
+        if not self.memory and not self.db.is_closed():
+            self.db.close()
+
+    def migrate(self) -> int:
+        """Bring the schema to SCHEMA_VERSION in place; returns the version found."""
+        with self.write():
+            found = self.db.execute_sql("PRAGMA user_version").fetchone()[0]
+            if found > SCHEMA_VERSION:
+                raise RuntimeError(f"database schema {found} is newer than this everruns ({SCHEMA_VERSION})")
+            for statements in _MIGRATIONS[found:]:
+                for sql in statements:
+                    self.db.execute_sql(sql)
+            self.db.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if found == 0:
+                self._seed_simulator()
+        return found
+
+    def _seed_simulator(self) -> None:
+        ts = now_iso()
+        self.m.Provider.create(
+            id=uuid7(),
+            name="Built-in simulator",
+            provider_type="llmsim",
+            base_url=None,
+            default_model=PROVIDER_DEFAULTS["llmsim"][1],
+            is_default=True,
+            settings=LlmsimSettings().model_dump(),
+            created_at=ts,
+            updated_at=ts,
+        )
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the main file and close."""
+        with contextlib.suppress(pw.DatabaseError):
+            if not self.memory:
+                self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.close()
+
+
+def _provider_out(row: Any) -> Provider:
+    """A provider row as its response: no key, credential-like headers masked."""
+    settings = dict(row.settings)
+    if "extra_headers" in settings:
+        settings["extra_headers"] = {
+            k: ("[redacted]" if looks_like_credential(k) else v) for k, v in settings["extra_headers"].items()
+        }
+    return Provider(
+        id=row.id,
+        name=row.name,
+        provider_type=row.provider_type,
+        base_url=row.base_url,
+        default_model=row.default_model,
+        api_key_set=bool(row.api_key),
+        is_default=row.is_default,
+        settings=SETTINGS_MODELS[row.provider_type].model_validate(settings),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _agent_out(row: Any) -> Agent:
+    return Agent(**{name: getattr(row, name) for name in Agent.model_fields})
+
+
+def _session_out(row: Any) -> Session:
+    fields = {name: getattr(row, name) for name in Session.model_fields if name != "usage"}
+    return Session(**fields, usage=Usage(input_tokens=row.input_tokens, output_tokens=row.output_tokens))
+
+
+def _message_out(row: Any) -> Message:
+    return Message(
+        id=row.id,
+        session_id=row.session_id,
+        role=row.role,
+        content=row.content,
+        turn_id=row.turn_id,
+        created_at=row.created_at,
+    )
+
+
+def _message_json(row: Any) -> dict:
+    return _message_out(row).model_dump(mode="json")
+
+
+def _append_event(m: Any, session_id: str, type_: str, data: dict, turn_id: str | None = None) -> dict:
+    """Store one event with the session's next seq; call inside a write."""
+    last = m.Event.select(pw.fn.MAX(m.Event.seq)).where(m.Event.session_id == session_id).scalar()
+    event = {
+        "id": uuid7(),
+        "seq": (last or 0) + 1,
+        "type": type_,
+        "session_id": session_id,
+        "turn_id": turn_id,
+        "ts": now_iso(),
+        "data": data,
+    }
+    m.Event.insert(**event).execute()
+    return event
+
+
+# =============================================================================
+# 9. Capabilities and tools
+# =============================================================================
+
+
+class _NoArgs(_In):
+    """No arguments."""
+
+
+class _TimeArgs(_In):
+    timezone: str = Field("UTC", max_length=64, description="IANA time zone, e.g. Europe/Paris.")
+    format: Literal["iso8601", "unix", "human"] = Field("iso8601", description="unix is seconds.")
+
+
+class _MathArgs(_In):
+    a: float
+    b: float
+
+
+class _CityArgs(_In):
+    city: str = Field(min_length=1, max_length=128)
+
+
+class _ForecastArgs(_CityArgs):
+    days: int = Field(3, ge=1, le=14)
+
+
+class _PathArgs(_In):
+    path: str = Field(min_length=1, max_length=4096, description="Absolute path, e.g. /notes/todo.md.")
+
+
+class _WriteFileArgs(_PathArgs):
+    content: str = Field(max_length=MAX_MESSAGE_TEXT)
+    encoding: Literal["text", "base64"] = "text"
+
+
+class _ListDirArgs(_In):
+    path: str = Field("/", min_length=1, max_length=4096)
+
+
+class _GrepArgs(_In):
+    pattern: str = Field(min_length=1, max_length=1024, description="A regular expression.")
+    path: str = Field("/", min_length=1, max_length=4096)
+
+
+class _DeleteArgs(_PathArgs):
+    recursive: bool = False
+
+
+class _FetchArgs(_In):
+    url: str = Field(min_length=1, max_length=8192, description="An http or https URL.")
+    format: Literal["text", "markdown", "raw"] = "markdown"
+
+
+class _Todo(_In):
+    content: str = Field(min_length=1, max_length=4096)
+    status: Literal["pending", "in_progress", "completed"]
+
+
+class _TodoArgs(_In):
+    todos: list[_Todo] = Field(max_length=256)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tool:
+    """A tool: its name, description and argument model."""
+
+    name: str
+    description: str
+    args: type[_In]
+
+    def spec(self) -> ToolSpec:
+        schema = self.args.model_json_schema()
+        schema.pop("title", None)
+        schema.pop("description", None)
+        return ToolSpec(name=self.name, description=self.description, parameters=schema)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Capability:
+    """A built-in capability: tools plus the text it adds to the system prompt."""
+
+    id: str
+    name: str
+    description: str
+    category: str
+    system_prompt: str
+    tools: tuple[_Tool, ...] = ()
+
+    def out(self) -> Capability:
+        return Capability(
+            id=self.id,
+            name=self.name,
+            description=self.description,
+            status="available",
+            category=self.category,
+            system_prompt=self.system_prompt,
+            tools=[t.spec() for t in self.tools],
+        )
+
+
+_MATH = tuple(
+    _Tool(op, f"{verb} two numbers: {formula}.", _MathArgs)
+    for op, verb, formula in (
+        ("add", "Add", "a + b"),
+        ("subtract", "Subtract", "a - b"),
+        ("multiply", "Multiply", "a * b"),
+        ("divide", "Divide", "a / b; dividing by zero is an error"),
+    )
+)
+
+CAPABILITIES: dict[str, _Capability] = {
+    c.id: c
+    for c in (
+        _Capability(
+            "current_time",
+            "Current time",
+            "Tells the current date and time in any IANA time zone.",
+            "utilities",
+            "You can get the current date and time with get_current_time.",
+            (_Tool("get_current_time", "Get the current date and time.", _TimeArgs),),
+        ),
+        _Capability(
+            "test_math",
+            "Test math",
+            "Basic arithmetic tools, for testing tool calls.",
+            "testing",
+            "For arithmetic, use the add, subtract, multiply and divide tools.",
+            _MATH,
+        ),
+        _Capability(
+            "test_weather",
+            "Test weather",
+            "Deterministic fake weather, for demos and tests.",
+            "testing",
+            "You can look up (fake) weather with get_weather and get_forecast.",
+            (
+                _Tool("get_weather", "Get the current weather in a city.", _CityArgs),
+                _Tool("get_forecast", "Get a daily forecast for a city.", _ForecastArgs),
+            ),
+        ),
+        _Capability(
+            "session_file_system",
+            "Session file system",
+            "A private file system for each session, stored in the database.",
+            "file_system",
+            "You have a private file system for this session. Paths are absolute, like /notes.md.",
+            (
+                _Tool("read_file", "Read a file.", _PathArgs),
+                _Tool("write_file", "Create or replace a file; parent folders are created.", _WriteFileArgs),
+                _Tool("list_directory", "List a directory.", _ListDirArgs),
+                _Tool("grep_files", "Search files for a regular expression.", _GrepArgs),
+                _Tool("delete_file", "Delete a file or directory.", _DeleteArgs),
+                _Tool("stat_file", "Describe a file or directory.", _PathArgs),
+            ),
+        ),
+        _Capability(
+            "web_fetch",
+            "Web fetch",
+            "Fetches public web pages as text or markdown.",
+            "web",
+            "You can fetch public web pages with web_fetch.",
+            (_Tool("web_fetch", "GET a URL and return its content.", _FetchArgs),),
+        ),
+        _Capability(
+            "stateless_todo_list",
+            "Todo list",
+            "Lets the agent keep a todo list in the conversation.",
+            "productivity",
+            "Plan multi-step work with write_todos; send the whole list each time.",
+            (_Tool("write_todos", "Replace the todo list.", _TodoArgs),),
+        ),
+        _Capability("noop", "No-op", "Adds nothing; useful for testing.", "testing", ""),
+    )
+}
+assert tuple(CAPABILITIES) == CAPABILITY_IDS
+
+# =============================================================================
+# 11. HTTP layer
+# =============================================================================
+
+bottle.BaseRequest.MEMFILE_MAX = MAX_BODY_BYTES
+
+
+@dataclasses.dataclass(frozen=True)
+class _Header:
+    """A request header a route reads, for the OpenAPI document."""
+
+    name: str
+    description: str
+    max_length: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Route:
+    """One API route and its OpenAPI metadata."""
+
+    method: str
+    path: str
+    handler: Callable[..., Any]
+    summary: str
+    tag: str
+    body: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    query: type[BaseModel] | None = None
+    headers: tuple[_Header, ...] = ()
+    errors: tuple[int, ...] = ()
+    also: tuple[int, ...] = ()  # other success statuses with the same response
+    raw: bool = False  # the handler writes its own response (docs, streams)
+    in_schema: bool = True
+
+
+_ROUTES: list[_Route] = []
+
+
+def _route(method: str, path: str, summary: str, tag: str, **meta: Any) -> Callable:
+    """Register a handler with its OpenAPI metadata."""
+
+    def register(handler: Callable) -> Callable:
+        _ROUTES.append(_Route(method, path, handler, summary, tag, **meta))
+        return handler
+
+    return register
+
+
+@dataclasses.dataclass
+class _Call:
+    """What a handler may know of its request, copied out of bottle's globals."""
+
+    body: Any
+    query: Any
+    headers: Mapping[str, str]
+
+
+@dataclasses.dataclass
+class _Ctx:
+    """The per-app state every handler works with."""
+
+    store: _Store
+    config: dict[str, Any]
+
+
+def _read_body(environ: dict) -> bytes:
+    """The raw body, with the size limit decided before reading."""
+    length = environ.get("CONTENT_LENGTH") or ""
+    stream = environ["wsgi.input"]
+    if length.strip():
+        if not length.strip().isdigit():
+            raise _BadRequest("Content-Length is not a number")
+        if int(length) > MAX_BODY_BYTES:
+            raise _PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
+        return stream.read(int(length)) if int(length) else b""
+    if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return b""
+    data = stream.read(MAX_BODY_BYTES + 1)
+    if len(data) > MAX_BODY_BYTES:
+        raise _PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
+    return data
+
+
+def _validation_details(error: ValidationError) -> list[dict]:
+    return [{"loc": list(e["loc"]), "msg": e["msg"]} for e in error.errors(include_url=False)]
+
+
+def _validation_error(error: ValidationError, what: str) -> EverrunsError:
+    details = _validation_details(error)
+    first = details[0]
+    where = ".".join(map(str, first["loc"])) or what
+    return _ValidationFailed(f"invalid {what}: {where}: {first['msg']}", details=details)
+
+
+def _parse_body(environ: dict, model: type[BaseModel] | None) -> Any:
+    """Read and validate a JSON body: 413, 415, 400 as SPEC section 2 says."""
+    raw = _read_body(environ)
+    if not raw:
+        return model.model_validate({}) if model else None
+    ctype = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise _UnsupportedMediaType("the request body must be application/json")
+    try:
+        return (model or _EmptyBody).model_validate_json(raw)
+    except ValidationError as e:
+        if any(err["type"] == "json_invalid" for err in e.errors()):
+            raise _BadRequest("the request body is not valid JSON") from None
+        raise _validation_error(e, "body") from None
+
+
+def _parse_query(query: Any, model: type[BaseModel] | None) -> Any:
+    if model is None:
+        return None
+    try:
+        return model.model_validate(dict(query.items()))
+    except ValidationError as e:
+        raise _validation_error(e, "query") from None
+
+
+def _json_response(status: int, body: str | bytes) -> bottle.HTTPResponse:
+    return bottle.HTTPResponse(body, status, {"Content-Type": JSON_TYPE})
+
+
+def _error_response(error: EverrunsError) -> bottle.HTTPResponse:
+    return _json_response(error.status, error_body(error.status, error.message, error.code, error.details))
+
+
+def _render(spec: _Route, result: Any) -> Any:
+    """A handler's return value as the HTTP response."""
+    if spec.raw:
+        return result
+    status = spec.status
+    if isinstance(result, tuple):
+        status, result = result
+    if result is None:
+        return bottle.HTTPResponse(status=status)
+    return _json_response(status, result.model_dump_json())
+
+
+def _callback(ctx: _Ctx, spec: _Route) -> Callable:
+    """Bind a route to one app: parse, call, render, and translate errors."""
+
+    def callback(**params: str) -> Any:
+        request = bottle.request
+        try:
+            call = _Call(
+                body=_parse_body(request.environ, spec.body) if spec.method in ("POST", "PUT", "PATCH") else None,
+                query=_parse_query(request.query, spec.query),
+                headers=request.headers,
+            )
+            return _render(spec, spec.handler(ctx, call, **params))
+        except EverrunsError as e:
+            return _error_response(e)
+        except pw.IntegrityError:
+            _log.info("integrity error on %s %s", spec.method, spec.path, exc_info=True)
+            return _error_response(_Conflict("the request conflicts with the current state"))
+        except bottle.HTTPResponse:
+            raise
+        except Exception:
+            _log.exception("unhandled error on %s %s", spec.method, spec.path)
+            return _error_response(EverrunsError("internal server error"))
+        finally:
+            ctx.store.release()
+
+    return callback
+
+
+class _App(bottle.Bottle):
+    """Bottle with every error it writes itself (404, 405, 500) in the JSON envelope."""
+
+    def default_error_handler(self, res: bottle.HTTPError) -> str:
+        bottle.response.content_type = JSON_TYPE
+        status = res.status_code
+        if status >= 500:
+            _log.error("internal error: %s", res.exception or res.body)
+            return error_body(500, "internal server error")
+        messages = {404: "no such route", 405: f"method {bottle.request.method} not allowed here"}
+        return error_body(status, messages.get(status, str(res.body or "request error")))
+
+
+# ---- helpers shared by handlers --------------------------------------------
+
+
+def _get(model: Any, id_: str, what: str) -> Any:
+    row = model.get_or_none(model.id == id_)
+    if row is None:
+        raise _NotFound(f"{what} {id_} not found")
+    return row
+
+
+def _page(query: Any, limit: int, key: Callable[[Any], Any], out: Callable[[Any], BaseModel]) -> dict:
+    rows = list(query.limit(limit + 1))
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "data": [out(r) for r in rows],
+        "has_more": has_more,
+        "next_after": key(rows[-1]) if has_more else None,
+    }
+
+
+def _paged_by_id(model: Any, where: Any, q: ListQuery, newest_first: bool) -> Any:
+    """A select ordered by id, after the cursor, in the given direction."""
+    query = model.select().where(where)
+    if q.after:
+        query = query.where(model.id < q.after if newest_first else model.id > q.after)
+    return query.order_by(model.id.desc() if newest_first else model.id.asc())
+
+
+def _check_provider(ctx: _Ctx, provider_id: str | None, loc: list) -> None:
+    m = ctx.store.m
+    if provider_id is not None and m.Provider.get_or_none(m.Provider.id == provider_id) is None:
+        raise _invalid(loc, f"provider {provider_id} does not exist")
+
+
+def _changes(body: BaseModel) -> dict[str, Any]:
+    """The fields a PATCH body sets, as plain values."""
+    return {name: getattr(body, name) for name in body.model_fields_set}
+
+
+# ---- health -----------------------------------------------------------------
+
+
+@_route("GET", "/health", "Liveness and database status", "health", response=Health)
+def _health(ctx: _Ctx, call: _Call) -> Health:
+    ctx.store.db.execute_sql("SELECT 1").fetchone()
+    return Health(status="ok", version=__version__, database="ok")
+
+
+# ---- LLM providers ----------------------------------------------------------
+
+
+@_route(
+    "GET",
+    "/v1/llm-providers",
+    "List LLM providers (oldest first)",
+    "llm-providers",
+    response=ProviderPage,
+    query=ListQuery,
+)
+def _list_providers(ctx: _Ctx, call: _Call) -> BaseModel:
+    m = ctx.store.m
+    query = _paged_by_id(m.Provider, True, call.query, newest_first=False)
+    return ProviderPage(**_page(query, call.query.limit, lambda r: r.id, _provider_out))
+
+
+def _make_default(m: Any, provider_id: str) -> None:
+    m.Provider.update(is_default=False).where(m.Provider.is_default == True, m.Provider.id != provider_id).execute()  # noqa: E712
+    m.Provider.update(is_default=True).where(m.Provider.id == provider_id).execute()
+
+
+@_route(
+    "POST",
+    "/v1/llm-providers",
+    "Create an LLM provider",
+    "llm-providers",
+    body=ProviderCreate,
+    response=Provider,
+    status=201,
+)
+def _create_provider(ctx: _Ctx, call: _Call) -> BaseModel:
+    body = call.body.root
+    base_url, model = PROVIDER_DEFAULTS[body.provider_type]
+    m, ts = ctx.store.m, now_iso()
+    with ctx.store.write():
+        row = m.Provider.create(
+            id=uuid7(),
+            name=body.name,
+            provider_type=body.provider_type,
+            base_url=body.base_url or base_url,
+            default_model=body.default_model or model,
+            api_key=body.api_key,
+            is_default=False,
+            settings=body.settings.model_dump(),
+            created_at=ts,
+            updated_at=ts,
+        )
+        if body.is_default:
+            _make_default(m, row.id)
+    return _provider_out(m.Provider.get_by_id(row.id))
+
+
+@_route(
+    "GET",
+    "/v1/llm-providers/<provider_id>",
+    "Get an LLM provider",
+    "llm-providers",
+    response=Provider,
+    errors=(404,),
+)
+def _get_provider(ctx: _Ctx, call: _Call, provider_id: str) -> BaseModel:
+    return _provider_out(_get(ctx.store.m.Provider, provider_id, "provider"))
+
+
+def _validated_settings(provider_type: str, settings: BaseModel) -> dict:
+    model = SETTINGS_MODELS[provider_type]
+    try:
+        return model.model_validate(settings.model_dump(exclude_unset=True)).model_dump()
+    except ValidationError as e:
+        details = [{"loc": ["settings", *d["loc"]], "msg": d["msg"]} for d in _validation_details(e)]
+        raise _ValidationFailed(f"invalid settings for a {provider_type} provider", details=details) from None
+
+
+@_route(
+    "PATCH",
+    "/v1/llm-providers/<provider_id>",
+    "Update an LLM provider",
+    "llm-providers",
+    body=ProviderUpdate,
+    response=Provider,
+    errors=(404, 409),
+)
+def _update_provider(ctx: _Ctx, call: _Call, provider_id: str) -> BaseModel:
+    m = ctx.store.m
+    changes = _changes(call.body)
+    with ctx.store.write():
+        row = _get(m.Provider, provider_id, "provider")
+        if "settings" in changes:
+            changes["settings"] = _validated_settings(row.provider_type, call.body.settings)
+        make_default = changes.pop("is_default", None)
+        if make_default is False and row.is_default:
+            raise _Conflict("exactly one provider is the default: make another one the default instead")
+        if changes:
+            m.Provider.update(**changes, updated_at=now_iso()).where(m.Provider.id == provider_id).execute()
+        if make_default:
+            _make_default(m, provider_id)
+    return _provider_out(m.Provider.get_by_id(provider_id))
+
+
+@_route(
+    "DELETE",
+    "/v1/llm-providers/<provider_id>",
+    "Delete an LLM provider",
+    "llm-providers",
+    status=204,
+    errors=(404, 409),
+)
+def _delete_provider(ctx: _Ctx, call: _Call, provider_id: str) -> None:
+    m = ctx.store.m
+    with ctx.store.write():
+        row = _get(m.Provider, provider_id, "provider")
+        if row.is_default:
+            raise _Conflict("the default provider cannot be deleted; make another one the default first")
+        in_use = (
+            m.Agent.select().where(m.Agent.provider_id == provider_id).exists()
+            or m.Session.select().where(m.Session.provider_id == provider_id).exists()
+        )
+        if in_use:
+            raise _Conflict("the provider is used by agents or sessions")
+        row.delete_instance()
+
+
+# ---- agents -----------------------------------------------------------------
+
+
+@_route("GET", "/v1/agents", "List agents (newest first)", "agents", response=AgentPage, query=ListQuery)
+def _list_agents(ctx: _Ctx, call: _Call) -> BaseModel:
+    query = _paged_by_id(ctx.store.m.Agent, True, call.query, newest_first=True)
+    return AgentPage(**_page(query, call.query.limit, lambda r: r.id, _agent_out))
+
+
+def _dedupe(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+@_route("POST", "/v1/agents", "Create an agent", "agents", body=AgentCreate, response=Agent, status=201)
+def _create_agent(ctx: _Ctx, call: _Call) -> BaseModel:
+    body: AgentCreate = call.body
+    m, ts = ctx.store.m, now_iso()
+    fields = body.model_dump()
+    fields["capabilities"] = _dedupe(fields["capabilities"])
+    with ctx.store.write():
+        _check_provider(ctx, body.provider_id, ["provider_id"])
+        row = m.Agent.create(id=uuid7(), created_at=ts, updated_at=ts, **fields)
+    return _agent_out(row)
+
+
+@_route("GET", "/v1/agents/<agent_id>", "Get an agent", "agents", response=Agent, errors=(404,))
+def _get_agent(ctx: _Ctx, call: _Call, agent_id: str) -> BaseModel:
+    return _agent_out(_get(ctx.store.m.Agent, agent_id, "agent"))
+
+
+@_route(
+    "PATCH",
+    "/v1/agents/<agent_id>",
+    "Update an agent",
+    "agents",
+    body=AgentUpdate,
+    response=Agent,
+    errors=(404,),
+)
+def _update_agent(ctx: _Ctx, call: _Call, agent_id: str) -> BaseModel:
+    m = ctx.store.m
+    changes = _changes(call.body)
+    if "capabilities" in changes:
+        changes["capabilities"] = _dedupe(changes["capabilities"])
+    with ctx.store.write():
+        _get(m.Agent, agent_id, "agent")
+        _check_provider(ctx, changes.get("provider_id"), ["provider_id"])
+        if changes:
+            m.Agent.update(**changes, updated_at=now_iso()).where(m.Agent.id == agent_id).execute()
+    return _agent_out(m.Agent.get_by_id(agent_id))
+
+
+@_route("DELETE", "/v1/agents/<agent_id>", "Delete an agent and its sessions", "agents", status=204, errors=(404,))
+def _delete_agent(ctx: _Ctx, call: _Call, agent_id: str) -> None:
+    with ctx.store.write():
+        _get(ctx.store.m.Agent, agent_id, "agent").delete_instance()
+
+
+# ---- sessions ---------------------------------------------------------------
+
+
+@_route(
+    "GET",
+    "/v1/agents/<agent_id>/sessions",
+    "List an agent's sessions (newest first)",
+    "sessions",
+    response=SessionPage,
+    query=ListQuery,
+    errors=(404,),
+)
+def _list_sessions(ctx: _Ctx, call: _Call, agent_id: str) -> BaseModel:
+    m = ctx.store.m
+    _get(m.Agent, agent_id, "agent")
+    query = _paged_by_id(m.Session, m.Session.agent_id == agent_id, call.query, newest_first=True)
+    return SessionPage(**_page(query, call.query.limit, lambda r: r.id, _session_out))
+
+
+@_route(
+    "POST",
+    "/v1/agents/<agent_id>/sessions",
+    "Open a session with an agent",
+    "sessions",
+    body=SessionCreate,
+    response=Session,
+    status=201,
+    errors=(404,),
+)
+def _create_session(ctx: _Ctx, call: _Call, agent_id: str) -> BaseModel:
+    m, ts = ctx.store.m, now_iso()
+    with ctx.store.write():
+        _get(m.Agent, agent_id, "agent")
+        _check_provider(ctx, call.body.provider_id, ["provider_id"])
+        row = m.Session.create(id=uuid7(), agent_id=agent_id, created_at=ts, updated_at=ts, **call.body.model_dump())
+    return _session_out(row)
+
+
+@_route("GET", "/v1/sessions/<session_id>", "Get a session", "sessions", response=Session, errors=(404,))
+def _get_session(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
+    return _session_out(_get(ctx.store.m.Session, session_id, "session"))
+
+
+@_route(
+    "PATCH",
+    "/v1/sessions/<session_id>",
+    "Update a session's title, tags, provider or model",
+    "sessions",
+    body=SessionUpdate,
+    response=Session,
+    errors=(404,),
+)
+def _update_session(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
+    m = ctx.store.m
+    changes = _changes(call.body)
+    with ctx.store.write():
+        _get(m.Session, session_id, "session")
+        _check_provider(ctx, changes.get("provider_id"), ["provider_id"])
+        if changes:
+            m.Session.update(**changes, updated_at=now_iso()).where(m.Session.id == session_id).execute()
+    return _session_out(m.Session.get_by_id(session_id))
+
+
+@_route(
+    "DELETE",
+    "/v1/sessions/<session_id>",
+    "Delete a session with its messages and events",
+    "sessions",
+    status=204,
+    errors=(404,),
+)
+def _delete_session(ctx: _Ctx, call: _Call, session_id: str) -> None:
+    with ctx.store.write():
+        _get(ctx.store.m.Session, session_id, "session").delete_instance()
+
+
+# ---- messages ---------------------------------------------------------------
+
+_IDEMPOTENCY = _Header("Idempotency-Key", "Makes a retried POST safe: the same key returns the first message.", 255)
+
+
+@_route(
+    "GET",
+    "/v1/sessions/<session_id>/messages",
+    "List a session's messages (oldest first)",
+    "messages",
+    response=MessagePage,
+    query=ListQuery,
+    errors=(404,),
+)
+def _list_messages(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
+    m = ctx.store.m
+    _get(m.Session, session_id, "session")
+    query = _paged_by_id(m.Message, m.Message.session_id == session_id, call.query, newest_first=False)
+    return MessagePage(**_page(query, call.query.limit, lambda r: r.id, _message_out))
+
+
+def _idempotency_key(call: _Call) -> str | None:
+    key = call.headers.get("Idempotency-Key")
+    if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
+        raise _invalid(["header", "Idempotency-Key"], f"longer than {MAX_IDEMPOTENCY_KEY} characters")
+    return key
+
+
+def _replay(m: Any, session_id: str, key: str, request_hash: str) -> Any:
+    """The message stored under an idempotency key, or None; 409 if the body differs."""
+    seen = m.IdempotencyKey.get_or_none(m.IdempotencyKey.session_id == session_id, m.IdempotencyKey.key == key)
+    if seen is None:
+        return None
+    if seen.request_hash != request_hash:
+        raise _Conflict("this Idempotency-Key was used with a different request body")
+    return m.Message.get_by_id(seen.message_id)
+
+
+@_route(
+    "POST",
+    "/v1/sessions/<session_id>/messages",
+    "Post a user message; the agent answers in the background",
+    "messages",
+    body=MessagePost,
+    response=Message,
+    status=201,
+    also=(200,),
+    headers=(_IDEMPOTENCY,),
+    errors=(404, 409),
+)
+def _post_message(ctx: _Ctx, call: _Call, session_id: str) -> Any:
+    m, store = ctx.store.m, ctx.store
+    key = _idempotency_key(call)
+    parts, controls = call.body.parts(), call.body.controls()
+    request_hash = digest({"content": parts, "controls": controls})
+    with store.write():
+        _get(m.Session, session_id, "session")
+        if controls:
+            _check_provider(ctx, controls.get("provider_id"), ["controls", "provider_id"])
+        if key is not None and (first := _replay(m, session_id, key, request_hash)) is not None:
+            return 200, _message_out(first)
+        row = m.Message.create(
+            id=uuid7(),
+            session_id=session_id,
+            role="user",
+            content=parts,
+            controls=controls,
+            created_at=now_iso(),
+        )
+        if key is not None:
+            m.IdempotencyKey.create(
+                session_id=session_id,
+                key=key,
+                request_hash=request_hash,
+                message_id=row.id,
+                created_at=row.created_at,
+            )
+        _append_event(m, session_id, "message.created", {"message": _message_json(row)})
+    return 201, _message_out(row)
+
+
+# ---- capabilities -----------------------------------------------------------
+
+
+@_route(
+    "GET",
+    "/v1/capabilities",
+    "List the built-in capabilities",
+    "capabilities",
+    response=CapabilityPage,
+    query=CapabilityListQuery,
+)
+def _list_capabilities(ctx: _Ctx, call: _Call) -> BaseModel:
+    ids = list(CAPABILITIES)
+    start = ids.index(call.query.after) + 1 if call.query.after else 0
+    chosen = ids[start : start + call.query.limit]
+    has_more = start + len(chosen) < len(ids)
+    return CapabilityPage(
+        data=[CAPABILITIES[i].out() for i in chosen],
+        has_more=has_more,
+        next_after=chosen[-1] if has_more else None,
+    )
+
+
+@_route(
+    "GET",
+    "/v1/capabilities/<capability_id>",
+    "Get a capability",
+    "capabilities",
+    response=Capability,
+    errors=(404,),
+)
+def _get_capability(ctx: _Ctx, call: _Call, capability_id: str) -> BaseModel:
+    if capability_id not in CAPABILITIES:
+        raise _NotFound(f"capability {capability_id} not found")
+    return CAPABILITIES[capability_id].out()
+
+
+# =============================================================================
+# 12. OpenAPI
+# =============================================================================
+
+
+def _openapi_path(path: str) -> str:
+    return re.sub(r"<(\w+)>", r"{\1}", path)
+
+
+def _path_parameters(path: str) -> list[dict]:
+    params = []
+    for name in re.findall(r"<(\w+)>", path):
+        schema = {"type": "string"} if name == "capability_id" else {"type": "string", "format": "uuid"}
+        params.append({"name": name, "in": "path", "required": True, "schema": schema})
+    return params
+
+
+def _query_parameters(model: type[BaseModel] | None) -> list[dict]:
+    if model is None:
+        return []
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    return [
+        {"name": name, "in": "query", "required": False, "schema": prop, "description": prop.pop("description", "")}
+        for name, prop in schema["properties"].items()
+    ]
+
+
+def _error_statuses(spec: _Route, auth: bool) -> list[int]:
+    statuses = {400, *spec.errors}
+    if spec.body is not None:
+        statuses |= {413, 415}
+    if auth and spec.path.startswith("/v1/"):
+        statuses.add(401)
+    return sorted(statuses)
+
+
+def _operation(spec: _Route, refs: dict, auth: bool) -> dict:
+    op: dict[str, Any] = {
+        "summary": spec.summary,
+        "operationId": spec.handler.__name__.lstrip("_"),
+        "tags": [spec.tag],
+        "parameters": _path_parameters(spec.path)
+        + _query_parameters(spec.query)
+        + [
+            {
+                "name": h.name,
+                "in": "header",
+                "required": False,
+                "description": h.description,
+                "schema": {"type": "string", "maxLength": h.max_length},
+            }
+            for h in spec.headers
+        ],
+        "responses": {},
+    }
+    if spec.body is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": refs[(spec.body, "validation")]}},
+        }
+    for status in (spec.status, *spec.also):
+        if spec.response is None:
+            op["responses"][str(status)] = {"description": "No content"}
+        else:
+            content = {"application/json": {"schema": refs[(spec.response, "serialization")]}}
+            op["responses"][str(status)] = {"description": spec.summary, "content": content}
+    error_ref = refs[(ErrorBody, "serialization")]
+    for status in _error_statuses(spec, auth):
+        op["responses"][str(status)] = {
+            "description": ERROR_CODES[status],
+            "content": {"application/json": {"schema": error_ref}},
+        }
+    if auth and spec.path.startswith("/v1/"):
+        op["security"] = [{"bearer": []}]
+    return op
+
+
+def build_openapi(auth: bool = False) -> dict:
+    """The OpenAPI 3.1 document, built from the route registry and the schemas."""
+    routes = [r for r in _ROUTES if r.in_schema]
+    models = {(r.body, "validation") for r in routes if r.body} | {
+        (r.response, "serialization") for r in routes if r.response
+    }
+    models.add((ErrorBody, "serialization"))
+    refs, defs = models_json_schema(
+        sorted(models, key=lambda x: x[0].__name__), ref_template="#/components/schemas/{model}"
+    )
+    paths: dict[str, dict] = {}
+    for spec in routes:
+        paths.setdefault(_openapi_path(spec.path), {})[spec.method.lower()] = _operation(spec, refs, auth)
+    doc = {
+        "openapi": "3.1.0",
+        "info": {"title": "Everruns", "version": __version__, "description": "A headless runtime for AI agents."},
+        "paths": paths,
+        "components": {"schemas": defs.get("$defs", {})},
+    }
+    if auth:
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    return doc
+
+
+_SWAGGER_HTML = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Everruns API</title>
+<link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css"></head>
+<body><div id="ui"></div>
+<script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "/api-doc/openapi.json", dom_id: "#ui"});</script>
+</body></html>
+"""
+
+
+@_route("GET", "/api-doc/openapi.json", "The OpenAPI document", "docs", raw=True, in_schema=False)
+def _openapi(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
+    return _json_response(200, dumps(ctx.config["openapi"]))
+
+
+@_route("GET", "/swagger-ui/", "Swagger UI", "docs", raw=True, in_schema=False)
+def _swagger(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
+    return bottle.HTTPResponse(_SWAGGER_HTML, 200, {"Content-Type": "text/html; charset=utf-8"})
+
+
+# =============================================================================
+# 13. App factory and serving
+# =============================================================================
+
+
+def _defaults() -> dict[str, Any]:
+    return {s.name: s.default for s in SETTINGS}
+
+
+def _seed_env_providers(store: _Store, env: Mapping[str, str]) -> None:
+    """Create (once) a provider for OPENAI_API_KEY / ANTHROPIC_API_KEY."""
+    m = store.m
+    for kind, var, name in (("openai", "OPENAI_API_KEY", "OpenAI"), ("anthropic", "ANTHROPIC_API_KEY", "Anthropic")):
+        if not env.get(var):
+            continue
+        with store.write():
+            if m.Meta.get_or_none(m.Meta.key == f"env_provider:{kind}") is not None:
+                continue
+            base_url, model = PROVIDER_DEFAULTS[kind]
+            ts = now_iso()
+            row = m.Provider.create(
+                id=uuid7(),
+                name=name,
+                provider_type=kind,
+                base_url=base_url,
+                default_model=model,
+                api_key=env[var],
+                settings=RemoteSettings().model_dump(),
+                created_at=ts,
+                updated_at=ts,
+            )
+            m.Meta.create(key=f"env_provider:{kind}", value=row.id)
+            _log.info("created provider %r from %s", name, var)
+
+
+def _apply_default_provider(store: _Store, wanted: str | None) -> None:
+    """Make the provider named by id, name or type the default."""
+    if not wanted:
+        return
+    m = store.m
+    with store.write():
+        match = (
+            m.Provider.select()
+            .where((m.Provider.id == wanted) | (m.Provider.name == wanted) | (m.Provider.provider_type == wanted))
+            .order_by(m.Provider.id)
+            .first()
+        )
+        if match is None:
+            _log.warning("default provider %r not found; keeping the current default", wanted)
+            return
+        _make_default(m, match.id)
+
+
+def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None, **options: Any) -> bottle.Bottle:
+    """A WSGI application with its own database.
+
+    ``options`` are the names of SETTINGS (``api_key``, ``sync``, ...);
+    ``env`` is where provider keys are read from (default: ``os.environ``).
+    """
+    unknown = set(options) - set(_defaults())
+    if unknown:
+        raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
+    env = os.environ if env is None else env
+    config = {**_defaults(), **options, "db": db}
+    store = _Store(db, config["sync"])
+    store.migrate()
+    _seed_env_providers(store, env)
+    _apply_default_provider(store, config["default_provider"] or env.get("EVERRUNS_DEFAULT_PROVIDER"))
+    store.release()
+    config["openapi"] = build_openapi(auth=bool(config["api_key"]))
+    ctx = _Ctx(store=store, config=config)
+    app = _App()
+    for spec in _ROUTES:
+        app.route(spec.path, spec.method, _callback(ctx, spec))
+    app.everruns = ctx
+    app.close = store.close
+    return app
+
+
+def _require_patched() -> None:
+    from gevent import monkey
+
+    if not monkey.is_module_patched("socket"):
+        raise RuntimeError("serve() needs a gevent-patched process: call gevent.monkey.patch_all() first")
+    _check_greenlet_local()
+
+
+def serve(
+    app: bottle.Bottle, host: str = "127.0.0.1", port: int = 9000, *, ready: Callable[[], None] | None = None
+) -> None:
+    """Serve one app with gevent until Ctrl-C or SIGTERM, then shut down gracefully."""
+    import gevent
+    from gevent.pywsgi import WSGIServer
+
+    _require_patched()
+    server = WSGIServer((host, port), app, log=None, error_log=_log)
+    stopping = gevent.event.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        gevent.signal_handler(sig, stopping.set)
+    server.start()
+    if ready:
+        ready()
+    stopping.wait()
+    _log.info("shutting down")
+    server.stop(timeout=1)
+    app.close()
+    _log.info("stopped")
+
+
+# =============================================================================
+# 14. CLI
+# =============================================================================
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="everruns",
+        description="Everruns: a headless runtime for AI agents (REST API + live events).",
+    )
+    parser.add_argument("--version", action="version", version=f"everruns {__version__}")
+    for s in SETTINGS:
+        parser.add_argument(
+            s.flag,
+            dest=s.name,
+            type=s.type,
+            choices=s.choices,
+            default=None,
+            help=f"{s.help} Env: {s.env}. Default: {s.default}.",
+        )
+    return parser
+
+
+def _resolve(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]:
+    """Each setting from its flag, else its environment variable, else its default."""
+    resolved = {}
+    for s in SETTINGS:
+        value = getattr(args, s.name)
+        if value is None and env.get(s.env):
+            value = s.type(env[s.env])
+        resolved[s.name] = s.default if value is None else value
+    return resolved
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the server: ``python everruns.py --help`` lists the options."""
+    args = _parser().parse_args(argv)
+    try:
+        config = _resolve(args, os.environ)
+    except ValueError as e:
+        print(f"everruns: bad environment setting: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, port, db = config.pop("host"), config.pop("port"), config.pop("db")
+    config.pop("log_level")
+    app = create_app(db, **config)
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+
+    def ready() -> None:
+        print(f"Everruns {__version__} listening on {url}", flush=True)
+        print(f"  API:  {url}/v1/   database: {db}", flush=True)
+        print(f"  Docs: {url}/swagger-ui/  ({url}/api-doc/openapi.json)", flush=True)
+
+    serve(app, host, port, ready=ready)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
