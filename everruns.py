@@ -59,6 +59,7 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -76,12 +77,14 @@ import bottle
 import peewee as pw
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     RootModel,
     StringConstraints,
+    Tag,
     ValidationError,
-    model_validator,
 )
 from pydantic.json_schema import models_json_schema
 
@@ -324,11 +327,17 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _whole_number(value: Any) -> Any:
+    """JSON Schema counts 40.0 as an integer; so do we (strict mode would not)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[int, BeforeValidator(_whole_number)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
 Description = Annotated[str, StringConstraints(max_length=MAX_DESCRIPTION)]
 SystemPrompt = Annotated[str, StringConstraints(max_length=MAX_SYSTEM_PROMPT)]
-Tag = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TAG)]
-Tags = Annotated[list[Tag], Field(max_length=MAX_TAGS)]
+TagText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TAG)]
+Tags = Annotated[list[TagText], Field(max_length=MAX_TAGS)]
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
 Id = Annotated[str, StringConstraints(pattern=UUID_PATTERN)]
 Timestamp = Annotated[str, Field(examples=["2026-01-01T12:00:00.000Z"])]
@@ -343,7 +352,7 @@ ApiKey = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 class LlmsimSettings(_In):
     """Settings of the built-in simulator."""
 
-    token_delay_ms: int = Field(0, ge=0, le=10000, description="Pause before each streamed word.")
+    token_delay_ms: JsonInt = Field(0, ge=0, le=10000, description="Pause before each streamed word.")
     reply: str | None = Field(None, max_length=MAX_MESSAGE_TEXT, description="A fixed answer.")
 
 
@@ -351,8 +360,10 @@ class RemoteSettings(_In):
     """Settings of an OpenAI-compatible or Anthropic provider."""
 
     timeout_s: float = Field(60, gt=0, le=3600)
-    max_tokens: int = Field(4096, ge=1, le=1_000_000)
-    extra_headers: dict[HeaderName, HeaderValue] = Field(default_factory=dict, max_length=32)
+    max_tokens: JsonInt = Field(4096, ge=1, le=1_000_000)
+    extra_headers: dict[HeaderName, HeaderValue] = Field(
+        default_factory=dict, max_length=32, json_schema_extra={"additionalProperties": False}
+    )
 
 
 SETTINGS_MODELS: dict[str, type[_In]] = {
@@ -437,7 +448,7 @@ class AgentCreate(_In):
     provider_id: Id | None = None
     model: ModelName | None = None
     tags: Tags = []
-    max_iterations: int = Field(10, ge=1, le=50)
+    max_iterations: JsonInt = Field(10, ge=1, le=50)
 
 
 class AgentUpdate(_In):
@@ -450,7 +461,7 @@ class AgentUpdate(_In):
     provider_id: Id | None = None
     model: ModelName | None = None
     tags: Tags = None
-    max_iterations: int = Field(None, ge=1, le=50)
+    max_iterations: JsonInt = Field(None, ge=1, le=50)
 
 
 class Agent(_Out):
@@ -583,7 +594,7 @@ class TurnControls(_In):
 
     model: ModelName | None = None
     provider_id: Id | None = None
-    max_iterations: int | None = Field(None, ge=1, le=50)
+    max_iterations: JsonInt | None = Field(None, ge=1, le=50)
     temperature: float | None = Field(None, ge=0, le=2)
 
 
@@ -594,24 +605,11 @@ class UserMessageIn(_In):
     content: MessageContent
 
 
-def _text_parts(content: str | list[TextPartIn]) -> list[dict]:
-    """Posted content as a list of text parts, the message text limit checked."""
-    parts = [{"type": "text", "text": content}] if isinstance(content, str) else [p.model_dump() for p in content]
-    if sum(len(p["text"]) for p in parts) > MAX_MESSAGE_TEXT:
-        raise ValueError(f"message text is longer than {MAX_MESSAGE_TEXT} characters")
-    return parts
-
-
 class MessagePostFull(_In):
     """{"message": {"role": "user", "content": ...}, "controls"?}"""
 
     message: UserMessageIn
     controls: TurnControls | None = None
-
-    @model_validator(mode="after")
-    def _check_text(self) -> "MessagePostFull":
-        _text_parts(self.message.content)
-        return self
 
 
 class MessagePostShort(_In):
@@ -620,22 +618,28 @@ class MessagePostShort(_In):
     content: MessageContent
     controls: TurnControls | None = None
 
-    @model_validator(mode="after")
-    def _check_text(self) -> "MessagePostShort":
-        _text_parts(self.content)
-        return self
+
+def _message_form(value: Any) -> str:
+    return "full" if isinstance(value, dict) and "message" in value else "short"
 
 
 class MessagePost(RootModel):
     """Body of POST /v1/sessions/{id}/messages, in either form."""
 
     model_config = ConfigDict(strict=True)
-    root: MessagePostFull | MessagePostShort
+    root: Annotated[
+        Annotated[MessagePostFull, Tag("full")] | Annotated[MessagePostShort, Tag("short")],
+        Discriminator(_message_form),
+    ]
 
     def parts(self) -> list[dict]:
-        """The posted content as text parts."""
+        """The posted content as text parts; ValueError past the text limit."""
         body = self.root
-        return _text_parts(body.message.content if isinstance(body, MessagePostFull) else body.content)
+        content = body.message.content if isinstance(body, MessagePostFull) else body.content
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else [p.model_dump() for p in content]
+        if sum(len(p["text"]) for p in parts) > MAX_MESSAGE_TEXT:
+            raise ValueError(f"the message text is longer than {MAX_MESSAGE_TEXT} characters")
+        return parts
 
     def controls(self) -> dict | None:
         """The per-turn controls that were given, if any."""
@@ -692,7 +696,7 @@ class ListQuery(BaseModel):
     """Pagination of id-keyed lists."""
 
     model_config = ConfigDict(extra="ignore")
-    limit: int = Field(PAGE_DEFAULT, ge=1, le=PAGE_MAX, description="Page size.")
+    limit: JsonInt = Field(PAGE_DEFAULT, ge=1, le=PAGE_MAX, description="Page size.")
     after: Id | None = Field(None, description="The id of the last item of the previous page.")
 
 
@@ -1094,7 +1098,7 @@ class _CityArgs(_In):
 
 
 class _ForecastArgs(_CityArgs):
-    days: int = Field(3, ge=1, le=14)
+    days: JsonInt = Field(3, ge=1, le=14)
 
 
 class _PathArgs(_In):
@@ -1279,6 +1283,7 @@ class _Route:
     headers: tuple[_Header, ...] = ()
     errors: tuple[int, ...] = ()
     also: tuple[int, ...] = ()  # other success statuses with the same response
+    body_required: bool = True
     raw: bool = False  # the handler writes its own response (docs, streams)
     in_schema: bool = True
 
@@ -1342,10 +1347,14 @@ def _validation_error(error: ValidationError, what: str) -> EverrunsError:
     return _ValidationFailed(f"invalid {what}: {where}: {first['msg']}", details=details)
 
 
-def _parse_body(environ: dict, model: type[BaseModel] | None) -> Any:
+def _parse_body(environ: dict, spec: _Route) -> Any:
     """Read and validate a JSON body: 413, 415, 400 as SPEC section 2 says."""
-    raw = _read_body(environ)
+    if spec.method not in ("POST", "PUT", "PATCH"):
+        return None
+    model, raw = spec.body, _read_body(environ)
     if not raw:
+        if model and spec.body_required:
+            raise _BadRequest("this request needs a JSON body")
         return model.model_validate({}) if model else None
     ctype = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
     if ctype != "application/json":
@@ -1394,9 +1403,9 @@ def _callback(ctx: _Ctx, spec: _Route) -> Callable:
         request = bottle.request
         try:
             call = _Call(
-                body=_parse_body(request.environ, spec.body) if spec.method in ("POST", "PUT", "PATCH") else None,
+                body=_parse_body(request.environ, spec),
                 query=_parse_query(request.query, spec.query),
-                headers=request.headers,
+                headers={k.lower(): v for k, v in request.headers.items()},
             )
             return _render(spec, spec.handler(ctx, call, **params))
         except EverrunsError as e:
@@ -1426,6 +1435,23 @@ class _App(bottle.Bottle):
             return error_body(500, "internal server error")
         messages = {404: "no such route", 405: f"method {bottle.request.method} not allowed here"}
         return error_body(status, messages.get(status, str(res.body or "request error")))
+
+
+def _auth_hook(api_key: str | None) -> Callable[[], None]:
+    """A before-request hook: with an API key set, every /v1 request needs it."""
+    expected = (api_key or "").encode()
+
+    def check() -> None:
+        path = bottle.request.path
+        if not api_key or not (path == "/v1" or path.startswith("/v1/")):
+            return
+        scheme, _, token = bottle.request.get_header("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+            response = _error_response(_Unauthorized("missing or wrong API key: send Authorization: Bearer <key>"))
+            response.set_header("WWW-Authenticate", "Bearer")
+            raise response
+
+    return check
 
 
 # ---- helpers shared by handlers --------------------------------------------
@@ -1683,6 +1709,7 @@ def _list_sessions(ctx: _Ctx, call: _Call, agent_id: str) -> BaseModel:
     "Open a session with an agent",
     "sessions",
     body=SessionCreate,
+    body_required=False,
     response=Session,
     status=201,
     errors=(404,),
@@ -1756,7 +1783,7 @@ def _list_messages(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
 
 
 def _idempotency_key(call: _Call) -> str | None:
-    key = call.headers.get("Idempotency-Key")
+    key = call.headers.get("idempotency-key")
     if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
         raise _invalid(["header", "Idempotency-Key"], f"longer than {MAX_IDEMPOTENCY_KEY} characters")
     return key
@@ -1787,7 +1814,10 @@ def _replay(m: Any, session_id: str, key: str, request_hash: str) -> Any:
 def _post_message(ctx: _Ctx, call: _Call, session_id: str) -> Any:
     m, store = ctx.store.m, ctx.store
     key = _idempotency_key(call)
-    parts, controls = call.body.parts(), call.body.controls()
+    try:
+        parts, controls = call.body.parts(), call.body.controls()
+    except ValueError as e:
+        raise _invalid(["content"], str(e)) from None
     request_hash = digest({"content": parts, "controls": controls})
     with store.write():
         _get(m.Session, session_id, "session")
@@ -1909,7 +1939,7 @@ def _operation(spec: _Route, refs: dict, auth: bool) -> dict:
     }
     if spec.body is not None:
         op["requestBody"] = {
-            "required": True,
+            "required": spec.body_required,
             "content": {"application/json": {"schema": refs[(spec.body, "validation")]}},
         }
     for status in (spec.status, *spec.also):
@@ -2045,6 +2075,7 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
     config["openapi"] = build_openapi(auth=bool(config["api_key"]))
     ctx = _Ctx(store=store, config=config)
     app = _App()
+    app.add_hook("before_request", _auth_hook(config["api_key"]))
     for spec in _ROUTES:
         app.route(spec.path, spec.method, _callback(ctx, spec))
     app.everruns = ctx
