@@ -2136,6 +2136,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def settings_table() -> str:
+    """The README's configuration table, in Markdown, from SETTINGS."""
+    rows = ["| Flag | Environment variable | Default | Meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        default = "unset" if s.default is None else f"`{s.default}`"
+        rows.append(f"| `{s.flag}` | `{s.env}` | {default} | {s.help} |")
+    return "\n".join(rows)
+
+
 def _resolve(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]:
     """Each setting from its flag, else its environment variable, else its default."""
     resolved = {}

@@ -1,0 +1,173 @@
+"""Shared fixtures: a fresh app and database per test, a WebTest client,
+helpers to create resources, and a real server process on 127.0.0.1."""
+
+from gevent import monkey
+
+monkey.patch_all()  # as `python everruns.py` does: before everruns (and peewee) is imported
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.error  # noqa: E402
+import urllib.request  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import webtest  # noqa: E402
+
+import everruns  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return str(tmp_path / "everruns.db")
+
+
+@pytest.fixture
+def make_app(db_path):
+    """Build apps (closed after the test); default: the test's own database file."""
+    apps = []
+
+    def make(db=None, **options):
+        options.setdefault("env", {})
+        app = everruns.create_app(db or db_path, **options)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return webtest.TestApp(app)
+
+
+class Api:
+    """Short helpers over a WebTest client."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def default_provider(self):
+        return next(p for p in self.client.get("/v1/llm-providers").json["data"] if p["is_default"])
+
+    def provider(self, **fields):
+        body = {"name": "p", "provider_type": "openai", **fields}
+        return self.client.post_json("/v1/llm-providers", body, status=201).json
+
+    def agent(self, **fields):
+        return self.client.post_json("/v1/agents", {"name": "helper", **fields}, status=201).json
+
+    def session(self, agent_id=None, **fields):
+        agent_id = agent_id or self.agent()["id"]
+        return self.client.post_json(f"/v1/agents/{agent_id}/sessions", fields, status=201).json
+
+    def message(self, session_id, text="hello", **kwargs):
+        return self.client.post_json(f"/v1/sessions/{session_id}/messages", {"content": text}, **kwargs).json
+
+
+@pytest.fixture
+def api(client):
+    return Api(client)
+
+
+def error_of(response, status, code):
+    """Assert the standard error envelope and return the error object."""
+    assert response.status_int == status, response.body
+    assert response.content_type == "application/json"
+    assert set(response.json) == {"error"}
+    error = response.json["error"]
+    assert error["code"] == code
+    assert isinstance(error["message"], str) and error["message"]
+    return error
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method, url, body=None, headers=None, timeout=10):
+    """A plain HTTP call: (status, headers, parsed JSON or raw bytes)."""
+    data = json.dumps(body).encode() if body is not None else None
+    hdrs = {"Content-Type": "application/json"} if body is not None else {}
+    hdrs.update(headers or {})
+    req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            status, rh, raw = r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        status, rh, raw = e.code, e.headers, e.read()
+    is_json = rh.get("Content-Type", "").startswith("application/json") and raw
+    return status, rh, json.loads(raw) if is_json else raw
+
+
+class Server:
+    """`python everruns.py` in a child process on a free 127.0.0.1 port."""
+
+    def __init__(self, db, *args, env=None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        clean = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("EVERRUNS_")}
+        self.log = open(Path(db).with_suffix(f".{self.port}.log"), "w+")
+        cmd = [sys.executable, str(ROOT / "everruns.py"), "--port", str(self.port), "--db", db, *args]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**clean, **(env or {})})
+        self._wait_ready()
+
+    def _wait_ready(self, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.output()}")
+            try:
+                if http("GET", self.url + "/health", timeout=1)[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"server did not start: {self.output()}")
+
+    def call(self, method, path, body=None, headers=None, timeout=10):
+        return http(method, self.url + path, body, headers, timeout)
+
+    def output(self):
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """Start real servers; every one still running is killed after the test."""
+    servers = []
+
+    def start(db=None, *args, env=None):
+        server = Server(db or str(tmp_path / "server.db"), *args, env=env)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+        server.log.close()

@@ -1,0 +1,115 @@
+"""Messages: both body forms, limits, Idempotency-Key, pagination."""
+
+from conftest import error_of
+
+MiB = 1024 * 1024
+
+
+def test_post_shorthand_and_full_form(api, client):
+    session = api.session()
+    short = api.message(session["id"], "hello", status=201)
+    assert short["role"] == "user" and short["content"] == [{"type": "text", "text": "hello"}]
+    body = {"message": {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}}
+    full = client.post_json(f"/v1/sessions/{session['id']}/messages", body, status=201).json
+    assert [p["text"] for p in full["content"]] == ["a", "b"]
+    listed = client.get(f"/v1/sessions/{session['id']}/messages").json["data"]
+    assert [m["id"] for m in listed] == [short["id"], full["id"]]
+
+
+def test_full_form_with_text_content_and_controls(api, client):
+    session = api.session()
+    body = {
+        "message": {"role": "user", "content": "hi"},
+        "controls": {"model": "m", "max_iterations": 3, "temperature": 0.2},
+    }
+    assert (
+        client.post_json(f"/v1/sessions/{session['id']}/messages", body, status=201).json["content"][0]["text"] == "hi"
+    )
+
+
+def test_only_user_messages_can_be_posted(api, client):
+    session = api.session()
+    for role in ("assistant", "tool", "system"):
+        body = {"message": {"role": role, "content": "x"}}
+        error_of(client.post_json(f"/v1/sessions/{session['id']}/messages", body, status="*"), 400, "VALIDATION_ERROR")
+    assert client.get(f"/v1/sessions/{session['id']}/messages").json["data"] == []
+
+
+def test_bad_bodies_are_rejected(api, client):
+    url = f"/v1/sessions/{api.session()['id']}/messages"
+    for body in (
+        {},
+        {"content": ""},
+        {"content": []},
+        {"content": 5},
+        {"content": "x", "extra": 1},
+        {"content": "x", "message": {"role": "user", "content": "y"}},
+        {"content": "x", "controls": {"temperature": 3}},
+    ):
+        error_of(client.post_json(url, body, status="*"), 400, "VALIDATION_ERROR")
+
+
+def test_message_text_limit_at_its_boundary(api, client):
+    url = f"/v1/sessions/{api.session()['id']}/messages"
+    assert client.post_json(url, {"content": "x" * MiB}).status_int == 201
+    error_of(client.post_json(url, {"content": "x" * (MiB + 1)}, status="*"), 400, "VALIDATION_ERROR")
+    parts = [{"type": "text", "text": "x" * (MiB // 2)}, {"type": "text", "text": "x" * (MiB // 2 + 1)}]
+    body = {"message": {"role": "user", "content": parts}}
+    error_of(client.post_json(url, body, status="*"), 400, "VALIDATION_ERROR")
+
+
+def test_missing_session_is_404(client):
+    url = "/v1/sessions/01890000-0000-7000-8000-000000000000/messages"
+    error_of(client.post_json(url, {"content": "x"}, status="*"), 404, "NOT_FOUND")
+
+
+def test_unknown_provider_in_controls_is_400(api, client):
+    url = f"/v1/sessions/{api.session()['id']}/messages"
+    body = {"content": "x", "controls": {"provider_id": "01890000-0000-7000-8000-000000000000"}}
+    error = error_of(client.post_json(url, body, status="*"), 400, "VALIDATION_ERROR")
+    assert error["details"][0]["loc"] == ["controls", "provider_id"]
+
+
+def test_idempotent_retry_returns_the_first_message(api, client):
+    url = f"/v1/sessions/{api.session()['id']}/messages"
+    first = client.post_json(url, {"content": "once"}, headers={"Idempotency-Key": "k1"}, status=201).json
+    again = client.post_json(url, {"content": "once"}, headers={"Idempotency-Key": "k1"}, status=200).json
+    assert again == first
+    same_in_full_form = {"message": {"role": "user", "content": "once"}}
+    assert client.post_json(url, same_in_full_form, headers={"Idempotency-Key": "k1"}, status=200).json == first
+    assert len(client.get(url).json["data"]) == 1
+
+
+def test_same_key_with_another_body_is_409(api, client):
+    url = f"/v1/sessions/{api.session()['id']}/messages"
+    client.post_json(url, {"content": "one"}, headers={"Idempotency-Key": "k"}, status=201)
+    error_of(client.post_json(url, {"content": "two"}, headers={"Idempotency-Key": "k"}, status="*"), 409, "CONFLICT")
+    assert len(client.get(url).json["data"]) == 1
+
+
+def test_keys_are_per_session(api, client):
+    a, b = api.session(), api.session()
+    for s in (a, b):
+        client.post_json(
+            f"/v1/sessions/{s['id']}/messages", {"content": "x"}, headers={"Idempotency-Key": "k"}, status=201
+        )
+
+
+def test_idempotency_key_length_limit(api, client):
+    url = f"/v1/sessions/{api.session()['id']}/messages"
+    client.post_json(url, {"content": "x"}, headers={"Idempotency-Key": "k" * 255}, status=201)
+    error_of(
+        client.post_json(url, {"content": "y"}, headers={"Idempotency-Key": "k" * 256}, status="*"),
+        400,
+        "VALIDATION_ERROR",
+    )
+
+
+def test_messages_oldest_first_with_pages(api, client):
+    session = api.session()
+    made = [api.message(session["id"], f"m{i}", status=201)["id"] for i in range(5)]
+    url = f"/v1/sessions/{session['id']}/messages"
+    page = client.get(url + "?limit=3").json
+    assert [m["id"] for m in page["data"]] == made[:3] and page["next_after"] == made[2]
+    rest = client.get(url + f"?limit=3&after={page['next_after']}").json
+    assert [m["id"] for m in rest["data"]] == made[3:] and rest["has_more"] is False

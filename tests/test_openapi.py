@@ -1,0 +1,105 @@
+"""OpenAPI: every route documented, and real responses valid against their schemas."""
+
+import re
+
+import jsonschema
+import pytest
+
+DOCS = {"/api-doc/openapi.json", "/swagger-ui/"}
+
+
+@pytest.fixture
+def doc(client):
+    return client.get("/api-doc/openapi.json").json
+
+
+def template_of(rule):
+    return re.sub(r"<(\w+)>", r"{\1}", rule)
+
+
+def check(doc, method, template, response):
+    """Assert the response's status is documented and its body fits its schema."""
+    operation = doc["paths"][template][method.lower()]
+    documented = operation["responses"].get(str(response.status_int))
+    assert documented, f"{method} {template} answered undocumented {response.status_int}"
+    if "content" not in documented:
+        assert response.body == b""
+        return
+    schema = {**documented["content"]["application/json"]["schema"], "components": doc["components"]}
+    jsonschema.Draft202012Validator(schema).validate(response.json)
+
+
+def test_document_is_openapi_3_1_and_lists_every_route(app, doc):
+    assert doc["openapi"].startswith("3.1")
+    routes = {(r.method, template_of(r.rule)) for r in app.routes if r.rule not in DOCS}
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    assert routes == documented
+    assert "/health" in doc["paths"]
+
+
+def test_schemas_come_from_the_models(doc):
+    schemas = doc["components"]["schemas"]
+    assert schemas["AgentCreate"]["additionalProperties"] is False
+    assert schemas["AgentCreate"]["properties"]["name"]["maxLength"] == 256
+    assert set(schemas["Agent"]["required"]) >= {"id", "name", "capabilities", "created_at"}
+    assert "ErrorBody" in schemas
+
+
+def test_real_responses_match_their_documented_schemas(client, api, doc):
+    seen = set()
+
+    def call(method, template, path, **kwargs):
+        kwargs.setdefault("status", "*")
+        response = getattr(client, method.lower() + ("_json" if "params" in kwargs else ""))(path, **kwargs)
+        check(doc, method, template, response)
+        seen.add((method, template))
+        return response
+
+    call("GET", "/health", "/health")
+    provider = call(
+        "POST", "/v1/llm-providers", "/v1/llm-providers", params={"name": "p", "provider_type": "anthropic"}
+    ).json
+    pid = provider["id"]
+    call("GET", "/v1/llm-providers", "/v1/llm-providers")
+    call("GET", "/v1/llm-providers/{provider_id}", f"/v1/llm-providers/{pid}")
+    call("PATCH", "/v1/llm-providers/{provider_id}", f"/v1/llm-providers/{pid}", params={"name": "q"})
+    agent = call("POST", "/v1/agents", "/v1/agents", params={"name": "a", "capabilities": ["test_math"]}).json
+    aid = agent["id"]
+    call("POST", "/v1/agents", "/v1/agents", params={"name": ""})
+    call("GET", "/v1/agents", "/v1/agents")
+    call("GET", "/v1/agents/{agent_id}", f"/v1/agents/{aid}")
+    call("PATCH", "/v1/agents/{agent_id}", f"/v1/agents/{aid}", params={"tags": ["x"]})
+    session = call("POST", "/v1/agents/{agent_id}/sessions", f"/v1/agents/{aid}/sessions", params={}).json
+    sid = session["id"]
+    call("GET", "/v1/agents/{agent_id}/sessions", f"/v1/agents/{aid}/sessions")
+    call("GET", "/v1/sessions/{session_id}", f"/v1/sessions/{sid}")
+    call("PATCH", "/v1/sessions/{session_id}", f"/v1/sessions/{sid}", params={"title": "t"})
+    messages = "/v1/sessions/{session_id}/messages"
+    call("POST", messages, f"/v1/sessions/{sid}/messages", params={"content": "hi"}, headers={"Idempotency-Key": "a"})
+    call("POST", messages, f"/v1/sessions/{sid}/messages", params={"content": "hi"}, headers={"Idempotency-Key": "a"})
+    call("POST", messages, f"/v1/sessions/{sid}/messages", params={"content": "ho"}, headers={"Idempotency-Key": "a"})
+    call("GET", messages, f"/v1/sessions/{sid}/messages")
+    call("GET", "/v1/capabilities", "/v1/capabilities")
+    call("GET", "/v1/capabilities/{capability_id}", "/v1/capabilities/test_math")
+    call("GET", "/v1/capabilities/{capability_id}", "/v1/capabilities/none")
+    call("DELETE", "/v1/sessions/{session_id}", f"/v1/sessions/{sid}")
+    call("DELETE", "/v1/agents/{agent_id}", f"/v1/agents/{aid}")
+    call("DELETE", "/v1/llm-providers/{provider_id}", f"/v1/llm-providers/{pid}")
+    call("DELETE", "/v1/llm-providers/{provider_id}", f"/v1/llm-providers/{pid}")
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    assert seen == documented
+
+
+def test_401_is_documented_when_a_key_is_set(make_app):
+    import webtest
+
+    doc = webtest.TestApp(make_app(api_key="k")).get("/api-doc/openapi.json").json
+    assert "bearer" in doc["components"]["securitySchemes"]
+    assert "401" in doc["paths"]["/v1/agents"]["get"]["responses"]
+    assert "401" not in doc["paths"]["/health"]["get"]["responses"]
+
+
+def test_swagger_ui_points_at_the_local_document(client):
+    page = client.get("/swagger-ui/")
+    assert page.content_type == "text/html"
+    assert 'url: "/api-doc/openapi.json"' in page.text

@@ -1,0 +1,69 @@
+"""Storage: separate databases per app, data across restarts, schema version, pragmas."""
+
+import sqlite3
+
+import pytest
+import webtest
+
+import everruns
+
+
+def test_two_apps_in_one_process_never_share_a_database(make_app, tmp_path):
+    one = webtest.TestApp(make_app(str(tmp_path / "one.db")))
+    two = webtest.TestApp(make_app(str(tmp_path / "two.db")))
+    agent = one.post_json("/v1/agents", {"name": "only in one"}).json
+    assert two.get("/v1/agents").json["data"] == []
+    two.get(f"/v1/agents/{agent['id']}", status=404)
+    two.post_json("/v1/agents", {"name": "only in two"})
+    assert [a["name"] for a in one.get("/v1/agents").json["data"]] == ["only in one"]
+
+
+def test_two_in_memory_apps_are_separate(make_app):
+    one, two = webtest.TestApp(make_app(":memory:")), webtest.TestApp(make_app(":memory:"))
+    one.post_json("/v1/agents", {"name": "a"})
+    assert two.get("/v1/agents").json["data"] == []
+
+
+def test_data_survives_a_restart_on_the_same_file(make_app, db_path):
+    first = make_app(db_path)
+    client = webtest.TestApp(first)
+    agent = client.post_json("/v1/agents", {"name": "durable"}).json
+    session = client.post_json(f"/v1/agents/{agent['id']}/sessions", {}).json
+    message = client.post_json(f"/v1/sessions/{session['id']}/messages", {"content": "keep me"}).json
+    first.close()
+    again = webtest.TestApp(make_app(db_path))
+    assert again.get(f"/v1/agents/{agent['id']}").json == agent
+    assert again.get(f"/v1/sessions/{session['id']}/messages").json["data"] == [message]
+    assert len(again.get("/v1/llm-providers").json["data"]) == 1  # the simulator is seeded once
+
+
+def test_schema_version_and_pragmas(app, db_path):
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == everruns.SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db = app.everruns.store.db
+    assert db.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert db.execute_sql("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_sync_normal_option(make_app, tmp_path):
+    app = make_app(str(tmp_path / "n.db"), sync="normal")
+    assert app.everruns.store.db.execute_sql("PRAGMA synchronous").fetchone()[0] == 1
+
+
+def test_models_match_the_migrated_tables(app):
+    store = app.everruns.store
+    for model in vars(store.m).values():
+        columns = {c.name for c in store.db.get_columns(model._meta.table_name)}
+        assert columns == set(model._meta.columns), model.__name__
+
+
+def test_a_newer_schema_is_refused(db_path):
+    sqlite3.connect(db_path).execute(f"PRAGMA user_version = {everruns.SCHEMA_VERSION + 1}")
+    with pytest.raises(RuntimeError, match="newer"):
+        everruns.create_app(db_path, env={})
+
+
+def test_unknown_options_are_refused(db_path):
+    with pytest.raises(TypeError, match="bogus"):
+        everruns.create_app(db_path, bogus=1)
