@@ -722,11 +722,45 @@ def _page_model(item: type[BaseModel]) -> type[BaseModel]:
     )
 
 
+def _validation_details(error: ValidationError) -> list[dict]:
+    """A pydantic error as the `details` list of a VALIDATION_ERROR."""
+    return [{"loc": list(e["loc"]), "msg": e["msg"]} for e in error.errors(include_url=False)]
+
+
+class Event(_Out):
+    """A session event; `message.delta` events are live only: their id and seq are null."""
+
+    id: str | None
+    seq: int | None
+    type: Literal[EVENT_TYPES]
+    session_id: str
+    turn_id: str | None
+    ts: Timestamp
+    data: dict[str, Any]
+
+
+class EventsQuery(BaseModel):
+    """Query of GET /v1/sessions/{id}/events."""
+
+    model_config = ConfigDict(extra="ignore")
+    after: JsonInt | None = Field(None, ge=0, description="Replay events with a larger seq (Last-Event-ID wins).")
+    limit: JsonInt = Field(PAGE_DEFAULT, ge=1, le=PAGE_MAX, description="Page size of the JSON listing.")
+    types: str | None = Field(
+        None,
+        max_length=1024,
+        pattern=r"^[a-z_]+(\.([a-z_]+|\*))?(,[a-z_]+(\.([a-z_]+|\*))?)*$",
+        description="Comma-separated event types; a trailing .* matches a prefix (message.*).",
+    )
+    until: Literal["completed"] | None = Field(None, description="Close the stream once the session is settled.")
+    format: Literal["json", "sse"] | None = Field(None, description="json: the stored events as a JSON page.")
+
+
 ProviderPage = _page_model(Provider)
 AgentPage = _page_model(Agent)
 SessionPage = _page_model(Session)
 MessagePage = _page_model(Message)
 CapabilityPage = _page_model(Capability)
+EventPage = _page_model(Event)
 
 # =============================================================================
 # 6. Storage
@@ -1075,6 +1109,241 @@ def _append_event(m: Any, session_id: str, type_: str, data: dict, turn_id: str 
 
 
 # =============================================================================
+# 7. Event bus
+# =============================================================================
+
+QUEUE_LIMIT = 1000  # events a subscriber may fall behind before it is dropped
+
+
+@dataclasses.dataclass(frozen=True)
+class _Published:
+    """An event as fanned out: pre-rendered once for every subscriber.
+
+    ``after`` is the seq of the newest stored event of the session when a
+    delta (``seq`` None) was published, so a client that already replayed past
+    that point never gets a stale delta.
+    """
+
+    seq: int | None
+    type: str
+    frame: bytes
+    after: int
+
+
+def sse_frame(event: dict) -> bytes:
+    """One event in SSE wire format; deltas carry no id line."""
+    head = f"id: {event['seq']}\n" if event["seq"] is not None else ""
+    return f"{head}event: {event['type']}\ndata: {dumps(event)}\n\n".encode()
+
+
+class _Subscriber:
+    """One live stream's bounded queue."""
+
+    def __init__(self, session_id: str) -> None:
+        from gevent.queue import Queue
+
+        self.session_id = session_id
+        self.queue: Any = Queue(maxsize=QUEUE_LIMIT)
+        self.dropped = False
+
+
+class _Bus:
+    """Fan-out of committed events to the live streams of each session."""
+
+    def __init__(self) -> None:
+        self._subscribers: dict[str, set[_Subscriber]] = {}
+        self._last_seq: dict[str, int] = {}
+
+    def subscribe(self, session_id: str) -> _Subscriber:
+        sub = _Subscriber(session_id)
+        self._subscribers.setdefault(session_id, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: _Subscriber) -> None:
+        subs = self._subscribers.get(sub.session_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subscribers[sub.session_id]
+
+    def publish(self, event: dict) -> None:
+        """Hand a committed event (or a delta) to every subscriber; never blocks."""
+        sid = event["session_id"]
+        if event["seq"] is not None:
+            self._last_seq[sid] = event["seq"]
+        subs = self._subscribers.get(sid)
+        if not subs:
+            return
+        item = _Published(event["seq"], event["type"], sse_frame(event), self._last_seq.get(sid, 0))
+        for sub in list(subs):
+            self._offer(sub, item)
+
+    def _offer(self, sub: _Subscriber, item: _Published | None) -> None:
+        from gevent.queue import Full
+
+        try:
+            sub.queue.put_nowait(item)
+        except Full:
+            # A client this far behind is cut off; it resumes with Last-Event-ID.
+            sub.dropped = True
+            self.unsubscribe(sub)
+
+    def close(self, session_id: str | None = None) -> None:
+        """End the streams of one session (or all): a None item wakes them."""
+        sids = [session_id] if session_id else list(self._subscribers)
+        for sid in sids:
+            for sub in list(self._subscribers.get(sid, ())):
+                sub.dropped = True
+                with contextlib.suppress(Exception):
+                    sub.queue.queue.clear()
+                    sub.queue.put_nowait(None)
+                self.unsubscribe(sub)
+            self._last_seq.pop(sid, None)
+
+
+class _Tx:
+    """One write transaction of a session's journal: events emitted here are
+    published to live streams only after the commit."""
+
+    def __init__(self, m: Any, session_id: str) -> None:
+        self.m, self.session_id, self.events = m, session_id, []
+
+    def emit(self, type_: str, data: dict, turn_id: str | None = None) -> dict:
+        event = _append_event(self.m, self.session_id, type_, data, turn_id)
+        self.events.append(event)
+        return event
+
+
+class _Journal:
+    """The write path for everything that produces events: commit, then publish."""
+
+    def __init__(self, store: _Store, bus: _Bus) -> None:
+        self.store, self.bus = store, bus
+
+    @contextlib.contextmanager
+    def tx(self, session_id: str) -> Iterator[_Tx]:
+        tx = _Tx(self.store.m, session_id)
+        with self.store.write():
+            yield tx
+        for event in tx.events:
+            self.bus.publish(event)
+
+
+# =============================================================================
+# 8. Providers
+# =============================================================================
+
+
+class ProviderError(Exception):
+    """A provider call failed; the turn ends with this code and message."""
+
+    def __init__(self, message: str, code: str = "PROVIDER_ERROR") -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+@dataclasses.dataclass
+class LLMRequest:
+    """What a provider adapter is asked: a provider-neutral prompt.
+
+    ``messages`` items are ``{"role": "user", "text"}``, ``{"role":
+    "assistant", "text", "tool_calls": [{id, name, arguments}]}`` and
+    ``{"role": "tool", "tool_call_id", "name", "result", "is_error"}``.
+    """
+
+    model: str
+    system: str
+    messages: list[dict]
+    tools: list[ToolSpec]
+    settings: dict
+    base_url: str | None = None
+    api_key: str | None = None
+    max_iterations: int = 10
+    temperature: float | None = None
+
+
+@dataclasses.dataclass
+class LLMReply:
+    """What the model answered, once the stream has ended."""
+
+    text: str = ""
+    tool_calls: list[dict] = dataclasses.field(default_factory=list)
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+# An adapter streams one answer: it calls on_text with each piece of text as
+# it arrives and returns the whole reply; failures raise ProviderError.
+Adapter = Callable[[LLMRequest, Callable[[str], None]], LLMReply]
+
+
+def _words(text: str) -> list[str]:
+    """Text split into words that keep their trailing white space."""
+    return re.findall(r"\s*\S+\s*", text) or ([text] if text else [])
+
+
+def _json_object_in(text: str) -> dict | None:
+    """The first JSON object written somewhere in a text, if any."""
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"\{", text):
+        try:
+            value, _ = decoder.raw_decode(text, match.start())
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def _tools_named_in(text: str, tools: list[ToolSpec]) -> list[str]:
+    """The tools whose exact name appears in the text, in order of appearance."""
+    found = []
+    for tool in tools:
+        match = re.search(rf"(?<![\w]){re.escape(tool.name)}(?![\w])", text)
+        if match:
+            found.append((match.start(), tool.name))
+    return [name for _, name in sorted(found)]
+
+
+def _llmsim_answer(request: LLMRequest) -> tuple[str, list[dict]]:
+    """The simulator's deterministic answer: text, or tool calls."""
+    if request.settings.get("reply") is not None:
+        return request.settings["reply"], []
+    last = request.messages[-1] if request.messages else {"role": "user", "text": ""}
+    if last["role"] == "tool":
+        results = []
+        for m in reversed(request.messages):
+            if m["role"] != "tool":
+                break
+            results.insert(0, f"{m['name']} {'failed with' if m['is_error'] else 'returned'} {dumps(m['result'])}")
+        return f"Tool results: {'; '.join(results)}.", []
+    text = last.get("text", "")
+    names = _tools_named_in(text, request.tools)
+    if names:
+        arguments = _json_object_in(text) or {}
+        return "", [{"id": f"call_{uuid.uuid4().hex[:24]}", "name": n, "arguments": arguments} for n in names]
+    return f"You said: {text}", []
+
+
+def _llmsim(request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
+    """The built-in offline simulator (see SPEC section 5), streamed word by word."""
+    import gevent
+
+    text, tool_calls = _llmsim_answer(request)
+    delay = request.settings.get("token_delay_ms", 0) / 1000
+    for word in _words(text):
+        gevent.sleep(delay)  # also a point where a cancel can land
+        on_text(word)
+    prompt = request.system + " ".join(m.get("text") or dumps(m.get("result")) for m in request.messages)
+    return LLMReply(text, tool_calls, len(prompt.split()), len(_words(text)) + len(tool_calls))
+
+
+ADAPTERS: dict[str, Adapter] = {
+    "llmsim": _llmsim,
+}
+
+
+# =============================================================================
 # 9. Capabilities and tools
 # =============================================================================
 
@@ -1139,11 +1408,12 @@ class _TodoArgs(_In):
 
 @dataclasses.dataclass(frozen=True)
 class _Tool:
-    """A tool: its name, description and argument model."""
+    """A tool: its name, description, argument model and the function that runs it."""
 
     name: str
     description: str
     args: type[_In]
+    run: Callable[[Any, Any], Any] | None = None
 
     def spec(self) -> ToolSpec:
         schema = self.args.model_json_schema()
@@ -1175,8 +1445,85 @@ class _Capability:
         )
 
 
+@dataclasses.dataclass
+class _ToolContext:
+    """What a running tool may use: its session and the app's store and config."""
+
+    session_id: str
+    store: Any
+    config: dict
+
+
+class ToolFailed(Exception):
+    """A tool's own failure; it becomes a result with is_error true."""
+
+
+def _current_time(args: _TimeArgs, tctx: _ToolContext) -> dict:
+    import zoneinfo
+
+    try:
+        zone = zoneinfo.ZoneInfo(args.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ToolFailed(f"unknown time zone: {args.timezone}") from None
+    now = datetime.datetime.now(zone)
+    value: Any = {
+        "iso8601": now.isoformat(timespec="seconds"),
+        "unix": int(now.timestamp()),
+        "human": now.strftime("%A, %d %B %Y, %H:%M:%S %Z"),
+    }[args.format]
+    return {"timezone": args.timezone, "format": args.format, "time": value}
+
+
+def _arithmetic(op: str) -> Callable[[_MathArgs, _ToolContext], dict]:
+    def run(args: _MathArgs, tctx: _ToolContext) -> dict:
+        if op == "divide" and args.b == 0:
+            raise ToolFailed("division by zero")
+        result = {"add": args.a + args.b, "subtract": args.a - args.b, "multiply": args.a * args.b}.get(op)
+        result = args.a / args.b if result is None else result
+        if result != result or result in (float("inf"), float("-inf")):
+            raise ToolFailed("the result is not a finite number")
+        return {"result": int(result) if result.is_integer() and abs(result) < 2**53 else result}
+
+    return run
+
+
+_CONDITIONS = ("sunny", "partly cloudy", "cloudy", "light rain", "rain", "thunderstorms", "snow", "fog", "windy")
+
+
+def _city_numbers(city: str, salt: str) -> list[int]:
+    return list(hashlib.sha256(f"{city.strip().lower()}|{salt}".encode()).digest())
+
+
+def _weather_for(city: str, salt: str) -> dict:
+    n = _city_numbers(city, salt)
+    return {
+        "temperature_c": n[0] % 45 - 10,
+        "conditions": _CONDITIONS[n[1] % len(_CONDITIONS)],
+        "humidity_pct": 20 + n[2] % 75,
+        "wind_kph": n[3] % 60,
+    }
+
+
+def _get_weather(args: _CityArgs, tctx: _ToolContext) -> dict:
+    return {"city": args.city, **_weather_for(args.city, "now")}
+
+
+def _get_forecast(args: _ForecastArgs, tctx: _ToolContext) -> dict:
+    days = []
+    for day in range(1, args.days + 1):
+        w = _weather_for(args.city, f"day{day}")
+        days.append({"day": day, "high_c": w["temperature_c"] + 4, "low_c": w["temperature_c"] - 4, **w})
+    return {"city": args.city, "days": days}
+
+
+def _write_todos(args: _TodoArgs, tctx: _ToolContext) -> dict:
+    todos = [t.model_dump() for t in args.todos]
+    counts = {s: sum(t["status"] == s for t in todos) for s in ("pending", "in_progress", "completed")}
+    return {"todos": todos, "counts": counts}
+
+
 _MATH = tuple(
-    _Tool(op, f"{verb} two numbers: {formula}.", _MathArgs)
+    _Tool(op, f"{verb} two numbers: {formula}.", _MathArgs, _arithmetic(op))
     for op, verb, formula in (
         ("add", "Add", "a + b"),
         ("subtract", "Subtract", "a - b"),
@@ -1194,7 +1541,7 @@ CAPABILITIES: dict[str, _Capability] = {
             "Tells the current date and time in any IANA time zone.",
             "utilities",
             "You can get the current date and time with get_current_time.",
-            (_Tool("get_current_time", "Get the current date and time.", _TimeArgs),),
+            (_Tool("get_current_time", "Get the current date and time.", _TimeArgs, _current_time),),
         ),
         _Capability(
             "test_math",
@@ -1211,8 +1558,8 @@ CAPABILITIES: dict[str, _Capability] = {
             "testing",
             "You can look up (fake) weather with get_weather and get_forecast.",
             (
-                _Tool("get_weather", "Get the current weather in a city.", _CityArgs),
-                _Tool("get_forecast", "Get a daily forecast for a city.", _ForecastArgs),
+                _Tool("get_weather", "Get the current weather in a city.", _CityArgs, _get_weather),
+                _Tool("get_forecast", "Get a daily forecast for a city.", _ForecastArgs, _get_forecast),
             ),
         ),
         _Capability(
@@ -1244,12 +1591,417 @@ CAPABILITIES: dict[str, _Capability] = {
             "Lets the agent keep a todo list in the conversation.",
             "productivity",
             "Plan multi-step work with write_todos; send the whole list each time.",
-            (_Tool("write_todos", "Replace the todo list.", _TodoArgs),),
+            (_Tool("write_todos", "Replace the todo list.", _TodoArgs, _write_todos),),
         ),
         _Capability("noop", "No-op", "Adds nothing; useful for testing.", "testing", ""),
     )
 }
 assert tuple(CAPABILITIES) == CAPABILITY_IDS
+
+# =============================================================================
+# 10. Turn engine
+# =============================================================================
+
+TOOL_TIMEOUT_S = 30.0
+MAX_TOOL_OUTPUT = 256 * 1024
+
+
+class _Cancelled(BaseException):
+    """Raised inside a turn's greenlet by POST /cancel."""
+
+
+class _Interrupted(BaseException):
+    """Raised inside turns still running when the shutdown grace ends."""
+
+
+class _TurnFailed(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _capped(result: Any) -> Any:
+    """A tool result, cut to MAX_TOOL_OUTPUT bytes of JSON when larger."""
+    text = dumps(result)
+    if len(text.encode()) <= MAX_TOOL_OUTPUT:
+        return result
+    return {"truncated": True, "preview": text.encode()[:MAX_TOOL_OUTPUT].decode(errors="ignore")}
+
+
+def run_tool(tool: _Tool, arguments: dict, tctx: _ToolContext, timeout: float = TOOL_TIMEOUT_S) -> tuple[Any, bool]:
+    """Validate the arguments, run the tool with a timeout: (result, is_error)."""
+    import gevent
+
+    try:
+        args = tool.args.model_validate(arguments, strict=False)
+    except ValidationError as e:
+        details = _validation_details(e)
+        problems = "; ".join(f"{'.'.join(map(str, d['loc'])) or 'arguments'}: {d['msg']}" for d in details)
+        return {"error": f"invalid arguments: {problems}"}, True
+    try:
+        if tool.run is None:
+            raise ToolFailed(f"{tool.name} is not available in this version")
+        with gevent.Timeout(timeout, ToolFailed(f"{tool.name} timed out after {timeout:g} s")):
+            return _capped(tool.run(args, tctx)), False
+    except ToolFailed as e:
+        return {"error": str(e)}, True
+    except Exception:
+        _log.exception("tool %s failed", tool.name)
+        return {"error": f"{tool.name} failed with an internal error"}, True
+
+
+@dataclasses.dataclass
+class _Turn:
+    """A running turn: what it needs from the database, and what it has used."""
+
+    id: str
+    session_id: str
+    input_ids: list[str]
+    system: str
+    tools: dict[str, _Tool]
+    provider: Any
+    model: str
+    max_iterations: int
+    temperature: float | None
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    iterations: int = 0
+
+
+def _agent_tools(capability_ids: list[str]) -> dict[str, _Tool]:
+    return {t.name: t for c in capability_ids if c in CAPABILITIES for t in CAPABILITIES[c].tools}
+
+
+def _system_prompt(agent: Any) -> str:
+    additions = [CAPABILITIES[c].system_prompt for c in agent.capabilities if c in CAPABILITIES]
+    return "\n\n".join(p for p in [agent.system_prompt, *additions] if p)
+
+
+def _transcript(m: Any, session_id: str) -> list[dict]:
+    """The history a provider sees: answered turns in order, user messages first
+    within each turn, and never a tool call without its result."""
+    rows = m.Message.select().where(m.Message.session_id == session_id, m.Message.turn_id.is_null(False))
+    rows = sorted(rows, key=lambda r: (r.turn_id, r.role != "user", r.id))
+    messages, results = [], {}
+    for row in rows:
+        for part in row.content:
+            if part["type"] == "tool_result":
+                results[part["tool_call_id"]] = part
+    for row in rows:
+        messages.extend(_provider_messages(row, results))
+    return messages
+
+
+def _provider_messages(row: Any, results: dict) -> list[dict]:
+    text = "".join(p["text"] for p in row.content if p["type"] == "text")
+    if row.role == "user":
+        return [{"role": "user", "text": text}]
+    if row.role == "tool":
+        return [
+            {"role": "tool", **{k: p[k] for k in ("tool_call_id", "name", "result", "is_error")}}
+            for p in row.content
+            if p["type"] == "tool_result"
+        ]
+    calls = [{k: p[k] for k in ("id", "name", "arguments")} for p in row.content if p["type"] == "tool_call"]
+    out = [{"role": "assistant", "text": text, "tool_calls": calls}]
+    for call in calls:  # a call whose result was never stored gets one here
+        if call["id"] not in results:
+            out.append(_missing_result(call))
+    return out
+
+
+def _missing_result(call: dict) -> dict:
+    result = {"error": "the tool call was not completed"}
+    return {"role": "tool", "tool_call_id": call["id"], "name": call["name"], "result": result, "is_error": True}
+
+
+def _dangling_calls(m: Any, turn_id: str) -> list[dict]:
+    """Tool calls of a turn that have no stored result."""
+    rows = list(m.Message.select().where(m.Message.turn_id == turn_id).order_by(m.Message.id))
+    answered = {p["tool_call_id"] for r in rows for p in r.content if p["type"] == "tool_result"}
+    calls = [p for r in rows if r.role == "assistant" for p in r.content if p["type"] == "tool_call"]
+    return [c for c in calls if c["id"] not in answered]
+
+
+def _store_tool_message(tx: _Tx, turn_id: str, call: dict, result: Any, is_error: bool, duration_ms: int) -> None:
+    part = {"type": "tool_result", "tool_call_id": call["id"], "name": call["name"], "result": result}
+    part["is_error"] = is_error
+    tx.emit("tool.result", {**{k: part[k] for k in part if k != "type"}, "duration_ms": duration_ms}, turn_id)
+    row = tx.m.Message.create(
+        id=uuid7(), session_id=tx.session_id, role="tool", content=[part], turn_id=turn_id, created_at=now_iso()
+    )
+    tx.emit("message.created", {"message": _message_json(row)}, turn_id)
+
+
+def _close_turn(tx: _Tx, turn_id: str, status: str, error: dict | None, usage: tuple[int, int], iterations: int,
+                duration_ms: int, reason: str) -> None:  # fmt: skip
+    """Repair dangling tool calls, close the turn, free the session, emit session.completed."""
+    m = tx.m
+    for call in _dangling_calls(m, turn_id):
+        _store_tool_message(tx, turn_id, call, {"error": reason}, True, 0)
+    turn = m.Turn.get_by_id(turn_id)
+    m.Turn.update(
+        status=status, error=error, input_tokens=usage[0], output_tokens=usage[1], iterations=iterations,
+        ended_at=now_iso(),
+    ).where(m.Turn.id == turn_id).execute()  # fmt: skip
+    m.Session.update(
+        status="idle",
+        last_turn={"id": turn_id, "status": status, "error": error},
+        input_tokens=m.Session.input_tokens + usage[0],
+        output_tokens=m.Session.output_tokens + usage[1],
+    ).where(m.Session.id == tx.session_id).execute()
+    data = {
+        "turn_id": turn_id,
+        "status": status,
+        "error": error,
+        "usage": {"input_tokens": usage[0], "output_tokens": usage[1]},
+        "iterations": iterations,
+        "duration_ms": duration_ms,
+        "provider_id": turn.provider_id,
+        "model": turn.model,
+    }
+    tx.emit("session.completed", data, turn_id)
+
+
+class _Runner:
+    """One greenlet per session with owed work; one turn at a time per session."""
+
+    def __init__(self, journal: _Journal, config: dict) -> None:
+        self.journal, self.store, self.bus, self.config = journal, journal.store, journal.bus, config
+        self.m = self.store.m
+        self._workers: dict[str, Any] = {}
+        self._turns: dict[str, _Turn] = {}
+        self._ended: dict[str, Any] = {}
+        self.closing = False
+
+    # ---- scheduling -----------------------------------------------------------
+
+    def kick(self, session_id: str) -> None:
+        """Make sure a worker answers the session's owed messages."""
+        import gevent
+
+        if self.closing or session_id in self._workers:
+            return
+        self._workers[session_id] = gevent.spawn(self._work, session_id)
+
+    def _work(self, session_id: str) -> None:
+        try:
+            while not self.closing:
+                turn = self._start_turn(session_id)
+                if turn is None:
+                    return
+                self._run_turn(turn)
+        finally:
+            self._workers.pop(session_id, None)
+            self.store.release()
+
+    def cancel(self, session_id: str, timeout: float = 10.0) -> None:
+        """Cancel the running turn, if any, and wait until it is closed."""
+        turn, worker = self._turns.get(session_id), self._workers.get(session_id)
+        if turn is None or worker is None:
+            return
+        ended = self._ended[turn.id]
+        worker.kill(_Cancelled(), block=False)
+        ended.wait(timeout)
+
+    def stop(self, session_id: str) -> None:
+        """Stop a session's worker without writing anything (the session is going away)."""
+        worker = self._workers.get(session_id)
+        if worker is not None:
+            worker.kill(block=True, timeout=10)
+
+    def shutdown(self, grace: float) -> None:
+        """Start no new turns, give running ones `grace` seconds, interrupt the rest."""
+        import gevent
+
+        self.closing = True
+        gevent.joinall(list(self._workers.values()), timeout=grace)
+        for worker in list(self._workers.values()):
+            worker.kill(_Interrupted(), block=True, timeout=5)
+
+    # ---- a turn ---------------------------------------------------------------
+
+    def _start_turn(self, session_id: str) -> _Turn | None:
+        """Claim the oldest owed message for a new turn (one transaction)."""
+        import gevent.event
+
+        m = self.m
+        with self.journal.tx(session_id) as tx:
+            owed = (
+                m.Message.select()
+                .where(m.Message.session_id == session_id, m.Message.role == "user", m.Message.turn_id.is_null())
+                .order_by(m.Message.id)
+                .first()
+            )
+            session = m.Session.get_or_none(m.Session.id == session_id)
+            if owed is None or session is None:
+                return None
+            turn = self._prepare(session, owed)
+            provider_id = getattr(turn.provider, "id", None)
+            m.Turn.create(
+                id=turn.id, session_id=session_id, status="running", provider_id=provider_id, model=turn.model,
+                started_at=now_iso(),
+            )  # fmt: skip
+            m.Message.update(turn_id=turn.id).where(m.Message.id == owed.id).execute()
+            last_turn = {"id": turn.id, "status": "running", "error": None}
+            m.Session.update(status="running", last_turn=last_turn).where(m.Session.id == session_id).execute()
+            tx.emit("session.started", {"turn_id": turn.id, "input_message_ids": turn.input_ids}, turn.id)
+        self._turns[session_id] = turn
+        self._ended[turn.id] = gevent.event.Event()
+        return turn
+
+    def _prepare(self, session: Any, message: Any) -> _Turn:
+        """Resolve the agent, provider, model and limits for a turn."""
+        m = self.m
+        agent = m.Agent.get_by_id(session.agent_id)
+        controls = message.controls or {}
+        provider_id = controls.get("provider_id") or session.provider_id or agent.provider_id
+        if provider_id:
+            provider = m.Provider.get_or_none(m.Provider.id == provider_id)
+        else:
+            provider = m.Provider.get_or_none(m.Provider.is_default == True)  # noqa: E712
+        default_model = provider.default_model if provider else None
+        return _Turn(
+            id=uuid7(),
+            session_id=session.id,
+            input_ids=[message.id],
+            system=_system_prompt(agent),
+            tools=_agent_tools(agent.capabilities),
+            provider=provider,
+            model=controls.get("model") or session.model or agent.model or default_model or "",
+            max_iterations=controls.get("max_iterations") or agent.max_iterations,
+            temperature=controls.get("temperature"),
+        )
+
+    def _run_turn(self, turn: _Turn) -> None:
+        """Run a turn to its one session.completed, whatever happens."""
+        status, error = "completed", None
+        try:
+            self._loop(turn)
+            return
+        except _Cancelled:
+            status, error = "cancelled", None
+        except _Interrupted:
+            status, error = "failed", {"code": "INTERRUPTED", "message": "the server stopped during the turn"}
+        except ProviderError as e:
+            status, error = "failed", {"code": e.code, "message": e.message}
+        except _TurnFailed as e:
+            status, error = "failed", {"code": e.code, "message": e.message}
+        except Exception:
+            _log.exception("turn %s failed", turn.id)
+            status, error = "failed", {"code": "INTERNAL_ERROR", "message": "internal error while running the turn"}
+        finally:
+            self._turns.pop(turn.session_id, None)
+        self._finish(turn, status, error)
+
+    def _loop(self, turn: _Turn) -> None:
+        for _ in range(turn.max_iterations):
+            turn.iterations += 1
+            message_id, reply = self._call_model(turn)
+            if not reply.tool_calls:
+                self._finish(turn, "completed", None, (message_id, reply.text))
+                return
+            self._run_tools(turn, message_id, reply)
+        raise _TurnFailed("MAX_ITERATIONS", f"the turn reached max_iterations ({turn.max_iterations})")
+
+    def _call_model(self, turn: _Turn) -> tuple[str, LLMReply]:
+        """One streamed LLM call; deltas go live, nothing is stored yet."""
+        if turn.provider is None:
+            raise ProviderError("no LLM provider is configured", "PROVIDER_NOT_FOUND")
+        adapter = ADAPTERS.get(turn.provider.provider_type)
+        if adapter is None:
+            raise ProviderError(f"provider type {turn.provider.provider_type} is not available", "PROVIDER_ERROR")
+        message_id = uuid7()
+        request = LLMRequest(
+            model=turn.model,
+            system=turn.system,
+            messages=_transcript(self.m, turn.session_id),
+            tools=[t.spec() for t in turn.tools.values()],
+            settings=turn.provider.settings,
+            base_url=turn.provider.base_url,
+            api_key=turn.provider.api_key,
+            temperature=turn.temperature,
+        )
+        self.store.release()  # no connection is held across a slow network call
+
+        def on_text(delta: str) -> None:
+            data = {"message_id": message_id, "delta": delta}
+            self.bus.publish({"id": None, "seq": None, "type": "message.delta", "session_id": turn.session_id,
+                              "turn_id": turn.id, "ts": now_iso(), "data": data})  # fmt: skip
+
+        reply = adapter(request, on_text)
+        turn.input_tokens += reply.input_tokens
+        turn.output_tokens += reply.output_tokens
+        return message_id, reply
+
+    def _assistant_message(self, tx: _Tx, turn: _Turn, message_id: str, text: str, calls: list[dict]) -> None:
+        content = ([{"type": "text", "text": text}] if text else []) + [{"type": "tool_call", **c} for c in calls]
+        row = tx.m.Message.create(
+            id=message_id, session_id=turn.session_id, role="assistant", content=content, turn_id=turn.id,
+            provider_id=getattr(turn.provider, "id", None), model=turn.model, created_at=now_iso(),
+        )  # fmt: skip
+        tx.emit("message.created", {"message": _message_json(row)}, turn.id)
+
+    def _run_tools(self, turn: _Turn, message_id: str, reply: LLMReply) -> None:
+        """Store each tool.call before its tool runs; each result with the next call."""
+        tctx = _ToolContext(turn.session_id, self.store, self.config)
+        pending: tuple[dict, Any, bool, int] | None = None
+        for i, call in enumerate(reply.tool_calls):
+            with self.journal.tx(turn.session_id) as tx:
+                if i == 0:
+                    self._assistant_message(tx, turn, message_id, reply.text, reply.tool_calls)
+                if pending:
+                    _store_tool_message(tx, turn.id, *pending)
+                tx.emit("tool.call", {"tool_call": call}, turn.id)
+            pending = (call, *self._execute(turn, call, tctx))
+        with self.journal.tx(turn.session_id) as tx:
+            _store_tool_message(tx, turn.id, *pending)
+
+    def _execute(self, turn: _Turn, call: dict, tctx: _ToolContext) -> tuple[Any, bool, int]:
+        started = time.monotonic()
+        tool = turn.tools.get(call["name"])
+        if tool is None:
+            result, is_error = {"error": f"this agent has no tool named {call['name']!r}"}, True
+        else:
+            result, is_error = run_tool(tool, call["arguments"], tctx)
+        self.store.release()
+        return result, is_error, int((time.monotonic() - started) * 1000)
+
+    def _finish(self, turn: _Turn, status: str, error: dict | None, answer: tuple[str, str] | None = None) -> None:
+        """Store the final answer (if any) and close the turn in one transaction."""
+        reason = {"cancelled": "cancelled before the tool ran"}.get(status, "the turn ended before the tool ran")
+        with self.journal.tx(turn.session_id) as tx:
+            if answer is not None:
+                self._assistant_message(tx, turn, answer[0], answer[1], [])
+            duration_ms = int((time.monotonic() - turn.started) * 1000)
+            usage = (turn.input_tokens, turn.output_tokens)
+            _close_turn(tx, turn.id, status, error, usage, turn.iterations, duration_ms, reason)
+        self._turns.pop(turn.session_id, None)
+        ended = self._ended.pop(turn.id, None)
+        if ended is not None:
+            ended.set()
+
+    # ---- recovery -------------------------------------------------------------
+
+    def recover(self) -> list[str]:
+        """Close turns a crash left running; answer owed messages. Returns the owed sessions."""
+        m = self.m
+        error = {"code": "INTERRUPTED", "message": "the server stopped during the turn"}
+        for turn in list(m.Turn.select().where(m.Turn.status == "running")):
+            with self.journal.tx(turn.session_id) as tx:
+                usage = (turn.input_tokens, turn.output_tokens)
+                _close_turn(tx, turn.id, "failed", error, usage, turn.iterations, 0, "interrupted by a restart")
+        owed = (
+            m.Message.select(m.Message.session_id)
+            .where(m.Message.role == "user", m.Message.turn_id.is_null())
+            .distinct()
+        )
+        sessions = [row.session_id for row in owed]
+        for session_id in sessions:
+            self.kick(session_id)
+        return sessions
+
 
 # =============================================================================
 # 11. HTTP layer
@@ -1285,6 +2037,7 @@ class _Route:
     also: tuple[int, ...] = ()  # other success statuses with the same response
     body_required: bool = True
     raw: bool = False  # the handler writes its own response (docs, streams)
+    stream: bool = False  # also answers text/event-stream
     in_schema: bool = True
 
 
@@ -1316,6 +2069,13 @@ class _Ctx:
 
     store: _Store
     config: dict[str, Any]
+    journal: _Journal
+    runner: _Runner
+    ping_s: float = 15.0  # seconds between `: ping` comments on idle streams
+
+    @property
+    def bus(self) -> _Bus:
+        return self.journal.bus
 
 
 def _read_body(environ: dict) -> bytes:
@@ -1334,10 +2094,6 @@ def _read_body(environ: dict) -> bytes:
     if len(data) > MAX_BODY_BYTES:
         raise _PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
     return data
-
-
-def _validation_details(error: ValidationError) -> list[dict]:
-    return [{"loc": list(e["loc"]), "msg": e["msg"]} for e in error.errors(include_url=False)]
 
 
 def _validation_error(error: ValidationError, what: str) -> EverrunsError:
@@ -1680,8 +2436,15 @@ def _update_agent(ctx: _Ctx, call: _Call, agent_id: str) -> BaseModel:
 
 @_route("DELETE", "/v1/agents/<agent_id>", "Delete an agent and its sessions", "agents", status=204, errors=(404,))
 def _delete_agent(ctx: _Ctx, call: _Call, agent_id: str) -> None:
+    m = ctx.store.m
+    agent = _get(m.Agent, agent_id, "agent")
+    sessions = [s.id for s in m.Session.select(m.Session.id).where(m.Session.agent_id == agent_id)]
+    for session_id in sessions:
+        ctx.runner.stop(session_id)
     with ctx.store.write():
-        _get(ctx.store.m.Agent, agent_id, "agent").delete_instance()
+        agent.delete_instance()
+    for session_id in sessions:
+        ctx.bus.close(session_id)
 
 
 # ---- sessions ---------------------------------------------------------------
@@ -1757,8 +2520,25 @@ def _update_session(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
     errors=(404,),
 )
 def _delete_session(ctx: _Ctx, call: _Call, session_id: str) -> None:
+    session = _get(ctx.store.m.Session, session_id, "session")
+    ctx.runner.stop(session_id)  # before the write: stopping a turn may wait
     with ctx.store.write():
-        _get(ctx.store.m.Session, session_id, "session").delete_instance()
+        session.delete_instance()
+    ctx.bus.close(session_id)
+
+
+@_route(
+    "POST",
+    "/v1/sessions/<session_id>/cancel",
+    "Cancel the running turn (a no-op on an idle session)",
+    "sessions",
+    response=Session,
+    errors=(404,),
+)
+def _cancel_session(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
+    _get(ctx.store.m.Session, session_id, "session")
+    ctx.runner.cancel(session_id)
+    return _session_out(_get(ctx.store.m.Session, session_id, "session"))
 
 
 # ---- messages ---------------------------------------------------------------
@@ -1812,14 +2592,14 @@ def _replay(m: Any, session_id: str, key: str, request_hash: str) -> Any:
     errors=(404, 409),
 )
 def _post_message(ctx: _Ctx, call: _Call, session_id: str) -> Any:
-    m, store = ctx.store.m, ctx.store
+    m = ctx.store.m
     key = _idempotency_key(call)
     try:
         parts, controls = call.body.parts(), call.body.controls()
     except ValueError as e:
         raise _invalid(["content"], str(e)) from None
     request_hash = digest({"content": parts, "controls": controls})
-    with store.write():
+    with ctx.journal.tx(session_id) as tx:
         _get(m.Session, session_id, "session")
         if controls:
             _check_provider(ctx, controls.get("provider_id"), ["controls", "provider_id"])
@@ -1841,8 +2621,146 @@ def _post_message(ctx: _Ctx, call: _Call, session_id: str) -> Any:
                 message_id=row.id,
                 created_at=row.created_at,
             )
-        _append_event(m, session_id, "message.created", {"message": _message_json(row)})
+        tx.emit("message.created", {"message": _message_json(row)})
+    ctx.runner.kick(session_id)
     return 201, _message_out(row)
+
+
+# ---- events -----------------------------------------------------------------
+
+REPLAY_BATCH = 500
+
+
+def _type_matcher(types: str | None) -> Callable[[str], bool]:
+    """`?types=a.b,c.*` as a predicate on event types."""
+    if not types:
+        return lambda _type: True
+    exact = {t for t in types.split(",") if not t.endswith(".*")}
+    prefixes = tuple(t[:-1] for t in types.split(",") if t.endswith(".*"))
+    return lambda type_: type_ in exact or type_.startswith(prefixes)
+
+
+def _event_out(row: Any) -> dict:
+    return {
+        "id": row.id,
+        "seq": row.seq,
+        "type": row.type,
+        "session_id": row.session_id,
+        "turn_id": row.turn_id,
+        "ts": row.ts,
+        "data": row.data,
+    }
+
+
+def _stored_events(m: Any, session_id: str, after: int) -> Iterator[Any]:
+    """Stored events with seq > after, oldest first, read in batches."""
+    while True:
+        batch = list(
+            m.Event.select()
+            .where(m.Event.session_id == session_id, m.Event.seq > after)
+            .order_by(m.Event.seq)
+            .limit(REPLAY_BATCH)
+        )
+        yield from batch
+        if len(batch) < REPLAY_BATCH:
+            return
+        after = batch[-1].seq
+
+
+def _settled(m: Any, session_id: str) -> bool:
+    """Idle with nothing owed: no running turn and no unanswered user message (or gone)."""
+    session = m.Session.get_or_none(m.Session.id == session_id)
+    if session is None:
+        return True
+    owed = m.Message.select().where(
+        m.Message.session_id == session_id, m.Message.role == "user", m.Message.turn_id.is_null()
+    )
+    return session.status == "idle" and not owed.exists()
+
+
+def _cursor(call: _Call) -> int:
+    """Where a stream resumes: Last-Event-ID (a reconnecting browser) wins over ?after."""
+    header = call.headers.get("last-event-id", "").strip()
+    if header:
+        if not header.isdigit():
+            raise _invalid(["header", "Last-Event-ID"], "must be an event seq (a whole number)")
+        return int(header)
+    return call.query.after or 0
+
+
+def _sse(ctx: _Ctx, session_id: str, cursor: int, wanted: Callable[[str], bool], until: bool) -> Iterator[bytes]:
+    """Replay stored events after the cursor, then go live: no gap, no duplicate.
+
+    The queue is subscribed before the replay reads the database, so an event
+    committed meanwhile is in one or both; seq tells which were sent already.
+    """
+    from gevent.queue import Empty
+
+    m, sub = ctx.store.m, ctx.bus.subscribe(session_id)
+    last = cursor
+    try:
+        yield b"retry: 1000\n\n"
+        for row in _stored_events(m, session_id, cursor):
+            last = row.seq
+            if wanted(row.type):
+                yield sse_frame(_event_out(row))
+        if until and _settled(m, session_id):
+            return
+        ctx.store.release()
+        while not sub.dropped:
+            try:
+                item = sub.queue.get(timeout=ctx.ping_s)
+            except Empty:
+                yield b": ping\n\n"
+                continue
+            if item is None or sub.dropped:
+                return
+            if (item.seq is None and item.after < last) or (item.seq is not None and item.seq <= last):
+                continue  # sent by the replay already (or a delta of a message already stored)
+            last = item.seq or last
+            if wanted(item.type):
+                yield item.frame
+            if until and item.type == "session.completed" and _settled(m, session_id):
+                return
+    finally:
+        ctx.bus.unsubscribe(sub)
+        ctx.store.release()
+
+
+def _wants_json(call: _Call) -> bool:
+    if call.query.format:
+        return call.query.format == "json"
+    accept = call.headers.get("accept", "")
+    return "application/json" in accept and "text/event-stream" not in accept
+
+
+@_route(
+    "GET",
+    "/v1/sessions/<session_id>/events",
+    "Stream a session's events (SSE), or list the stored ones as JSON",
+    "events",
+    response=EventPage,
+    query=EventsQuery,
+    errors=(404,),
+    stream=True,
+    raw=True,
+)
+def _events(ctx: _Ctx, call: _Call, session_id: str) -> bottle.HTTPResponse:
+    m = ctx.store.m
+    _get(m.Session, session_id, "session")
+    wanted = _type_matcher(call.query.types)
+    if _wants_json(call):
+        after, limit = call.query.after or 0, call.query.limit
+        query = m.Event.select().where(
+            m.Event.session_id == session_id,
+            m.Event.seq > after,
+            m.Event.type.in_([t for t in EVENT_TYPES if wanted(t)]),
+        )
+        page = EventPage(**_page(query.order_by(m.Event.seq), limit, lambda r: r.seq, _event_out))
+        return _json_response(200, page.model_dump_json())
+    headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    stream = _sse(ctx, session_id, _cursor(call), wanted, call.query.until == "completed")
+    return bottle.HTTPResponse(stream, 200, headers)
 
 
 # ---- capabilities -----------------------------------------------------------
@@ -1947,6 +2865,8 @@ def _operation(spec: _Route, refs: dict, auth: bool) -> dict:
             op["responses"][str(status)] = {"description": "No content"}
         else:
             content = {"application/json": {"schema": refs[(spec.response, "serialization")]}}
+            if spec.stream:
+                content["text/event-stream"] = {"schema": {"type": "string", "description": "Server-Sent Events"}}
             op["responses"][str(status)] = {"description": spec.summary, "content": content}
     error_ref = refs[(ErrorBody, "serialization")]
     for status in _error_statuses(spec, auth):
@@ -2073,14 +2993,25 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
     _apply_default_provider(store, config["default_provider"] or env.get("EVERRUNS_DEFAULT_PROVIDER"))
     store.release()
     config["openapi"] = build_openapi(auth=bool(config["api_key"]))
-    ctx = _Ctx(store=store, config=config)
+    journal = _Journal(store, _Bus())
+    runner = _Runner(journal, config)
+    runner.recover()  # before the first request: interrupted turns closed, owed ones started
+    store.release()
+    ctx = _Ctx(store=store, config=config, journal=journal, runner=runner)
     app = _App()
     app.add_hook("before_request", _auth_hook(config["api_key"]))
     for spec in _ROUTES:
         app.route(spec.path, spec.method, _callback(ctx, spec))
     app.everruns = ctx
-    app.close = store.close
+    app.close = lambda: _close(ctx)
     return app
+
+
+def _close(ctx: _Ctx) -> None:
+    """Give running turns the grace period, interrupt the rest, end the streams, close the database."""
+    ctx.runner.shutdown(float(ctx.config["shutdown_grace"]))
+    ctx.bus.close()
+    ctx.store.close()
 
 
 def _require_patched() -> None:
@@ -2108,8 +3039,9 @@ def serve(
         ready()
     stopping.wait()
     _log.info("shutting down")
-    server.stop(timeout=1)
+    server.close()  # no new connections; running requests and streams go on
     app.close()
+    server.stop(timeout=1)
     _log.info("stopped")
 
 

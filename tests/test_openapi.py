@@ -25,6 +25,9 @@ def check(doc, method, template, response):
     if "content" not in documented:
         assert response.body == b""
         return
+    assert response.content_type in documented["content"]
+    if response.content_type != "application/json":
+        return
     schema = {**documented["content"]["application/json"]["schema"], "components": doc["components"]}
     jsonschema.Draft202012Validator(schema).validate(response.json)
 
@@ -79,6 +82,10 @@ def test_real_responses_match_their_documented_schemas(client, api, doc):
     call("POST", messages, f"/v1/sessions/{sid}/messages", params={"content": "hi"}, headers={"Idempotency-Key": "a"})
     call("POST", messages, f"/v1/sessions/{sid}/messages", params={"content": "ho"}, headers={"Idempotency-Key": "a"})
     call("GET", messages, f"/v1/sessions/{sid}/messages")
+    events = "/v1/sessions/{session_id}/events"
+    call("GET", events, f"/v1/sessions/{sid}/events?format=json")
+    call("GET", events, f"/v1/sessions/{sid}/events?until=completed")
+    call("POST", "/v1/sessions/{session_id}/cancel", f"/v1/sessions/{sid}/cancel")
     call("GET", "/v1/capabilities", "/v1/capabilities")
     call("GET", "/v1/capabilities/{capability_id}", "/v1/capabilities/test_math")
     call("GET", "/v1/capabilities/{capability_id}", "/v1/capabilities/none")
