@@ -171,3 +171,101 @@ def start_server(tmp_path):
             server.proc.kill()
             server.proc.wait()
         server.log.close()
+
+
+# ---- events -----------------------------------------------------------------
+
+
+def parse_sse(text):
+    """SSE text as a list of events: {"id", "event", "data"} (data parsed), plus
+    {"comment": ...} and {"retry": ...} items for those lines."""
+    items, fields = [], {}
+    for line in text.split("\n"):
+        if not line:
+            if "data" in fields:
+                items.append({"id": fields.get("id"), "event": fields.get("event"), "data": json.loads(fields["data"])})
+            fields = {}
+        elif line.startswith(":"):
+            items.append({"comment": line[1:].strip()})
+        else:
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "retry":
+                items.append({"retry": value})
+            else:
+                fields[name] = value
+    return items
+
+
+def events_of(items):
+    return [i["data"] for i in items if "data" in i]
+
+
+def finish(client, session_id, after=None):
+    """Wait (with ?until=completed) until the session is settled; its events."""
+    query = "until=completed" + (f"&after={after}" if after is not None else "")
+    return events_of(parse_sse(client.get(f"/v1/sessions/{session_id}/events?{query}").text))
+
+
+@pytest.fixture
+def live(app):
+    """The test's app served on a real 127.0.0.1 socket in this process."""
+    from gevent.pywsgi import WSGIServer
+
+    server = WSGIServer(("127.0.0.1", 0), app, log=None)
+    server.start()
+    server.url = f"http://127.0.0.1:{server.server_port}"
+    yield server
+    server.stop(timeout=1)
+
+
+class SSEStream:
+    """A live SSE connection over a socket, read event by event with timeouts."""
+
+    def __init__(self, base_url, path, headers=None, timeout=15, rcvbuf=None):
+        import http.client
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(base_url)
+        self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        if rcvbuf:
+            self.conn.connect()
+            self.conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.conn.request("GET", path, headers=headers or {})
+        self.response = self.conn.getresponse()
+        self.timeout = timeout
+
+    def __iter__(self):
+        fields = {}
+        while True:
+            raw = self.response.readline()
+            if not raw:
+                return
+            line = raw.decode().rstrip("\n")
+            if line.startswith(":"):
+                yield {"comment": line[1:].strip()}
+            elif line.startswith("retry:"):
+                yield {"retry": line[6:].strip()}
+            elif line:
+                name, _, value = line.partition(": ")
+                fields[name] = value
+            elif "data" in fields:
+                yield {"id": fields.get("id"), "event": fields.get("event"), "data": json.loads(fields["data"])}
+                fields = {}
+
+    def until(self, predicate):
+        """Events up to and including the first that matches (comments skipped)."""
+        got = []
+        for item in self:
+            if "data" in item:
+                got.append(item)
+                if predicate(item["data"]):
+                    return got
+        raise AssertionError(f"stream ended before the awaited event; got {[g['event'] for g in got]}")
+
+    def rest(self):
+        """Everything until the server closes the stream."""
+        return list(self)
+
+    def close(self):
+        self.conn.close()

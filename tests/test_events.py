@@ -1,0 +1,178 @@
+"""Live events (SPEC section 4): SSE over a real socket, replay, filters, drops."""
+
+from conftest import SSEStream, error_of, events_of, finish, parse_sse
+
+
+def slow_session(api, delay_ms=20, **agent):
+    provider = api.provider(provider_type="llmsim", settings={"token_delay_ms": delay_ms})
+    return api.session(api.agent(provider_id=provider["id"], **agent)["id"])
+
+
+def test_stream_headers_and_retry_hint(api, live):
+    session = api.session()
+    stream = SSEStream(live.url, f"/v1/sessions/{session['id']}/events?until=completed")
+    assert stream.response.getheader("Content-Type") == "text/event-stream"
+    assert stream.response.getheader("Cache-Control") == "no-cache"
+    assert stream.response.getheader("X-Accel-Buffering") == "no"
+    assert stream.rest() == [{"retry": "1000"}]  # idle with nothing owed: closes after the replay
+
+
+def test_deltas_have_no_id_line(api, client):
+    session = api.session()
+    api.message(session["id"], "hi you", status=201)
+    text = client.get(f"/v1/sessions/{session['id']}/events?until=completed").text
+    for block in text.split("\n\n"):
+        if "event: message.delta" in block:
+            assert not block.startswith("id:")
+        elif "event: " in block:
+            assert block.startswith("id: ")
+
+
+def test_client_connected_during_a_turn_gets_every_event_once(api, client, live):
+    session = slow_session(api, capabilities=["test_math"])
+    stream = SSEStream(live.url, f"/v1/sessions/{session['id']}/events")
+    api.message(session["id"], 'add {"a": 20, "b": 22} please', status=201)
+    got = stream.until(lambda e: e["type"] == "session.completed")
+    stream.close()
+    stored = client.get(f"/v1/sessions/{session['id']}/events?format=json&limit=100").json["data"]
+    assert [g["data"]["seq"] for g in got if g["id"]] == [e["seq"] for e in stored]
+    assert [g["data"] for g in got if g["id"]] == stored
+    assert [g["id"] for g in got if g["id"]] == [str(e["seq"]) for e in stored]
+    assert any(g["event"] == "message.delta" for g in got)
+
+
+def test_replay_from_every_cursor_equals_the_stored_tail(api, client):
+    session = api.session(api.agent(capabilities=["test_math"])["id"])
+    api.message(session["id"], 'subtract {"a": 5, "b": 1}', status=201)
+    stored = [e for e in finish(client, session["id"]) if e["seq"]]
+    url = f"/v1/sessions/{session['id']}/events"
+    for cursor in range(len(stored) + 1):
+        by_query = events_of(parse_sse(client.get(f"{url}?after={cursor}&until=completed").text))
+        by_header = parse_sse(client.get(f"{url}?until=completed", headers={"Last-Event-ID": str(cursor)}).text)
+        assert by_query == stored[cursor:]
+        assert events_of(by_header) == stored[cursor:]
+
+
+def test_last_event_id_wins_over_after(api, client):
+    session = api.session()
+    api.message(session["id"], "x", status=201)
+    finish(client, session["id"])
+    text = client.get(f"/v1/sessions/{session['id']}/events?after=0&until=completed", headers={"Last-Event-ID": "3"})
+    assert [e["seq"] for e in events_of(parse_sse(text.text))] == [4]
+
+
+def test_bad_last_event_id_is_400(api, client):
+    session = api.session()
+    response = client.get(f"/v1/sessions/{session['id']}/events", headers={"Last-Event-ID": "x"}, status="*")
+    error_of(response, 400, "VALIDATION_ERROR")
+
+
+def test_resume_mid_turn_has_no_gap_and_no_duplicate(api, client, live):
+    session = slow_session(api)
+    first = SSEStream(live.url, f"/v1/sessions/{session['id']}/events")
+    api.message(session["id"], "one two three four five six seven eight", status=201)
+    seen = first.until(lambda e: e["type"] == "message.delta")
+    first.close()
+    last_id = [e["id"] for e in seen if e["id"]][-1]
+    second = SSEStream(live.url, f"/v1/sessions/{session['id']}/events", headers={"Last-Event-ID": last_id})
+    rest = second.until(lambda e: e["type"] == "session.completed")
+    seqs = [e["data"]["seq"] for e in seen + rest if e["id"]]
+    assert seqs == list(range(1, seqs[-1] + 1))
+
+
+def test_types_filter_on_stream_and_json(api, client):
+    session = api.session(api.agent(capabilities=["test_math"])["id"])
+    api.message(session["id"], 'add {"a": 1, "b": 2}', status=201)
+    finish(client, session["id"])
+    url = f"/v1/sessions/{session['id']}/events"
+    tools = events_of(parse_sse(client.get(f"{url}?types=tool.call,tool.result&until=completed").text))
+    assert [e["type"] for e in tools] == ["tool.call", "tool.result"]
+    listed = client.get(f"{url}?types=message.*&format=json").json["data"]
+    assert {e["type"] for e in listed} == {"message.created"} and len(listed) == 4
+    error_of(client.get(f"{url}?types=bad%20type", status="*"), 400, "VALIDATION_ERROR")
+
+
+def test_json_listing_pages_by_seq(api, client):
+    session = api.session()
+    api.message(session["id"], "x", status=201)
+    finish(client, session["id"])
+    url = f"/v1/sessions/{session['id']}/events"
+    page = client.get(url + "?limit=3", headers={"Accept": "application/json"}).json
+    assert [e["seq"] for e in page["data"]] == [1, 2, 3] and page["has_more"] and page["next_after"] == 3
+    rest = client.get(url + f"?format=json&after={page['next_after']}").json
+    assert [e["seq"] for e in rest["data"]] == [4] and rest["next_after"] is None
+
+
+def test_until_completed_waits_for_owed_messages(api, live):
+    session = slow_session(api, delay_ms=5)
+    for text in ("a b", "c d"):
+        api.message(session["id"], text, status=201)
+    got = SSEStream(live.url, f"/v1/sessions/{session['id']}/events?until=completed").rest()
+    assert [e["event"] for e in got if "event" in e].count("session.completed") == 2
+
+
+def test_ping_comments_keep_idle_streams_alive(app, api, live):
+    app.everruns.ping_s = 0.05
+    stream = SSEStream(live.url, f"/v1/sessions/{api.session()['id']}/events")
+    items = iter(stream)
+    assert next(items) == {"retry": "1000"}
+    assert next(items) == {"comment": "ping"}
+    stream.close()
+
+
+def test_slow_subscriber_is_dropped_while_others_and_the_turn_go_on(app, api, live):
+    # ~8 MB of deltas: more than the socket buffers (4 MB at most here) plus the 1,000-event queue
+    words = " ".join(f"w{i}" for i in range(25000))
+    provider = api.provider(provider_type="llmsim", settings={"reply": words})
+    session = api.session(api.agent(provider_id=provider["id"])["id"])
+    path = f"/v1/sessions/{session['id']}/events"
+    slow = SSEStream(live.url, path, rcvbuf=4096)  # connected, never read during the turn
+    fast = SSEStream(live.url, path)
+    api.message(session["id"], "go", status=201)
+    got = fast.until(lambda e: e["type"] == "session.completed")
+    assert len([e for e in got if e["event"] == "message.delta"]) == 25000
+    assert got[-1]["data"]["data"]["status"] == "completed"
+    slow_items = slow.rest()  # its stream was cut: it ends without the end of the turn
+    assert slow_items and not any(e.get("event") == "session.completed" for e in slow_items)
+    resumed = SSEStream(live.url, path + "?until=completed", headers={"Last-Event-ID": "2"}).rest()
+    assert [e["event"] for e in resumed if "event" in e] == ["message.created", "session.completed"]
+
+
+def test_cancel_mid_turn(api, client, live):
+    session = slow_session(api, delay_ms=50)
+    stream = SSEStream(live.url, f"/v1/sessions/{session['id']}/events")
+    api.message(session["id"], " ".join(["word"] * 100), status=201)
+    stream.until(lambda e: e["type"] == "message.delta")
+    cancelled = client.post(f"/v1/sessions/{session['id']}/cancel").json
+    assert cancelled["status"] == "idle" and cancelled["last_turn"]["status"] == "cancelled"
+    done = stream.until(lambda e: e["type"] == "session.completed")[-1]["data"]["data"]
+    assert (done["status"], done["error"]) == ("cancelled", None)
+    assert client.post(f"/v1/sessions/{session['id']}/cancel").json["status"] == "idle"  # idle: a no-op
+    api.message(session["id"], "again", status=201)
+    assert finish(client, session["id"], after=3)[-1]["data"]["status"] == "completed"
+
+
+def test_cancel_unknown_session_is_404(client):
+    error_of(client.post("/v1/sessions/01890000-0000-7000-8000-000000000000/cancel", status="*"), 404, "NOT_FOUND")
+
+
+def test_delete_mid_turn_ends_the_turn_and_the_stream(app, api, client, live, caplog):
+    session = slow_session(api, delay_ms=50)
+    stream = SSEStream(live.url, f"/v1/sessions/{session['id']}/events")
+    api.message(session["id"], " ".join(["word"] * 100), status=201)
+    stream.until(lambda e: e["type"] == "message.delta")
+    client.delete(f"/v1/sessions/{session['id']}", status=204)
+    assert all(e.get("event") != "session.completed" for e in stream.rest())  # the stream ends
+    client.get(f"/v1/sessions/{session['id']}", status=404)
+    assert session["id"] not in app.everruns.runner._workers  # the turn's greenlet is gone
+    assert "Traceback" not in caplog.text and "ERROR" not in caplog.text
+
+
+def test_delete_agent_mid_turn(api, client, live):
+    session = slow_session(api, delay_ms=50)
+    stream = SSEStream(live.url, f"/v1/sessions/{session['id']}/events")
+    api.message(session["id"], " ".join(["word"] * 100), status=201)
+    stream.until(lambda e: e["type"] == "message.delta")
+    client.delete(f"/v1/agents/{session['agent_id']}", status=204)
+    stream.rest()
+    client.get(f"/v1/sessions/{session['id']}", status=404)

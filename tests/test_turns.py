@@ -1,0 +1,161 @@
+"""Turns: the loop of SPEC section 5 with the simulator, tools, limits and order."""
+
+import json
+
+from conftest import finish
+
+
+def types_of(events):
+    return [e["type"] for e in events]
+
+
+def simulator(api, **settings):
+    return api.provider(provider_type="llmsim", settings=settings)["id"]
+
+
+def test_plain_turn_event_sequence(api, client):
+    session = api.session()
+    user = api.message(session["id"], "hello there", status=201)
+    events = finish(client, session["id"])
+    deltas = [e for e in events if e["type"] == "message.delta"]
+    assert types_of(events) == ["message.created", "session.started", *["message.delta"] * len(deltas),
+                                "message.created", "session.completed"]  # fmt: skip
+    assert events[1]["data"]["input_message_ids"] == [user["id"]]
+    answer = events[-2]["data"]["message"]
+    assert answer["role"] == "assistant" and answer["content"] == [{"type": "text", "text": "You said: hello there"}]
+    assert "".join(d["data"]["delta"] for d in deltas) == "You said: hello there" and len(deltas) == 4
+    assert all(d["id"] is None and d["seq"] is None and d["data"]["message_id"] == answer["id"] for d in deltas)
+    done = events[-1]["data"]
+    assert (done["status"], done["error"], done["iterations"]) == ("completed", None, 1)
+    assert done["usage"]["output_tokens"] > 0 and done["duration_ms"] >= 0
+    assert [e["seq"] for e in events if e["seq"]] == [1, 2, 3, 4]
+
+
+def test_tool_turn_event_sequence(api, client):
+    session = api.session(api.agent(capabilities=["test_math"])["id"])
+    api.message(session["id"], 'Please add {"a": 2, "b": 3}', status=201)
+    stored = [e for e in finish(client, session["id"]) if e["seq"]]
+    assert types_of(stored) == ["message.created", "session.started", "message.created", "tool.call", "tool.result",
+                                "message.created", "message.created", "session.completed"]  # fmt: skip
+    call = stored[3]["data"]["tool_call"]
+    assert (call["name"], call["arguments"]) == ("add", {"a": 2, "b": 3})
+    assert stored[2]["data"]["message"]["content"] == [{"type": "tool_call", **call}]
+    result = stored[4]["data"]
+    assert (result["tool_call_id"], result["result"], result["is_error"]) == (call["id"], {"result": 5}, False)
+    assert stored[5]["data"]["message"]["role"] == "tool"
+    assert "5" in stored[6]["data"]["message"]["content"][0]["text"]
+    assert stored[-1]["data"]["iterations"] == 2
+    assert [e["seq"] for e in stored] == list(range(1, 9))
+
+
+def test_two_tool_calls_in_one_answer_run_in_order(api, client):
+    session = api.session(api.agent(capabilities=["test_weather"])["id"])
+    api.message(session["id"], 'get_forecast and get_weather for {"city": "Oslo"}', status=201)
+    stored = [e for e in finish(client, session["id"]) if e["seq"]]
+    assert types_of(stored)[3:9] == ["tool.call", "tool.result", "message.created"] * 2
+    assert [stored[i]["data"]["tool_call"]["name"] for i in (3, 6)] == ["get_forecast", "get_weather"]
+    assert stored[4]["data"]["result"]["city"] == "Oslo"
+
+
+def test_tool_errors_become_error_results_and_the_turn_goes_on(api, client):
+    session = api.session(api.agent(capabilities=["test_math"])["id"])
+    api.message(session["id"], 'divide {"a": 1, "b": 0}', status=201)
+    events = finish(client, session["id"])
+    result = next(e["data"] for e in events if e["type"] == "tool.result")
+    assert result["is_error"] is True and "zero" in result["result"]["error"]
+    assert events[-1]["data"]["status"] == "completed"
+    api.message(session["id"], 'add {"a": "two"}', status=201)
+    result = next(e["data"] for e in finish(client, session["id"], after=9) if e["type"] == "tool.result")
+    assert result["is_error"] is True and "invalid arguments" in result["result"]["error"]
+
+
+def test_a_tool_named_but_not_enabled_is_not_called(api, client):
+    session = api.session(api.agent(capabilities=["noop"])["id"])
+    api.message(session["id"], "add 1 and 2", status=201)
+    assert "tool.call" not in types_of(finish(client, session["id"]))
+
+
+def test_max_iterations_fails_the_turn_with_a_valid_transcript(api, client):
+    session = api.session(api.agent(capabilities=["test_math"], max_iterations=1)["id"])
+    api.message(session["id"], 'multiply {"a": 6, "b": 7}', status=201)
+    events = finish(client, session["id"])
+    done = events[-1]["data"]
+    assert (done["status"], done["error"]["code"], done["iterations"]) == ("failed", "MAX_ITERATIONS", 1)
+    roles = [m["role"] for m in client.get(f"/v1/sessions/{session['id']}/messages").json["data"]]
+    assert roles == ["user", "assistant", "tool"]
+    assert client.get(f"/v1/sessions/{session['id']}").json["status"] == "idle"
+
+
+def test_controls_override_the_turn(api, client):
+    session = api.session(api.agent(capabilities=["test_math"])["id"])
+    body = {"content": 'add {"a": 1, "b": 1}', "controls": {"max_iterations": 1, "model": "sim-large"}}
+    client.post_json(f"/v1/sessions/{session['id']}/messages", body, status=201)
+    done = finish(client, session["id"])[-1]["data"]
+    assert (done["status"], done["error"]["code"], done["model"]) == ("failed", "MAX_ITERATIONS", "sim-large")
+
+
+def test_three_quick_messages_are_answered_in_order(api, client):
+    session = api.session()
+    for text in ("one", "two", "three"):
+        api.message(session["id"], text, status=201)
+    events = finish(client, session["id"])
+    assert types_of(events).count("session.completed") == 3
+    messages = client.get(f"/v1/sessions/{session['id']}/messages").json["data"]
+    answers = [m["content"][0]["text"] for m in messages if m["role"] == "assistant"]
+    assert answers == ["You said: one", "You said: two", "You said: three"]
+    started = [e["data"]["input_message_ids"] for e in events if e["type"] == "session.started"]
+    assert started == [[m["id"]] for m in messages if m["role"] == "user"]
+
+
+def test_session_usage_and_last_turn(api, client):
+    session = api.session()
+    api.message(session["id"], "a b c", status=201)
+    done = finish(client, session["id"])[-1]["data"]
+    api.message(session["id"], "d e f", status=201)
+    second = finish(client, session["id"], after=4)[-1]["data"]
+    got = client.get(f"/v1/sessions/{session['id']}").json
+    assert got["status"] == "idle"
+    assert got["last_turn"] == {"id": second["turn_id"], "status": "completed", "error": None}
+    total = {k: done["usage"][k] + second["usage"][k] for k in ("input_tokens", "output_tokens")}
+    assert got["usage"] == total
+
+
+def test_fixed_reply_setting(api, client):
+    agent = api.agent(provider_id=simulator(api, reply="Always this."))
+    session = api.session(agent["id"])
+    api.message(session["id"], "anything", status=201)
+    assert finish(client, session["id"])[-2]["data"]["message"]["content"][0]["text"] == "Always this."
+
+
+def test_system_prompt_and_history_reach_the_provider(api, client, monkeypatch):
+    import everruns
+
+    seen = []
+    original = everruns.ADAPTERS["llmsim"]
+    monkeypatch.setitem(everruns.ADAPTERS, "llmsim", lambda req, on_text: seen.append(req) or original(req, on_text))
+    session = api.session(api.agent(system_prompt="Be kind.", capabilities=["current_time"])["id"])
+    api.message(session["id"], "first", status=201)
+    finish(client, session["id"])
+    api.message(session["id"], "second", status=201)
+    finish(client, session["id"], after=4)
+    assert seen[-1].system.startswith("Be kind.") and "get_current_time" in seen[-1].system
+    assert [m["role"] for m in seen[-1].messages] == ["user", "assistant", "user"]
+    assert [t.name for t in seen[-1].tools] == ["get_current_time"]
+
+
+def test_current_time_formats(api, client):
+    session = api.session(api.agent(capabilities=["current_time"])["id"])
+    for fmt, check in (("unix", lambda t: isinstance(t, int)), ("iso8601", lambda t: t.endswith("+09:00"))):
+        body = json.dumps({"timezone": "Asia/Tokyo", "format": fmt})
+        api.message(session["id"], f"get_current_time {body}", status=201)
+        events = finish(client, session["id"])
+        result = [e["data"] for e in events if e["type"] == "tool.result"][-1]
+        assert result["is_error"] is False and check(result["result"]["time"])
+
+
+def test_idempotent_retry_starts_one_turn(api, client):
+    session = api.session()
+    url = f"/v1/sessions/{session['id']}/messages"
+    client.post_json(url, {"content": "once"}, headers={"Idempotency-Key": "r1"}, status=201)
+    client.post_json(url, {"content": "once"}, headers={"Idempotency-Key": "r1"}, status=200)
+    assert types_of(finish(client, session["id"])).count("session.started") == 1
