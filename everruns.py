@@ -65,6 +65,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -75,6 +76,7 @@ from typing import Annotated, Any, Literal
 
 import bottle
 import peewee as pw
+from playhouse.pool import PooledSqliteDatabase
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -993,7 +995,13 @@ class _Store:
             _check_greenlet_local()
         # An in-memory database lives and dies with its connection, so every
         # greenlet shares one; a file database gets one connection per greenlet.
-        self.db = pw.SqliteDatabase(path, pragmas=_pragmas(sync), thread_safe=not self.memory)
+        if self.memory:
+            self.db = pw.SqliteDatabase(path, pragmas=_pragmas(sync), thread_safe=False)
+        else:
+            # Pooled: a greenlet's connection goes back to the pool when it is
+            # done, so requests skip connect + pragmas, and the last close never
+            # triggers SQLite's checkpoint-on-close in the middle of serving.
+            self.db = PooledSqliteDatabase(path, pragmas=_pragmas(sync), max_connections=None)
         self.m = _build_models(self.db)
         self._lock = threading.RLock()
 
@@ -1007,7 +1015,7 @@ class _Store:
             yield
 
     def release(self) -> None:
-        """Close this greenlet's connection (file databases only)."""
+        """Return this greenlet's connection to the pool (file databases only)."""
         if not self.memory and not self.db.is_closed():
             self.db.close()
 
@@ -1045,6 +1053,8 @@ class _Store:
             if not self.memory:
                 self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.close()
+        if not self.memory:
+            self.db.close_all()
 
 
 def _provider_out(row: Any) -> Provider:
@@ -1092,20 +1102,46 @@ def _message_json(row: Any) -> dict:
     return _message_out(row).model_dump(mode="json")
 
 
-def _append_event(m: Any, session_id: str, type_: str, data: dict, turn_id: str | None = None) -> dict:
-    """Store one event with the session's next seq; call inside a write."""
-    last = m.Event.select(pw.fn.MAX(m.Event.seq)).where(m.Event.session_id == session_id).scalar()
-    event = {
-        "id": uuid7(),
-        "seq": (last or 0) + 1,
+def _last_seq(m: Any, session_id: str) -> int:
+    return m.Event.select(pw.fn.MAX(m.Event.seq)).where(m.Event.session_id == session_id).scalar() or 0
+
+
+# The statements that run several times per turn are plain SQL: peewee builds
+# every query anew, which costs about 0.25 ms each.
+_SQL_INSERT_EVENT = "INSERT INTO event (id, session_id, seq, type, turn_id, ts, data) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_SQL_OWED = "SELECT id FROM message WHERE session_id = ? AND role = 'user' AND turn_id IS NULL ORDER BY id LIMIT 1"
+_SQL_SETTLED = (
+    "SELECT status = 'idle' AND NOT EXISTS (SELECT 1 FROM message m WHERE m.session_id = s.id"
+    " AND m.role = 'user' AND m.turn_id IS NULL) FROM session s WHERE s.id = ?"
+)
+
+
+def _append_event(m: Any, session_id: str, seq: int, type_: str, data: dict, turn_id: str | None) -> dict:
+    """Store one event; call inside a write."""
+    event_id, ts = uuid7(), now_iso()
+    values = (event_id, session_id, seq, type_, turn_id, ts, dumps(data))
+    m.Event._meta.database.execute_sql(_SQL_INSERT_EVENT, values)
+    return {
+        "id": event_id,
+        "seq": seq,
         "type": type_,
         "session_id": session_id,
         "turn_id": turn_id,
-        "ts": now_iso(),
+        "ts": ts,
         "data": data,
     }
-    m.Event.insert(**event).execute()
-    return event
+
+
+def _first_owed(m: Any, session_id: str) -> str | None:
+    """The id of the oldest user message no turn has answered yet."""
+    row = m.Message._meta.database.execute_sql(_SQL_OWED, (session_id,)).fetchone()
+    return row[0] if row else None
+
+
+def _settled(m: Any, session_id: str) -> bool:
+    """Idle with nothing owed: no running turn and no unanswered user message (or gone)."""
+    row = m.Session._meta.database.execute_sql(_SQL_SETTLED, (session_id,)).fetchone()
+    return row is None or bool(row[0])
 
 
 # =============================================================================
@@ -1189,14 +1225,11 @@ class _Bus:
             self.unsubscribe(sub)
 
     def close(self, session_id: str | None = None) -> None:
-        """End the streams of one session (or all): a None item wakes them."""
+        """End the streams of one session (or all) once they have sent what is queued."""
         sids = [session_id] if session_id else list(self._subscribers)
         for sid in sids:
             for sub in list(self._subscribers.get(sid, ())):
-                sub.dropped = True
-                with contextlib.suppress(Exception):
-                    sub.queue.queue.clear()
-                    sub.queue.put_nowait(None)
+                self._offer(sub, None)  # None: the end of the stream
                 self.unsubscribe(sub)
             self._last_seq.pop(sid, None)
 
@@ -1205,28 +1238,43 @@ class _Tx:
     """One write transaction of a session's journal: events emitted here are
     published to live streams only after the commit."""
 
-    def __init__(self, m: Any, session_id: str) -> None:
-        self.m, self.session_id, self.events = m, session_id, []
+    def __init__(self, m: Any, session_id: str, last_seq: int | None) -> None:
+        self.m, self.session_id, self.last_seq, self.events = m, session_id, last_seq, []
 
     def emit(self, type_: str, data: dict, turn_id: str | None = None) -> dict:
-        event = _append_event(self.m, self.session_id, type_, data, turn_id)
+        if self.last_seq is None:
+            self.last_seq = _last_seq(self.m, self.session_id)
+        self.last_seq += 1
+        event = _append_event(self.m, self.session_id, self.last_seq, type_, data, turn_id)
         self.events.append(event)
         return event
 
 
 class _Journal:
-    """The write path for everything that produces events: commit, then publish."""
+    """The write path for everything that produces events: commit, then publish.
+
+    It remembers each session's last seq (set only after a commit, so a rolled
+    back transaction leaves no gap) to spare a query per event.
+    """
 
     def __init__(self, store: _Store, bus: _Bus) -> None:
         self.store, self.bus = store, bus
+        self._last_seq: dict[str, int] = {}
 
     @contextlib.contextmanager
     def tx(self, session_id: str) -> Iterator[_Tx]:
-        tx = _Tx(self.store.m, session_id)
+        tx = _Tx(self.store.m, session_id, self._last_seq.get(session_id))
         with self.store.write():
             yield tx
+        if tx.events:
+            self._last_seq[session_id] = tx.last_seq
         for event in tx.events:
             self.bus.publish(event)
+
+    def forget(self, session_id: str) -> None:
+        """Drop what is known of a deleted session."""
+        self._last_seq.pop(session_id, None)
+        self.bus.close(session_id)
 
 
 # =============================================================================
@@ -1664,6 +1712,7 @@ class _Turn:
     max_iterations: int
     temperature: float | None
     started: float = dataclasses.field(default_factory=time.monotonic)
+    provider_id: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
     iterations: int = 0
@@ -1734,29 +1783,32 @@ def _store_tool_message(tx: _Tx, turn_id: str, call: dict, result: Any, is_error
     tx.emit("message.created", {"message": _message_json(row)}, turn_id)
 
 
-def _close_turn(tx: _Tx, turn_id: str, status: str, error: dict | None, usage: tuple[int, int], iterations: int,
-                duration_ms: int, reason: str) -> None:  # fmt: skip
-    """Repair dangling tool calls, close the turn, free the session, emit session.completed."""
-    m = tx.m
-    for call in _dangling_calls(m, turn_id):
-        _store_tool_message(tx, turn_id, call, {"error": reason}, True, 0)
-    turn = m.Turn.get_by_id(turn_id)
-    m.Turn.update(
-        status=status, error=error, input_tokens=usage[0], output_tokens=usage[1], iterations=iterations,
-        ended_at=now_iso(),
-    ).where(m.Turn.id == turn_id).execute()  # fmt: skip
+def _close_turn(tx: _Tx, turn: Any, status: str, error: dict | None, duration_ms: int, reason: str) -> None:
+    """Repair dangling tool calls, close the turn, free the session, emit session.completed.
+
+    ``turn`` is a _Turn or a turn row: both have id, provider_id, model,
+    input_tokens, output_tokens and iterations.
+    """
+    m, turn_id = tx.m, turn.id
+    usage = {"input_tokens": turn.input_tokens, "output_tokens": turn.output_tokens}
+    if status != "completed":  # a completed turn has answered every call
+        for call in _dangling_calls(m, turn_id):
+            _store_tool_message(tx, turn_id, call, {"error": reason}, True, 0)
+    m.Turn.update(status=status, error=error, iterations=turn.iterations, ended_at=now_iso(), **usage).where(
+        m.Turn.id == turn_id
+    ).execute()
     m.Session.update(
         status="idle",
         last_turn={"id": turn_id, "status": status, "error": error},
-        input_tokens=m.Session.input_tokens + usage[0],
-        output_tokens=m.Session.output_tokens + usage[1],
+        input_tokens=m.Session.input_tokens + turn.input_tokens,
+        output_tokens=m.Session.output_tokens + turn.output_tokens,
     ).where(m.Session.id == tx.session_id).execute()
     data = {
         "turn_id": turn_id,
         "status": status,
         "error": error,
-        "usage": {"input_tokens": usage[0], "output_tokens": usage[1]},
-        "iterations": iterations,
+        "usage": usage,
+        "iterations": turn.iterations,
         "duration_ms": duration_ms,
         "provider_id": turn.provider_id,
         "model": turn.model,
@@ -1828,19 +1880,14 @@ class _Runner:
 
         m = self.m
         with self.journal.tx(session_id) as tx:
-            owed = (
-                m.Message.select()
-                .where(m.Message.session_id == session_id, m.Message.role == "user", m.Message.turn_id.is_null())
-                .order_by(m.Message.id)
-                .first()
-            )
-            session = m.Session.get_or_none(m.Session.id == session_id)
-            if owed is None or session is None:
+            owed_id = _first_owed(m, session_id)
+            owed = owed_id and m.Message.get_by_id(owed_id)
+            session = owed and m.Session.get_or_none(m.Session.id == session_id)
+            if not owed or session is None:
                 return None
             turn = self._prepare(session, owed)
-            provider_id = getattr(turn.provider, "id", None)
             m.Turn.create(
-                id=turn.id, session_id=session_id, status="running", provider_id=provider_id, model=turn.model,
+                id=turn.id, session_id=session_id, status="running", provider_id=turn.provider_id, model=turn.model,
                 started_at=now_iso(),
             )  # fmt: skip
             m.Message.update(turn_id=turn.id).where(m.Message.id == owed.id).execute()
@@ -1869,6 +1916,7 @@ class _Runner:
             system=_system_prompt(agent),
             tools=_agent_tools(agent.capabilities),
             provider=provider,
+            provider_id=provider.id if provider else None,
             model=controls.get("model") or session.model or agent.model or default_model or "",
             max_iterations=controls.get("max_iterations") or agent.max_iterations,
             temperature=controls.get("temperature"),
@@ -1939,7 +1987,7 @@ class _Runner:
         content = ([{"type": "text", "text": text}] if text else []) + [{"type": "tool_call", **c} for c in calls]
         row = tx.m.Message.create(
             id=message_id, session_id=turn.session_id, role="assistant", content=content, turn_id=turn.id,
-            provider_id=getattr(turn.provider, "id", None), model=turn.model, created_at=now_iso(),
+            provider_id=turn.provider_id, model=turn.model, created_at=now_iso(),
         )  # fmt: skip
         tx.emit("message.created", {"message": _message_json(row)}, turn.id)
 
@@ -1975,8 +2023,7 @@ class _Runner:
             if answer is not None:
                 self._assistant_message(tx, turn, answer[0], answer[1], [])
             duration_ms = int((time.monotonic() - turn.started) * 1000)
-            usage = (turn.input_tokens, turn.output_tokens)
-            _close_turn(tx, turn.id, status, error, usage, turn.iterations, duration_ms, reason)
+            _close_turn(tx, turn, status, error, duration_ms, reason)
         self._turns.pop(turn.session_id, None)
         ended = self._ended.pop(turn.id, None)
         if ended is not None:
@@ -1990,8 +2037,7 @@ class _Runner:
         error = {"code": "INTERRUPTED", "message": "the server stopped during the turn"}
         for turn in list(m.Turn.select().where(m.Turn.status == "running")):
             with self.journal.tx(turn.session_id) as tx:
-                usage = (turn.input_tokens, turn.output_tokens)
-                _close_turn(tx, turn.id, "failed", error, usage, turn.iterations, 0, "interrupted by a restart")
+                _close_turn(tx, turn, "failed", error, 0, "interrupted by a restart")
         owed = (
             m.Message.select(m.Message.session_id)
             .where(m.Message.role == "user", m.Message.turn_id.is_null())
@@ -2444,7 +2490,7 @@ def _delete_agent(ctx: _Ctx, call: _Call, agent_id: str) -> None:
     with ctx.store.write():
         agent.delete_instance()
     for session_id in sessions:
-        ctx.bus.close(session_id)
+        ctx.journal.forget(session_id)
 
 
 # ---- sessions ---------------------------------------------------------------
@@ -2524,7 +2570,7 @@ def _delete_session(ctx: _Ctx, call: _Call, session_id: str) -> None:
     ctx.runner.stop(session_id)  # before the write: stopping a turn may wait
     with ctx.store.write():
         session.delete_instance()
-    ctx.bus.close(session_id)
+    ctx.journal.forget(session_id)
 
 
 @_route(
@@ -2665,17 +2711,6 @@ def _stored_events(m: Any, session_id: str, after: int) -> Iterator[Any]:
         if len(batch) < REPLAY_BATCH:
             return
         after = batch[-1].seq
-
-
-def _settled(m: Any, session_id: str) -> bool:
-    """Idle with nothing owed: no running turn and no unanswered user message (or gone)."""
-    session = m.Session.get_or_none(m.Session.id == session_id)
-    if session is None:
-        return True
-    owed = m.Message.select().where(
-        m.Message.session_id == session_id, m.Message.role == "user", m.Message.turn_id.is_null()
-    )
-    return session.status == "idle" and not owed.exists()
 
 
 def _cursor(call: _Call) -> int:
@@ -3030,7 +3065,16 @@ def serve(
     from gevent.pywsgi import WSGIServer
 
     _require_patched()
-    server = WSGIServer((host, port), app, log=None, error_log=_log)
+
+    class Server(WSGIServer):
+        def handle(self, sock: Any, address: Any) -> None:
+            # Events are small writes: without this, Nagle's algorithm holds
+            # each one back until the client's delayed ACK (~40 ms).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            super().handle(sock, address)
+
+    server = Server((host, port), app, log=None, error_log=_log)
     stopping = gevent.event.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(sig, stopping.set)

@@ -1,0 +1,139 @@
+"""Durability (SPEC section 6): crashes and restarts lose nothing acknowledged,
+close interrupted turns exactly once, never re-run a tool, answer owed messages."""
+
+import signal
+
+import webtest
+from conftest import SSEStream, finish
+
+import everruns
+
+
+def setup_slow_session(server, delay_ms=200, **agent):
+    provider = server.call("POST", "/v1/llm-providers", {"name": "slow", "provider_type": "llmsim",
+                                                         "settings": {"token_delay_ms": delay_ms}})[2]  # fmt: skip
+    agent = server.call("POST", "/v1/agents", {"name": "a", "provider_id": provider["id"], **agent})[2]
+    return server.call("POST", f"/v1/agents/{agent['id']}/sessions", {})[2]["id"]
+
+
+def stored_events(server, session_id):
+    status, _, page = server.call("GET", f"/v1/sessions/{session_id}/events?format=json&limit=100")
+    assert status == 200
+    return page["data"]
+
+
+def test_kill_9_mid_turn_then_restart_recovers(start_server, tmp_path):
+    db = str(tmp_path / "crash.db")
+    server = start_server(db)
+    sid = setup_slow_session(server)
+    stream = SSEStream(server.url, f"/v1/sessions/{sid}/events")
+    first = server.call("POST", f"/v1/sessions/{sid}/messages", {"content": "one two three four five six"})[2]
+    stream.until(lambda e: e["type"] == "message.delta")
+    second = server.call("POST", f"/v1/sessions/{sid}/messages", {"content": "owed"})[2]
+    server.stop(signal.SIGKILL)
+
+    again = start_server(db)
+    stream = SSEStream(again.url, f"/v1/sessions/{sid}/events?until=completed", timeout=30)
+    events = [e["data"] for e in stream.rest() if "data" in e and e["id"]]
+    completed = [e["data"] for e in events if e["type"] == "session.completed"]
+    assert [(c["status"], (c["error"] or {}).get("code")) for c in completed] == [
+        ("failed", "INTERRUPTED"),
+        ("completed", None),
+    ]
+    started = [e["data"]["input_message_ids"] for e in events if e["type"] == "session.started"]
+    assert started == [[first["id"]], [second["id"]]]  # the interrupted message is not re-run
+    messages = again.call("GET", f"/v1/sessions/{sid}/messages")[2]["data"]
+    assert [m["id"] for m in messages if m["role"] == "user"] == [first["id"], second["id"]]
+    assert messages[-1]["content"][0]["text"] == "You said: owed"
+    assert again.call("GET", f"/v1/sessions/{sid}")[2]["status"] == "idle"
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+
+
+def test_every_acknowledged_message_survives_kill_9(start_server, tmp_path):
+    db = str(tmp_path / "acks.db")
+    server = start_server(db)
+    sid = setup_slow_session(server, delay_ms=0)
+    acked = [server.call("POST", f"/v1/sessions/{sid}/messages", {"content": f"m{i}"})[2]["id"] for i in range(30)]
+    server.stop(signal.SIGKILL)
+    again = start_server(db)
+    stream = SSEStream(again.url, f"/v1/sessions/{sid}/events?until=completed", timeout=30)
+    stream.rest()
+    messages = again.call("GET", f"/v1/sessions/{sid}/messages?limit=100")[2]["data"]
+    assert [m["id"] for m in messages if m["role"] == "user"] == acked
+    assert sum(m["role"] == "assistant" for m in messages) == 30
+
+
+def crashed_mid_tool(make_app, db_path):
+    """The database as a crash leaves it: a running turn whose tool.call is
+    stored but whose tool never answered."""
+    app = make_app(db_path)
+    client = webtest.TestApp(app)
+    agent = client.post_json("/v1/agents", {"name": "a", "capabilities": ["test_math"]}).json
+    session = client.post_json(f"/v1/agents/{agent['id']}/sessions", {}).json
+    m, sid, turn_id = app.everruns.store.m, session["id"], everruns.uuid7()
+    call = {"id": "call_1", "name": "add", "arguments": {"a": 1, "b": 2}}
+    with app.everruns.journal.tx(sid) as tx:
+        user = m.Message.create(id=everruns.uuid7(), session_id=sid, role="user", turn_id=turn_id,
+                                content=[{"type": "text", "text": "add"}], created_at=everruns.now_iso())  # fmt: skip
+        m.Turn.create(id=turn_id, session_id=sid, status="running", started_at=everruns.now_iso())
+        m.Session.update(status="running").where(m.Session.id == sid).execute()
+        tx.emit("session.started", {"turn_id": turn_id, "input_message_ids": [user.id]}, turn_id)
+        m.Message.create(id=everruns.uuid7(), session_id=sid, role="assistant", turn_id=turn_id,
+                         content=[{"type": "tool_call", **call}], created_at=everruns.now_iso())  # fmt: skip
+        tx.emit("tool.call", {"tool_call": call}, turn_id)
+    app.everruns.runner.closing = True  # the process dies here: nothing else runs
+    app.everruns.store.close()
+    return sid
+
+
+def test_restart_gives_an_unanswered_tool_call_an_error_result(make_app, db_path, monkeypatch):
+    sid = crashed_mid_tool(make_app, db_path)
+    ran = []
+    monkeypatch.setattr(everruns, "run_tool", lambda *a, **k: ran.append(a) or ({}, False))
+    client = webtest.TestApp(make_app(db_path))
+    events = finish(client, sid)
+    assert [e["type"] for e in events[2:]] == ["tool.result", "message.created", "session.completed"]
+    assert events[2]["data"]["is_error"] is True and events[2]["data"]["tool_call_id"] == "call_1"
+    assert events[-1]["data"]["error"]["code"] == "INTERRUPTED"
+    assert ran == []  # never re-run
+    assert client.get(f"/v1/sessions/{sid}").json["status"] == "idle"
+    roles = [m["role"] for m in client.get(f"/v1/sessions/{sid}/messages").json["data"]]
+    assert roles == ["user", "assistant", "tool"]
+
+
+def test_the_transcript_never_has_a_dangling_tool_call(make_app, db_path):
+    sid = crashed_mid_tool(make_app, db_path)
+    app = make_app(db_path)
+    webtest.TestApp(app).post_json(f"/v1/sessions/{sid}/messages", {"content": "next"})
+    transcript = everruns._transcript(app.everruns.store.m, sid)
+    calls = [c["id"] for m in transcript if m["role"] == "assistant" for c in m["tool_calls"]]
+    answered = [m["tool_call_id"] for m in transcript if m["role"] == "tool"]
+    assert calls == answered == ["call_1"]
+
+
+def test_graceful_shutdown_interrupts_a_turn_past_the_grace(start_server, tmp_path):
+    db = str(tmp_path / "grace.db")
+    server = start_server(db, "--shutdown-grace", "0.2")
+    sid = setup_slow_session(server, delay_ms=300)
+    stream = SSEStream(server.url, f"/v1/sessions/{sid}/events")
+    server.call("POST", f"/v1/sessions/{sid}/messages", {"content": " ".join(["w"] * 50)})
+    stream.until(lambda e: e["type"] == "message.delta")
+    assert server.stop(signal.SIGTERM) == 0
+    tail = [e["data"] for e in stream.rest() if "data" in e]  # the stream is ended, after the close
+    assert tail[-1]["type"] == "session.completed" and tail[-1]["data"]["error"]["code"] == "INTERRUPTED"
+    again = start_server(db)
+    completed = [e for e in stored_events(again, sid) if e["type"] == "session.completed"]
+    assert len(completed) == 1 and again.call("GET", f"/v1/sessions/{sid}")[2]["status"] == "idle"
+
+
+def test_graceful_shutdown_lets_a_short_turn_finish(start_server, tmp_path):
+    db = str(tmp_path / "finish.db")
+    server = start_server(db, "--shutdown-grace", "10")
+    sid = setup_slow_session(server, delay_ms=100)
+    stream = SSEStream(server.url, f"/v1/sessions/{sid}/events")
+    server.call("POST", f"/v1/sessions/{sid}/messages", {"content": "a b c d e"})
+    stream.until(lambda e: e["type"] == "message.delta")
+    assert server.stop(signal.SIGTERM) == 0
+    again = start_server(db)
+    completed = [e["data"] for e in stored_events(again, sid) if e["type"] == "session.completed"]
+    assert [c["status"] for c in completed] == ["completed"]
