@@ -107,7 +107,7 @@ def one_turn(url, client, session_id, stream, samples=None):
 
 def pct(values, p):
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
 def latency(url, agent_id, turns):
@@ -138,6 +138,11 @@ def throughput(url, agent_id, sessions, seconds):
     return count[0] / (time.perf_counter() - started)
 
 
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid):
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -166,7 +171,7 @@ def free_port():
 def start_server(workdir):
     port = free_port()
     env = {**os.environ, "GEVENT_MONITOR_THREAD_ENABLE": "1", "GEVENT_MAX_BLOCKING_TIME": "0.1"}
-    log = open(Path(workdir) / "server.log", "w+")  # noqa: SIM115
+    log = open(Path(workdir) / "server.log", "w+")
     cmd = [sys.executable, str(ROOT / "everruns.py"), "--port", str(port), "--db", str(Path(workdir) / "bench.db"),
            "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -205,7 +210,10 @@ def main():
         print(f"commit to client ({len(c2c_ms)} stored events; event ts has 1 ms resolution, so this overstates):")
         print(f"  p50 {pct(c2c_ms, 50):.2f} ms   p95 {pct(c2c_ms, 95):.2f} ms   mean {statistics.mean(c2c_ms):.2f} ms")
         for n in (20, 100):
-            print(f"throughput with {n} concurrent sessions: {throughput(url, agent_id, n, seconds):.0f} turns/s")
+            cpu, wall = cpu_seconds(pid) if pid else 0, time.perf_counter()
+            rate = throughput(url, agent_id, n, seconds)
+            busy = f" (server CPU {100 * (cpu_seconds(pid) - cpu) / (time.perf_counter() - wall):.0f}%)" if pid else ""
+            print(f"throughput with {n} concurrent sessions: {rate:.0f} turns/s{busy}")
         if pid:
             before, after = idle_streams(url, agent_id, streams, pid)
             print(f"RSS with {streams} idle open streams: {after:.1f} MB (before opening them: {before:.1f} MB)")
