@@ -24,7 +24,7 @@ def schemathesis(server, tmp_path, *extra):
         sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
         f"{server.url}/api-doc/openapi.json",
         "--checks", "all", "--exclude-path-regex", "/events$", "--request-timeout", "5",
-        "--seed", "1", "--max-examples", "25", "--no-shrink", "--workers", "2",
+        "--seed", "1", "--max-examples", "25", "--no-shrink", "--workers", "1",
         *extra,
     ]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, timeout=480, cwd=tmp_path)
