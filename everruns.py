@@ -2732,11 +2732,11 @@ def _sse(ctx: _Ctx, session_id: str, cursor: int, wanted: Callable[[str], bool],
     from gevent.queue import Empty
 
     m, sub = ctx.store.m, ctx.bus.subscribe(session_id)
-    last = cursor
+    known = min(cursor, _last_seq(m, session_id))  # the newest stored event the client has
     try:
         yield b"retry: 1000\n\n"
         for row in _stored_events(m, session_id, cursor):
-            last = row.seq
+            known = row.seq
             if wanted(row.type):
                 yield sse_frame(_event_out(row))
         if until and _settled(m, session_id):
@@ -2750,9 +2750,12 @@ def _sse(ctx: _Ctx, session_id: str, cursor: int, wanted: Callable[[str], bool],
                 continue
             if item is None or sub.dropped:
                 return
-            if (item.seq is None and item.after < last) or (item.seq is not None and item.seq <= last):
-                continue  # sent by the replay already (or a delta of a message already stored)
-            last = item.seq or last
+            if item.seq is None and item.after < known:
+                continue  # a delta of a message the client already has
+            if item.seq is not None:
+                seen, known = item.seq <= max(known, cursor), max(known, item.seq)
+                if seen:
+                    continue  # sent by the replay already, or before the cursor
             if wanted(item.type):
                 yield item.frame
             if until and item.type == "session.completed" and _settled(m, session_id):

@@ -176,3 +176,11 @@ def test_delete_agent_mid_turn(api, client, live):
     client.delete(f"/v1/agents/{session['agent_id']}", status=204)
     stream.rest()
     client.get(f"/v1/sessions/{session['id']}", status=404)
+
+
+def test_a_cursor_past_the_stored_events_still_gets_the_live_turn(api, client, live):
+    session = slow_session(api)
+    stream = SSEStream(live.url, f"/v1/sessions/{session['id']}/events?after=3")
+    api.message(session["id"], "a b c", status=201)
+    got = stream.until(lambda e: e["type"] == "session.completed")
+    assert [e["event"] for e in got] == [*["message.delta"] * 5, "session.completed"]
