@@ -2291,6 +2291,16 @@ def _check_provider(ctx: _Ctx, provider_id: str | None, loc: list) -> None:
         raise _invalid(loc, f"provider {provider_id} does not exist")
 
 
+def _patch(ctx: _Ctx, model: Any, id_: str, what: str, changes: dict[str, Any]) -> Any:
+    """Apply a PATCH to an agent or a session (a named provider must exist); the updated row."""
+    with ctx.store.write():
+        _get(model, id_, what)
+        _check_provider(ctx, changes.get("provider_id"), ["provider_id"])
+        if changes:
+            model.update(**changes, updated_at=now_iso()).where(model.id == id_).execute()
+    return model.get_by_id(id_)
+
+
 def _changes(body: BaseModel) -> dict[str, Any]:
     """The fields a PATCH body sets, as plain values."""
     return {name: getattr(body, name) for name in body.model_fields_set}
@@ -2472,12 +2482,7 @@ def _update_agent(ctx: _Ctx, call: _Call, agent_id: str) -> BaseModel:
     changes = _changes(call.body)
     if "capabilities" in changes:
         changes["capabilities"] = _dedupe(changes["capabilities"])
-    with ctx.store.write():
-        _get(m.Agent, agent_id, "agent")
-        _check_provider(ctx, changes.get("provider_id"), ["provider_id"])
-        if changes:
-            m.Agent.update(**changes, updated_at=now_iso()).where(m.Agent.id == agent_id).execute()
-    return _agent_out(m.Agent.get_by_id(agent_id))
+    return _agent_out(_patch(ctx, m.Agent, agent_id, "agent", changes))
 
 
 @_route("DELETE", "/v1/agents/<agent_id>", "Delete an agent and its sessions", "agents", status=204, errors=(404,))
@@ -2549,12 +2554,7 @@ def _get_session(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
 def _update_session(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
     m = ctx.store.m
     changes = _changes(call.body)
-    with ctx.store.write():
-        _get(m.Session, session_id, "session")
-        _check_provider(ctx, changes.get("provider_id"), ["provider_id"])
-        if changes:
-            m.Session.update(**changes, updated_at=now_iso()).where(m.Session.id == session_id).execute()
-    return _session_out(m.Session.get_by_id(session_id))
+    return _session_out(_patch(ctx, m.Session, session_id, "session", changes))
 
 
 @_route(
