@@ -1098,50 +1098,94 @@ def _message_out(row: Any) -> Message:
     )
 
 
-def _message_json(row: Any) -> dict:
-    return _message_out(row).model_dump(mode="json")
+# ---- the per-turn hot path ---------------------------------------------------
+# These statements run several times per turn. They are plain SQL because
+# peewee builds every query anew (about 0.25 ms each, most of a turn's CPU).
+
+_SQL = {
+    "session_exists": "SELECT 1 FROM session WHERE id = ?",
+    "last_seq": "SELECT COALESCE(MAX(seq), 0) FROM event WHERE session_id = ?",
+    "insert_event": "INSERT INTO event (id, session_id, seq, type, turn_id, ts, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    "events_after": "SELECT id, seq, type, session_id, turn_id, ts, data FROM event"
+    " WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+    "insert_message": "INSERT INTO message (id, session_id, role, content, turn_id, controls, provider_id, model,"
+    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "owed": "SELECT id, controls FROM message WHERE session_id = ? AND role = 'user' AND turn_id IS NULL"
+    " ORDER BY id LIMIT 1",
+    "settled": "SELECT status = 'idle' AND NOT EXISTS (SELECT 1 FROM message m WHERE m.session_id = s.id"
+    " AND m.role = 'user' AND m.turn_id IS NULL) FROM session s WHERE s.id = ?",
+    "transcript": "SELECT role, content FROM message WHERE session_id = ? AND turn_id IS NOT NULL"
+    " ORDER BY turn_id, role != 'user', id",
+    "insert_turn": "INSERT INTO turn (id, session_id, status, provider_id, model, started_at)"
+    " VALUES (?, ?, 'running', ?, ?, ?)",
+    "claim_message": "UPDATE message SET turn_id = ? WHERE id = ?",
+    "start_session": "UPDATE session SET status = 'running', last_turn = ? WHERE id = ?",
+    "close_turn": "UPDATE turn SET status = ?, error = ?, iterations = ?, input_tokens = ?, output_tokens = ?,"
+    " ended_at = ? WHERE id = ?",
+    "close_session": "UPDATE session SET status = 'idle', last_turn = ?, input_tokens = input_tokens + ?,"
+    " output_tokens = output_tokens + ? WHERE id = ?",
+}
+
+
+def _sql(m: Any, name: str, *params: Any) -> Any:
+    """Run one of the hot-path statements on the app's database; the cursor."""
+    return m.Meta._meta.database.execute_sql(_SQL[name], params)
+
+
+def _session_exists(m: Any, session_id: str) -> bool:
+    return _sql(m, "session_exists", session_id).fetchone() is not None
 
 
 def _last_seq(m: Any, session_id: str) -> int:
-    return m.Event.select(pw.fn.MAX(m.Event.seq)).where(m.Event.session_id == session_id).scalar() or 0
-
-
-# The statements that run several times per turn are plain SQL: peewee builds
-# every query anew, which costs about 0.25 ms each.
-_SQL_INSERT_EVENT = "INSERT INTO event (id, session_id, seq, type, turn_id, ts, data) VALUES (?, ?, ?, ?, ?, ?, ?)"
-_SQL_OWED = "SELECT id FROM message WHERE session_id = ? AND role = 'user' AND turn_id IS NULL ORDER BY id LIMIT 1"
-_SQL_SETTLED = (
-    "SELECT status = 'idle' AND NOT EXISTS (SELECT 1 FROM message m WHERE m.session_id = s.id"
-    " AND m.role = 'user' AND m.turn_id IS NULL) FROM session s WHERE s.id = ?"
-)
+    return _sql(m, "last_seq", session_id).fetchone()[0]
 
 
 def _append_event(m: Any, session_id: str, seq: int, type_: str, data: dict, turn_id: str | None) -> dict:
     """Store one event; call inside a write."""
-    event_id, ts = uuid7(), now_iso()
-    values = (event_id, session_id, seq, type_, turn_id, ts, dumps(data))
-    m.Event._meta.database.execute_sql(_SQL_INSERT_EVENT, values)
-    return {
-        "id": event_id,
-        "seq": seq,
-        "type": type_,
-        "session_id": session_id,
-        "turn_id": turn_id,
-        "ts": ts,
-        "data": data,
-    }
+    event = {"id": uuid7(), "seq": seq, "type": type_, "session_id": session_id, "turn_id": turn_id, "ts": now_iso()}
+    _sql(m, "insert_event", event["id"], session_id, seq, type_, turn_id, event["ts"], dumps(data))
+    return {**event, "data": data}
 
 
-def _first_owed(m: Any, session_id: str) -> str | None:
-    """The id of the oldest user message no turn has answered yet."""
-    row = m.Message._meta.database.execute_sql(_SQL_OWED, (session_id,)).fetchone()
-    return row[0] if row else None
+def _stored_events(m: Any, session_id: str, after: int, batch: int = 500) -> Iterator[dict]:
+    """Stored events with seq > after, oldest first, read in batches."""
+    columns = ("id", "seq", "type", "session_id", "turn_id", "ts")
+    while True:
+        rows = _sql(m, "events_after", session_id, after, batch).fetchall()
+        for *values, data in rows:
+            yield {**dict(zip(columns, values, strict=True)), "data": json.loads(data)}
+        if len(rows) < batch:
+            return
+        after = rows[-1][1]
+
+
+def _insert_message(m: Any, session_id: str, role: str, content: list, turn_id: str | None = None,
+                    controls: dict | None = None, provider_id: str | None = None, model: str | None = None,
+                    message_id: str | None = None) -> dict:  # fmt: skip
+    """Store a message; its public form (as in `message.created`)."""
+    message = {"id": message_id or uuid7(), "session_id": session_id, "role": role, "content": content}
+    message.update(turn_id=turn_id, created_at=now_iso())
+    controls_json = None if controls is None else dumps(controls)
+    _sql(m, "insert_message", message["id"], session_id, role, dumps(content), turn_id, controls_json,
+         provider_id, model, message["created_at"])  # fmt: skip
+    return message
+
+
+def _first_owed(m: Any, session_id: str) -> tuple[str, dict] | None:
+    """The oldest user message no turn has answered yet: (id, controls)."""
+    row = _sql(m, "owed", session_id).fetchone()
+    return (row[0], json.loads(row[1]) if row[1] else {}) if row else None
 
 
 def _settled(m: Any, session_id: str) -> bool:
     """Idle with nothing owed: no running turn and no unanswered user message (or gone)."""
-    row = m.Session._meta.database.execute_sql(_SQL_SETTLED, (session_id,)).fetchone()
+    row = _sql(m, "settled", session_id).fetchone()
     return row is None or bool(row[0])
+
+
+def _history(m: Any, session_id: str) -> list[tuple[str, list]]:
+    """(role, content) of the answered messages: turns in order, user messages first in each."""
+    return [(role, json.loads(content)) for role, content in _sql(m, "transcript", session_id)]
 
 
 # =============================================================================
@@ -1730,29 +1774,22 @@ def _system_prompt(agent: Any) -> str:
 def _transcript(m: Any, session_id: str) -> list[dict]:
     """The history a provider sees: answered turns in order, user messages first
     within each turn, and never a tool call without its result."""
-    rows = m.Message.select().where(m.Message.session_id == session_id, m.Message.turn_id.is_null(False))
-    rows = sorted(rows, key=lambda r: (r.turn_id, r.role != "user", r.id))
-    messages, results = [], {}
-    for row in rows:
-        for part in row.content:
-            if part["type"] == "tool_result":
-                results[part["tool_call_id"]] = part
-    for row in rows:
-        messages.extend(_provider_messages(row, results))
-    return messages
+    rows = _history(m, session_id)
+    results = {p["tool_call_id"]: p for _, content in rows for p in content if p["type"] == "tool_result"}
+    return [message for role, content in rows for message in _provider_messages(role, content, results)]
 
 
-def _provider_messages(row: Any, results: dict) -> list[dict]:
-    text = "".join(p["text"] for p in row.content if p["type"] == "text")
-    if row.role == "user":
+def _provider_messages(role: str, content: list[dict], results: dict) -> list[dict]:
+    text = "".join(p["text"] for p in content if p["type"] == "text")
+    if role == "user":
         return [{"role": "user", "text": text}]
-    if row.role == "tool":
+    if role == "tool":
         return [
             {"role": "tool", **{k: p[k] for k in ("tool_call_id", "name", "result", "is_error")}}
-            for p in row.content
+            for p in content
             if p["type"] == "tool_result"
         ]
-    calls = [{k: p[k] for k in ("id", "name", "arguments")} for p in row.content if p["type"] == "tool_call"]
+    calls = [{k: p[k] for k in ("id", "name", "arguments")} for p in content if p["type"] == "tool_call"]
     out = [{"role": "assistant", "text": text, "tool_calls": calls}]
     for call in calls:  # a call whose result was never stored gets one here
         if call["id"] not in results:
@@ -1777,10 +1814,8 @@ def _store_tool_message(tx: _Tx, turn_id: str, call: dict, result: Any, is_error
     part = {"type": "tool_result", "tool_call_id": call["id"], "name": call["name"], "result": result}
     part["is_error"] = is_error
     tx.emit("tool.result", {**{k: part[k] for k in part if k != "type"}, "duration_ms": duration_ms}, turn_id)
-    row = tx.m.Message.create(
-        id=uuid7(), session_id=tx.session_id, role="tool", content=[part], turn_id=turn_id, created_at=now_iso()
-    )
-    tx.emit("message.created", {"message": _message_json(row)}, turn_id)
+    message = _insert_message(tx.m, tx.session_id, "tool", [part], turn_id)
+    tx.emit("message.created", {"message": message}, turn_id)
 
 
 def _close_turn(tx: _Tx, turn: Any, status: str, error: dict | None, duration_ms: int, reason: str) -> None:
@@ -1794,15 +1829,10 @@ def _close_turn(tx: _Tx, turn: Any, status: str, error: dict | None, duration_ms
     if status != "completed":  # a completed turn has answered every call
         for call in _dangling_calls(m, turn_id):
             _store_tool_message(tx, turn_id, call, {"error": reason}, True, 0)
-    m.Turn.update(status=status, error=error, iterations=turn.iterations, ended_at=now_iso(), **usage).where(
-        m.Turn.id == turn_id
-    ).execute()
-    m.Session.update(
-        status="idle",
-        last_turn={"id": turn_id, "status": status, "error": error},
-        input_tokens=m.Session.input_tokens + turn.input_tokens,
-        output_tokens=m.Session.output_tokens + turn.output_tokens,
-    ).where(m.Session.id == tx.session_id).execute()
+    error_json = None if error is None else dumps(error)
+    _sql(m, "close_turn", status, error_json, turn.iterations, *usage.values(), now_iso(), turn_id)
+    last_turn = dumps({"id": turn_id, "status": status, "error": error})
+    _sql(m, "close_session", last_turn, *usage.values(), tx.session_id)
     data = {
         "turn_id": turn_id,
         "status": status,
@@ -1880,29 +1910,23 @@ class _Runner:
 
         m = self.m
         with self.journal.tx(session_id) as tx:
-            owed_id = _first_owed(m, session_id)
-            owed = owed_id and m.Message.get_by_id(owed_id)
+            owed = _first_owed(m, session_id)
             session = owed and m.Session.get_or_none(m.Session.id == session_id)
             if not owed or session is None:
                 return None
-            turn = self._prepare(session, owed)
-            m.Turn.create(
-                id=turn.id, session_id=session_id, status="running", provider_id=turn.provider_id, model=turn.model,
-                started_at=now_iso(),
-            )  # fmt: skip
-            m.Message.update(turn_id=turn.id).where(m.Message.id == owed.id).execute()
-            last_turn = {"id": turn.id, "status": "running", "error": None}
-            m.Session.update(status="running", last_turn=last_turn).where(m.Session.id == session_id).execute()
+            turn = self._prepare(session, *owed)
+            _sql(m, "insert_turn", turn.id, session_id, turn.provider_id, turn.model, now_iso())
+            _sql(m, "claim_message", turn.id, owed[0])
+            _sql(m, "start_session", dumps({"id": turn.id, "status": "running", "error": None}), session_id)
             tx.emit("session.started", {"turn_id": turn.id, "input_message_ids": turn.input_ids}, turn.id)
         self._turns[session_id] = turn
         self._ended[turn.id] = gevent.event.Event()
         return turn
 
-    def _prepare(self, session: Any, message: Any) -> _Turn:
+    def _prepare(self, session: Any, message_id: str, controls: dict) -> _Turn:
         """Resolve the agent, provider, model and limits for a turn."""
         m = self.m
         agent = m.Agent.get_by_id(session.agent_id)
-        controls = message.controls or {}
         provider_id = controls.get("provider_id") or session.provider_id or agent.provider_id
         if provider_id:
             provider = m.Provider.get_or_none(m.Provider.id == provider_id)
@@ -1912,7 +1936,7 @@ class _Runner:
         return _Turn(
             id=uuid7(),
             session_id=session.id,
-            input_ids=[message.id],
+            input_ids=[message_id],
             system=_system_prompt(agent),
             tools=_agent_tools(agent.capabilities),
             provider=provider,
@@ -1985,11 +2009,9 @@ class _Runner:
 
     def _assistant_message(self, tx: _Tx, turn: _Turn, message_id: str, text: str, calls: list[dict]) -> None:
         content = ([{"type": "text", "text": text}] if text else []) + [{"type": "tool_call", **c} for c in calls]
-        row = tx.m.Message.create(
-            id=message_id, session_id=turn.session_id, role="assistant", content=content, turn_id=turn.id,
-            provider_id=turn.provider_id, model=turn.model, created_at=now_iso(),
-        )  # fmt: skip
-        tx.emit("message.created", {"message": _message_json(row)}, turn.id)
+        message = _insert_message(tx.m, turn.session_id, "assistant", content, turn.id, None, turn.provider_id,
+                                  turn.model, message_id)  # fmt: skip
+        tx.emit("message.created", {"message": message}, turn.id)
 
     def _run_tools(self, turn: _Turn, message_id: str, reply: LLMReply) -> None:
         """Store each tool.call before its tool runs; each result with the next call."""
@@ -2646,35 +2668,27 @@ def _post_message(ctx: _Ctx, call: _Call, session_id: str) -> Any:
         raise _invalid(["content"], str(e)) from None
     request_hash = digest({"content": parts, "controls": controls})
     with ctx.journal.tx(session_id) as tx:
-        _get(m.Session, session_id, "session")
+        if not _session_exists(m, session_id):
+            raise _NotFound(f"session {session_id} not found")
         if controls:
             _check_provider(ctx, controls.get("provider_id"), ["controls", "provider_id"])
         if key is not None and (first := _replay(m, session_id, key, request_hash)) is not None:
             return 200, _message_out(first)
-        row = m.Message.create(
-            id=uuid7(),
-            session_id=session_id,
-            role="user",
-            content=parts,
-            controls=controls,
-            created_at=now_iso(),
-        )
+        message = _insert_message(m, session_id, "user", parts, controls=controls)
         if key is not None:
             m.IdempotencyKey.create(
                 session_id=session_id,
                 key=key,
                 request_hash=request_hash,
-                message_id=row.id,
-                created_at=row.created_at,
+                message_id=message["id"],
+                created_at=message["created_at"],
             )
-        tx.emit("message.created", {"message": _message_json(row)})
+        tx.emit("message.created", {"message": message})
     ctx.runner.kick(session_id)
-    return 201, _message_out(row)
+    return 201, Message(**message)
 
 
 # ---- events -----------------------------------------------------------------
-
-REPLAY_BATCH = 500
 
 
 def _type_matcher(types: str | None) -> Callable[[str], bool]:
@@ -2696,21 +2710,6 @@ def _event_out(row: Any) -> dict:
         "ts": row.ts,
         "data": row.data,
     }
-
-
-def _stored_events(m: Any, session_id: str, after: int) -> Iterator[Any]:
-    """Stored events with seq > after, oldest first, read in batches."""
-    while True:
-        batch = list(
-            m.Event.select()
-            .where(m.Event.session_id == session_id, m.Event.seq > after)
-            .order_by(m.Event.seq)
-            .limit(REPLAY_BATCH)
-        )
-        yield from batch
-        if len(batch) < REPLAY_BATCH:
-            return
-        after = batch[-1].seq
 
 
 def _cursor(call: _Call) -> int:
@@ -2735,10 +2734,10 @@ def _sse(ctx: _Ctx, session_id: str, cursor: int, wanted: Callable[[str], bool],
     known = min(cursor, _last_seq(m, session_id))  # the newest stored event the client has
     try:
         yield b"retry: 1000\n\n"
-        for row in _stored_events(m, session_id, cursor):
-            known = row.seq
-            if wanted(row.type):
-                yield sse_frame(_event_out(row))
+        for event in _stored_events(m, session_id, cursor):
+            known = event["seq"]
+            if wanted(event["type"]):
+                yield sse_frame(event)
         if until and _settled(m, session_id):
             return
         ctx.store.release()
