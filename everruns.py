@@ -106,6 +106,7 @@ MAX_TAGS = 32
 MAX_TAG = 64
 MAX_IDEMPOTENCY_KEY = 255
 PAGE_DEFAULT, PAGE_MAX = 20, 100
+MAX_SEQ = 2**63 - 1  # SQLite's largest integer
 
 ERROR_CODES = {
     400: "BAD_REQUEST",
@@ -116,6 +117,7 @@ ERROR_CODES = {
     413: "PAYLOAD_TOO_LARGE",
     415: "UNSUPPORTED_MEDIA_TYPE",
     500: "INTERNAL_ERROR",
+    502: "BAD_GATEWAY",
 }
 
 EVENT_TYPES = (
@@ -265,9 +267,10 @@ class EverrunsError(Exception):
     status = 500
     code = "INTERNAL_ERROR"
 
-    def __init__(self, message: str, *, details: list[dict] | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, details: list[dict] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.code = code or type(self).code
         self.details = details
 
 
@@ -297,6 +300,10 @@ class _PayloadTooLarge(EverrunsError):
 
 class _UnsupportedMediaType(EverrunsError):
     status, code = 415, "UNSUPPORTED_MEDIA_TYPE"
+
+
+class _BadGateway(EverrunsError):
+    status, code = 502, "BAD_GATEWAY"
 
 
 def _invalid(loc: list, msg: str) -> _ValidationFailed:
@@ -575,6 +582,8 @@ class Message(_Out):
     role: Literal["user", "assistant", "tool"]
     content: list[Part]
     turn_id: str | None
+    provider_id: str | None = Field(None, description="The provider that wrote an assistant message.")
+    model: str | None = Field(None, description="The model that wrote an assistant message.")
     created_at: Timestamp
 
 
@@ -669,6 +678,12 @@ class Capability(_Out):
     tools: list[ToolSpec]
 
 
+class ModelInfo(_Out):
+    """A model a provider offers."""
+
+    id: str
+
+
 class Health(_Out):
     """Liveness and database status."""
 
@@ -708,6 +723,12 @@ class CapabilityListQuery(ListQuery):
     after: CapabilityId | None = Field(None, description="The id of the last item of the previous page.")
 
 
+class ModelListQuery(ListQuery):
+    """Pagination of a provider's models (keyed by model name)."""
+
+    after: str | None = Field(None, max_length=MAX_NAME, description="The last model of the previous page.")
+
+
 class _EmptyBody(_In):
     """Routes that take no body accept at most an empty JSON object."""
 
@@ -745,7 +766,9 @@ class EventsQuery(BaseModel):
     """Query of GET /v1/sessions/{id}/events."""
 
     model_config = ConfigDict(extra="ignore")
-    after: JsonInt | None = Field(None, ge=0, description="Replay events with a larger seq (Last-Event-ID wins).")
+    after: JsonInt | None = Field(
+        None, ge=0, le=MAX_SEQ, description="Replay events with a larger seq (Last-Event-ID wins)."
+    )
     limit: JsonInt = Field(PAGE_DEFAULT, ge=1, le=PAGE_MAX, description="Page size of the JSON listing.")
     types: str | None = Field(
         None,
@@ -762,11 +785,16 @@ AgentPage = _page_model(Agent)
 SessionPage = _page_model(Session)
 MessagePage = _page_model(Message)
 CapabilityPage = _page_model(Capability)
+ModelPage = _page_model(ModelInfo)
 EventPage = _page_model(Event)
 
 # =============================================================================
 # 6. Storage
 # =============================================================================
+
+
+# peewee logs every statement with its parameters at DEBUG, API keys included.
+logging.getLogger("peewee").setLevel(logging.INFO)
 
 
 class _JSONField(pw.TextField):
@@ -1094,6 +1122,8 @@ def _message_out(row: Any) -> Message:
         role=row.role,
         content=row.content,
         turn_id=row.turn_id,
+        provider_id=row.provider_id,
+        model=row.model,
         created_at=row.created_at,
     )
 
@@ -1164,7 +1194,7 @@ def _insert_message(m: Any, session_id: str, role: str, content: list, turn_id: 
                     message_id: str | None = None) -> dict:  # fmt: skip
     """Store a message; its public form (as in `message.created`)."""
     message = {"id": message_id or uuid7(), "session_id": session_id, "role": role, "content": content}
-    message.update(turn_id=turn_id, created_at=now_iso())
+    message.update(turn_id=turn_id, provider_id=provider_id, model=model, created_at=now_iso())
     controls_json = None if controls is None else dumps(controls)
     _sql(m, "insert_message", message["id"], session_id, role, dumps(content), turn_id, controls_json,
          provider_id, model, message["created_at"])  # fmt: skip
@@ -1354,6 +1384,12 @@ class LLMRequest:
     temperature: float | None = None
 
 
+def _llm_request(provider: Any, **fields: Any) -> LLMRequest:
+    """A request to a provider row's endpoint."""
+    fields = {"model": provider.default_model, "system": "", "messages": [], "tools": [], **fields}
+    return LLMRequest(settings=provider.settings, base_url=provider.base_url, api_key=provider.api_key, **fields)
+
+
 @dataclasses.dataclass
 class LLMReply:
     """What the model answered, once the stream has ended."""
@@ -1364,9 +1400,353 @@ class LLMReply:
     output_tokens: int = 0
 
 
-# An adapter streams one answer: it calls on_text with each piece of text as
-# it arrives and returns the whole reply; failures raise ProviderError.
-Adapter = Callable[[LLMRequest, Callable[[str], None]], LLMReply]
+# ---- HTTP for the remote providers ------------------------------------------
+
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+RETRY_DELAYS = (0.25, 1.0)  # seconds before the 2nd and 3rd attempt (or Retry-After, up to 10 s)
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """Text with the given secrets and anything shaped like an API key blanked out."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return re.sub(r"\b(sk|pk|rk)-[A-Za-z0-9_\-]{8,}|\bBearer\s+\S+", "[redacted]", text)
+
+
+def _connection(url: str, timeout: float) -> tuple[Any, str]:
+    """An HTTP(S) connection to the URL's host, and the path to ask for."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ProviderError(f"the provider's base_url is not an http(s) URL: {url}", "PROVIDER_ERROR")
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    return kind(parts.hostname, parts.port, timeout=timeout), path
+
+
+def _upstream_message(raw: bytes) -> str:
+    """The provider's own error message, from {"error": {"message"}} or the raw body."""
+    try:
+        body = json.loads(raw)
+        error = body.get("error") if isinstance(body, dict) else None
+        message = error.get("message") if isinstance(error, dict) else error
+        if message:
+            return str(message)
+    except ValueError:
+        pass
+    return raw.decode(errors="replace").strip()[:500] or "(no body)"
+
+
+def _status_error(status: int, raw: bytes, api_key: str | None) -> ProviderError:
+    code = {401: "PROVIDER_AUTH", 403: "PROVIDER_AUTH", 429: "PROVIDER_RATE_LIMITED"}.get(status, "PROVIDER_ERROR")
+    return ProviderError(f"the provider answered {status}: {redact(_upstream_message(raw), api_key)}", code)
+
+
+def _retry_after(response: Any, attempt: int) -> float:
+    header = (response.getheader("Retry-After") or "").strip() if response is not None else ""
+    if header.replace(".", "", 1).isdigit():
+        return min(float(header), 10.0)
+    return RETRY_DELAYS[attempt]
+
+
+def _http(method: str, url: str, headers: dict, body: dict | None, timeout: float, api_key: str | None) -> Any:
+    """Send a request, retrying 429, 5xx and connection failures (nothing was streamed yet).
+
+    Returns the response, its status 200; anything else raises ProviderError.
+    """
+    import http.client
+
+    import gevent
+
+    data = dumps(body).encode() if body is not None else None
+    for attempt in range(len(RETRY_DELAYS) + 1):
+        response = None
+        try:
+            conn, path = _connection(url, timeout)
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            if response.status == 200:
+                return response
+            raw = response.read()
+            conn.close()
+            if response.status not in RETRY_STATUSES or attempt == len(RETRY_DELAYS):
+                raise _status_error(response.status, raw, api_key)
+        except TimeoutError:
+            raise ProviderError(f"the provider did not answer within {timeout:g} s", "PROVIDER_TIMEOUT") from None
+        except (OSError, http.client.HTTPException) as e:
+            if attempt == len(RETRY_DELAYS):
+                reason = redact(str(e) or type(e).__name__, api_key)
+                raise ProviderError(f"cannot reach the provider: {reason}", "PROVIDER_UNAVAILABLE") from None
+        gevent.sleep(_retry_after(response, attempt))
+    raise AssertionError("unreachable")
+
+
+def _sse_events(response: Any, timeout: float) -> Iterator[tuple[str, str]]:
+    """(event, data) pairs of a streamed response; ProviderError if the stream breaks."""
+    import http.client
+
+    event, data = "", []
+    while True:
+        try:
+            line = response.readline()
+        except TimeoutError:
+            raise ProviderError(f"the provider stopped sending for {timeout:g} s", "PROVIDER_TIMEOUT") from None
+        except (OSError, http.client.HTTPException):
+            raise ProviderError("the connection to the provider broke mid-stream", "PROVIDER_STREAM_ERROR") from None
+        if not line:
+            return
+        text = line.decode("utf-8", errors="replace").rstrip("\r\n")
+        if not text:
+            if data:
+                yield event or "message", "\n".join(data)
+            event, data = "", []
+        elif text.startswith("event:"):
+            event = text[6:].strip()
+        elif text.startswith("data:"):
+            data.append(text[5:].removeprefix(" "))
+
+
+def _json_chunk(data: str) -> dict:
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        raise ProviderError("the provider sent a malformed chunk", "PROVIDER_STREAM_ERROR") from None
+    if not isinstance(chunk, dict):
+        raise ProviderError("the provider sent a malformed chunk", "PROVIDER_STREAM_ERROR")
+    return chunk
+
+
+def _arguments(raw: str) -> dict:
+    """Streamed tool arguments as an object ({} when empty; kept raw when not JSON)."""
+    try:
+        value = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        return {"_unparsed_arguments": raw}
+    return value if isinstance(value, dict) else {"_unparsed_arguments": raw}
+
+
+def _result_text(result: Any) -> str:
+    return result if isinstance(result, str) else dumps(result)
+
+
+def _base_headers(request: LLMRequest) -> dict:
+    return {
+        "Content-Type": "application/json",
+        "Accept": "text/event-stream",
+        **request.settings.get("extra_headers", {}),
+    }
+
+
+class _Adapter:
+    """One provider type: stream an answer, list the models."""
+
+    def stream(self, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
+        """Call the model; on_text gets each piece of text as it arrives."""
+        raise NotImplementedError
+
+    def models(self, request: LLMRequest) -> list[str]:
+        """The model names the provider offers."""
+        raise NotImplementedError
+
+
+class _OpenAI(_Adapter):
+    """OpenAI Chat Completions, as OpenAI, Ollama, vLLM, llama.cpp and LM Studio speak it."""
+
+    def _url(self, request: LLMRequest, path: str) -> str:
+        return (request.base_url or PROVIDER_DEFAULTS["openai"][0]).rstrip("/") + path
+
+    def _headers(self, request: LLMRequest) -> dict:
+        headers = _base_headers(request)
+        if request.api_key:
+            headers["Authorization"] = f"Bearer {request.api_key}"
+        return headers
+
+    def body(self, request: LLMRequest) -> dict:
+        """The request body of a streamed chat completion."""
+        messages = [{"role": "system", "content": request.system}] if request.system else []
+        for m in request.messages:
+            if m["role"] == "user":
+                messages.append({"role": "user", "content": m["text"]})
+            elif m["role"] == "assistant":
+                message: dict = {"role": "assistant", "content": m["text"] or None}
+                if m["tool_calls"]:
+                    message["tool_calls"] = [
+                        {"id": c["id"], "type": "function",
+                         "function": {"name": c["name"], "arguments": dumps(c["arguments"])}}
+                        for c in m["tool_calls"]
+                    ]  # fmt: skip
+                messages.append(message)
+            else:
+                messages.append(
+                    {"role": "tool", "tool_call_id": m["tool_call_id"], "content": _result_text(m["result"])}
+                )
+        body = {"model": request.model, "messages": messages, "stream": True, "stream_options": {"include_usage": True}}
+        body["max_tokens"] = request.settings.get("max_tokens", 4096)
+        if request.tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+                }
+                for t in request.tools
+            ]
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        return body
+
+    def stream(self, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
+        timeout = float(request.settings.get("timeout_s", 60))
+        url = self._url(request, "/chat/completions")
+        response = _http("POST", url, self._headers(request), self.body(request), timeout, request.api_key)
+        reply, calls, finished = LLMReply(), {}, False
+        for _event, data in _sse_events(response, timeout):
+            if data.strip() == "[DONE]":
+                finished = True
+                break
+            chunk = _json_chunk(data)
+            if chunk.get("error"):
+                raise ProviderError(f"the provider failed: {redact(_upstream_message(data.encode()), request.api_key)}")
+            usage = chunk.get("usage") or {}
+            reply.input_tokens = usage.get("prompt_tokens", reply.input_tokens)
+            reply.output_tokens = usage.get("completion_tokens", reply.output_tokens)
+            for choice in chunk.get("choices") or []:
+                finished = self._apply(choice, reply, calls, on_text) or finished
+        if not finished:
+            raise ProviderError("the provider's stream ended before the answer did", "PROVIDER_STREAM_ERROR")
+        reply.tool_calls = [
+            {"id": c["id"] or f"call_{i}", "name": c["name"], "arguments": _arguments(c["arguments"])}
+            for i, c in sorted(calls.items())
+        ]
+        return reply
+
+    def _apply(self, choice: dict, reply: LLMReply, calls: dict, on_text: Callable[[str], None]) -> bool:
+        """Fold one streamed choice into the reply; True once it has a finish_reason."""
+        delta = choice.get("delta") or {}
+        if delta.get("content"):
+            reply.text += delta["content"]
+            on_text(delta["content"])
+        for fragment in delta.get("tool_calls") or []:
+            call = calls.setdefault(fragment.get("index", 0), {"id": "", "name": "", "arguments": ""})
+            call["id"] = fragment.get("id") or call["id"]
+            function = fragment.get("function") or {}
+            call["name"] += function.get("name") or ""
+            call["arguments"] += function.get("arguments") or ""
+        return bool(choice.get("finish_reason"))
+
+    def models(self, request: LLMRequest) -> list[str]:
+        timeout = float(request.settings.get("timeout_s", 60))
+        response = _http("GET", self._url(request, "/models"), self._headers(request), None, timeout, request.api_key)
+        return [m["id"] for m in _json_chunk(response.read().decode()).get("data", []) if "id" in m]
+
+
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+class _Anthropic(_Adapter):
+    """Anthropic Messages API with streamed content blocks."""
+
+    def _url(self, request: LLMRequest, path: str) -> str:
+        return (request.base_url or PROVIDER_DEFAULTS["anthropic"][0]).rstrip("/") + path
+
+    def _headers(self, request: LLMRequest) -> dict:
+        headers = {**_base_headers(request), "anthropic-version": ANTHROPIC_VERSION}
+        if request.api_key:
+            headers["x-api-key"] = request.api_key
+        return headers
+
+    def body(self, request: LLMRequest) -> dict:
+        """The request body: top-level system, strictly alternating user/assistant turns."""
+        turns: list[dict] = []
+        for m in request.messages:
+            role, blocks = self._blocks(m)
+            if turns and turns[-1]["role"] == role:
+                turns[-1]["content"].extend(blocks)
+            elif blocks:
+                turns.append({"role": role, "content": blocks})
+        body: dict = {"model": request.model, "max_tokens": request.settings.get("max_tokens", 4096)}
+        body.update(messages=turns, stream=True)
+        if request.system:
+            body["system"] = request.system
+        if request.tools:
+            body["tools"] = [
+                {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in request.tools
+            ]
+        if request.temperature is not None:
+            body["temperature"] = min(request.temperature, 1.0)
+        return body
+
+    def _blocks(self, m: dict) -> tuple[str, list[dict]]:
+        if m["role"] == "user":
+            return "user", [{"type": "text", "text": m["text"]}] if m["text"] else []
+        if m["role"] == "tool":
+            block = {"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": _result_text(m["result"])}
+            return "user", [{**block, "is_error": bool(m["is_error"])}]
+        blocks = [{"type": "text", "text": m["text"]}] if m["text"] else []
+        blocks += [
+            {"type": "tool_use", "id": c["id"], "name": c["name"], "input": c["arguments"]} for c in m["tool_calls"]
+        ]
+        return "assistant", blocks
+
+    def stream(self, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
+        timeout = float(request.settings.get("timeout_s", 60))
+        url = self._url(request, "/v1/messages")
+        response = _http("POST", url, self._headers(request), self.body(request), timeout, request.api_key)
+        reply, blocks, finished = LLMReply(), {}, False
+        for event, data in _sse_events(response, timeout):
+            chunk = _json_chunk(data)
+            kind = chunk.get("type", event)
+            if kind == "error":
+                message = redact(_upstream_message(data.encode()), request.api_key)
+                raise ProviderError(f"the provider failed mid-stream: {message}", "PROVIDER_ERROR")
+            if kind == "message_stop":
+                finished = True
+                break
+            self._apply(kind, chunk, reply, blocks, on_text)
+        if not finished:
+            raise ProviderError("the provider's stream ended before the answer did", "PROVIDER_STREAM_ERROR")
+        reply.tool_calls = [
+            {"id": b["id"], "name": b["name"], "arguments": _arguments(b["json"])}
+            for _, b in sorted(blocks.items())
+            if b["type"] == "tool_use"
+        ]
+        return reply
+
+    def _apply(self, kind: str, chunk: dict, reply: LLMReply, blocks: dict, on_text: Callable[[str], None]) -> None:
+        """Fold one streamed event into the reply."""
+        if kind == "message_start":
+            usage = (chunk.get("message") or {}).get("usage") or {}
+            reply.input_tokens = usage.get("input_tokens", 0)
+            reply.output_tokens = usage.get("output_tokens", 0)
+        elif kind == "content_block_start":
+            block = chunk.get("content_block") or {}
+            blocks[chunk.get("index", 0)] = {
+                "type": block.get("type"),
+                "id": block.get("id"),
+                "name": block.get("name"),
+                "json": "",
+            }
+        elif kind == "content_block_delta":
+            delta, block = chunk.get("delta") or {}, blocks.get(chunk.get("index", 0), {})
+            if delta.get("type") == "text_delta" and delta.get("text"):
+                reply.text += delta["text"]
+                on_text(delta["text"])
+            elif delta.get("type") == "input_json_delta":
+                block["json"] = block.get("json", "") + (delta.get("partial_json") or "")
+        elif kind == "message_delta":
+            reply.output_tokens = (chunk.get("usage") or {}).get("output_tokens", reply.output_tokens)
+
+    def models(self, request: LLMRequest) -> list[str]:
+        timeout = float(request.settings.get("timeout_s", 60))
+        response = _http(
+            "GET", self._url(request, "/v1/models"), self._headers(request), None, timeout, request.api_key
+        )
+        return [m["id"] for m in _json_chunk(response.read().decode()).get("data", []) if "id" in m]
+
+
+# ---- the built-in simulator ---------------------------------------------------
 
 
 def _words(text: str) -> list[str]:
@@ -1417,21 +1797,28 @@ def _llmsim_answer(request: LLMRequest) -> tuple[str, list[dict]]:
     return f"You said: {text}", []
 
 
-def _llmsim(request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
-    """The built-in offline simulator (see SPEC section 5), streamed word by word."""
-    import gevent
+class _Llmsim(_Adapter):
+    """The built-in offline simulator (SPEC section 5), streamed word by word."""
 
-    text, tool_calls = _llmsim_answer(request)
-    delay = request.settings.get("token_delay_ms", 0) / 1000
-    for word in _words(text):
-        gevent.sleep(delay)  # also a point where a cancel can land
-        on_text(word)
-    prompt = request.system + " ".join(m.get("text") or dumps(m.get("result")) for m in request.messages)
-    return LLMReply(text, tool_calls, len(prompt.split()), len(_words(text)) + len(tool_calls))
+    def stream(self, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
+        import gevent
+
+        text, tool_calls = _llmsim_answer(request)
+        delay = request.settings.get("token_delay_ms", 0) / 1000
+        for word in _words(text):
+            gevent.sleep(delay)  # also a point where a cancel can land
+            on_text(word)
+        prompt = request.system + " ".join(m.get("text") or dumps(m.get("result")) for m in request.messages)
+        return LLMReply(text, tool_calls, len(prompt.split()), len(_words(text)) + len(tool_calls))
+
+    def models(self, request: LLMRequest) -> list[str]:
+        return [PROVIDER_DEFAULTS["llmsim"][1]]
 
 
-ADAPTERS: dict[str, Adapter] = {
-    "llmsim": _llmsim,
+ADAPTERS: dict[str, _Adapter] = {
+    "openai": _OpenAI(),
+    "anthropic": _Anthropic(),
+    "llmsim": _Llmsim(),
 }
 
 
@@ -1985,14 +2372,12 @@ class _Runner:
         if adapter is None:
             raise ProviderError(f"provider type {turn.provider.provider_type} is not available", "PROVIDER_ERROR")
         message_id = uuid7()
-        request = LLMRequest(
+        request = _llm_request(
+            turn.provider,
             model=turn.model,
             system=turn.system,
             messages=_transcript(self.m, turn.session_id),
             tools=[t.spec() for t in turn.tools.values()],
-            settings=turn.provider.settings,
-            base_url=turn.provider.base_url,
-            api_key=turn.provider.api_key,
             temperature=turn.temperature,
         )
         self.store.release()  # no connection is held across a slow network call
@@ -2002,7 +2387,7 @@ class _Runner:
             self.bus.publish({"id": None, "seq": None, "type": "message.delta", "session_id": turn.session_id,
                               "turn_id": turn.id, "ts": now_iso(), "data": data})  # fmt: skip
 
-        reply = adapter(request, on_text)
+        reply = adapter.stream(request, on_text)
         turn.input_tokens += reply.input_tokens
         turn.output_tokens += reply.output_tokens
         return message_id, reply
@@ -2299,6 +2684,14 @@ def _page(query: Any, limit: int, key: Callable[[Any], Any], out: Callable[[Any]
     }
 
 
+def _names_page(names: list[str], q: ListQuery) -> dict:
+    """A page of a fixed list of names; `after` is the last name of the previous page."""
+    start = names.index(q.after) + 1 if q.after in names else 0
+    chosen = names[start : start + q.limit]
+    has_more = start + len(chosen) < len(names)
+    return {"data": chosen, "has_more": has_more, "next_after": chosen[-1] if has_more else None}
+
+
 def _paged_by_id(model: Any, where: Any, q: ListQuery, newest_first: bool) -> Any:
     """A select ordered by id, after the cursor, in the given direction."""
     query = model.select().where(where)
@@ -2458,6 +2851,26 @@ def _delete_provider(ctx: _Ctx, call: _Call, provider_id: str) -> None:
         if in_use:
             raise _Conflict("the provider is used by agents or sessions")
         row.delete_instance()
+
+
+@_route(
+    "GET",
+    "/v1/llm-providers/<provider_id>/models",
+    "List the models a provider offers (asks the provider)",
+    "llm-providers",
+    response=ModelPage,
+    query=ModelListQuery,
+    errors=(404, 502),
+)
+def _list_models(ctx: _Ctx, call: _Call, provider_id: str) -> BaseModel:
+    provider = _get(ctx.store.m.Provider, provider_id, "provider")
+    ctx.store.release()  # no connection is held across a network call
+    try:
+        names = ADAPTERS[provider.provider_type].models(_llm_request(provider))
+    except ProviderError as e:
+        raise _BadGateway(e.message, code=e.code) from None
+    page = _names_page(names, call.query)
+    return ModelPage(**{**page, "data": [ModelInfo(id=n) for n in page["data"]]})
 
 
 # ---- agents -----------------------------------------------------------------
@@ -2716,7 +3129,7 @@ def _cursor(call: _Call) -> int:
     """Where a stream resumes: Last-Event-ID (a reconnecting browser) wins over ?after."""
     header = call.headers.get("last-event-id", "").strip()
     if header:
-        if not header.isdigit():
+        if not header.isdigit() or int(header) > MAX_SEQ:
             raise _invalid(["header", "Last-Event-ID"], "must be an event seq (a whole number)")
         return int(header)
     return call.query.after or 0
@@ -2812,15 +3225,8 @@ def _events(ctx: _Ctx, call: _Call, session_id: str) -> bottle.HTTPResponse:
     query=CapabilityListQuery,
 )
 def _list_capabilities(ctx: _Ctx, call: _Call) -> BaseModel:
-    ids = list(CAPABILITIES)
-    start = ids.index(call.query.after) + 1 if call.query.after else 0
-    chosen = ids[start : start + call.query.limit]
-    has_more = start + len(chosen) < len(ids)
-    return CapabilityPage(
-        data=[CAPABILITIES[i].out() for i in chosen],
-        has_more=has_more,
-        next_after=chosen[-1] if has_more else None,
-    )
+    page = _names_page(list(CAPABILITIES), call.query)
+    return CapabilityPage(**{**page, "data": [CAPABILITIES[i].out() for i in page["data"]]})
 
 
 @_route(

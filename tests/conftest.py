@@ -269,3 +269,73 @@ class SSEStream:
 
     def close(self):
         self.conn.close()
+
+
+# ---- LLM providers ----------------------------------------------------------
+
+CANARY_KEY = "sk-canary-ZZ9-plural-Z-alpha-0042"
+
+
+class Upstream:
+    """An LLM provider stand-in on 127.0.0.1: it records each request and
+    answers with the next scripted reply (status, headers, body pieces)."""
+
+    def __init__(self):
+        from gevent.pywsgi import WSGIServer
+
+        self.requests, self.replies = [], []
+        self.server = WSGIServer(("127.0.0.1", 0), self.app, log=None, error_log=None)
+        self.server.start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def reply(self, status=200, body=(), headers=None, hang=0.0, drop=False):
+        """Script the next answer: body pieces are bytes; `drop` cuts the connection after them."""
+        self.replies.append(
+            {"status": status, "body": list(body), "headers": headers or {}, "hang": hang, "drop": drop}
+        )
+
+    def sse(self, events, **kwargs):
+        self.reply(200, events, {"Content-Type": "text/event-stream"}, **kwargs)
+
+    def json(self, status, obj, headers=None):
+        self.reply(status, [json.dumps(obj).encode()], {"Content-Type": "application/json", **(headers or {})})
+
+    def app(self, environ, start_response):
+        import gevent
+
+        raw = environ["wsgi.input"].read()
+        headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
+        self.requests.append({"method": environ["REQUEST_METHOD"], "path": environ["PATH_INFO"], "headers": headers,
+                              "json": json.loads(raw) if raw else None})  # fmt: skip
+        script = self.replies.pop(0) if self.replies else {"status": 599, "body": [b"unscripted"], "headers": {},
+                                                            "hang": 0, "drop": False}  # fmt: skip
+        gevent.sleep(script["hang"])
+        start_response(f"{script['status']} X", list(script["headers"].items()))
+
+        def body():
+            for piece in script["body"]:
+                yield piece
+                gevent.sleep(0)
+            if script["drop"]:
+                raise ConnectionAbortedError("the stand-in drops the connection")
+
+        return body()
+
+    def close(self):
+        self.server.stop(timeout=1)
+
+
+@pytest.fixture
+def upstream():
+    server = Upstream()
+    yield server
+    server.close()
+
+
+def remote_session(api, upstream, provider_type, capabilities=(), **settings):
+    """A session whose agent talks to the stand-in provider with the canary key."""
+    base_url = upstream.url + ("/v1" if provider_type == "openai" else "")
+    provider = api.provider(provider_type=provider_type, base_url=base_url, api_key=CANARY_KEY,
+                            default_model="test-model", settings=settings)  # fmt: skip
+    agent = api.agent(provider_id=provider["id"], capabilities=list(capabilities), system_prompt="Be brief.")
+    return api.session(agent["id"])

@@ -61,10 +61,11 @@ def test_last_event_id_wins_over_after(api, client):
     assert [e["seq"] for e in events_of(parse_sse(text.text))] == [4]
 
 
-def test_bad_last_event_id_is_400(api, client):
-    session = api.session()
-    response = client.get(f"/v1/sessions/{session['id']}/events", headers={"Last-Event-ID": "x"}, status="*")
-    error_of(response, 400, "VALIDATION_ERROR")
+def test_bad_cursors_are_400(api, client):
+    url = f"/v1/sessions/{api.session()['id']}/events"
+    for bad in ("x", "-1", str(2**63)):
+        error_of(client.get(url, headers={"Last-Event-ID": bad}, status="*"), 400, "VALIDATION_ERROR")
+        error_of(client.get(f"{url}?after={bad}&format=json", status="*"), 400, "VALIDATION_ERROR")
 
 
 def test_resume_mid_turn_has_no_gap_and_no_duplicate(api, client, live):

@@ -66,6 +66,8 @@ def test_real_responses_match_their_documented_schemas(client, api, doc):
     call("GET", "/v1/llm-providers", "/v1/llm-providers")
     call("GET", "/v1/llm-providers/{provider_id}", f"/v1/llm-providers/{pid}")
     call("PATCH", "/v1/llm-providers/{provider_id}", f"/v1/llm-providers/{pid}", params={"name": "q"})
+    simulator = api.default_provider()["id"]
+    call("GET", "/v1/llm-providers/{provider_id}/models", f"/v1/llm-providers/{simulator}/models")
     agent = call("POST", "/v1/agents", "/v1/agents", params={"name": "a", "capabilities": ["test_math"]}).json
     aid = agent["id"]
     call("POST", "/v1/agents", "/v1/agents", params={"name": ""})

@@ -1,13 +1,20 @@
 """Property-based fuzzing of the live server from its own OpenAPI document.
 
-A fixed seed and a bounded number of examples keep the run repeatable and
+A fixed seed and a bounded number of examples keep the runs repeatable and
 short. Operations whose body may name a provider accept a 400 for schema-valid
 data: a random provider id is well-formed but does not exist (SPEC: 400), and
 provider settings depend on the provider's type, which the path does not show.
+
+Two runs, so that no request ever leaves 127.0.0.1: providers created with
+fuzzed base URLs are never called (the provider run posts no messages and
+lists no models), and the run that posts messages has only the offline
+simulator to call.
 """
 
 import subprocess
 import sys
+
+import pytest
 
 CONFIG = """
 [[operations]]
@@ -16,22 +23,30 @@ include-operation-id = ["create_agent", "update_agent", "create_session", "updat
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409"]
 """
 
+PROVIDER_WRITES = "^(create_provider|update_provider|events)$"  # the SSE route would hang the run
+PROVIDERS_ONLY = "^(create_provider|update_provider|get_provider|list_providers|delete_provider)$"
 
-def schemathesis(server, tmp_path, *extra):
+
+def schemathesis(server, tmp_path, *filters):
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG)
     cmd = [
         sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
         f"{server.url}/api-doc/openapi.json",
-        "--checks", "all", "--exclude-path-regex", "/events$", "--request-timeout", "5",
+        "--checks", "all", "--request-timeout", "5",
         "--seed", "1", "--max-examples", "25", "--no-shrink", "--workers", "1",
-        *extra,
+        *filters,
     ]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, timeout=480, cwd=tmp_path)
 
 
-def test_schemathesis_finds_no_failure(start_server, tmp_path):
+@pytest.mark.parametrize(
+    "filters",
+    [("--exclude-operation-id-regex", PROVIDER_WRITES), ("--include-operation-id-regex", PROVIDERS_ONLY)],
+    ids=["everything-else", "providers"],
+)
+def test_schemathesis_finds_no_failure(start_server, tmp_path, filters):
     server = start_server()
-    result = schemathesis(server, tmp_path)
+    result = schemathesis(server, tmp_path, *filters)
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
     assert "Traceback" not in server.output()

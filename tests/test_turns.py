@@ -131,8 +131,10 @@ def test_system_prompt_and_history_reach_the_provider(api, client, monkeypatch):
     import everruns
 
     seen = []
-    original = everruns.ADAPTERS["llmsim"]
-    monkeypatch.setitem(everruns.ADAPTERS, "llmsim", lambda req, on_text: seen.append(req) or original(req, on_text))
+    original = everruns._Llmsim.stream
+    monkeypatch.setattr(
+        everruns._Llmsim, "stream", lambda self, req, on_text: seen.append(req) or original(self, req, on_text)
+    )
     session = api.session(api.agent(system_prompt="Be kind.", capabilities=["current_time"])["id"])
     api.message(session["id"], "first", status=201)
     finish(client, session["id"])

@@ -1,0 +1,140 @@
+"""The OpenAI-compatible adapter against a stand-in speaking Chat Completions streaming."""
+
+import json
+
+from conftest import CANARY_KEY, finish, remote_session
+
+
+def chunk(delta=None, finish_reason=None, usage=None):
+    """One `chat.completion.chunk` as OpenAI streams it."""
+    body = {"id": "chatcmpl-AbC123", "object": "chat.completion.chunk", "created": 1730000000,
+            "model": "gpt-4o-mini-2024-07-18", "system_fingerprint": "fp_0ba0d124f1"}  # fmt: skip
+    if usage is not None:
+        body.update(choices=[], usage=usage)
+    else:
+        body["choices"] = [{"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish_reason}]
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+def usage(prompt, completion):
+    return chunk(usage={"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+
+
+def text_answer(*pieces, prompt=9, completion=2):
+    first = [chunk({"role": "assistant", "content": "", "refusal": None})]
+    return first + [chunk({"content": p}) for p in pieces] + [chunk({}, "stop"), usage(prompt, completion), DONE]
+
+
+def tool_fragment(index, call_id=None, name=None, arguments=""):
+    call = {"index": index, "function": {"arguments": arguments}}
+    if call_id:
+        call.update(id=call_id, type="function")
+        call["function"]["name"] = name
+    return chunk({"tool_calls": [call]})
+
+
+def test_plain_text_answer_and_the_request(api, client, upstream):
+    session = remote_session(api, upstream, "openai", max_tokens=321)
+    upstream.sse(text_answer("Hel", "lo!"))
+    api.message(session["id"], "Say hello", status=201)
+    events = finish(client, session["id"])
+    assert [e["data"]["delta"] for e in events if e["type"] == "message.delta"] == ["Hel", "lo!"]
+    answer = events[-2]["data"]["message"]
+    assert answer["content"] == [{"type": "text", "text": "Hello!"}]
+    assert (answer["model"], answer["provider_id"]) == ("test-model", session_agent_provider(client, session))
+    done = events[-1]["data"]
+    assert done["status"] == "completed" and done["usage"] == {"input_tokens": 9, "output_tokens": 2}
+    request = upstream.requests[0]
+    assert (request["method"], request["path"]) == ("POST", "/v1/chat/completions")
+    assert request["headers"]["authorization"] == f"Bearer {CANARY_KEY}"
+    body = request["json"]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert (body["model"], body["max_tokens"]) == ("test-model", 321)
+    assert body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}]
+    assert "tools" not in body
+
+
+def session_agent_provider(client, session):
+    return client.get(f"/v1/agents/{session['agent_id']}").json["provider_id"]
+
+
+def test_tool_call_with_split_arguments_then_the_results_in_openai_format(api, client, upstream):
+    session = remote_session(api, upstream, "openai", capabilities=["test_math"])
+    upstream.sse([
+        chunk({"role": "assistant", "content": None}),
+        tool_fragment(0, "call_Qx1", "add"),
+        tool_fragment(0, arguments='{"a"'),
+        tool_fragment(0, arguments=': 2, "b'),
+        tool_fragment(0, arguments='": 3}'),
+        chunk({}, "tool_calls"),
+        usage(50, 20),
+        DONE,
+    ])  # fmt: skip
+    upstream.sse(text_answer("It is 5.", prompt=80, completion=4))
+    api.message(session["id"], "What is 2 + 3?", status=201)
+    events = finish(client, session["id"])
+    call = next(e["data"]["tool_call"] for e in events if e["type"] == "tool.call")
+    assert call == {"id": "call_Qx1", "name": "add", "arguments": {"a": 2, "b": 3}}
+    assert next(e["data"]["result"] for e in events if e["type"] == "tool.result") == {"result": 5}
+    assert events[-1]["data"]["usage"] == {"input_tokens": 130, "output_tokens": 24}
+    tools = upstream.requests[0]["json"]["tools"]
+    assert tools[0]["type"] == "function" and tools[0]["function"]["name"] == "add"
+    assert tools[0]["function"]["parameters"]["required"] == ["a", "b"]
+    second = upstream.requests[1]["json"]["messages"]
+    assert second[2] == {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_Qx1", "type": "function", "function": {"name": "add", "arguments": '{"a":2,"b":3}'}}]}  # fmt: skip
+    assert second[3] == {"role": "tool", "tool_call_id": "call_Qx1", "content": '{"result":5}'}
+
+
+def test_two_tool_calls_in_one_response(api, client, upstream):
+    session = remote_session(api, upstream, "openai", capabilities=["test_math"])
+    upstream.sse([
+        tool_fragment(0, "call_A", "multiply"),
+        tool_fragment(1, "call_B", "subtract"),
+        tool_fragment(0, arguments='{"a": 6, "b": 7}'),
+        tool_fragment(1, arguments='{"a": 9, "b": 4}'),
+        chunk({}, "tool_calls"),
+        usage(10, 10),
+        DONE,
+    ])  # fmt: skip
+    upstream.sse(text_answer("42 and 5"))
+    api.message(session["id"], "two sums", status=201)
+    events = finish(client, session["id"])
+    results = [(e["data"]["tool_call_id"], e["data"]["result"]) for e in events if e["type"] == "tool.result"]
+    assert results == [("call_A", {"result": 42}), ("call_B", {"result": 5})]
+    tool_messages = [m for m in upstream.requests[1]["json"]["messages"] if m["role"] == "tool"]
+    assert [m["tool_call_id"] for m in tool_messages] == ["call_A", "call_B"]
+
+
+def test_no_key_means_no_authorization_and_base_url_may_end_with_a_slash(api, client, upstream):
+    provider = api.provider(provider_type="openai", base_url=upstream.url + "/v1/", default_model="llama3")
+    session = api.session(api.agent(provider_id=provider["id"])["id"])
+    upstream.sse(text_answer("ok"))
+    api.message(session["id"], "hi", status=201)
+    assert finish(client, session["id"])[-1]["data"]["status"] == "completed"
+    assert upstream.requests[0]["path"] == "/v1/chat/completions"
+    assert "authorization" not in upstream.requests[0]["headers"]
+
+
+def test_per_turn_controls_choose_the_model(api, client, upstream):
+    session = remote_session(api, upstream, "openai")
+    upstream.sse(text_answer("ok"))
+    body = {"content": "hi", "controls": {"model": "gpt-4.1", "temperature": 0.3}}
+    client.post_json(f"/v1/sessions/{session['id']}/messages", body, status=201)
+    done = finish(client, session["id"])[-1]["data"]
+    assert done["model"] == "gpt-4.1"
+    assert (upstream.requests[0]["json"]["model"], upstream.requests[0]["json"]["temperature"]) == ("gpt-4.1", 0.3)
+
+
+def test_models_come_from_the_upstream(api, client, upstream):
+    provider = api.provider(provider_type="openai", base_url=upstream.url + "/v1", api_key=CANARY_KEY)
+    upstream.json(200, {"object": "list", "data": [
+        {"id": "gpt-4o", "object": "model", "created": 1715367049, "owned_by": "system"},
+        {"id": "gpt-4o-mini", "object": "model", "created": 1721172741, "owned_by": "system"}]})  # fmt: skip
+    page = client.get(f"/v1/llm-providers/{provider['id']}/models").json
+    assert [m["id"] for m in page["data"]] == ["gpt-4o", "gpt-4o-mini"]
+    assert upstream.requests[0]["path"] == "/v1/models"
+    assert upstream.requests[0]["headers"]["authorization"] == f"Bearer {CANARY_KEY}"

@@ -1,0 +1,98 @@
+"""Provider failures end the turn cleanly, for both adapters: a clear code and
+message, the session idle again, and the API key nowhere a client or a log sees."""
+
+import logging
+
+import pytest
+import test_anthropic as anthropic
+import test_openai as openai
+from conftest import CANARY_KEY, finish, free_port, remote_session
+
+KINDS = {
+    "openai": (
+        openai.text_answer("fine"),
+        {"error": {"message": f"Incorrect API key provided: {CANARY_KEY}.", "code": "invalid_api_key"}},
+        [openai.chunk({"role": "assistant", "content": ""}), openai.chunk({"content": "Hal"})],
+    ),
+    "anthropic": (
+        anthropic.text_answer("fine"),
+        {"type": "error", "error": {"type": "authentication_error", "message": f"invalid x-api-key {CANARY_KEY}"}},
+        [anthropic.message_start(), *anthropic.text_block(0, "Hal")[:2]],
+    ),
+}
+
+
+@pytest.fixture(params=sorted(KINDS))
+def kind(request):
+    return request.param
+
+
+def run_turn(api, client, upstream, kind, caplog, **settings):
+    """Post a message, wait for the turn; its session.completed data, after checking the key never leaked."""
+    caplog.set_level(logging.DEBUG)
+    session = remote_session(api, upstream, kind, **settings)
+    api.message(session["id"], "hi", status=201)
+    events = finish(client, session["id"])
+    seen = [client.get(f"/v1/sessions/{session['id']}").text, client.get(f"/v1/sessions/{session['id']}/messages").text,
+            client.get(f"/v1/sessions/{session['id']}/events?format=json&limit=100").text, str(events), caplog.text,
+            client.get("/v1/llm-providers").text]  # fmt: skip
+    assert not [s for s in seen if CANARY_KEY in s]
+    assert client.get(f"/v1/sessions/{session['id']}").json["status"] == "idle"
+    return events[-1]["data"]
+
+
+def test_401_is_a_failed_turn_with_the_upstream_message(api, client, upstream, kind, caplog):
+    upstream.json(401, KINDS[kind][1])
+    done = run_turn(api, client, upstream, kind, caplog)
+    assert (done["status"], done["error"]["code"]) == ("failed", "PROVIDER_AUTH")
+    assert "401" in done["error"]["message"] and ("Incorrect API key" in done["error"]["message"]
+                                                  or "invalid x-api-key" in done["error"]["message"])  # fmt: skip
+    assert len(upstream.requests) == 1  # never retried
+
+
+def test_429_then_success_is_retried(api, client, upstream, kind, caplog):
+    upstream.json(429, {"error": {"message": "Rate limit reached", "type": "rate_limit_error"}}, {"Retry-After": "0"})
+    upstream.sse(KINDS[kind][0])
+    done = run_turn(api, client, upstream, kind, caplog)
+    assert done["status"] == "completed" and len(upstream.requests) == 2
+
+
+def test_persistent_500_fails_after_retries(api, client, upstream, kind, caplog):
+    for _ in range(3):
+        upstream.json(500, {"error": {"message": "The server had an error", "type": "server_error"}})
+    done = run_turn(api, client, upstream, kind, caplog)
+    assert (done["status"], done["error"]["code"]) == ("failed", "PROVIDER_ERROR")
+    assert "500" in done["error"]["message"] and "The server had an error" in done["error"]["message"]
+    assert len(upstream.requests) == 3
+
+
+def test_a_hang_past_the_timeout(api, client, upstream, kind, caplog):
+    upstream.sse(KINDS[kind][0], hang=5)
+    done = run_turn(api, client, upstream, kind, caplog, timeout_s=0.3)
+    assert (done["status"], done["error"]["code"]) == ("failed", "PROVIDER_TIMEOUT")
+
+
+def test_a_connection_dropped_mid_stream(api, client, upstream, kind, caplog):
+    upstream.sse(KINDS[kind][2], drop=True)
+    done = run_turn(api, client, upstream, kind, caplog)
+    assert (done["status"], done["error"]["code"]) == ("failed", "PROVIDER_STREAM_ERROR")
+
+
+def test_a_malformed_chunk(api, client, upstream, kind, caplog):
+    upstream.sse([*KINDS[kind][2], b"data: {this is not json\n\n"])
+    done = run_turn(api, client, upstream, kind, caplog)
+    assert (done["status"], done["error"]["code"]) == ("failed", "PROVIDER_STREAM_ERROR")
+
+
+def test_an_unreachable_provider(api, client, kind, caplog):
+    dead = type("Dead", (), {"url": f"http://127.0.0.1:{free_port()}"})()
+    done = run_turn(api, client, dead, kind, caplog)
+    assert (done["status"], done["error"]["code"]) == ("failed", "PROVIDER_UNAVAILABLE")
+
+
+def test_models_of_an_unreachable_provider_is_502(api, client, kind):
+    base = f"http://127.0.0.1:{free_port()}"
+    provider = api.provider(provider_type=kind, base_url=base, api_key=CANARY_KEY)
+    response = client.get(f"/v1/llm-providers/{provider['id']}/models", status="*")
+    assert response.status_int == 502 and response.json["error"]["code"] == "PROVIDER_UNAVAILABLE"
+    assert CANARY_KEY not in response.text
