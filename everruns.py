@@ -55,11 +55,14 @@ __all__ = [
 # =============================================================================
 
 import argparse
+import base64
 import contextlib
 import dataclasses
 import datetime
 import hashlib
 import hmac
+import html.parser
+import ipaddress
 import json
 import logging
 import os
@@ -152,6 +155,15 @@ UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 JSON_TYPE = "application/json; charset=utf-8"
 
 
+def _flag(value: str) -> bool:
+    """An on/off setting from the environment: 1/true/yes/on or 0/false/no/off."""
+    if str(value).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(value).lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not an on/off value: {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
     """One server option: its flag, environment variable, default and help."""
@@ -198,6 +210,14 @@ SETTINGS = (
         "EVERRUNS_DEFAULT_PROVIDER",
         None,
         "Provider (id, name or type) to make the default at start-up.",
+    ),
+    Setting(
+        "allow_private_fetch",
+        "--allow-private-fetch",
+        "EVERRUNS_ALLOW_PRIVATE_FETCH",
+        False,
+        "Let web_fetch reach private, loopback and link-local addresses (trusted networks only).",
+        _flag,
     ),
     Setting(
         "log_level",
@@ -684,6 +704,68 @@ class ModelInfo(_Out):
     id: str
 
 
+class FsEntry(_Out):
+    """One entry of a directory listing."""
+
+    name: str
+    path: str
+    type: Literal["file", "directory"]
+    size_bytes: int
+
+
+class FsFile(_Out):
+    """A file of the session file system."""
+
+    path: str
+    type: Literal["file"]
+    content: str
+    encoding: Literal["text", "base64"]
+    size_bytes: int
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class FsDirectory(_Out):
+    """A directory of the session file system, with its entries."""
+
+    path: str
+    type: Literal["directory"]
+    entries: list[FsEntry]
+
+
+class FsNode(RootModel):
+    """A file or a directory."""
+
+    root: Annotated[FsFile | FsDirectory, Field(discriminator="type")]
+
+
+class FsWriteFile(_In):
+    """PUT a file: its content, as text or base64."""
+
+    content: Annotated[str, StringConstraints(max_length=2 * MAX_MESSAGE_TEXT)]
+    encoding: Literal["text", "base64"] = "text"
+
+
+class FsMakeDirectory(_In):
+    """PUT a directory."""
+
+    type: Literal["directory"]
+
+
+def _fs_form(value: Any) -> str:
+    return "directory" if isinstance(value, dict) and "type" in value else "file"
+
+
+class FsPut(RootModel):
+    """Body of PUT /v1/sessions/{id}/fs/{path}: a file's content, or {"type": "directory"}."""
+
+    model_config = ConfigDict(strict=True)
+    root: Annotated[
+        Annotated[FsWriteFile, Tag("file")] | Annotated[FsMakeDirectory, Tag("directory")],
+        Discriminator(_fs_form),
+    ]
+
+
 class Health(_Out):
     """Liveness and database status."""
 
@@ -727,6 +809,13 @@ class ModelListQuery(ListQuery):
     """Pagination of a provider's models (keyed by model name)."""
 
     after: str | None = Field(None, max_length=MAX_NAME, description="The last model of the previous page.")
+
+
+class FsDeleteQuery(BaseModel):
+    """Query of DELETE /v1/sessions/{id}/fs/{path}."""
+
+    model_config = ConfigDict(extra="ignore")
+    recursive: bool = Field(False, description="Also delete what a directory holds.")
 
 
 class _EmptyBody(_In):
@@ -853,6 +942,13 @@ _MIGRATIONS: list[list[str]] = [
             key TEXT NOT NULL, request_hash TEXT NOT NULL, message_id TEXT NOT NULL,
             created_at TEXT NOT NULL, PRIMARY KEY (session_id, key))""",
     ],
+    [  # 2: the session file system
+        """CREATE TABLE file (
+            session_id TEXT NOT NULL REFERENCES session (id) ON DELETE CASCADE,
+            path TEXT NOT NULL, type TEXT NOT NULL, content BLOB, encoding TEXT,
+            size_bytes INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+            PRIMARY KEY (session_id, path))""",
+    ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -972,8 +1068,23 @@ def _build_models(db: pw.Database) -> types.SimpleNamespace:
             table_name = "idempotency_key"
             primary_key = pw.CompositeKey("session_id", "key")
 
+    class File(Base):
+        session_id = pw.TextField()
+        path = pw.TextField()
+        type = pw.TextField()
+        content = pw.BlobField(null=True)
+        encoding = pw.TextField(null=True)
+        size_bytes = pw.IntegerField(default=0)
+        created_at = pw.TextField()
+        updated_at = pw.TextField()
+
+        class Meta:
+            table_name = "file"
+            primary_key = pw.CompositeKey("session_id", "path")
+
     return types.SimpleNamespace(
         Meta=Meta,
+        File=File,
         Provider=Provider,
         Agent=Agent,
         Session=Session,
@@ -2001,6 +2112,435 @@ def _write_todos(args: _TodoArgs, tctx: _ToolContext) -> dict:
     return {"todos": todos, "counts": counts}
 
 
+# ---- the session file system ------------------------------------------------
+
+MAX_FILE_BYTES = 1024 * 1024
+MAX_SESSION_BYTES = 10 * 1024 * 1024
+MAX_SESSION_FILES = 10_000
+MAX_PATH = 4096
+GREP_MAX_MATCHES = 200
+GREP_MAX_SECONDS = 2.0
+GREP_MAX_LINE = 4096
+# A group that ends in a quantifier and is quantified again, like (a+)+ or
+# (\w*)*: the shapes that make a backtracking regex take exponential time.
+_NESTED_QUANTIFIER = re.compile(r"[+*?}]\)[+*?{]")
+
+
+def normalize_path(path: str) -> str:
+    """An absolute, normalised virtual path; 400 for anything that could escape the root."""
+    if not path.startswith("/"):
+        raise _invalid(["path"], "must be absolute (start with /)")
+    if "\\" in path or any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise _invalid(["path"], "must not contain backslashes, NUL or control characters")
+    if len(path) > MAX_PATH:
+        raise _invalid(["path"], f"is longer than {MAX_PATH} characters")
+    parts: list[str] = []
+    for segment in path.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if not parts:
+                raise _invalid(["path"], "must not climb above the root")
+            parts.pop()
+        elif len(segment) > 255:
+            raise _invalid(["path"], "has a name longer than 255 characters")
+        else:
+            parts.append(segment)
+    return "/" + "/".join(parts)
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
+
+
+def _ancestors(path: str) -> list[str]:
+    """The directories above a path, outermost first, root excluded."""
+    parts = path.strip("/").split("/")[:-1]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+class _Vfs:
+    """One session's files and directories, stored in the database.
+
+    Errors are EverrunsErrors: 404, 409, 400 and 413 over HTTP, error results
+    for tools.
+    """
+
+    def __init__(self, store: _Store, session_id: str) -> None:
+        self.store, self.m, self.session_id = store, store.m, session_id
+
+    def _row(self, path: str) -> Any:
+        File = self.m.File
+        return File.get_or_none(File.session_id == self.session_id, File.path == path)
+
+    def _need(self, path: str) -> Any:
+        """The row of an existing path (root: None); 404 otherwise."""
+        if path == "/":
+            return None
+        row = self._row(path)
+        if row is None:
+            raise _NotFound(f"{path} does not exist")
+        return row
+
+    def _under(self, path: str) -> Any:
+        """Everything below a directory."""
+        File, prefix = self.m.File, path.rstrip("/") + "/"
+        return File.select().where(
+            File.session_id == self.session_id, pw.fn.substr(File.path, 1, len(prefix)) == prefix
+        )
+
+    def entries(self, path: str) -> list[dict]:
+        prefix = path.rstrip("/") + "/"
+        rows = [r for r in self._under(path) if "/" not in r.path[len(prefix) :]]
+        return [
+            {"name": r.path.rsplit("/", 1)[1], "path": r.path, "type": r.type, "size_bytes": r.size_bytes}
+            for r in sorted(rows, key=lambda r: r.path)
+        ]
+
+    def read(self, path: str) -> dict:
+        """A file with its content, or a directory with its entries."""
+        row = self._need(path)
+        if row is None or row.type == "directory":
+            return {"path": path, "type": "directory", "entries": self.entries(path)}
+        data = bytes(row.content or b"")
+        content = data.decode() if row.encoding == "text" else base64.b64encode(data).decode()
+        return {"path": path, "type": "file", "content": content, "encoding": row.encoding,
+                "size_bytes": row.size_bytes, "created_at": row.created_at, "updated_at": row.updated_at}  # fmt: skip
+
+    def stat(self, path: str) -> dict:
+        row = self._need(path)
+        if row is None:
+            return {"path": "/", "type": "directory", "size_bytes": 0, "created_at": None, "updated_at": None}
+        return {"path": path, "type": row.type, "size_bytes": row.size_bytes,
+                "created_at": row.created_at, "updated_at": row.updated_at}  # fmt: skip
+
+    def _make_parents(self, path: str, ts: str) -> None:
+        for directory in _ancestors(path):
+            row = self._row(directory)
+            if row is not None and row.type != "directory":
+                raise _Conflict(f"{directory} is a file, not a directory")
+            if row is None:
+                self.m.File.create(
+                    session_id=self.session_id, path=directory, type="directory", created_at=ts, updated_at=ts
+                )
+
+    def _check_room(self, path: str, size: int) -> None:
+        File = self.m.File
+        used = File.select(pw.fn.COALESCE(pw.fn.SUM(File.size_bytes), 0), pw.fn.COUNT(File.path)).where(
+            File.session_id == self.session_id, File.path != path
+        ).tuples().get()  # fmt: skip
+        if used[0] + size > MAX_SESSION_BYTES:
+            raise _PayloadTooLarge(f"the session's files would exceed {MAX_SESSION_BYTES} bytes")
+        if used[1] >= MAX_SESSION_FILES:
+            raise _PayloadTooLarge(f"a session holds at most {MAX_SESSION_FILES} files and directories")
+
+    def write(self, path: str, content: str, encoding: str = "text") -> tuple[dict, bool]:
+        """Create or replace a file, parents created; (its stat, created?)."""
+        if path == "/":
+            raise _Conflict("/ is a directory")
+        try:
+            data = content.encode() if encoding == "text" else base64.b64decode(content, validate=True)
+        except ValueError:
+            raise _invalid(["content"], "is not valid base64") from None
+        if len(data) > MAX_FILE_BYTES:
+            raise _PayloadTooLarge(f"a file holds at most {MAX_FILE_BYTES} bytes")
+        ts = now_iso()
+        with self.store.write():
+            row = self._row(path)
+            if row is not None and row.type == "directory":
+                raise _Conflict(f"{path} is a directory")
+            self._make_parents(path, ts)
+            self._check_room(path, len(data))
+            fields = {"content": data, "encoding": encoding, "size_bytes": len(data), "updated_at": ts}
+            if row is None:
+                self.m.File.create(session_id=self.session_id, path=path, type="file", created_at=ts, **fields)
+            else:
+                self.m.File.update(**fields).where(
+                    self.m.File.session_id == self.session_id, self.m.File.path == path
+                ).execute()
+        return self.stat(path), row is None
+
+    def mkdir(self, path: str) -> bool:
+        """Create a directory, parents created; True if it is new."""
+        if path == "/":
+            return False
+        ts = now_iso()
+        with self.store.write():
+            row = self._row(path)
+            if row is not None:
+                if row.type != "directory":
+                    raise _Conflict(f"{path} is a file")
+                return False
+            self._make_parents(path, ts)
+            self._check_room(path, 0)
+            self.m.File.create(session_id=self.session_id, path=path, type="directory", created_at=ts, updated_at=ts)
+        return True
+
+    def delete(self, path: str, recursive: bool = False) -> int:
+        """Delete a file, or a directory (non-empty only when recursive); how many entries went."""
+        if path == "/":
+            raise _Conflict("the root directory cannot be deleted")
+        with self.store.write():
+            row = self._need(path)
+            below = self._under(path)
+            if row.type == "directory" and below.exists() and not recursive:
+                raise _Conflict(f"{path} is not empty (delete it with recursive)")
+            gone = 0
+            if row.type == "directory":
+                gone = self.m.File.delete().where(self.m.File.path.in_([r.path for r in below]),
+                                                  self.m.File.session_id == self.session_id).execute()  # fmt: skip
+            row.delete_instance()
+        return gone + 1
+
+    def grep(self, pattern: str, path: str = "/") -> dict:
+        """Lines matching a regular expression in the text files under a path (or in one file)."""
+        if _NESTED_QUANTIFIER.search(pattern):
+            raise _invalid(["pattern"], "nested quantifiers like (a+)+ are refused (they can take forever)")
+        try:
+            regex = re.compile(pattern)
+        except re.error as e:
+            raise _invalid(["pattern"], f"is not a valid regular expression: {e}") from None
+        row = self._need(path)
+        rows = [row] if row is not None and row.type == "file" else [r for r in self._under(path) if r.type == "file"]
+        matches, deadline, truncated = [], time.monotonic() + GREP_MAX_SECONDS, False
+        for r in sorted(rows, key=lambda r: r.path):
+            if r.encoding != "text":
+                continue
+            for number, line in enumerate(bytes(r.content or b"").decode().splitlines(), 1):
+                if regex.search(line[:GREP_MAX_LINE]):
+                    matches.append({"path": r.path, "line_number": number, "line": line[:500]})
+                truncated = len(matches) >= GREP_MAX_MATCHES or time.monotonic() > deadline
+                if truncated:
+                    return {"pattern": pattern, "matches": matches, "truncated": True}
+        return {"pattern": pattern, "matches": matches, "truncated": truncated}
+
+
+def _fs(tctx: Any) -> _Vfs:
+    return _Vfs(tctx.store, tctx.session_id)
+
+
+def _read_file(args: _PathArgs, tctx: Any) -> dict:
+    return _fs(tctx).read(normalize_path(args.path))
+
+
+def _write_file(args: _WriteFileArgs, tctx: Any) -> dict:
+    stat, created = _fs(tctx).write(normalize_path(args.path), args.content, args.encoding)
+    return {**stat, "created": created}
+
+
+def _list_directory(args: _ListDirArgs, tctx: Any) -> dict:
+    path = normalize_path(args.path)
+    listing = _fs(tctx).read(path)
+    if listing["type"] != "directory":
+        raise _Conflict(f"{path} is a file")
+    return listing
+
+
+def _grep_files(args: _GrepArgs, tctx: Any) -> dict:
+    return _fs(tctx).grep(args.pattern, normalize_path(args.path))
+
+
+def _delete_file(args: _DeleteArgs, tctx: Any) -> dict:
+    path = normalize_path(args.path)
+    return {"path": path, "deleted": _fs(tctx).delete(path, args.recursive)}
+
+
+def _stat_file(args: _PathArgs, tctx: Any) -> dict:
+    return _fs(tctx).stat(normalize_path(args.path))
+
+
+# ---- web fetch ----------------------------------------------------------------
+
+FETCH_MAX_BYTES = 2 * 1024 * 1024
+FETCH_MAX_REDIRECTS = 5
+FETCH_TIMEOUT_S = 10.0  # to connect, and for each read
+FETCH_DEADLINE_S = 20.0  # for the whole fetch, redirects included
+
+# Every address a fetch refuses (unless --allow-private-fetch). Listed rather
+# than taken from ipaddress.is_global, which older Pythons get wrong.
+BLOCKED_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+        "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
+        "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4", "255.255.255.255/32",
+        "::/128", "::1/128", "::ffff:0:0/96", "::/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64",
+        "2001::/23", "2001:db8::/32", "2002::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+    )
+)  # fmt: skip
+
+
+def address_allowed(address: str) -> bool:
+    """True if an IP address is public: in none of BLOCKED_NETWORKS (IPv4-mapped forms unwrapped)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not any(ip in network for network in BLOCKED_NETWORKS if network.version == ip.version)
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    """Every address a host name resolves to (tests replace this to fake DNS)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def _checked_address(host: str, port: int, allow_private: bool) -> str:
+    """Resolve once; the address to connect to, if every address is allowed."""
+    try:
+        addresses = _resolve(host, port)
+    except (OSError, UnicodeError) as e:
+        raise ToolFailed(f"cannot resolve {host}: {e}") from None
+    if not addresses:
+        raise ToolFailed(f"cannot resolve {host}")
+    refused = [a for a in addresses if not address_allowed(a)]
+    if refused and not allow_private:
+        raise ToolFailed(f"refused: {host} resolves to a private, loopback or reserved address ({refused[0]})")
+    return addresses[0]
+
+
+def _connect(address: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection to an already-checked address (tests replace this to fake the internet)."""
+    return socket.create_connection((address, port), timeout=timeout)
+
+
+def _pinned_connection(scheme: str, host: str, port: int, address: str) -> Any:
+    """An HTTP(S) connection to `address` that still speaks to `host` (Host header, SNI, certificate)."""
+    import http.client
+    import ssl
+
+    class Pinned(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = _connect(address, port, FETCH_TIMEOUT_S)
+            if scheme == "https":
+                self.sock = ssl.create_default_context().wrap_socket(self.sock, server_hostname=host)
+
+    return Pinned(host, port, timeout=FETCH_TIMEOUT_S)
+
+
+def _fetch_once(url: str, allow_private: bool) -> tuple[Any, bytes, bool]:
+    """One GET to a checked address: (response, body up to the cap, truncated?)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ToolFailed(f"only http and https URLs can be fetched, not {parts.scheme or 'this'}")
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ToolFailed("the URL has an invalid port") from None
+    if not host:
+        raise ToolFailed("the URL has no host")
+    conn = _pinned_connection(parts.scheme, host, port, _checked_address(host, port, allow_private))
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    conn.request("GET", path, headers={"User-Agent": f"everruns/{__version__}", "Accept": "text/html, text/*, */*"})
+    response = conn.getresponse()
+    body = response.read(FETCH_MAX_BYTES + 1)
+    conn.close()
+    return response, body[:FETCH_MAX_BYTES], len(body) > FETCH_MAX_BYTES
+
+
+def _web_fetch(args: _FetchArgs, tctx: Any) -> dict:
+    """GET a URL, following at most 5 redirects by hand, each hop checked again."""
+    import http.client
+    from urllib.parse import urljoin
+
+    import gevent
+
+    allow_private = bool(tctx.config.get("allow_private_fetch"))
+    url = args.url
+    try:
+        with gevent.Timeout(FETCH_DEADLINE_S, ToolFailed(f"the fetch took longer than {FETCH_DEADLINE_S:g} s")):
+            for _ in range(FETCH_MAX_REDIRECTS + 1):
+                response, body, truncated = _fetch_once(url, allow_private)
+                location = response.getheader("Location")
+                if response.status not in (301, 302, 303, 307, 308) or not location:
+                    return _fetched(url, response, body, truncated, args.format)
+                url = urljoin(url, location)
+    except (OSError, http.client.HTTPException) as e:
+        raise ToolFailed(f"the fetch failed: {e or type(e).__name__}") from None
+    raise ToolFailed(f"more than {FETCH_MAX_REDIRECTS} redirects")
+
+
+def _fetched(url: str, response: Any, body: bytes, truncated: bool, fmt: str) -> dict:
+    ctype = response.getheader("Content-Type") or ""
+    charset = re.search(r"charset=([\w-]+)", ctype)
+    text = body.decode(charset.group(1) if charset else "utf-8", errors="replace")
+    if fmt != "raw" and "html" in ctype.lower():
+        text = _html_to_text(text, markdown=fmt == "markdown")
+    if response.status >= 400:
+        raise ToolFailed(f"{url} answered {response.status}: {text[:1000]}")
+    return {"url": url, "status": response.status, "content_type": ctype, "content": text, "truncated": truncated}
+
+
+class _HtmlText(html.parser.HTMLParser):
+    """HTML to readable text, or to markdown (headings, links, lists, code)."""
+
+    SKIP = {"script", "style", "noscript", "template", "svg", "head"}
+    BLOCK = {"p", "div", "section", "article", "header", "footer", "main", "nav", "table", "tr", "br", "hr",
+             "blockquote", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "li", "pre"}  # fmt: skip
+
+    def __init__(self, markdown: bool) -> None:
+        super().__init__(convert_charrefs=True)
+        self.markdown, self.out, self.skipping, self.href, self.pre = markdown, [], 0, None, 0
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag in self.SKIP:
+            self.skipping += 1
+        elif tag in self.BLOCK:
+            self.out.append("\n\n" if tag not in ("li", "br", "tr") else "\n")
+        if self.markdown and not self.skipping:
+            self._markdown_start(tag, dict(attrs))
+        self.pre += tag == "pre"
+
+    def _markdown_start(self, tag: str, attrs: dict) -> None:
+        if tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
+            self.out.append("#" * int(tag[1]) + " ")
+        elif tag == "li":
+            self.out.append("- ")
+        elif tag == "a" and attrs.get("href"):
+            self.href = attrs["href"]
+            self.out.append("[")
+        elif tag == "pre":
+            self.out.append("```\n")
+        elif tag == "code" and not self.pre:
+            self.out.append("`")
+        elif tag in ("strong", "b"):
+            self.out.append("**")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.SKIP:
+            self.skipping = max(0, self.skipping - 1)
+        elif self.markdown and not self.skipping:
+            if tag == "a" and self.href:
+                self.out.append(f"]({self.href})")
+                self.href = None
+            elif tag == "pre":
+                self.out.append("\n```")
+            elif tag == "code" and not self.pre:
+                self.out.append("`")
+            elif tag in ("strong", "b"):
+                self.out.append("**")
+        self.pre -= tag == "pre" and self.pre > 0
+        if tag in self.BLOCK:
+            self.out.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self.skipping:
+            self.out.append(data if self.pre else re.sub(r"\s+", " ", data))
+
+    def text(self) -> str:
+        joined = "".join(self.out)
+        lines = [line.strip() for line in joined.split("\n")]
+        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _html_to_text(page: str, markdown: bool) -> str:
+    parser = _HtmlText(markdown)
+    parser.feed(page)
+    parser.close()
+    return parser.text()
+
+
 _MATH = tuple(
     _Tool(op, f"{verb} two numbers: {formula}.", _MathArgs, _arithmetic(op))
     for op, verb, formula in (
@@ -2048,12 +2588,19 @@ CAPABILITIES: dict[str, _Capability] = {
             "file_system",
             "You have a private file system for this session. Paths are absolute, like /notes.md.",
             (
-                _Tool("read_file", "Read a file.", _PathArgs),
-                _Tool("write_file", "Create or replace a file; parent folders are created.", _WriteFileArgs),
-                _Tool("list_directory", "List a directory.", _ListDirArgs),
-                _Tool("grep_files", "Search files for a regular expression.", _GrepArgs),
-                _Tool("delete_file", "Delete a file or directory.", _DeleteArgs),
-                _Tool("stat_file", "Describe a file or directory.", _PathArgs),
+                _Tool("read_file", "Read a file (binary files come back as base64).", _PathArgs, _read_file),
+                _Tool(
+                    "write_file", "Create or replace a file; parent folders are created.", _WriteFileArgs, _write_file
+                ),
+                _Tool("list_directory", "List a directory.", _ListDirArgs, _list_directory),
+                _Tool("grep_files", "Search text files for a regular expression.", _GrepArgs, _grep_files),
+                _Tool(
+                    "delete_file",
+                    "Delete a file, or a directory (recursive to delete what it holds).",
+                    _DeleteArgs,
+                    _delete_file,
+                ),
+                _Tool("stat_file", "Describe a file or directory: type, size, times.", _PathArgs, _stat_file),
             ),
         ),
         _Capability(
@@ -2062,7 +2609,14 @@ CAPABILITIES: dict[str, _Capability] = {
             "Fetches public web pages as text or markdown.",
             "web",
             "You can fetch public web pages with web_fetch.",
-            (_Tool("web_fetch", "GET a URL and return its content.", _FetchArgs),),
+            (
+                _Tool(
+                    "web_fetch",
+                    "GET a public http(s) URL; HTML comes back as text or markdown.",
+                    _FetchArgs,
+                    _web_fetch,
+                ),
+            ),
         ),
         _Capability(
             "stateless_todo_list",
@@ -2122,7 +2676,7 @@ def run_tool(tool: _Tool, arguments: dict, tctx: _ToolContext, timeout: float = 
             raise ToolFailed(f"{tool.name} is not available in this version")
         with gevent.Timeout(timeout, ToolFailed(f"{tool.name} timed out after {timeout:g} s")):
             return _capped(tool.run(args, tctx)), False
-    except ToolFailed as e:
+    except (ToolFailed, EverrunsError) as e:
         return {"error": str(e)}, True
     except Exception:
         _log.exception("tool %s failed", tool.name)
@@ -3213,6 +3767,45 @@ def _events(ctx: _Ctx, call: _Call, session_id: str) -> bottle.HTTPResponse:
     return bottle.HTTPResponse(stream, 200, headers)
 
 
+# ---- session files ----------------------------------------------------------
+
+
+def _session_fs(ctx: _Ctx, session_id: str) -> _Vfs:
+    if not _session_exists(ctx.store.m, session_id):
+        raise _NotFound(f"session {session_id} not found")
+    return _Vfs(ctx.store, session_id)
+
+
+@_route("GET", "/v1/sessions/<session_id>/fs", "List the root of a session's files", "files", response=FsNode,
+        errors=(404,))  # fmt: skip
+def _fs_root(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
+    return FsNode.model_validate(_session_fs(ctx, session_id).read("/"))
+
+
+@_route("GET", "/v1/sessions/<session_id>/fs/<path:path>", "Read a file or list a directory", "files",
+        response=FsNode, errors=(404,))  # fmt: skip
+def _fs_get(ctx: _Ctx, call: _Call, session_id: str, path: str) -> BaseModel:
+    return FsNode.model_validate(_session_fs(ctx, session_id).read(normalize_path("/" + path)))
+
+
+@_route("PUT", "/v1/sessions/<session_id>/fs/<path:path>", "Create (201) or replace (200) a file, or make a directory",
+        "files", body=FsPut, response=FsNode, status=201, also=(200,), errors=(404, 409))  # fmt: skip
+def _fs_put(ctx: _Ctx, call: _Call, session_id: str, path: str) -> Any:
+    fs, path = _session_fs(ctx, session_id), normalize_path("/" + path)
+    body = call.body.root
+    if isinstance(body, FsMakeDirectory):
+        created = fs.mkdir(path)
+    else:
+        created = fs.write(path, body.content, body.encoding)[1]
+    return (201 if created else 200), FsNode.model_validate(fs.read(path))
+
+
+@_route("DELETE", "/v1/sessions/<session_id>/fs/<path:path>", "Delete a file or a directory", "files", status=204,
+        query=FsDeleteQuery, errors=(404, 409))  # fmt: skip
+def _fs_delete(ctx: _Ctx, call: _Call, session_id: str, path: str) -> None:
+    _session_fs(ctx, session_id).delete(normalize_path("/" + path), call.query.recursive)
+
+
 # ---- capabilities -----------------------------------------------------------
 
 
@@ -3249,13 +3842,17 @@ def _get_capability(ctx: _Ctx, call: _Call, capability_id: str) -> BaseModel:
 
 
 def _openapi_path(path: str) -> str:
-    return re.sub(r"<(\w+)>", r"{\1}", path)
+    return re.sub(r"<(\w+)(?::\w+)?>", r"{\1}", path)
 
 
 def _path_parameters(path: str) -> list[dict]:
     params = []
-    for name in re.findall(r"<(\w+)>", path):
-        schema = {"type": "string"} if name == "capability_id" else {"type": "string", "format": "uuid"}
+    for name in re.findall(r"<(\w+)(?::\w+)?>", path):
+        schema = {"type": "string", "format": "uuid"} if name.endswith("_id") else {"type": "string"}
+        if name == "capability_id":
+            schema = {"type": "string"}
+        elif name == "path":
+            schema = {"type": "string", "pattern": r"^[^\\\x00-\x1f]+$", "maxLength": MAX_PATH}
         params.append({"name": name, "in": "path", "required": True, "schema": schema})
     return params
 
@@ -3509,14 +4106,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"everruns {__version__}")
     for s in SETTINGS:
-        parser.add_argument(
-            s.flag,
-            dest=s.name,
-            type=s.type,
-            choices=s.choices,
-            default=None,
-            help=f"{s.help} Env: {s.env}. Default: {s.default}.",
-        )
+        help_ = f"{s.help} Env: {s.env}. Default: {s.default}."
+        if s.type is _flag:  # a switch: present means on
+            parser.add_argument(s.flag, dest=s.name, action="store_const", const=True, default=None, help=help_)
+        else:
+            parser.add_argument(s.flag, dest=s.name, type=s.type, choices=s.choices, default=None, help=help_)
     return parser
 
 
@@ -3529,7 +4123,7 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
-def _resolve(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]:
+def _resolve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]:
     """Each setting from its flag, else its environment variable, else its default."""
     resolved = {}
     for s in SETTINGS:
@@ -3544,7 +4138,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the server: ``python everruns.py --help`` lists the options."""
     args = _parser().parse_args(argv)
     try:
-        config = _resolve(args, os.environ)
+        config = _resolve_settings(args, os.environ)
     except ValueError as e:
         print(f"everruns: bad environment setting: {e}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ def doc(client):
 
 
 def template_of(rule):
-    return re.sub(r"<(\w+)>", r"{\1}", rule)
+    return re.sub(r"<(\w+)(?::\w+)?>", r"{\1}", rule)
 
 
 def check(doc, method, template, response):
@@ -88,6 +88,17 @@ def test_real_responses_match_their_documented_schemas(client, api, doc):
     call("GET", events, f"/v1/sessions/{sid}/events?format=json")
     call("GET", events, f"/v1/sessions/{sid}/events?until=completed")
     call("POST", "/v1/sessions/{session_id}/cancel", f"/v1/sessions/{sid}/cancel")
+    fs, base = "/v1/sessions/{session_id}/fs/{path}", f"/v1/sessions/{sid}/fs"
+    call("PUT", fs, f"{base}/notes/a.txt", params={"content": "hi"})
+    call("PUT", fs, f"{base}/notes/a.txt", params={"content": "aGk=", "encoding": "base64"})
+    call("PUT", fs, f"{base}/empty", params={"type": "directory"})
+    call("PUT", fs, f"{base}/notes/a.txt/b", params={"content": "under a file"})
+    call("GET", "/v1/sessions/{session_id}/fs", base)
+    call("GET", fs, f"{base}/notes")
+    call("GET", fs, f"{base}/notes/a.txt")
+    call("GET", fs, f"{base}/nothing")
+    call("DELETE", fs, f"{base}/notes")
+    call("DELETE", fs, f"{base}/notes?recursive=true")
     call("GET", "/v1/capabilities", "/v1/capabilities")
     call("GET", "/v1/capabilities/{capability_id}", "/v1/capabilities/test_math")
     call("GET", "/v1/capabilities/{capability_id}", "/v1/capabilities/none")
