@@ -74,7 +74,8 @@ import threading
 import time
 import types
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
 import bottle
@@ -114,11 +115,14 @@ MAX_SEQ = 2**63 - 1  # SQLite's largest integer
 ERROR_CODES = {
     400: "BAD_REQUEST",
     401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     409: "CONFLICT",
     413: "PAYLOAD_TOO_LARGE",
+    414: "URI_TOO_LONG",
     415: "UNSUPPORTED_MEDIA_TYPE",
+    431: "HEADERS_TOO_LARGE",
     500: "INTERNAL_ERROR",
     502: "BAD_GATEWAY",
 }
@@ -187,6 +191,51 @@ SETTINGS = (
         "EVERRUNS_API_KEY",
         None,
         "Require `Authorization: Bearer <key>` on every /v1/ request.",
+    ),
+    Setting(
+        "secret_key",
+        "--secret-key",
+        "EVERRUNS_SECRET_KEY",
+        None,
+        "Encrypt provider API keys at rest with this secret (needs the `cryptography` package).",
+    ),
+    Setting(
+        "insecure",
+        "--insecure",
+        "EVERRUNS_INSECURE",
+        False,
+        "Allow listening on a non-loopback address without an API key (trusted networks only).",
+        _flag,
+    ),
+    Setting(
+        "allowed_hosts",
+        "--allowed-hosts",
+        "EVERRUNS_ALLOWED_HOSTS",
+        None,
+        "Comma-separated extra `Host` names a server without an API key answers to.",
+    ),
+    Setting(
+        "cors_origins",
+        "--cors-origins",
+        "EVERRUNS_CORS_ORIGINS",
+        None,
+        "Comma-separated origins allowed to call the API from a browser (`*` for any); CORS is off by default.",
+    ),
+    Setting(
+        "max_connections",
+        "--max-connections",
+        "EVERRUNS_MAX_CONNECTIONS",
+        2000,
+        "Connections served at once (open event streams included); more wait their turn.",
+        int,
+    ),
+    Setting(
+        "idle_timeout",
+        "--idle-timeout",
+        "EVERRUNS_IDLE_TIMEOUT",
+        60.0,
+        "Seconds a connection may stay silent (no request, or a stream the client does not read) before it is closed.",
+        float,
     ),
     Setting(
         "sync",
@@ -270,6 +319,13 @@ def digest(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def redact(text: str, *secrets: str | None) -> str:
+    """Text with the given secrets and anything shaped like an API key blanked out."""
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "[redacted]")
+    return re.sub(r"\b(sk|pk|rk)-[A-Za-z0-9_\-]{8,}|\bBearer\s+\S+", "[redacted]", text)
+
+
 def looks_like_credential(header_name: str) -> bool:
     """True for header names that usually carry a secret."""
     name = header_name.lower()
@@ -320,6 +376,18 @@ class _PayloadTooLarge(EverrunsError):
 
 class _UnsupportedMediaType(EverrunsError):
     status, code = 415, "UNSUPPORTED_MEDIA_TYPE"
+
+
+class _Forbidden(EverrunsError):
+    status, code = 403, "FORBIDDEN"
+
+
+class _UriTooLong(EverrunsError):
+    status, code = 414, "URI_TOO_LONG"
+
+
+class _HeadersTooLarge(EverrunsError):
+    status, code = 431, "HEADERS_TOO_LARGE"
 
 
 class _BadGateway(EverrunsError):
@@ -1124,14 +1192,89 @@ def _gevent_local() -> type:
     return gevent.local.local
 
 
-class _Store:
-    """One app's database: its models, its write lock and its migrations."""
+class SecretUnreadable(Exception):
+    """A stored provider key cannot be decrypted with the configured secret key."""
 
-    def __init__(self, path: str, sync: str = "full") -> None:
+
+class _Secrets:
+    """Provider API keys at rest: Fernet-encrypted when a secret key is configured,
+    plain text otherwise. Also remembers every key it has seen, for log redaction."""
+
+    PREFIX = "fernet:"
+
+    def __init__(self, secret_key: str | None) -> None:
+        self.fernet, self.known = None, set()
+        if secret_key:
+            try:
+                from cryptography.fernet import Fernet
+            except ImportError:
+                raise RuntimeError(
+                    "EVERRUNS_SECRET_KEY is set but the 'cryptography' package is not installed: "
+                    "pip install 'everruns[secrets]'"
+                ) from None
+            # Any string works as the secret: it is stretched to a Fernet key.
+            self.fernet = Fernet(base64.urlsafe_b64encode(hashlib.sha256(secret_key.encode()).digest()))
+
+    def seal(self, api_key: str | None) -> str | None:
+        """The form in which an API key is stored."""
+        if api_key is None:
+            return None
+        self.known.add(api_key)
+        return self.PREFIX + self.fernet.encrypt(api_key.encode()).decode() if self.fernet else api_key
+
+    def open(self, stored: str | None) -> str | None:
+        """The API key a stored value holds."""
+        if stored is None or not stored.startswith(self.PREFIX):
+            return stored
+        if self.fernet is None:
+            raise SecretUnreadable("the provider key is encrypted: start the server with its EVERRUNS_SECRET_KEY")
+        try:
+            api_key = self.fernet.decrypt(stored[len(self.PREFIX) :].encode()).decode()
+        except Exception:  # cryptography's InvalidToken, without importing it here
+            raise SecretUnreadable("the provider key cannot be decrypted: EVERRUNS_SECRET_KEY has changed") from None
+        self.known.add(api_key)
+        return api_key
+
+    def load(self, m: Any) -> None:
+        """Learn the stored keys, and encrypt any plain one when a secret key is set."""
+        for row in m.Provider.select().where(m.Provider.api_key.is_null(False)):
+            with contextlib.suppress(SecretUnreadable):
+                api_key = self.open(row.api_key)
+                if self.fernet and not row.api_key.startswith(self.PREFIX):
+                    m.Provider.update(api_key=self.seal(api_key)).where(m.Provider.id == row.id).execute()
+
+
+class _RedactingFilter(logging.Filter):
+    """Blanks out API keys (the server's, stored provider keys, sk-… and Bearer tokens) in log lines."""
+
+    def __init__(self, secrets: Callable[[], Iterable[str]]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        known = tuple(self.secrets())
+        message = record.getMessage()
+        clean = redact(message, *known)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, *known)
+        return True
+
+
+class _Store:
+    """One app's database: its models, its write lock, its migrations and its secrets."""
+
+    def __init__(self, path: str, sync: str = "full", secret_key: str | None = None) -> None:
         self.path = path
         self.memory = path == ":memory:"
+        self.secrets = _Secrets(secret_key)
         if not self.memory:
             _check_greenlet_local()
+            if not os.path.exists(path):  # owner-only: it may hold API keys
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         # An in-memory database lives and dies with its connection, so every
         # greenlet shares one; a file database gets one connection per greenlet.
         if self.memory:
@@ -1495,10 +1638,10 @@ class LLMRequest:
     temperature: float | None = None
 
 
-def _llm_request(provider: Any, **fields: Any) -> LLMRequest:
-    """A request to a provider row's endpoint."""
+def _llm_request(provider: Any, api_key: str | None, **fields: Any) -> LLMRequest:
+    """A request to a provider row's endpoint, with its (decrypted) key."""
     fields = {"model": provider.default_model, "system": "", "messages": [], "tools": [], **fields}
-    return LLMRequest(settings=provider.settings, base_url=provider.base_url, api_key=provider.api_key, **fields)
+    return LLMRequest(settings=provider.settings, base_url=provider.base_url, api_key=api_key, **fields)
 
 
 @dataclasses.dataclass
@@ -1515,14 +1658,6 @@ class LLMReply:
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 RETRY_DELAYS = (0.25, 1.0)  # seconds before the 2nd and 3rd attempt (or Retry-After, up to 10 s)
-
-
-def redact(text: str, *secrets: str | None) -> str:
-    """Text with the given secrets and anything shaped like an API key blanked out."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    return re.sub(r"\b(sk|pk|rk)-[A-Za-z0-9_\-]{8,}|\bBearer\s+\S+", "[redacted]", text)
 
 
 def _connection(url: str, timeout: float) -> tuple[Any, str]:
@@ -2661,6 +2796,17 @@ def _capped(result: Any) -> Any:
     return {"truncated": True, "preview": text.encode()[:MAX_TOOL_OUTPUT].decode(errors="ignore")}
 
 
+def _capped_reply(reply: LLMReply) -> LLMReply:
+    """A model's answer within the limits: text up to MAX_MESSAGE_TEXT, arguments up to MAX_TOOL_OUTPUT."""
+    if len(reply.text) > MAX_MESSAGE_TEXT:
+        reply.text = reply.text[:MAX_MESSAGE_TEXT]
+    for call in reply.tool_calls:
+        size = len(dumps(call["arguments"]))
+        if size > MAX_TOOL_OUTPUT:
+            call["arguments"] = {"_unparsed_arguments": f"({size} bytes of arguments: too large)"}
+    return reply
+
+
 def run_tool(tool: _Tool, arguments: dict, tctx: _ToolContext, timeout: float = TOOL_TIMEOUT_S) -> tuple[Any, bool]:
     """Validate the arguments, run the tool with a timeout: (result, is_error)."""
     import gevent
@@ -2926,8 +3072,13 @@ class _Runner:
         if adapter is None:
             raise ProviderError(f"provider type {turn.provider.provider_type} is not available", "PROVIDER_ERROR")
         message_id = uuid7()
+        try:
+            api_key = self.store.secrets.open(turn.provider.api_key)
+        except SecretUnreadable as e:
+            raise ProviderError(str(e), "PROVIDER_KEY_UNREADABLE") from None
         request = _llm_request(
             turn.provider,
+            api_key,
             model=turn.model,
             system=turn.system,
             messages=_transcript(self.m, turn.session_id),
@@ -2941,7 +3092,7 @@ class _Runner:
             self.bus.publish({"id": None, "seq": None, "type": "message.delta", "session_id": turn.session_id,
                               "turn_id": turn.id, "ts": now_iso(), "data": data})  # fmt: skip
 
-        reply = adapter.stream(request, on_text)
+        reply = _capped_reply(adapter.stream(request, on_text))
         turn.input_tokens += reply.input_tokens
         turn.output_tokens += reply.output_tokens
         return message_id, reply
@@ -3079,6 +3230,7 @@ class _Ctx:
     journal: _Journal
     runner: _Runner
     ping_s: float = 15.0  # seconds between `: ping` comments on idle streams
+    log_filter: logging.Filter | None = None
 
     @property
     def bus(self) -> _Bus:
@@ -3187,8 +3339,88 @@ def _callback(ctx: _Ctx, spec: _Route) -> Callable:
     return callback
 
 
+MAX_URL = 8192
+MAX_HEADER_BYTES = 32 * 1024
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
+CORS_ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE"
+
+
+def _names(value: str | None) -> set[str]:
+    """A comma-separated setting as a set of lower-case names."""
+    return {v.strip().lower() for v in (value or "").split(",") if v.strip()}
+
+
+def _host_name(host: str) -> str:
+    """The host of a Host header or a bind address, without port or brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class _Guard:
+    """What is checked before routing: request size, the Host (on a server without
+    an API key: DNS rebinding), and CORS (off unless origins are allowed)."""
+
+    def __init__(self, config: dict) -> None:
+        extra = {_host_name(h) for h in _names(config["allowed_hosts"])}
+        self.hosts = None if config["api_key"] else {*LOOPBACK_NAMES, _host_name(config["host"]), *extra}
+        origins = {o.rstrip("/") for o in _names(config["cors_origins"])}
+        self.any_origin, self.origins = "*" in origins, origins - {"*"}
+
+    def refusal(self, environ: dict) -> EverrunsError | None:
+        """Why a request is refused before it is routed, if it is."""
+        if len(environ.get("PATH_INFO", "")) + len(environ.get("QUERY_STRING", "")) > MAX_URL:
+            return _UriTooLong(f"the request line is longer than {MAX_URL} characters")
+        if sum(len(k) + len(str(v)) for k, v in environ.items() if k.startswith("HTTP_")) > MAX_HEADER_BYTES:
+            return _HeadersTooLarge(f"the request headers are larger than {MAX_HEADER_BYTES} bytes")
+        if self.hosts is not None and _host_name(environ.get("HTTP_HOST", "")) not in self.hosts:
+            return _Forbidden("this server answers only requests addressed to its own host name (see --allowed-hosts)")
+        return None
+
+    def cors(self, environ: dict) -> list[tuple[str, str]]:
+        """The CORS headers for an allowed Origin (never `*` with credentials: none are allowed)."""
+        origin = environ.get("HTTP_ORIGIN", "").rstrip("/")
+        if not origin or not (self.any_origin or origin.lower() in self.origins):
+            return []
+        allow = "*" if self.any_origin else origin
+        return [("Access-Control-Allow-Origin", allow), ("Vary", "Origin"), ("Access-Control-Expose-Headers", "*")]
+
+    def preflight(self, environ: dict) -> list[tuple[str, str]] | None:
+        """The answer headers to an allowed CORS preflight, which needs no API key."""
+        cors = self.cors(environ)
+        if environ["REQUEST_METHOD"] != "OPTIONS" or "HTTP_ACCESS_CONTROL_REQUEST_METHOD" not in environ or not cors:
+            return None
+        return [*cors, ("Access-Control-Allow-Methods", CORS_ALLOW_METHODS),
+                ("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS), ("Access-Control-Max-Age", "600")]  # fmt: skip
+
+
 class _App(bottle.Bottle):
-    """Bottle with every error it writes itself (404, 405, 500) in the JSON envelope."""
+    """Bottle with every error it writes itself (404, 405, 500) in the JSON envelope,
+    and the guard in front of the routes."""
+
+    guard: _Guard
+
+    def wsgi(self, environ: dict, start_response: Callable) -> Any:
+        refusal = self.guard.refusal(environ)
+        if refusal is not None:
+            body = error_body(refusal.status, refusal.message, refusal.code).encode()
+            start_response(f"{refusal.status} {HTTPStatus(refusal.status).phrase}",
+                           [("Content-Type", JSON_TYPE), ("Content-Length", str(len(body)))])  # fmt: skip
+            return [body]
+        preflight = self.guard.preflight(environ)
+        if preflight is not None:
+            start_response("204 No Content", preflight)
+            return [b""]
+        cors = self.guard.cors(environ)
+        if cors:
+            plain_start = start_response
+
+            def start_response(status: str, headers: list, exc_info: Any = None) -> Any:
+                return plain_start(status, [*headers, *cors], exc_info)
+
+        return super().wsgi(environ, start_response)
 
     def default_error_handler(self, res: bottle.HTTPError) -> str:
         bottle.response.content_type = JSON_TYPE
@@ -3202,14 +3434,16 @@ class _App(bottle.Bottle):
 
 def _auth_hook(api_key: str | None) -> Callable[[], None]:
     """A before-request hook: with an API key set, every /v1 request needs it."""
-    expected = (api_key or "").encode()
+    # Digests have one length, so the comparison tells nothing, not even the key's length.
+    expected = hashlib.sha256((api_key or "").encode()).digest()
 
     def check() -> None:
         path = bottle.request.path
         if not api_key or not (path == "/v1" or path.startswith("/v1/")):
             return
         scheme, _, token = bottle.request.get_header("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        given = hashlib.sha256(token.strip().encode()).digest()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):
             response = _error_response(_Unauthorized("missing or wrong API key: send Authorization: Bearer <key>"))
             response.set_header("WWW-Authenticate", "Bearer")
             raise response
@@ -3326,7 +3560,7 @@ def _create_provider(ctx: _Ctx, call: _Call) -> BaseModel:
             provider_type=body.provider_type,
             base_url=body.base_url or base_url,
             default_model=body.default_model or model,
-            api_key=body.api_key,
+            api_key=ctx.store.secrets.seal(body.api_key),
             is_default=False,
             settings=body.settings.model_dump(),
             created_at=ts,
@@ -3374,6 +3608,8 @@ def _update_provider(ctx: _Ctx, call: _Call, provider_id: str) -> BaseModel:
         row = _get(m.Provider, provider_id, "provider")
         if "settings" in changes:
             changes["settings"] = _validated_settings(row.provider_type, call.body.settings)
+        if "api_key" in changes:
+            changes["api_key"] = ctx.store.secrets.seal(changes["api_key"])
         make_default = changes.pop("is_default", None)
         if make_default is False and row.is_default:
             raise _Conflict("exactly one provider is the default: make another one the default instead")
@@ -3420,9 +3656,12 @@ def _list_models(ctx: _Ctx, call: _Call, provider_id: str) -> BaseModel:
     provider = _get(ctx.store.m.Provider, provider_id, "provider")
     ctx.store.release()  # no connection is held across a network call
     try:
-        names = ADAPTERS[provider.provider_type].models(_llm_request(provider))
+        request = _llm_request(provider, ctx.store.secrets.open(provider.api_key))
+        names = ADAPTERS[provider.provider_type].models(request)
     except ProviderError as e:
         raise _BadGateway(e.message, code=e.code) from None
+    except SecretUnreadable as e:
+        raise _BadGateway(str(e), code="PROVIDER_KEY_UNREADABLE") from None
     page = _names_page(names, call.query)
     return ModelPage(**{**page, "data": [ModelInfo(id=n) for n in page["data"]]})
 
@@ -3873,6 +4112,8 @@ def _error_statuses(spec: _Route, auth: bool) -> list[int]:
         statuses |= {413, 415}
     if auth and spec.path.startswith("/v1/"):
         statuses.add(401)
+    if not auth:
+        statuses.add(403)  # a foreign Host (see _Guard)
     return sorted(statuses)
 
 
@@ -3989,7 +4230,7 @@ def _seed_env_providers(store: _Store, env: Mapping[str, str]) -> None:
                 provider_type=kind,
                 base_url=base_url,
                 default_model=model,
-                api_key=env[var],
+                api_key=store.secrets.seal(env[var]),
                 settings=RemoteSettings().model_dump(),
                 created_at=ts,
                 updated_at=ts,
@@ -4027,8 +4268,10 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
         raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
     env = os.environ if env is None else env
     config = {**_defaults(), **options, "db": db}
-    store = _Store(db, config["sync"])
+    store = _Store(db, config["sync"], config["secret_key"] or env.get("EVERRUNS_SECRET_KEY"))
     store.migrate()
+    with store.write():
+        store.secrets.load(store.m)
     _seed_env_providers(store, env)
     _apply_default_provider(store, config["default_provider"] or env.get("EVERRUNS_DEFAULT_PROVIDER"))
     store.release()
@@ -4038,7 +4281,10 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
     runner.recover()  # before the first request: interrupted turns closed, owed ones started
     store.release()
     ctx = _Ctx(store=store, config=config, journal=journal, runner=runner)
+    ctx.log_filter = _RedactingFilter(lambda: (*store.secrets.known, config["api_key"]))
+    _log.addFilter(ctx.log_filter)
     app = _App()
+    app.guard = _Guard(config)
     app.add_hook("before_request", _auth_hook(config["api_key"]))
     for spec in _ROUTES:
         app.route(spec.path, spec.method, _callback(ctx, spec))
@@ -4052,6 +4298,7 @@ def _close(ctx: _Ctx) -> None:
     ctx.runner.shutdown(float(ctx.config["shutdown_grace"]))
     ctx.bus.close()
     ctx.store.close()
+    _log.removeFilter(ctx.log_filter)
 
 
 def _require_patched() -> None:
@@ -4062,24 +4309,54 @@ def _require_patched() -> None:
     _check_greenlet_local()
 
 
+def _is_loopback(host: str) -> bool:
+    name = _host_name(host)
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_bind(host: str, api_key: str | None, insecure: bool) -> None:
+    """Refuse to listen beyond this machine without an API key (unless told it is safe)."""
+    if not _is_loopback(host) and not api_key and not insecure:
+        raise RuntimeError(
+            f"refusing to listen on {host} without an API key: anyone who can reach it could use your "
+            "providers' keys. Set --api-key (or EVERRUNS_API_KEY), or --insecure on a trusted network."
+        )
+
+
 def serve(
     app: bottle.Bottle, host: str = "127.0.0.1", port: int = 9000, *, ready: Callable[[], None] | None = None
 ) -> None:
-    """Serve one app with gevent until Ctrl-C or SIGTERM, then shut down gracefully."""
+    """Serve one app with gevent until Ctrl-C or SIGTERM, then shut down gracefully.
+
+    Refuses a non-loopback address unless the app has an API key or ``insecure``.
+    """
     import gevent
+    from gevent.pool import Pool
     from gevent.pywsgi import WSGIServer
 
     _require_patched()
+    config = app.everruns.config
+    _check_bind(host, config["api_key"], config["insecure"])
+    if app.guard.hosts is not None:
+        app.guard.hosts.add(_host_name(host))
+    idle_timeout = float(config["idle_timeout"])
 
     class Server(WSGIServer):
         def handle(self, sock: Any, address: Any) -> None:
-            # Events are small writes: without this, Nagle's algorithm holds
-            # each one back until the client's delayed ACK (~40 ms).
+            # Events are small writes: without TCP_NODELAY, Nagle's algorithm
+            # holds each one back until the client's delayed ACK (~40 ms).
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(idle_timeout)  # a silent client, or one that stops reading, is let go
             super().handle(sock, address)
 
-    server = Server((host, port), app, log=None, error_log=_log)
+    pool = Pool(int(config["max_connections"]))
+    server = Server((host, port), app, log=None, error_log=_log, spawn=pool)
     stopping = gevent.event.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(sig, stopping.set)
@@ -4143,9 +4420,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"everruns: bad environment setting: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=config["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    host, port, db = config.pop("host"), config.pop("port"), config.pop("db")
-    config.pop("log_level")
+    for handler in logging.getLogger().handlers:  # every log line, whoever writes it
+        handler.addFilter(_RedactingFilter(lambda: (config["api_key"], config["secret_key"])))
+    host, port, db = config["host"], config["port"], config.pop("db")
+    try:
+        _check_bind(host, config["api_key"], config["insecure"])
+    except RuntimeError as e:
+        print(f"everruns: {e}", file=sys.stderr)
+        return 2
     app = create_app(db, **config)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(app.everruns.log_filter)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
 
     def ready() -> None:

@@ -41,13 +41,21 @@ def schemathesis(server, tmp_path, *filters):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=480, cwd=tmp_path)
 
 
+KEY = "fuzzing-key-0123456789"
+
+
 @pytest.mark.parametrize(
-    "filters",
-    [("--exclude-operation-id-regex", PROVIDER_WRITES), ("--include-operation-id-regex", PROVIDERS_ONLY)],
-    ids=["everything-else", "providers"],
+    "args, filters",
+    [
+        ((), ("--exclude-operation-id-regex", PROVIDER_WRITES)),
+        ((), ("--include-operation-id-regex", PROVIDERS_ONLY)),
+        (("--api-key", KEY), ("--exclude-operation-id-regex", PROVIDER_WRITES, "-H", f"Authorization: Bearer {KEY}")),
+    ],
+    ids=["everything-else", "providers", "with-api-key"],
 )
-def test_schemathesis_finds_no_failure(start_server, tmp_path, filters):
-    server = start_server()
+def test_schemathesis_finds_no_failure(start_server, tmp_path, args, filters):
+    """With the key, `--checks all` includes ignored_auth: requests without it must get 401."""
+    server = start_server(None, *args)
     result = schemathesis(server, tmp_path, *filters)
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
     assert "Traceback" not in server.output()
