@@ -1398,6 +1398,10 @@ _SQL = {
     " ORDER BY id LIMIT 1",
     "settled": "SELECT status = 'idle' AND NOT EXISTS (SELECT 1 FROM message m WHERE m.session_id = s.id"
     " AND m.role = 'user' AND m.turn_id IS NULL) FROM session s WHERE s.id = ?",
+    "turn_setup": "SELECT s.provider_id, s.model, a.provider_id, a.model, a.system_prompt, a.capabilities,"
+    " a.max_iterations FROM session s JOIN agent a ON a.id = s.agent_id WHERE s.id = ?",
+    "provider": "SELECT id, provider_type, base_url, default_model, api_key, settings FROM provider"
+    " WHERE id = ? OR (? IS NULL AND is_default = 1)",
     "transcript": "SELECT role, content FROM message WHERE session_id = ? AND turn_id IS NOT NULL"
     " ORDER BY turn_id, role != 'user', id",
     "insert_turn": "INSERT INTO turn (id, session_id, status, provider_id, model, started_at)"
@@ -1465,6 +1469,28 @@ def _settled(m: Any, session_id: str) -> bool:
     """Idle with nothing owed: no running turn and no unanswered user message (or gone)."""
     row = _sql(m, "settled", session_id).fetchone()
     return row is None or bool(row[0])
+
+
+def _turn_setup(m: Any, session_id: str) -> types.SimpleNamespace | None:
+    """What a turn needs of its session and agent (None if the session is gone)."""
+    row = _sql(m, "turn_setup", session_id).fetchone()
+    if row is None:
+        return None
+    session_provider, session_model, agent_provider, agent_model, system_prompt, capabilities, max_iterations = row
+    return types.SimpleNamespace(
+        session_provider=session_provider, session_model=session_model, agent_provider=agent_provider,
+        agent_model=agent_model, system_prompt=system_prompt, capabilities=json.loads(capabilities),
+        max_iterations=max_iterations,
+    )  # fmt: skip
+
+
+def _provider_row(m: Any, provider_id: str | None) -> types.SimpleNamespace | None:
+    """A provider by id, or the default one when provider_id is None."""
+    row = _sql(m, "provider", provider_id, provider_id).fetchone()
+    if row is None:
+        return None
+    fields = dict(zip(("id", "provider_type", "base_url", "default_model", "api_key", "settings"), row, strict=True))
+    return types.SimpleNamespace(**{**fields, "settings": json.loads(fields["settings"])})
 
 
 def _history(m: Any, session_id: str) -> list[tuple[str, list]]:
@@ -2998,10 +3024,10 @@ class _Runner:
         m = self.m
         with self.journal.tx(session_id) as tx:
             owed = _first_owed(m, session_id)
-            session = owed and m.Session.get_or_none(m.Session.id == session_id)
-            if not owed or session is None:
+            setup = owed and _turn_setup(m, session_id)
+            if not owed or setup is None:
                 return None
-            turn = self._prepare(session, *owed)
+            turn = self._prepare(session_id, setup, *owed)
             _sql(m, "insert_turn", turn.id, session_id, turn.provider_id, turn.model, now_iso())
             _sql(m, "claim_message", turn.id, owed[0])
             _sql(m, "start_session", dumps({"id": turn.id, "status": "running", "error": None}), session_id)
@@ -3010,26 +3036,21 @@ class _Runner:
         self._ended[turn.id] = gevent.event.Event()
         return turn
 
-    def _prepare(self, session: Any, message_id: str, controls: dict) -> _Turn:
-        """Resolve the agent, provider, model and limits for a turn."""
-        m = self.m
-        agent = m.Agent.get_by_id(session.agent_id)
-        provider_id = controls.get("provider_id") or session.provider_id or agent.provider_id
-        if provider_id:
-            provider = m.Provider.get_or_none(m.Provider.id == provider_id)
-        else:
-            provider = m.Provider.get_or_none(m.Provider.is_default == True)  # noqa: E712
+    def _prepare(self, session_id: str, setup: Any, message_id: str, controls: dict) -> _Turn:
+        """Resolve the provider, model and limits for a turn: message controls, then session, then agent."""
+        provider_id = controls.get("provider_id") or setup.session_provider or setup.agent_provider
+        provider = _provider_row(self.m, provider_id)  # None: the default provider
         default_model = provider.default_model if provider else None
         return _Turn(
             id=uuid7(),
-            session_id=session.id,
+            session_id=session_id,
             input_ids=[message_id],
-            system=_system_prompt(agent),
-            tools=_agent_tools(agent.capabilities),
+            system=_system_prompt(setup),
+            tools=_agent_tools(setup.capabilities),
             provider=provider,
             provider_id=provider.id if provider else None,
-            model=controls.get("model") or session.model or agent.model or default_model or "",
-            max_iterations=controls.get("max_iterations") or agent.max_iterations,
+            model=controls.get("model") or setup.session_model or setup.agent_model or default_model or "",
+            max_iterations=controls.get("max_iterations") or setup.max_iterations,
             temperature=controls.get("temperature"),
         )
 
@@ -3461,6 +3482,12 @@ def _get(model: Any, id_: str, what: str) -> Any:
     return row
 
 
+def _need_session(m: Any, session_id: str) -> None:
+    """404 unless the session exists (one cheap query, for the hot routes)."""
+    if not _session_exists(m, session_id):
+        raise _NotFound(f"session {session_id} not found")
+
+
 def _page(query: Any, limit: int, key: Callable[[Any], Any], out: Callable[[Any], BaseModel]) -> dict:
     rows = list(query.limit(limit + 1))
     has_more = len(rows) > limit
@@ -3874,8 +3901,7 @@ def _post_message(ctx: _Ctx, call: _Call, session_id: str) -> Any:
         raise _invalid(["content"], str(e)) from None
     request_hash = digest({"content": parts, "controls": controls})
     with ctx.journal.tx(session_id) as tx:
-        if not _session_exists(m, session_id):
-            raise _NotFound(f"session {session_id} not found")
+        _need_session(m, session_id)
         if controls:
             _check_provider(ctx, controls.get("provider_id"), ["controls", "provider_id"])
         if key is not None and (first := _replay(m, session_id, key, request_hash)) is not None:
@@ -3990,7 +4016,7 @@ def _wants_json(call: _Call) -> bool:
 )
 def _events(ctx: _Ctx, call: _Call, session_id: str) -> bottle.HTTPResponse:
     m = ctx.store.m
-    _get(m.Session, session_id, "session")
+    _need_session(m, session_id)
     wanted = _type_matcher(call.query.types)
     if _wants_json(call):
         after, limit = call.query.after or 0, call.query.limit
@@ -4010,8 +4036,7 @@ def _events(ctx: _Ctx, call: _Call, session_id: str) -> bottle.HTTPResponse:
 
 
 def _session_fs(ctx: _Ctx, session_id: str) -> _Vfs:
-    if not _session_exists(ctx.store.m, session_id):
-        raise _NotFound(f"session {session_id} not found")
+    _need_session(ctx.store.m, session_id)
     return _Vfs(ctx.store, session_id)
 
 
