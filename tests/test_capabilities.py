@@ -127,3 +127,17 @@ def test_a_tool_the_agent_does_not_have_is_an_error_result(api, client, upstream
     result = next(e["data"] for e in events if e["type"] == "tool.result")
     assert result["is_error"] is True and "no tool named 'web_fetch'" in result["result"]["error"]
     assert events[-1]["data"]["status"] == "completed"
+
+
+def test_write_todos_through_a_turn(api, client):
+    import json
+
+    from conftest import finish
+
+    session = api.session(api.agent(capabilities=["stateless_todo_list"])["id"])
+    todos = [{"content": "draft", "status": "completed"}, {"content": "review", "status": "pending"}]
+    api.message(session["id"], f"write_todos {json.dumps({'todos': todos})}", status=201)
+    events = finish(client, session["id"])
+    result = next(e["data"] for e in events if e["type"] == "tool.result")
+    assert result["is_error"] is False and result["result"]["todos"] == todos
+    assert "draft" in events[-2]["data"]["message"]["content"][0]["text"]

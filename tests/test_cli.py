@@ -61,3 +61,12 @@ def test_graceful_stop_checkpoints_the_database(start_server, tmp_path, sig):
     assert not wal.exists() or wal.stat().st_size == 0
     names = [r[0] for r in sqlite3.connect(db).execute("SELECT name FROM agent")]
     assert names == ["kept"]
+
+
+def test_switches_and_their_environment_variables():
+    parse = everruns._parser().parse_args
+    assert everruns._resolve_settings(parse(["--allow-private-fetch"]), {})["allow_private_fetch"] is True
+    assert everruns._resolve_settings(parse([]), {})["allow_private_fetch"] is False
+    assert everruns._resolve_settings(parse([]), {"EVERRUNS_INSECURE": "true"})["insecure"] is True
+    with pytest.raises(ValueError):
+        everruns._resolve_settings(parse([]), {"EVERRUNS_INSECURE": "maybe"})

@@ -67,3 +67,23 @@ def test_a_newer_schema_is_refused(db_path):
 def test_unknown_options_are_refused(db_path):
     with pytest.raises(TypeError, match="bogus"):
         everruns.create_app(db_path, bogus=1)
+
+
+def test_a_version_1_database_is_migrated_in_place(db_path):
+    conn = sqlite3.connect(db_path)
+    for statement in everruns._MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO agent VALUES ('01890000-0000-7000-8000-000000000001', 'old', '', '', '[]', NULL, NULL, '[]',"
+        " 10, '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z')"
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    app = everruns.create_app(db_path, env={})
+    client = webtest.TestApp(app)
+    assert [a["name"] for a in client.get("/v1/agents").json["data"]] == ["old"]
+    session = client.post_json("/v1/agents/01890000-0000-7000-8000-000000000001/sessions", {}).json
+    client.put_json(f"/v1/sessions/{session['id']}/fs/new.txt", {"content": "v2 works"}, status=201)
+    app.close()
+    assert sqlite3.connect(db_path).execute("PRAGMA user_version").fetchone()[0] == everruns.SCHEMA_VERSION == 2
