@@ -4,20 +4,25 @@ Run ``python everruns.py`` and get a REST API on http://127.0.0.1:9000 to
 define agents, open sessions, post messages and watch the agent work through
 a live event stream. Embed it with ``everruns.create_app(db="x.db")``.
 
-Sections (each starts with a banner ``# == N. Name``; grep for it):
+Sections (each starts with a banner ``# N. Name`` between rules; grep for it):
 
   0. Header          docstring, gevent patching when run as a script
   1. Imports
-  2. Constants       limits, codes, event types, the SETTINGS table
-  3. Helpers         uuid7, time, JSON, hashing
+  2. Constants       limits, error codes, event types, the SETTINGS table
+  3. Helpers         uuid7, time, JSON, hashing, redaction
   4. Errors          EverrunsError and the one error renderer
-  5. Schemas         pydantic request/response models
-  6. Storage         peewee models, pragmas, migrations, the write path
-  7. Event bus       (live events; see the turn engine)
-  8. Providers       (the adapters that speak to LLMs)
-  9. Capabilities    tools with JSON-schema parameters, a plain dict registry
- 10. Turn engine     (the per-session runner)
- 11. HTTP layer      route registry, body and query parsing, handlers
+  5. Schemas         pydantic request/response models, the page envelope
+  6. Storage         peewee models, pragmas, migrations, the write path,
+                     the per-turn SQL, keys at rest, the log filter
+  7. Event bus       commit then publish; bounded per-session queues
+  8. Providers       the adapter interface, HTTP with retries, OpenAI,
+                     Anthropic, the llmsim simulator, a plain dict registry
+  9. Capabilities    tools with JSON-schema parameters: the session file
+                     system, web_fetch, and the rest; a plain dict registry
+ 10. Turn engine     tool execution, the per-session runner, the turn loop,
+                     cancellation, crash recovery
+ 11. HTTP layer      the guard (host, CORS, limits), auth, route registry,
+                     body and query parsing, handlers by resource, SSE
  12. OpenAPI         the document built from the route registry, Swagger UI
  13. App factory     create_app, serve, graceful shutdown
  14. CLI             main(), --help, --version
@@ -48,6 +53,7 @@ __all__ = [
     "create_app",
     "main",
     "serve",
+    "settings_table",
 ]
 
 # =============================================================================
@@ -2099,10 +2105,6 @@ ADAPTERS: dict[str, _Adapter] = {
 # =============================================================================
 
 
-class _NoArgs(_In):
-    """No arguments."""
-
-
 class _TimeArgs(_In):
     timezone: str = Field("UTC", max_length=64, description="IANA time zone, e.g. Europe/Paris.")
     format: Literal["iso8601", "unix", "human"] = Field("iso8601", description="unix is seconds.")
@@ -2308,10 +2310,6 @@ def normalize_path(path: str) -> str:
         else:
             parts.append(segment)
     return "/" + "/".join(parts)
-
-
-def _parent(path: str) -> str:
-    return path.rsplit("/", 1)[0] or "/"
 
 
 def _ancestors(path: str) -> list[str]:
