@@ -2891,7 +2891,7 @@ def _transcript(m: Any, session_id: str) -> list[dict]:
 
 
 def _provider_messages(role: str, content: list[dict], results: dict) -> list[dict]:
-    text = "".join(p["text"] for p in content if p["type"] == "text")
+    text = "\n".join(p["text"] for p in content if p["type"] == "text")
     if role == "user":
         return [{"role": "user", "text": text}]
     if role == "tool":

@@ -161,3 +161,10 @@ def test_idempotent_retry_starts_one_turn(api, client):
     client.post_json(url, {"content": "once"}, headers={"Idempotency-Key": "r1"}, status=201)
     client.post_json(url, {"content": "once"}, headers={"Idempotency-Key": "r1"}, status=200)
     assert types_of(finish(client, session["id"])).count("session.started") == 1
+
+
+def test_text_parts_reach_the_model_one_per_line(api, client):
+    session = api.session()
+    body = {"message": {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}}
+    client.post_json(f"/v1/sessions/{session['id']}/messages", body, status=201)
+    assert finish(client, session["id"])[-2]["data"]["message"]["content"][0]["text"] == "You said: a\nb"
