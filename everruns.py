@@ -9,7 +9,7 @@ Sections (each starts with a banner ``# N. Name`` between rules; grep for it):
   0. Header          docstring, gevent patching when run as a script
   1. Imports
   2. Constants       limits, error codes, event types, the SETTINGS table
-  3. Helpers         uuid7, time, JSON, hashing, redaction
+  3. Helpers         _uuid7, time, JSON, hashing, redaction
   4. Errors          EverrunsError and the one error renderer
   5. Schemas         pydantic request/response models, the page envelope
   6. Storage         peewee models, pragmas, migrations, the write path,
@@ -47,9 +47,15 @@ if __name__ == "__main__" or _os.path.basename(_sys.argv[0]) == "everruns":
 __version__ = "0.1.0"
 
 __all__ = [
+    "ADAPTERS",
+    "CAPABILITIES",
     "SETTINGS",
     "EverrunsError",
+    "LLMReply",
+    "LLMRequest",
+    "ProviderError",
     "Setting",
+    "ToolFailed",
     "create_app",
     "main",
     "serve",
@@ -292,7 +298,7 @@ _uuid_state = {"ms": 0, "seq": 0}
 _uuid_lock = threading.Lock()
 
 
-def uuid7() -> str:
+def _uuid7() -> str:
     """A time-ordered UUID v7; strictly increasing within this process."""
     with _uuid_lock:
         ms = time.time_ns() // 1_000_000
@@ -308,31 +314,31 @@ def uuid7() -> str:
     return str(uuid.UUID(int=value))
 
 
-def now_iso() -> str:
+def _now_iso() -> str:
     """The current UTC time as ISO 8601 with milliseconds and a Z."""
     now = datetime.datetime.now(datetime.timezone.utc)
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def dumps(value: Any) -> str:
+def _dumps(value: Any) -> str:
     """Compact JSON text, UTF-8 kept as is."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def digest(value: Any) -> str:
+def _digest(value: Any) -> str:
     """A stable hash of a JSON value (keys sorted)."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def redact(text: str, *secrets: str | None) -> str:
+def _redact(text: str, *secrets: str | None) -> str:
     """Text with the given secrets and anything shaped like an API key blanked out."""
     for secret in sorted(filter(None, secrets), key=len, reverse=True):
         text = text.replace(secret, "[redacted]")
     return re.sub(r"\b(sk|pk|rk)-[A-Za-z0-9_\-]{8,}|\bBearer\s+\S+", "[redacted]", text)
 
 
-def looks_like_credential(header_name: str) -> bool:
+def _looks_like_credential(header_name: str) -> bool:
     """True for header names that usually carry a secret."""
     name = header_name.lower()
     return any(word in name for word in ("auth", "key", "token", "secret", "cookie", "password"))
@@ -405,12 +411,12 @@ def _invalid(loc: list, msg: str) -> _ValidationFailed:
     return _ValidationFailed(f"{'.'.join(map(str, loc))}: {msg}", details=[{"loc": loc, "msg": msg}])
 
 
-def error_body(status: int, message: str, code: str | None = None, details: list | None = None) -> str:
+def _error_body(status: int, message: str, code: str | None = None, details: list | None = None) -> str:
     """The one renderer of error bodies: {"error": {"message", "code"[, "details"]}}."""
     error: dict[str, Any] = {"message": message, "code": code or ERROR_CODES.get(status, "INTERNAL_ERROR")}
     if details is not None:
         error["details"] = details
-    return dumps({"error": error})
+    return _dumps({"error": error})
 
 
 # =============================================================================
@@ -964,7 +970,7 @@ class _JSONField(pw.TextField):
     """A JSON value stored as text."""
 
     def db_value(self, value: Any) -> str | None:
-        return None if value is None else dumps(value)
+        return None if value is None else _dumps(value)
 
     def python_value(self, value: str | None) -> Any:
         return None if value is None else json.loads(value)
@@ -1198,7 +1204,7 @@ def _gevent_local() -> type:
     return gevent.local.local
 
 
-class SecretUnreadable(Exception):
+class _SecretUnreadable(Exception):
     """A stored provider key cannot be decrypted with the configured secret key."""
 
 
@@ -1233,18 +1239,18 @@ class _Secrets:
         if stored is None or not stored.startswith(self.PREFIX):
             return stored
         if self.fernet is None:
-            raise SecretUnreadable("the provider key is encrypted: start the server with its EVERRUNS_SECRET_KEY")
+            raise _SecretUnreadable("the provider key is encrypted: start the server with its EVERRUNS_SECRET_KEY")
         try:
             api_key = self.fernet.decrypt(stored[len(self.PREFIX) :].encode()).decode()
         except Exception:  # cryptography's InvalidToken, without importing it here
-            raise SecretUnreadable("the provider key cannot be decrypted: EVERRUNS_SECRET_KEY has changed") from None
+            raise _SecretUnreadable("the provider key cannot be decrypted: EVERRUNS_SECRET_KEY has changed") from None
         self.known.add(api_key)
         return api_key
 
     def load(self, m: Any) -> None:
         """Learn the stored keys, and encrypt any plain one when a secret key is set."""
         for row in m.Provider.select().where(m.Provider.api_key.is_null(False)):
-            with contextlib.suppress(SecretUnreadable):
+            with contextlib.suppress(_SecretUnreadable):
                 api_key = self.open(row.api_key)
                 if self.fernet and not row.api_key.startswith(self.PREFIX):
                     m.Provider.update(api_key=self.seal(api_key)).where(m.Provider.id == row.id).execute()
@@ -1260,13 +1266,13 @@ class _RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         known = tuple(self.secrets())
         message = record.getMessage()
-        clean = redact(message, *known)
+        clean = _redact(message, *known)
         if clean != message:
             record.msg, record.args = clean, None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact(record.exc_text, *known)
+            record.exc_text = _redact(record.exc_text, *known)
         return True
 
 
@@ -1322,9 +1328,9 @@ class _Store:
         return found
 
     def _seed_simulator(self) -> None:
-        ts = now_iso()
+        ts = _now_iso()
         self.m.Provider.create(
-            id=uuid7(),
+            id=_uuid7(),
             name="Built-in simulator",
             provider_type="llmsim",
             base_url=None,
@@ -1350,7 +1356,7 @@ def _provider_out(row: Any) -> Provider:
     settings = dict(row.settings)
     if "extra_headers" in settings:
         settings["extra_headers"] = {
-            k: ("[redacted]" if looks_like_credential(k) else v) for k, v in settings["extra_headers"].items()
+            k: ("[redacted]" if _looks_like_credential(k) else v) for k, v in settings["extra_headers"].items()
         }
     return Provider(
         id=row.id,
@@ -1436,8 +1442,8 @@ def _last_seq(m: Any, session_id: str) -> int:
 
 def _append_event(m: Any, session_id: str, seq: int, type_: str, data: dict, turn_id: str | None) -> dict:
     """Store one event; call inside a write."""
-    event = {"id": uuid7(), "seq": seq, "type": type_, "session_id": session_id, "turn_id": turn_id, "ts": now_iso()}
-    _sql(m, "insert_event", event["id"], session_id, seq, type_, turn_id, event["ts"], dumps(data))
+    event = {"id": _uuid7(), "seq": seq, "type": type_, "session_id": session_id, "turn_id": turn_id, "ts": _now_iso()}
+    _sql(m, "insert_event", event["id"], session_id, seq, type_, turn_id, event["ts"], _dumps(data))
     return {**event, "data": data}
 
 
@@ -1457,10 +1463,10 @@ def _insert_message(m: Any, session_id: str, role: str, content: list, turn_id: 
                     controls: dict | None = None, provider_id: str | None = None, model: str | None = None,
                     message_id: str | None = None) -> dict:  # fmt: skip
     """Store a message; its public form (as in `message.created`)."""
-    message = {"id": message_id or uuid7(), "session_id": session_id, "role": role, "content": content}
-    message.update(turn_id=turn_id, provider_id=provider_id, model=model, created_at=now_iso())
-    controls_json = None if controls is None else dumps(controls)
-    _sql(m, "insert_message", message["id"], session_id, role, dumps(content), turn_id, controls_json,
+    message = {"id": message_id or _uuid7(), "session_id": session_id, "role": role, "content": content}
+    message.update(turn_id=turn_id, provider_id=provider_id, model=model, created_at=_now_iso())
+    controls_json = None if controls is None else _dumps(controls)
+    _sql(m, "insert_message", message["id"], session_id, role, _dumps(content), turn_id, controls_json,
          provider_id, model, message["created_at"])  # fmt: skip
     return message
 
@@ -1526,10 +1532,10 @@ class _Published:
     after: int
 
 
-def sse_frame(event: dict) -> bytes:
+def _sse_frame(event: dict) -> bytes:
     """One event in SSE wire format; deltas carry no id line."""
     head = f"id: {event['seq']}\n" if event["seq"] is not None else ""
-    return f"{head}event: {event['type']}\ndata: {dumps(event)}\n\n".encode()
+    return f"{head}event: {event['type']}\ndata: {_dumps(event)}\n\n".encode()
 
 
 class _Subscriber:
@@ -1570,7 +1576,7 @@ class _Bus:
         subs = self._subscribers.get(sid)
         if not subs:
             return
-        item = _Published(event["seq"], event["type"], sse_frame(event), self._last_seq.get(sid, 0))
+        item = _Published(event["seq"], event["type"], _sse_frame(event), self._last_seq.get(sid, 0))
         for sub in list(subs):
             self._offer(sub, item)
 
@@ -1720,7 +1726,7 @@ def _upstream_message(raw: bytes) -> str:
 
 def _status_error(status: int, raw: bytes, api_key: str | None) -> ProviderError:
     code = {401: "PROVIDER_AUTH", 403: "PROVIDER_AUTH", 429: "PROVIDER_RATE_LIMITED"}.get(status, "PROVIDER_ERROR")
-    return ProviderError(f"the provider answered {status}: {redact(_upstream_message(raw), api_key)}", code)
+    return ProviderError(f"the provider answered {status}: {_redact(_upstream_message(raw), api_key)}", code)
 
 
 def _retry_after(response: Any, attempt: int) -> float:
@@ -1739,7 +1745,7 @@ def _http(method: str, url: str, headers: dict, body: dict | None, timeout: floa
 
     import gevent
 
-    data = dumps(body).encode() if body is not None else None
+    data = _dumps(body).encode() if body is not None else None
     for attempt in range(len(RETRY_DELAYS) + 1):
         response = None
         try:
@@ -1756,7 +1762,7 @@ def _http(method: str, url: str, headers: dict, body: dict | None, timeout: floa
             raise ProviderError(f"the provider did not answer within {timeout:g} s", "PROVIDER_TIMEOUT") from None
         except (OSError, http.client.HTTPException) as e:
             if attempt == len(RETRY_DELAYS):
-                reason = redact(str(e) or type(e).__name__, api_key)
+                reason = _redact(str(e) or type(e).__name__, api_key)
                 raise ProviderError(f"cannot reach the provider: {reason}", "PROVIDER_UNAVAILABLE") from None
         gevent.sleep(_retry_after(response, attempt))
     raise AssertionError("unreachable")
@@ -1807,7 +1813,7 @@ def _arguments(raw: str) -> dict:
 
 
 def _result_text(result: Any) -> str:
-    return result if isinstance(result, str) else dumps(result)
+    return result if isinstance(result, str) else _dumps(result)
 
 
 def _base_headers(request: LLMRequest) -> dict:
@@ -1853,7 +1859,7 @@ class _OpenAI(_Adapter):
                 if m["tool_calls"]:
                     message["tool_calls"] = [
                         {"id": c["id"], "type": "function",
-                         "function": {"name": c["name"], "arguments": dumps(c["arguments"])}}
+                         "function": {"name": c["name"], "arguments": _dumps(c["arguments"])}}
                         for c in m["tool_calls"]
                     ]  # fmt: skip
                 messages.append(message)
@@ -1886,7 +1892,9 @@ class _OpenAI(_Adapter):
                 break
             chunk = _json_chunk(data)
             if chunk.get("error"):
-                raise ProviderError(f"the provider failed: {redact(_upstream_message(data.encode()), request.api_key)}")
+                raise ProviderError(
+                    f"the provider failed: {_redact(_upstream_message(data.encode()), request.api_key)}"
+                )
             usage = chunk.get("usage") or {}
             reply.input_tokens = usage.get("prompt_tokens", reply.input_tokens)
             reply.output_tokens = usage.get("completion_tokens", reply.output_tokens)
@@ -1977,7 +1985,7 @@ class _Anthropic(_Adapter):
             chunk = _json_chunk(data)
             kind = chunk.get("type", event)
             if kind == "error":
-                message = redact(_upstream_message(data.encode()), request.api_key)
+                message = _redact(_upstream_message(data.encode()), request.api_key)
                 raise ProviderError(f"the provider failed mid-stream: {message}", "PROVIDER_ERROR")
             if kind == "message_stop":
                 finished = True
@@ -2065,7 +2073,7 @@ def _llmsim_answer(request: LLMRequest) -> tuple[str, list[dict]]:
         for m in reversed(request.messages):
             if m["role"] != "tool":
                 break
-            results.insert(0, f"{m['name']} {'failed with' if m['is_error'] else 'returned'} {dumps(m['result'])}")
+            results.insert(0, f"{m['name']} {'failed with' if m['is_error'] else 'returned'} {_dumps(m['result'])}")
         return f"Tool results: {'; '.join(results)}.", []
     text = last.get("text", "")
     names = _tools_named_in(text, request.tools)
@@ -2086,7 +2094,7 @@ class _Llmsim(_Adapter):
         for word in _words(text):
             gevent.sleep(delay)  # also a point where a cancel can land
             on_text(word)
-        prompt = request.system + " ".join(m.get("text") or dumps(m.get("result")) for m in request.messages)
+        prompt = request.system + " ".join(m.get("text") or _dumps(m.get("result")) for m in request.messages)
         return LLMReply(text, tool_calls, len(prompt.split()), len(_words(text)) + len(tool_calls))
 
     def models(self, request: LLMRequest) -> list[str]:
@@ -2289,7 +2297,7 @@ GREP_MAX_LINE = 4096
 _NESTED_QUANTIFIER = re.compile(r"[+*?}]\)[+*?{]")
 
 
-def normalize_path(path: str) -> str:
+def _normalize_path(path: str) -> str:
     """An absolute, normalised virtual path; 400 for anything that could escape the root."""
     if not path.startswith("/"):
         raise _invalid(["path"], "must be absolute (start with /)")
@@ -2403,7 +2411,7 @@ class _Vfs:
             raise _invalid(["content"], "is not valid base64") from None
         if len(data) > MAX_FILE_BYTES:
             raise _PayloadTooLarge(f"a file holds at most {MAX_FILE_BYTES} bytes")
-        ts = now_iso()
+        ts = _now_iso()
         with self.store.write():
             row = self._row(path)
             if row is not None and row.type == "directory":
@@ -2423,7 +2431,7 @@ class _Vfs:
         """Create a directory, parents created; True if it is new."""
         if path == "/":
             return False
-        ts = now_iso()
+        ts = _now_iso()
         with self.store.write():
             row = self._row(path)
             if row is not None:
@@ -2479,16 +2487,16 @@ def _fs(tctx: Any) -> _Vfs:
 
 
 def _read_file(args: _PathArgs, tctx: Any) -> dict:
-    return _fs(tctx).read(normalize_path(args.path))
+    return _fs(tctx).read(_normalize_path(args.path))
 
 
 def _write_file(args: _WriteFileArgs, tctx: Any) -> dict:
-    stat, created = _fs(tctx).write(normalize_path(args.path), args.content, args.encoding)
+    stat, created = _fs(tctx).write(_normalize_path(args.path), args.content, args.encoding)
     return {**stat, "created": created}
 
 
 def _list_directory(args: _ListDirArgs, tctx: Any) -> dict:
-    path = normalize_path(args.path)
+    path = _normalize_path(args.path)
     listing = _fs(tctx).read(path)
     if listing["type"] != "directory":
         raise _Conflict(f"{path} is a file")
@@ -2496,16 +2504,16 @@ def _list_directory(args: _ListDirArgs, tctx: Any) -> dict:
 
 
 def _grep_files(args: _GrepArgs, tctx: Any) -> dict:
-    return _fs(tctx).grep(args.pattern, normalize_path(args.path))
+    return _fs(tctx).grep(args.pattern, _normalize_path(args.path))
 
 
 def _delete_file(args: _DeleteArgs, tctx: Any) -> dict:
-    path = normalize_path(args.path)
+    path = _normalize_path(args.path)
     return {"path": path, "deleted": _fs(tctx).delete(path, args.recursive)}
 
 
 def _stat_file(args: _PathArgs, tctx: Any) -> dict:
-    return _fs(tctx).stat(normalize_path(args.path))
+    return _fs(tctx).stat(_normalize_path(args.path))
 
 
 # ---- web fetch ----------------------------------------------------------------
@@ -2529,7 +2537,7 @@ BLOCKED_NETWORKS = tuple(
 )  # fmt: skip
 
 
-def address_allowed(address: str) -> bool:
+def _address_allowed(address: str) -> bool:
     """True if an IP address is public: in none of BLOCKED_NETWORKS (IPv4-mapped forms unwrapped)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -2551,7 +2559,7 @@ def _checked_address(host: str, port: int, allow_private: bool) -> str:
         raise ToolFailed(f"cannot resolve {host}: {e}") from None
     if not addresses:
         raise ToolFailed(f"cannot resolve {host}")
-    refused = [a for a in addresses if not address_allowed(a)]
+    refused = [a for a in addresses if not _address_allowed(a)]
     if refused and not allow_private:
         raise ToolFailed(f"refused: {host} resolves to a private, loopback or reserved address ({refused[0]})")
     return addresses[0]
@@ -2814,7 +2822,7 @@ class _TurnFailed(Exception):
 
 def _capped(result: Any) -> Any:
     """A tool result, cut to MAX_TOOL_OUTPUT bytes of JSON when larger."""
-    text = dumps(result)
+    text = _dumps(result)
     if len(text.encode()) <= MAX_TOOL_OUTPUT:
         return result
     return {"truncated": True, "preview": text.encode()[:MAX_TOOL_OUTPUT].decode(errors="ignore")}
@@ -2825,13 +2833,13 @@ def _capped_reply(reply: LLMReply) -> LLMReply:
     if len(reply.text) > MAX_MESSAGE_TEXT:
         reply.text = reply.text[:MAX_MESSAGE_TEXT]
     for call in reply.tool_calls:
-        size = len(dumps(call["arguments"]))
+        size = len(_dumps(call["arguments"]))
         if size > MAX_TOOL_OUTPUT:
             call["arguments"] = {"_unparsed_arguments": f"({size} bytes of arguments: too large)"}
     return reply
 
 
-def run_tool(tool: _Tool, arguments: dict, tctx: _ToolContext, timeout: float = TOOL_TIMEOUT_S) -> tuple[Any, bool]:
+def _run_tool(tool: _Tool, arguments: dict, tctx: _ToolContext, timeout: float = TOOL_TIMEOUT_S) -> tuple[Any, bool]:
     """Validate the arguments, run the tool with a timeout: (result, is_error)."""
     import gevent
 
@@ -2940,9 +2948,9 @@ def _close_turn(tx: _Tx, turn: Any, status: str, error: dict | None, duration_ms
     if status != "completed":  # a completed turn has answered every call
         for call in _dangling_calls(m, turn_id):
             _store_tool_message(tx, turn_id, call, {"error": reason}, True, 0)
-    error_json = None if error is None else dumps(error)
-    _sql(m, "close_turn", status, error_json, turn.iterations, *usage.values(), now_iso(), turn_id)
-    last_turn = dumps({"id": turn_id, "status": status, "error": error})
+    error_json = None if error is None else _dumps(error)
+    _sql(m, "close_turn", status, error_json, turn.iterations, *usage.values(), _now_iso(), turn_id)
+    last_turn = _dumps({"id": turn_id, "status": status, "error": error})
     _sql(m, "close_session", last_turn, *usage.values(), tx.session_id)
     data = {
         "turn_id": turn_id,
@@ -3026,9 +3034,9 @@ class _Runner:
             if not owed or setup is None:
                 return None
             turn = self._prepare(session_id, setup, *owed)
-            _sql(m, "insert_turn", turn.id, session_id, turn.provider_id, turn.model, now_iso())
+            _sql(m, "insert_turn", turn.id, session_id, turn.provider_id, turn.model, _now_iso())
             _sql(m, "claim_message", turn.id, owed[0])
-            _sql(m, "start_session", dumps({"id": turn.id, "status": "running", "error": None}), session_id)
+            _sql(m, "start_session", _dumps({"id": turn.id, "status": "running", "error": None}), session_id)
             tx.emit("session.started", {"turn_id": turn.id, "input_message_ids": turn.input_ids}, turn.id)
         self._turns[session_id] = turn
         self._ended[turn.id] = gevent.event.Event()
@@ -3040,7 +3048,7 @@ class _Runner:
         provider = _provider_row(self.m, provider_id)  # None: the default provider
         default_model = provider.default_model if provider else None
         return _Turn(
-            id=uuid7(),
+            id=_uuid7(),
             session_id=session_id,
             input_ids=[message_id],
             system=_system_prompt(setup),
@@ -3090,10 +3098,10 @@ class _Runner:
         adapter = ADAPTERS.get(turn.provider.provider_type)
         if adapter is None:
             raise ProviderError(f"provider type {turn.provider.provider_type} is not available", "PROVIDER_ERROR")
-        message_id = uuid7()
+        message_id = _uuid7()
         try:
             api_key = self.store.secrets.open(turn.provider.api_key)
-        except SecretUnreadable as e:
+        except _SecretUnreadable as e:
             raise ProviderError(str(e), "PROVIDER_KEY_UNREADABLE") from None
         request = _llm_request(
             turn.provider,
@@ -3109,7 +3117,7 @@ class _Runner:
         def on_text(delta: str) -> None:
             data = {"message_id": message_id, "delta": delta}
             self.bus.publish({"id": None, "seq": None, "type": "message.delta", "session_id": turn.session_id,
-                              "turn_id": turn.id, "ts": now_iso(), "data": data})  # fmt: skip
+                              "turn_id": turn.id, "ts": _now_iso(), "data": data})  # fmt: skip
 
         reply = _capped_reply(adapter.stream(request, on_text))
         turn.input_tokens += reply.input_tokens
@@ -3143,7 +3151,7 @@ class _Runner:
         if tool is None:
             result, is_error = {"error": f"this agent has no tool named {call['name']!r}"}, True
         else:
-            result, is_error = run_tool(tool, call["arguments"], tctx)
+            result, is_error = _run_tool(tool, call["arguments"], tctx)
         self.store.release()
         return result, is_error, int((time.monotonic() - started) * 1000)
 
@@ -3315,7 +3323,7 @@ def _json_response(status: int, body: str | bytes) -> bottle.HTTPResponse:
 
 
 def _error_response(error: EverrunsError) -> bottle.HTTPResponse:
-    return _json_response(error.status, error_body(error.status, error.message, error.code, error.details))
+    return _json_response(error.status, _error_body(error.status, error.message, error.code, error.details))
 
 
 def _render(spec: _Route, result: Any) -> Any:
@@ -3424,7 +3432,7 @@ class _App(bottle.Bottle):
     def wsgi(self, environ: dict, start_response: Callable) -> Any:
         refusal = self.guard.refusal(environ)
         if refusal is not None:
-            body = error_body(refusal.status, refusal.message, refusal.code).encode()
+            body = _error_body(refusal.status, refusal.message, refusal.code).encode()
             start_response(f"{refusal.status} {HTTPStatus(refusal.status).phrase}",
                            [("Content-Type", JSON_TYPE), ("Content-Length", str(len(body)))])  # fmt: skip
             return [body]
@@ -3446,9 +3454,9 @@ class _App(bottle.Bottle):
         status = res.status_code
         if status >= 500:
             _log.error("internal error: %s", res.exception or res.body)
-            return error_body(500, "internal server error")
+            return _error_body(500, "internal server error")
         messages = {404: "no such route", 405: f"method {bottle.request.method} not allowed here"}
-        return error_body(status, messages.get(status, str(res.body or "request error")))
+        return _error_body(status, messages.get(status, str(res.body or "request error")))
 
 
 def _auth_hook(api_key: str | None) -> Callable[[], None]:
@@ -3525,7 +3533,7 @@ def _patch(ctx: _Ctx, model: Any, id_: str, what: str, changes: dict[str, Any]) 
         _get(model, id_, what)
         _check_provider(ctx, changes.get("provider_id"), ["provider_id"])
         if changes:
-            model.update(**changes, updated_at=now_iso()).where(model.id == id_).execute()
+            model.update(**changes, updated_at=_now_iso()).where(model.id == id_).execute()
     return model.get_by_id(id_)
 
 
@@ -3577,10 +3585,10 @@ def _make_default(m: Any, provider_id: str) -> None:
 def _create_provider(ctx: _Ctx, call: _Call) -> BaseModel:
     body = call.body.root
     base_url, model = PROVIDER_DEFAULTS[body.provider_type]
-    m, ts = ctx.store.m, now_iso()
+    m, ts = ctx.store.m, _now_iso()
     with ctx.store.write():
         row = m.Provider.create(
-            id=uuid7(),
+            id=_uuid7(),
             name=body.name,
             provider_type=body.provider_type,
             base_url=body.base_url or base_url,
@@ -3639,7 +3647,7 @@ def _update_provider(ctx: _Ctx, call: _Call, provider_id: str) -> BaseModel:
         if make_default is False and row.is_default:
             raise _Conflict("exactly one provider is the default: make another one the default instead")
         if changes:
-            m.Provider.update(**changes, updated_at=now_iso()).where(m.Provider.id == provider_id).execute()
+            m.Provider.update(**changes, updated_at=_now_iso()).where(m.Provider.id == provider_id).execute()
         if make_default:
             _make_default(m, provider_id)
     return _provider_out(m.Provider.get_by_id(provider_id))
@@ -3685,7 +3693,7 @@ def _list_models(ctx: _Ctx, call: _Call, provider_id: str) -> BaseModel:
         names = ADAPTERS[provider.provider_type].models(request)
     except ProviderError as e:
         raise _BadGateway(e.message, code=e.code) from None
-    except SecretUnreadable as e:
+    except _SecretUnreadable as e:
         raise _BadGateway(str(e), code="PROVIDER_KEY_UNREADABLE") from None
     page = _names_page(names, call.query)
     return ModelPage(**{**page, "data": [ModelInfo(id=n) for n in page["data"]]})
@@ -3707,12 +3715,12 @@ def _dedupe(items: list[str]) -> list[str]:
 @_route("POST", "/v1/agents", "Create an agent", "agents", body=AgentCreate, response=Agent, status=201)
 def _create_agent(ctx: _Ctx, call: _Call) -> BaseModel:
     body: AgentCreate = call.body
-    m, ts = ctx.store.m, now_iso()
+    m, ts = ctx.store.m, _now_iso()
     fields = body.model_dump()
     fields["capabilities"] = _dedupe(fields["capabilities"])
     with ctx.store.write():
         _check_provider(ctx, body.provider_id, ["provider_id"])
-        row = m.Agent.create(id=uuid7(), created_at=ts, updated_at=ts, **fields)
+        row = m.Agent.create(id=_uuid7(), created_at=ts, updated_at=ts, **fields)
     return _agent_out(row)
 
 
@@ -3782,11 +3790,11 @@ def _list_sessions(ctx: _Ctx, call: _Call, agent_id: str) -> BaseModel:
     errors=(404,),
 )
 def _create_session(ctx: _Ctx, call: _Call, agent_id: str) -> BaseModel:
-    m, ts = ctx.store.m, now_iso()
+    m, ts = ctx.store.m, _now_iso()
     with ctx.store.write():
         _get(m.Agent, agent_id, "agent")
         _check_provider(ctx, call.body.provider_id, ["provider_id"])
-        row = m.Session.create(id=uuid7(), agent_id=agent_id, created_at=ts, updated_at=ts, **call.body.model_dump())
+        row = m.Session.create(id=_uuid7(), agent_id=agent_id, created_at=ts, updated_at=ts, **call.body.model_dump())
     return _session_out(row)
 
 
@@ -3897,7 +3905,7 @@ def _post_message(ctx: _Ctx, call: _Call, session_id: str) -> Any:
         parts, controls = call.body.parts(), call.body.controls()
     except ValueError as e:
         raise _invalid(["content"], str(e)) from None
-    request_hash = digest({"content": parts, "controls": controls})
+    request_hash = _digest({"content": parts, "controls": controls})
     with ctx.journal.tx(session_id) as tx:
         _need_session(m, session_id)
         if controls:
@@ -3967,7 +3975,7 @@ def _sse(ctx: _Ctx, session_id: str, cursor: int, wanted: Callable[[str], bool],
         for event in _stored_events(m, session_id, cursor):
             known = event["seq"]
             if wanted(event["type"]):
-                yield sse_frame(event)
+                yield _sse_frame(event)
         if until and _settled(m, session_id):
             return
         ctx.store.release()
@@ -4047,13 +4055,13 @@ def _fs_root(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
 @_route("GET", "/v1/sessions/<session_id>/fs/<path:path>", "Read a file or list a directory", "files",
         response=FsNode, errors=(404,))  # fmt: skip
 def _fs_get(ctx: _Ctx, call: _Call, session_id: str, path: str) -> BaseModel:
-    return FsNode.model_validate(_session_fs(ctx, session_id).read(normalize_path("/" + path)))
+    return FsNode.model_validate(_session_fs(ctx, session_id).read(_normalize_path("/" + path)))
 
 
 @_route("PUT", "/v1/sessions/<session_id>/fs/<path:path>", "Create (201) or replace (200) a file, or make a directory",
         "files", body=FsPut, response=FsNode, status=201, also=(200,), errors=(404, 409))  # fmt: skip
 def _fs_put(ctx: _Ctx, call: _Call, session_id: str, path: str) -> Any:
-    fs, path = _session_fs(ctx, session_id), normalize_path("/" + path)
+    fs, path = _session_fs(ctx, session_id), _normalize_path("/" + path)
     body = call.body.root
     if isinstance(body, FsMakeDirectory):
         created = fs.mkdir(path)
@@ -4065,7 +4073,7 @@ def _fs_put(ctx: _Ctx, call: _Call, session_id: str, path: str) -> Any:
 @_route("DELETE", "/v1/sessions/<session_id>/fs/<path:path>", "Delete a file or a directory", "files", status=204,
         query=FsDeleteQuery, errors=(404, 409))  # fmt: skip
 def _fs_delete(ctx: _Ctx, call: _Call, session_id: str, path: str) -> None:
-    _session_fs(ctx, session_id).delete(normalize_path("/" + path), call.query.recursive)
+    _session_fs(ctx, session_id).delete(_normalize_path("/" + path), call.query.recursive)
 
 
 # ---- capabilities -----------------------------------------------------------
@@ -4183,7 +4191,7 @@ def _operation(spec: _Route, refs: dict, auth: bool) -> dict:
     return op
 
 
-def build_openapi(auth: bool = False) -> dict:
+def _build_openapi(auth: bool = False) -> dict:
     """The OpenAPI 3.1 document, built from the route registry and the schemas."""
     routes = [r for r in _ROUTES if r.in_schema]
     models = {(r.body, "validation") for r in routes if r.body} | {
@@ -4219,7 +4227,7 @@ _SWAGGER_HTML = """<!doctype html>
 
 @_route("GET", "/api-doc/openapi.json", "The OpenAPI document", "docs", raw=True, in_schema=False)
 def _openapi(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
-    return _json_response(200, dumps(ctx.config["openapi"]))
+    return _json_response(200, _dumps(ctx.config["openapi"]))
 
 
 @_route("GET", "/swagger-ui/", "Swagger UI", "docs", raw=True, in_schema=False)
@@ -4246,9 +4254,9 @@ def _seed_env_providers(store: _Store, env: Mapping[str, str]) -> None:
             if m.Meta.get_or_none(m.Meta.key == f"env_provider:{kind}") is not None:
                 continue
             base_url, model = PROVIDER_DEFAULTS[kind]
-            ts = now_iso()
+            ts = _now_iso()
             row = m.Provider.create(
-                id=uuid7(),
+                id=_uuid7(),
                 name=name,
                 provider_type=kind,
                 base_url=base_url,
@@ -4298,7 +4306,7 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
     _seed_env_providers(store, env)
     _apply_default_provider(store, config["default_provider"] or env.get("EVERRUNS_DEFAULT_PROVIDER"))
     store.release()
-    config["openapi"] = build_openapi(auth=bool(config["api_key"]))
+    config["openapi"] = _build_openapi(auth=bool(config["api_key"]))
     journal = _Journal(store, _Bus())
     runner = _Runner(journal, config)
     runner.recover()  # before the first request: interrupted turns closed, owed ones started

@@ -42,11 +42,11 @@ def test_unknown_capability_is_400(client):
 
 
 def test_unknown_provider_is_400(api, client):
-    body = {"name": "a", "provider_id": everruns.uuid7()}
+    body = {"name": "a", "provider_id": everruns._uuid7()}
     error = error_of(client.post_json("/v1/agents", body, status="*"), 400, "VALIDATION_ERROR")
     assert error["details"][0]["loc"] == ["provider_id"]
     agent = api.agent()
-    response = client.patch_json(f"/v1/agents/{agent['id']}", {"provider_id": everruns.uuid7()}, status="*")
+    response = client.patch_json(f"/v1/agents/{agent['id']}", {"provider_id": everruns._uuid7()}, status="*")
     error_of(response, 400, "VALIDATION_ERROR")
 
 

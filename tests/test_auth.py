@@ -19,8 +19,8 @@ def secured(make_app):
 
 def concrete(path):
     return (path.replace("{capability_id}", "noop").replace("{path}", "a.txt")
-            .replace("{provider_id}", everruns.uuid7()).replace("{agent_id}", everruns.uuid7())
-            .replace("{session_id}", everruns.uuid7()))  # fmt: skip
+            .replace("{provider_id}", everruns._uuid7()).replace("{agent_id}", everruns._uuid7())
+            .replace("{session_id}", everruns._uuid7()))  # fmt: skip
 
 
 def every_operation(client):

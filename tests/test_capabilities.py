@@ -50,7 +50,7 @@ def run(name, **arguments):
     import everruns
 
     tool = next(t for c in everruns.CAPABILITIES.values() for t in c.tools if t.name == name)
-    return everruns.run_tool(tool, arguments, everruns._ToolContext("s", None, {}))
+    return everruns._run_tool(tool, arguments, everruns._ToolContext("s", None, {}))
 
 
 def test_weather_is_deterministic_per_city():

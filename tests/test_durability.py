@@ -70,16 +70,16 @@ def crashed_mid_tool(make_app, db_path):
     client = webtest.TestApp(app)
     agent = client.post_json("/v1/agents", {"name": "a", "capabilities": ["test_math"]}).json
     session = client.post_json(f"/v1/agents/{agent['id']}/sessions", {}).json
-    m, sid, turn_id = app.everruns.store.m, session["id"], everruns.uuid7()
+    m, sid, turn_id = app.everruns.store.m, session["id"], everruns._uuid7()
     call = {"id": "call_1", "name": "add", "arguments": {"a": 1, "b": 2}}
     with app.everruns.journal.tx(sid) as tx:
-        user = m.Message.create(id=everruns.uuid7(), session_id=sid, role="user", turn_id=turn_id,
-                                content=[{"type": "text", "text": "add"}], created_at=everruns.now_iso())  # fmt: skip
-        m.Turn.create(id=turn_id, session_id=sid, status="running", started_at=everruns.now_iso())
+        user = m.Message.create(id=everruns._uuid7(), session_id=sid, role="user", turn_id=turn_id,
+                                content=[{"type": "text", "text": "add"}], created_at=everruns._now_iso())  # fmt: skip
+        m.Turn.create(id=turn_id, session_id=sid, status="running", started_at=everruns._now_iso())
         m.Session.update(status="running").where(m.Session.id == sid).execute()
         tx.emit("session.started", {"turn_id": turn_id, "input_message_ids": [user.id]}, turn_id)
-        m.Message.create(id=everruns.uuid7(), session_id=sid, role="assistant", turn_id=turn_id,
-                         content=[{"type": "tool_call", **call}], created_at=everruns.now_iso())  # fmt: skip
+        m.Message.create(id=everruns._uuid7(), session_id=sid, role="assistant", turn_id=turn_id,
+                         content=[{"type": "tool_call", **call}], created_at=everruns._now_iso())  # fmt: skip
         tx.emit("tool.call", {"tool_call": call}, turn_id)
     app.everruns.runner.closing = True  # the process dies here: nothing else runs
     app.everruns.store.close()
@@ -89,7 +89,7 @@ def crashed_mid_tool(make_app, db_path):
 def test_restart_gives_an_unanswered_tool_call_an_error_result(make_app, db_path, monkeypatch):
     sid = crashed_mid_tool(make_app, db_path)
     ran = []
-    monkeypatch.setattr(everruns, "run_tool", lambda *a, **k: ran.append(a) or ({}, False))
+    monkeypatch.setattr(everruns, "_run_tool", lambda *a, **k: ran.append(a) or ({}, False))
     client = webtest.TestApp(make_app(db_path))
     events = finish(client, sid)
     assert [e["type"] for e in events[2:]] == ["tool.result", "message.created", "session.completed"]

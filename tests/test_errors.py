@@ -17,7 +17,7 @@ def test_unknown_route_is_404_in_the_envelope(client):
 
 
 def test_unknown_resource_is_404(client):
-    missing = everruns.uuid7()
+    missing = everruns._uuid7()
     for path in (f"/v1/agents/{missing}", f"/v1/sessions/{missing}", f"/v1/llm-providers/{missing}"):
         assert missing in error_of(client.get(path, status="*"), 404, "NOT_FOUND")["message"]
 
@@ -144,7 +144,7 @@ def test_every_error_status_has_the_same_shape(client, make_app, api):
         client.post("/v1/agents", b"{", content_type="application/json", status="*"),
         client.post_json("/v1/agents", {}, status="*"),
         secured.get("/v1/agents", status="*"),
-        client.get("/v1/agents/" + everruns.uuid7(), status="*"),
+        client.get("/v1/agents/" + everruns._uuid7(), status="*"),
         client.delete("/v1/capabilities", status="*"),
         client.delete(f"/v1/llm-providers/{api.default_provider()['id']}", status="*"),
         client.post("/v1/agents", b"x" * (4 * MiB + 1), content_type="application/json", status="*"),

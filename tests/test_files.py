@@ -82,7 +82,7 @@ def test_size_limits(client, fs_session):
 
 
 def test_unknown_session_and_path(client):
-    missing = everruns.uuid7()
+    missing = everruns._uuid7()
     error_of(client.get(f"/v1/sessions/{missing}/fs", status="*"), 404, "NOT_FOUND")
     error_of(client.put_json(f"/v1/sessions/{missing}/fs/a", {"content": "x"}, status="*"), 404, "NOT_FOUND")
 
@@ -136,14 +136,14 @@ TRAVERSALS = [
 @pytest.mark.parametrize("path", TRAVERSALS)
 def test_path_traversal_vectors_are_rejected(path):
     with pytest.raises(everruns.EverrunsError) as raised:
-        everruns.normalize_path(path)
+        everruns._normalize_path(path)
     assert raised.value.status == 400
 
 
 def test_paths_are_normalised():
-    assert everruns.normalize_path("/a//b/./c/") == "/a/b/c"
-    assert everruns.normalize_path("/a/b/../c") == "/a/c"
-    assert everruns.normalize_path("/") == "/"
+    assert everruns._normalize_path("/a//b/./c/") == "/a/b/c"
+    assert everruns._normalize_path("/a/b/../c") == "/a/c"
+    assert everruns._normalize_path("/") == "/"
 
 
 @pytest.mark.parametrize("escape", ["..%2Fsecret", "%2e%2e/x", "a/%2e%2e/%2e%2e/x", "a%5Cb", "a%00b"])

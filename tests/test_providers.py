@@ -138,5 +138,5 @@ def test_providers_are_listed_oldest_first_with_pages(api, client):
 
 
 def test_unknown_provider_is_404(client):
-    client.patch_json(f"/v1/llm-providers/{everruns.uuid7()}", {"name": "x"}, status=404)
-    client.delete(f"/v1/llm-providers/{everruns.uuid7()}", status=404)
+    client.patch_json(f"/v1/llm-providers/{everruns._uuid7()}", {"name": "x"}, status=404)
+    client.delete(f"/v1/llm-providers/{everruns._uuid7()}", status=404)

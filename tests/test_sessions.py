@@ -21,15 +21,15 @@ def test_create_without_a_body(api, client):
 
 
 def test_create_under_a_missing_agent_is_404(client):
-    error_of(client.post_json(f"/v1/agents/{everruns.uuid7()}/sessions", {}, status="*"), 404, "NOT_FOUND")
-    error_of(client.get(f"/v1/agents/{everruns.uuid7()}/sessions", status="*"), 404, "NOT_FOUND")
+    error_of(client.post_json(f"/v1/agents/{everruns._uuid7()}/sessions", {}, status="*"), 404, "NOT_FOUND")
+    error_of(client.get(f"/v1/agents/{everruns._uuid7()}/sessions", status="*"), 404, "NOT_FOUND")
 
 
 def test_provider_and_model_overrides(api, client):
     provider = api.provider()
     session = api.session(provider_id=provider["id"], model="gpt-4.1")
     assert (session["provider_id"], session["model"]) == (provider["id"], "gpt-4.1")
-    body = {"provider_id": everruns.uuid7()}
+    body = {"provider_id": everruns._uuid7()}
     error_of(client.post_json(f"/v1/agents/{session['agent_id']}/sessions", body, status="*"), 400, "VALIDATION_ERROR")
 
 

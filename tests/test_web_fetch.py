@@ -43,7 +43,7 @@ def listener():
 def fetch(url, allow_private=False, fmt="markdown"):
     tool = everruns.CAPABILITIES["web_fetch"].tools[0]
     tctx = everruns._ToolContext("s", None, {"allow_private_fetch": allow_private})
-    return everruns.run_tool(tool, {"url": url, "format": fmt}, tctx)
+    return everruns._run_tool(tool, {"url": url, "format": fmt}, tctx)
 
 
 def vectors(port):
