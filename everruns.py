@@ -71,6 +71,7 @@ import base64
 import contextlib
 import dataclasses
 import datetime
+import functools
 import hashlib
 import hmac
 import html.parser
@@ -123,6 +124,7 @@ MAX_TAG = 64
 MAX_IDEMPOTENCY_KEY = 255
 PAGE_DEFAULT, PAGE_MAX = 20, 100
 MAX_SEQ = 2**63 - 1  # SQLite's largest integer
+MAX_PATH = 4096  # a session file path
 
 ERROR_CODES = {
     400: "BAD_REQUEST",
@@ -362,48 +364,22 @@ class EverrunsError(Exception):
         self.details = details
 
 
-class _BadRequest(EverrunsError):
-    status, code = 400, "BAD_REQUEST"
+def _error_class(name: str, status: int, code: str | None = None) -> type[EverrunsError]:
+    """A subclass for one status; its code is the status's code in ERROR_CODES unless given."""
+    return type(name, (EverrunsError,), {"status": status, "code": code or ERROR_CODES[status]})
 
 
-class _ValidationFailed(EverrunsError):
-    status, code = 400, "VALIDATION_ERROR"
-
-
-class _Unauthorized(EverrunsError):
-    status, code = 401, "UNAUTHORIZED"
-
-
-class _NotFound(EverrunsError):
-    status, code = 404, "NOT_FOUND"
-
-
-class _Conflict(EverrunsError):
-    status, code = 409, "CONFLICT"
-
-
-class _PayloadTooLarge(EverrunsError):
-    status, code = 413, "PAYLOAD_TOO_LARGE"
-
-
-class _UnsupportedMediaType(EverrunsError):
-    status, code = 415, "UNSUPPORTED_MEDIA_TYPE"
-
-
-class _Forbidden(EverrunsError):
-    status, code = 403, "FORBIDDEN"
-
-
-class _UriTooLong(EverrunsError):
-    status, code = 414, "URI_TOO_LONG"
-
-
-class _HeadersTooLarge(EverrunsError):
-    status, code = 431, "HEADERS_TOO_LARGE"
-
-
-class _BadGateway(EverrunsError):
-    status, code = 502, "BAD_GATEWAY"
+_BadRequest = _error_class("_BadRequest", 400)
+_ValidationFailed = _error_class("_ValidationFailed", 400, "VALIDATION_ERROR")
+_Unauthorized = _error_class("_Unauthorized", 401)
+_Forbidden = _error_class("_Forbidden", 403)
+_NotFound = _error_class("_NotFound", 404)
+_Conflict = _error_class("_Conflict", 409)
+_PayloadTooLarge = _error_class("_PayloadTooLarge", 413)
+_UriTooLong = _error_class("_UriTooLong", 414)
+_UnsupportedMediaType = _error_class("_UnsupportedMediaType", 415)
+_HeadersTooLarge = _error_class("_HeadersTooLarge", 431)
+_BadGateway = _error_class("_BadGateway", 502)
 
 
 def _invalid(loc: list, msg: str) -> _ValidationFailed:
@@ -456,6 +432,9 @@ HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,128}$")]
 HeaderValue = Annotated[str, StringConstraints(pattern=r"^[^\r\n\x00]*$", max_length=4096)]
 BaseUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2048)]
 ApiKey = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+Title = Annotated[str, StringConstraints(max_length=MAX_NAME)]
+MaxIterations = Annotated[JsonInt, Field(ge=1, le=50)]
+CapabilityList = Annotated[list[CapabilityId], Field(max_length=MAX_CAPABILITIES)]
 
 
 class LlmsimSettings(_In):
@@ -553,11 +532,11 @@ class AgentCreate(_In):
     name: Name
     description: Description = ""
     system_prompt: SystemPrompt = ""
-    capabilities: Annotated[list[CapabilityId], Field(max_length=MAX_CAPABILITIES)] = []
+    capabilities: CapabilityList = []
     provider_id: Id | None = None
     model: ModelName | None = None
     tags: Tags = []
-    max_iterations: JsonInt = Field(10, ge=1, le=50)
+    max_iterations: MaxIterations = 10
 
 
 class AgentUpdate(_In):
@@ -566,11 +545,11 @@ class AgentUpdate(_In):
     name: Name = None
     description: Description = None
     system_prompt: SystemPrompt = None
-    capabilities: Annotated[list[CapabilityId], Field(max_length=MAX_CAPABILITIES)] = None
+    capabilities: CapabilityList = None
     provider_id: Id | None = None
     model: ModelName | None = None
     tags: Tags = None
-    max_iterations: JsonInt = Field(None, ge=1, le=50)
+    max_iterations: MaxIterations = None
 
 
 class Agent(_Out):
@@ -592,7 +571,7 @@ class Agent(_Out):
 class SessionCreate(_In):
     """Body of POST /v1/agents/{id}/sessions (may be empty)."""
 
-    title: Annotated[str, StringConstraints(max_length=MAX_NAME)] | None = None
+    title: Title | None = None
     tags: Tags = []
     provider_id: Id | None = None
     model: ModelName | None = None
@@ -601,7 +580,7 @@ class SessionCreate(_In):
 class SessionUpdate(_In):
     """Body of PATCH /v1/sessions/{id}."""
 
-    title: Annotated[str, StringConstraints(max_length=MAX_NAME)] | None = None
+    title: Title | None = None
     tags: Tags = None
     provider_id: Id | None = None
     model: ModelName | None = None
@@ -705,7 +684,7 @@ class TurnControls(_In):
 
     model: ModelName | None = None
     provider_id: Id | None = None
-    max_iterations: JsonInt | None = Field(None, ge=1, le=50)
+    max_iterations: MaxIterations | None = None
     temperature: float | None = Field(None, ge=0, le=2)
 
 
@@ -931,14 +910,12 @@ class Event(_Out):
     data: dict[str, Any]
 
 
-class EventsQuery(BaseModel):
-    """Query of GET /v1/sessions/{id}/events."""
+class EventsQuery(ListQuery):
+    """Query of GET /v1/sessions/{id}/events (`limit` pages the JSON listing)."""
 
-    model_config = ConfigDict(extra="ignore")
     after: JsonInt | None = Field(
         None, ge=0, le=MAX_SEQ, description="Replay events with a larger seq (Last-Event-ID wins)."
     )
-    limit: JsonInt = Field(PAGE_DEFAULT, ge=1, le=PAGE_MAX, description="Page size of the JSON listing.")
     types: str | None = Field(
         None,
         max_length=1024,
@@ -1189,19 +1166,14 @@ def _pragmas(sync: str) -> dict[str, Any]:
 
 def _check_greenlet_local() -> None:
     """Refuse a process where gevent patched threading after peewee was imported."""
+    import gevent.local
     from gevent import monkey
 
-    if monkey.is_module_patched("threading") and not issubclass(pw._ConnectionLocal, _gevent_local()):
+    if monkey.is_module_patched("threading") and not issubclass(pw._ConnectionLocal, gevent.local.local):
         raise RuntimeError(
             "peewee was imported before gevent patched the process: all greenlets would share "
             "one database connection. Call gevent.monkey.patch_all() before importing everruns."
         )
-
-
-def _gevent_local() -> type:
-    import gevent.local
-
-    return gevent.local.local
 
 
 class _SecretUnreadable(Exception):
@@ -1283,18 +1255,15 @@ class _Store:
         self.path = path
         self.memory = path == ":memory:"
         self.secrets = _Secrets(secret_key)
-        if not self.memory:
+        if self.memory:
+            # An in-memory database lives and dies with its connection: every greenlet shares one.
+            self.db = pw.SqliteDatabase(path, pragmas=_pragmas(sync), thread_safe=False)
+        else:
             _check_greenlet_local()
             if not os.path.exists(path):  # owner-only: it may hold API keys
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-        # An in-memory database lives and dies with its connection, so every
-        # greenlet shares one; a file database gets one connection per greenlet.
-        if self.memory:
-            self.db = pw.SqliteDatabase(path, pragmas=_pragmas(sync), thread_safe=False)
-        else:
-            # Pooled: a greenlet's connection goes back to the pool when it is
-            # done, so requests skip connect + pragmas, and the last close never
-            # triggers SQLite's checkpoint-on-close in the middle of serving.
+            # One connection per greenlet, from a pool: requests skip connect + pragmas,
+            # and the last close never triggers SQLite's checkpoint-on-close mid-serving.
             self.db = PooledSqliteDatabase(path, pragmas=_pragmas(sync), max_connections=None)
         self.m = _build_models(self.db)
         self._lock = threading.RLock()
@@ -1328,27 +1297,30 @@ class _Store:
         return found
 
     def _seed_simulator(self) -> None:
+        self.add_provider("Built-in simulator", "llmsim", is_default=True)
+
+    def add_provider(self, name: str, provider_type: str, *, api_key: str | None = None,
+                     settings: dict | None = None, base_url: str | None = None, default_model: str | None = None,
+                     is_default: bool = False) -> Any:  # fmt: skip
+        """Store a provider, its type's defaults filling what is not given (call inside a write); the row."""
+        default_url, default_name = PROVIDER_DEFAULTS[provider_type]
+        settings = SETTINGS_MODELS[provider_type]().model_dump() if settings is None else settings
         ts = _now_iso()
-        self.m.Provider.create(
-            id=_uuid7(),
-            name="Built-in simulator",
-            provider_type="llmsim",
-            base_url=None,
-            default_model=PROVIDER_DEFAULTS["llmsim"][1],
-            is_default=True,
-            settings=LlmsimSettings().model_dump(),
-            created_at=ts,
-            updated_at=ts,
-        )
+        return self.m.Provider.create(
+            id=_uuid7(), name=name, provider_type=provider_type, base_url=base_url or default_url,
+            default_model=default_model or default_name, api_key=self.secrets.seal(api_key), is_default=is_default,
+            settings=settings, created_at=ts, updated_at=ts,
+        )  # fmt: skip
 
     def close(self) -> None:
         """Checkpoint the WAL into the main file and close."""
+        if self.memory:
+            self.db.close()
+            return
         with contextlib.suppress(pw.DatabaseError):
-            if not self.memory:
-                self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.close()
-        if not self.memory:
-            self.db.close_all()
+        self.db.close_all()
 
 
 def _provider_out(row: Any) -> Provider:
@@ -1372,8 +1344,13 @@ def _provider_out(row: Any) -> Provider:
     )
 
 
+def _row_out(schema: type[BaseModel], row: Any) -> Any:
+    """A row as the response schema of the same field names."""
+    return schema(**{name: getattr(row, name) for name in schema.model_fields})
+
+
 def _agent_out(row: Any) -> Agent:
-    return Agent(**{name: getattr(row, name) for name in Agent.model_fields})
+    return _row_out(Agent, row)
 
 
 def _session_out(row: Any) -> Session:
@@ -1382,16 +1359,7 @@ def _session_out(row: Any) -> Session:
 
 
 def _message_out(row: Any) -> Message:
-    return Message(
-        id=row.id,
-        session_id=row.session_id,
-        role=row.role,
-        content=row.content,
-        turn_id=row.turn_id,
-        provider_id=row.provider_id,
-        model=row.model,
-        created_at=row.created_at,
-    )
+    return _row_out(Message, row)
 
 
 # ---- the per-turn hot path ---------------------------------------------------
@@ -1554,7 +1522,9 @@ class _Bus:
 
     def __init__(self) -> None:
         self._subscribers: dict[str, set[_Subscriber]] = {}
-        self._last_seq: dict[str, int] = {}
+        # The newest published seq of each session: it stamps deltas, and spares
+        # the journal a query per event (publishing follows each commit at once).
+        self.last_seq: dict[str, int] = {}
 
     def subscribe(self, session_id: str) -> _Subscriber:
         sub = _Subscriber(session_id)
@@ -1572,11 +1542,11 @@ class _Bus:
         """Hand a committed event (or a delta) to every subscriber; never blocks."""
         sid = event["session_id"]
         if event["seq"] is not None:
-            self._last_seq[sid] = event["seq"]
+            self.last_seq[sid] = event["seq"]
         subs = self._subscribers.get(sid)
         if not subs:
             return
-        item = _Published(event["seq"], event["type"], _sse_frame(event), self._last_seq.get(sid, 0))
+        item = _Published(event["seq"], event["type"], _sse_frame(event), self.last_seq.get(sid, 0))
         for sub in list(subs):
             self._offer(sub, item)
 
@@ -1597,7 +1567,7 @@ class _Bus:
             for sub in list(self._subscribers.get(sid, ())):
                 self._offer(sub, None)  # None: the end of the stream
                 self.unsubscribe(sub)
-            self._last_seq.pop(sid, None)
+            self.last_seq.pop(sid, None)
 
 
 class _Tx:
@@ -1619,28 +1589,20 @@ class _Tx:
 class _Journal:
     """The write path for everything that produces events: commit, then publish.
 
-    It remembers each session's last seq (set only after a commit, so a rolled
-    back transaction leaves no gap) to spare a query per event.
+    A transaction starts from the bus's last published seq, which moves only
+    after a commit: a rolled-back transaction leaves no gap.
     """
 
     def __init__(self, store: _Store, bus: _Bus) -> None:
         self.store, self.bus = store, bus
-        self._last_seq: dict[str, int] = {}
 
     @contextlib.contextmanager
     def tx(self, session_id: str) -> Iterator[_Tx]:
-        tx = _Tx(self.store.m, session_id, self._last_seq.get(session_id))
+        tx = _Tx(self.store.m, session_id, self.bus.last_seq.get(session_id))
         with self.store.write():
             yield tx
-        if tx.events:
-            self._last_seq[session_id] = tx.last_seq
         for event in tx.events:
             self.bus.publish(event)
-
-    def forget(self, session_id: str) -> None:
-        """Drop what is known of a deleted session."""
-        self._last_seq.pop(session_id, None)
-        self.bus.close(session_id)
 
 
 # =============================================================================
@@ -1672,7 +1634,6 @@ class LLMRequest:
     settings: dict
     base_url: str | None = None
     api_key: str | None = None
-    max_iterations: int = 10
     temperature: float | None = None
 
 
@@ -1816,14 +1777,6 @@ def _result_text(result: Any) -> str:
     return result if isinstance(result, str) else _dumps(result)
 
 
-def _base_headers(request: LLMRequest) -> dict:
-    return {
-        "Content-Type": "application/json",
-        "Accept": "text/event-stream",
-        **request.settings.get("extra_headers", {}),
-    }
-
-
 class _Adapter:
     """One provider type: stream an answer, list the models."""
 
@@ -1836,17 +1789,47 @@ class _Adapter:
         raise NotImplementedError
 
 
-class _OpenAI(_Adapter):
-    """OpenAI Chat Completions, as OpenAI, Ollama, vLLM, llama.cpp and LM Studio speak it."""
+class _RemoteAdapter(_Adapter):
+    """What the HTTP providers share: URLs under base_url, headers, timeouts, the model list."""
 
-    def _url(self, request: LLMRequest, path: str) -> str:
-        return (request.base_url or PROVIDER_DEFAULTS["openai"][0]).rstrip("/") + path
+    kind, chat_path, models_path = "", "", ""
 
     def _headers(self, request: LLMRequest) -> dict:
-        headers = _base_headers(request)
-        if request.api_key:
-            headers["Authorization"] = f"Bearer {request.api_key}"
-        return headers
+        """The headers of every request: JSON, SSE, extra_headers, and the provider's own."""
+        return {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+            **request.settings.get("extra_headers", {}),
+            **self._auth_headers(request),
+        }
+
+    def _auth_headers(self, request: LLMRequest) -> dict:
+        raise NotImplementedError
+
+    def _timeout(self, request: LLMRequest) -> float:
+        return float(request.settings.get("timeout_s", 60))
+
+    def _call(self, request: LLMRequest, method: str, path: str, body: dict | None = None) -> Any:
+        url = (request.base_url or PROVIDER_DEFAULTS[self.kind][0]).rstrip("/") + path
+        return _http(method, url, self._headers(request), body, self._timeout(request), request.api_key)
+
+    def _failure(self, data: str, request: LLMRequest) -> ProviderError:
+        """An error the provider reported inside its stream, key blanked out."""
+        message = _redact(_upstream_message(data.encode()), request.api_key)
+        return ProviderError(f"the provider failed mid-stream: {message}", "PROVIDER_ERROR")
+
+    def models(self, request: LLMRequest) -> list[str]:
+        response = self._call(request, "GET", self.models_path)
+        return [m["id"] for m in _json_chunk(response.read().decode()).get("data", []) if "id" in m]
+
+
+class _OpenAI(_RemoteAdapter):
+    """OpenAI Chat Completions, as OpenAI, Ollama, vLLM, llama.cpp and LM Studio speak it."""
+
+    kind, chat_path, models_path = "openai", "/chat/completions", "/models"
+
+    def _auth_headers(self, request: LLMRequest) -> dict:
+        return {"Authorization": f"Bearer {request.api_key}"} if request.api_key else {}
 
     def body(self, request: LLMRequest) -> dict:
         """The request body of a streamed chat completion."""
@@ -1882,19 +1865,15 @@ class _OpenAI(_Adapter):
         return body
 
     def stream(self, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
-        timeout = float(request.settings.get("timeout_s", 60))
-        url = self._url(request, "/chat/completions")
-        response = _http("POST", url, self._headers(request), self.body(request), timeout, request.api_key)
+        response = self._call(request, "POST", self.chat_path, self.body(request))
         reply, calls, finished = LLMReply(), {}, False
-        for _event, data in _sse_events(response, timeout):
+        for _event, data in _sse_events(response, self._timeout(request)):
             if data.strip() == "[DONE]":
                 finished = True
                 break
             chunk = _json_chunk(data)
             if chunk.get("error"):
-                raise ProviderError(
-                    f"the provider failed: {_redact(_upstream_message(data.encode()), request.api_key)}"
-                )
+                raise self._failure(data, request)
             usage = chunk.get("usage") or {}
             reply.input_tokens = usage.get("prompt_tokens", reply.input_tokens)
             reply.output_tokens = usage.get("completion_tokens", reply.output_tokens)
@@ -1922,26 +1901,17 @@ class _OpenAI(_Adapter):
             call["arguments"] += function.get("arguments") or ""
         return bool(choice.get("finish_reason"))
 
-    def models(self, request: LLMRequest) -> list[str]:
-        timeout = float(request.settings.get("timeout_s", 60))
-        response = _http("GET", self._url(request, "/models"), self._headers(request), None, timeout, request.api_key)
-        return [m["id"] for m in _json_chunk(response.read().decode()).get("data", []) if "id" in m]
-
 
 ANTHROPIC_VERSION = "2023-06-01"
 
 
-class _Anthropic(_Adapter):
+class _Anthropic(_RemoteAdapter):
     """Anthropic Messages API with streamed content blocks."""
 
-    def _url(self, request: LLMRequest, path: str) -> str:
-        return (request.base_url or PROVIDER_DEFAULTS["anthropic"][0]).rstrip("/") + path
+    kind, chat_path, models_path = "anthropic", "/v1/messages", "/v1/models"
 
-    def _headers(self, request: LLMRequest) -> dict:
-        headers = {**_base_headers(request), "anthropic-version": ANTHROPIC_VERSION}
-        if request.api_key:
-            headers["x-api-key"] = request.api_key
-        return headers
+    def _auth_headers(self, request: LLMRequest) -> dict:
+        return {"anthropic-version": ANTHROPIC_VERSION, **({"x-api-key": request.api_key} if request.api_key else {})}
 
     def body(self, request: LLMRequest) -> dict:
         """The request body: top-level system, strictly alternating user/assistant turns."""
@@ -1977,16 +1947,13 @@ class _Anthropic(_Adapter):
         return "assistant", blocks
 
     def stream(self, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
-        timeout = float(request.settings.get("timeout_s", 60))
-        url = self._url(request, "/v1/messages")
-        response = _http("POST", url, self._headers(request), self.body(request), timeout, request.api_key)
+        response = self._call(request, "POST", self.chat_path, self.body(request))
         reply, blocks, finished = LLMReply(), {}, False
-        for event, data in _sse_events(response, timeout):
+        for event, data in _sse_events(response, self._timeout(request)):
             chunk = _json_chunk(data)
             kind = chunk.get("type", event)
             if kind == "error":
-                message = _redact(_upstream_message(data.encode()), request.api_key)
-                raise ProviderError(f"the provider failed mid-stream: {message}", "PROVIDER_ERROR")
+                raise self._failure(data, request)
             if kind == "message_stop":
                 finished = True
                 break
@@ -2023,13 +1990,6 @@ class _Anthropic(_Adapter):
                 block["json"] = block.get("json", "") + (delta.get("partial_json") or "")
         elif kind == "message_delta":
             reply.output_tokens = (chunk.get("usage") or {}).get("output_tokens", reply.output_tokens)
-
-    def models(self, request: LLMRequest) -> list[str]:
-        timeout = float(request.settings.get("timeout_s", 60))
-        response = _http(
-            "GET", self._url(request, "/v1/models"), self._headers(request), None, timeout, request.api_key
-        )
-        return [m["id"] for m in _json_chunk(response.read().decode()).get("data", []) if "id" in m]
 
 
 # ---- the built-in simulator ---------------------------------------------------
@@ -2131,8 +2091,11 @@ class _ForecastArgs(_CityArgs):
     days: JsonInt = Field(3, ge=1, le=14)
 
 
+ToolPath = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PATH)]
+
+
 class _PathArgs(_In):
-    path: str = Field(min_length=1, max_length=4096, description="Absolute path, e.g. /notes/todo.md.")
+    path: ToolPath = Field(description="Absolute path, e.g. /notes/todo.md.")
 
 
 class _WriteFileArgs(_PathArgs):
@@ -2141,12 +2104,12 @@ class _WriteFileArgs(_PathArgs):
 
 
 class _ListDirArgs(_In):
-    path: str = Field("/", min_length=1, max_length=4096)
+    path: ToolPath = "/"
 
 
 class _GrepArgs(_In):
     pattern: str = Field(min_length=1, max_length=1024, description="A regular expression.")
-    path: str = Field("/", min_length=1, max_length=4096)
+    path: ToolPath = "/"
 
 
 class _DeleteArgs(_PathArgs):
@@ -2176,7 +2139,9 @@ class _Tool:
     args: type[_In]
     run: Callable[[Any, Any], Any] | None = None
 
+    @functools.cached_property
     def spec(self) -> ToolSpec:
+        """Name, description and JSON-schema parameters, built once (turns send them with every call)."""
         schema = self.args.model_json_schema()
         schema.pop("title", None)
         schema.pop("description", None)
@@ -2202,7 +2167,7 @@ class _Capability:
             status="available",
             category=self.category,
             system_prompt=self.system_prompt,
-            tools=[t.spec() for t in self.tools],
+            tools=[t.spec for t in self.tools],
         )
 
 
@@ -2288,7 +2253,6 @@ def _write_todos(args: _TodoArgs, tctx: _ToolContext) -> dict:
 MAX_FILE_BYTES = 1024 * 1024
 MAX_SESSION_BYTES = 10 * 1024 * 1024
 MAX_SESSION_FILES = 10_000
-MAX_PATH = 4096
 GREP_MAX_MATCHES = 200
 GREP_MAX_SECONDS = 2.0
 GREP_MAX_LINE = 4096
@@ -2875,6 +2839,7 @@ class _Turn:
     max_iterations: int
     temperature: float | None
     started: float = dataclasses.field(default_factory=time.monotonic)
+    ended: Any = None  # a gevent Event, set once the turn is closed (cancel waits on it)
     provider_id: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
@@ -2972,8 +2937,7 @@ class _Runner:
         self.journal, self.store, self.bus, self.config = journal, journal.store, journal.bus, config
         self.m = self.store.m
         self._workers: dict[str, Any] = {}
-        self._turns: dict[str, _Turn] = {}
-        self._ended: dict[str, Any] = {}
+        self._turns: dict[str, _Turn] = {}  # the running turn of each session
         self.closing = False
 
     # ---- scheduling -----------------------------------------------------------
@@ -2995,6 +2959,7 @@ class _Runner:
                 self._run_turn(turn)
         finally:
             self._workers.pop(session_id, None)
+            self._turns.pop(session_id, None)  # also when the worker was killed mid-turn
             self.store.release()
 
     def cancel(self, session_id: str, timeout: float = 10.0) -> None:
@@ -3002,9 +2967,8 @@ class _Runner:
         turn, worker = self._turns.get(session_id), self._workers.get(session_id)
         if turn is None or worker is None:
             return
-        ended = self._ended[turn.id]
         worker.kill(_Cancelled(), block=False)
-        ended.wait(timeout)
+        turn.ended.wait(timeout)
 
     def stop(self, session_id: str) -> None:
         """Stop a session's worker without writing anything (the session is going away)."""
@@ -3038,8 +3002,8 @@ class _Runner:
             _sql(m, "claim_message", turn.id, owed[0])
             _sql(m, "start_session", _dumps({"id": turn.id, "status": "running", "error": None}), session_id)
             tx.emit("session.started", {"turn_id": turn.id, "input_message_ids": turn.input_ids}, turn.id)
+        turn.ended = gevent.event.Event()
         self._turns[session_id] = turn
-        self._ended[turn.id] = gevent.event.Event()
         return turn
 
     def _prepare(self, session_id: str, setup: Any, message_id: str, controls: dict) -> _Turn:
@@ -3070,15 +3034,11 @@ class _Runner:
             status, error = "cancelled", None
         except _Interrupted:
             status, error = "failed", {"code": "INTERRUPTED", "message": "the server stopped during the turn"}
-        except ProviderError as e:
-            status, error = "failed", {"code": e.code, "message": e.message}
-        except _TurnFailed as e:
+        except (ProviderError, _TurnFailed) as e:
             status, error = "failed", {"code": e.code, "message": e.message}
         except Exception:
             _log.exception("turn %s failed", turn.id)
             status, error = "failed", {"code": "INTERNAL_ERROR", "message": "internal error while running the turn"}
-        finally:
-            self._turns.pop(turn.session_id, None)
         self._finish(turn, status, error)
 
     def _loop(self, turn: _Turn) -> None:
@@ -3109,7 +3069,7 @@ class _Runner:
             model=turn.model,
             system=turn.system,
             messages=_transcript(self.m, turn.session_id),
-            tools=[t.spec() for t in turn.tools.values()],
+            tools=[t.spec for t in turn.tools.values()],
             temperature=turn.temperature,
         )
         self.store.release()  # no connection is held across a slow network call
@@ -3164,9 +3124,7 @@ class _Runner:
             duration_ms = int((time.monotonic() - turn.started) * 1000)
             _close_turn(tx, turn, status, error, duration_ms, reason)
         self._turns.pop(turn.session_id, None)
-        ended = self._ended.pop(turn.id, None)
-        if ended is not None:
-            ended.set()
+        turn.ended.set()
 
     # ---- recovery -------------------------------------------------------------
 
@@ -3583,22 +3541,12 @@ def _make_default(m: Any, provider_id: str) -> None:
     status=201,
 )
 def _create_provider(ctx: _Ctx, call: _Call) -> BaseModel:
-    body = call.body.root
-    base_url, model = PROVIDER_DEFAULTS[body.provider_type]
-    m, ts = ctx.store.m, _now_iso()
+    body, m = call.body.root, ctx.store.m
     with ctx.store.write():
-        row = m.Provider.create(
-            id=_uuid7(),
-            name=body.name,
-            provider_type=body.provider_type,
-            base_url=body.base_url or base_url,
-            default_model=body.default_model or model,
-            api_key=ctx.store.secrets.seal(body.api_key),
-            is_default=False,
-            settings=body.settings.model_dump(),
-            created_at=ts,
-            updated_at=ts,
-        )
+        row = ctx.store.add_provider(
+            body.name, body.provider_type, api_key=body.api_key, settings=body.settings.model_dump(),
+            base_url=body.base_url, default_model=body.default_model,
+        )  # fmt: skip
         if body.is_default:
             _make_default(m, row.id)
     return _provider_out(m.Provider.get_by_id(row.id))
@@ -3756,7 +3704,7 @@ def _delete_agent(ctx: _Ctx, call: _Call, agent_id: str) -> None:
     with ctx.store.write():
         agent.delete_instance()
     for session_id in sessions:
-        ctx.journal.forget(session_id)
+        ctx.bus.close(session_id)
 
 
 # ---- sessions ---------------------------------------------------------------
@@ -3831,7 +3779,7 @@ def _delete_session(ctx: _Ctx, call: _Call, session_id: str) -> None:
     ctx.runner.stop(session_id)  # before the write: stopping a turn may wait
     with ctx.store.write():
         session.delete_instance()
-    ctx.journal.forget(session_id)
+    ctx.bus.close(session_id)
 
 
 @_route(
@@ -4253,19 +4201,7 @@ def _seed_env_providers(store: _Store, env: Mapping[str, str]) -> None:
         with store.write():
             if m.Meta.get_or_none(m.Meta.key == f"env_provider:{kind}") is not None:
                 continue
-            base_url, model = PROVIDER_DEFAULTS[kind]
-            ts = _now_iso()
-            row = m.Provider.create(
-                id=_uuid7(),
-                name=name,
-                provider_type=kind,
-                base_url=base_url,
-                default_model=model,
-                api_key=store.secrets.seal(env[var]),
-                settings=RemoteSettings().model_dump(),
-                created_at=ts,
-                updated_at=ts,
-            )
+            row = store.add_provider(name, kind, api_key=env[var])
             m.Meta.create(key=f"env_provider:{kind}", value=row.id)
             _log.info("created provider %r from %s", name, var)
 
