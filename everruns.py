@@ -709,18 +709,23 @@ class MessagePostShort(_In):
     controls: TurnControls | None = None
 
 
-def _message_form(value: Any) -> str:
-    return "full" if isinstance(value, dict) and "message" in value else "short"
+def _by_key(key: str, with_key: type[BaseModel], without: type[BaseModel]) -> Any:
+    """A union of two body forms, picked by whether the JSON object has `key`
+    (so a validation error speaks of the one form the client meant)."""
+
+    def form(value: Any) -> str:
+        return with_key.__name__ if isinstance(value, dict) and key in value else without.__name__
+
+    return Annotated[
+        Annotated[with_key, Tag(with_key.__name__)] | Annotated[without, Tag(without.__name__)], Discriminator(form)
+    ]
 
 
 class MessagePost(RootModel):
     """Body of POST /v1/sessions/{id}/messages, in either form."""
 
     model_config = ConfigDict(strict=True)
-    root: Annotated[
-        Annotated[MessagePostFull, Tag("full")] | Annotated[MessagePostShort, Tag("short")],
-        Discriminator(_message_form),
-    ]
+    root: _by_key("message", MessagePostFull, MessagePostShort)
 
     def parts(self) -> list[dict]:
         """The posted content as text parts; ValueError past the text limit."""
@@ -811,18 +816,11 @@ class FsMakeDirectory(_In):
     type: Literal["directory"]
 
 
-def _fs_form(value: Any) -> str:
-    return "directory" if isinstance(value, dict) and "type" in value else "file"
-
-
 class FsPut(RootModel):
     """Body of PUT /v1/sessions/{id}/fs/{path}: a file's content, or {"type": "directory"}."""
 
     model_config = ConfigDict(strict=True)
-    root: Annotated[
-        Annotated[FsWriteFile, Tag("file")] | Annotated[FsMakeDirectory, Tag("directory")],
-        Discriminator(_fs_form),
-    ]
+    root: _by_key("type", FsMakeDirectory, FsWriteFile)
 
 
 class Health(_Out):
