@@ -76,8 +76,10 @@ import hashlib
 import hmac
 import html.parser
 import ipaddress
+import itertools
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -193,11 +195,14 @@ class Setting:
     help: str
     type: Callable[[str], Any] = str
     choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    above: bool = False  # the value must be greater than `minimum`, not equal to it
 
 
 SETTINGS = (
     Setting("host", "--host", "EVERRUNS_HOST", "127.0.0.1", "Address to bind."),
-    Setting("port", "--port", "EVERRUNS_PORT", 9000, "Port to listen on.", int),
+    Setting("port", "--port", "EVERRUNS_PORT", 9000, "Port to listen on.", int, minimum=0, maximum=65535),
     Setting("db", "--db", "EVERRUNS_DB", "everruns.db", "SQLite file path, or `:memory:`."),
     Setting(
         "api_key",
@@ -207,11 +212,25 @@ SETTINGS = (
         "Require `Authorization: Bearer <key>` on every /v1/ request.",
     ),
     Setting(
+        "api_key_file",
+        "--api-key-file",
+        "EVERRUNS_API_KEY_FILE",
+        None,
+        "Read the API key from this file (keeps it off the command line).",
+    ),
+    Setting(
         "secret_key",
         "--secret-key",
         "EVERRUNS_SECRET_KEY",
         None,
         "Encrypt provider API keys at rest with this secret (needs the `cryptography` package).",
+    ),
+    Setting(
+        "secret_key_file",
+        "--secret-key-file",
+        "EVERRUNS_SECRET_KEY_FILE",
+        None,
+        "Read the secret key from this file (keeps it off the command line).",
     ),
     Setting(
         "insecure",
@@ -240,8 +259,10 @@ SETTINGS = (
         "--max-connections",
         "EVERRUNS_MAX_CONNECTIONS",
         2000,
-        "Connections served at once (open event streams included); more wait their turn.",
+        "Connections served at once (open event streams included). At the cap a new connection "
+        "replaces the one that has waited longest for request bytes, or gets 503 if all are busy.",
         int,
+        minimum=1,
     ),
     Setting(
         "idle_timeout",
@@ -250,6 +271,27 @@ SETTINGS = (
         60.0,
         "Seconds a connection may stay silent (no request, or a stream the client does not read) before it is closed.",
         float,
+        minimum=0,
+        above=True,
+    ),
+    Setting(
+        "request_timeout",
+        "--request-timeout",
+        "EVERRUNS_REQUEST_TIMEOUT",
+        30.0,
+        "Seconds a client has, from its first byte, to send a request's line and headers, and again its body (408).",
+        float,
+        minimum=0,
+        above=True,
+    ),
+    Setting(
+        "context_budget",
+        "--context-budget",
+        "EVERRUNS_CONTEXT_BUDGET",
+        1024 * 1024,
+        "Bytes of stored history sent to the model per call; the oldest turns are left out first.",
+        int,
+        minimum=1024,
     ),
     Setting(
         "sync",
@@ -266,6 +308,7 @@ SETTINGS = (
         5.0,
         "Seconds running turns get to finish on Ctrl-C or SIGTERM.",
         float,
+        minimum=0,
     ),
     Setting(
         "default_provider",
@@ -291,6 +334,68 @@ SETTINGS = (
         choices=("debug", "info", "warning", "error"),
     ),
 )
+
+_KINDS = {int: "a whole number", float: "a number", str: "text"}
+
+
+def _checked(s: Setting, value: Any) -> Any:
+    """One setting's value converted to its type and checked; ValueError names the setting."""
+    where = f"{s.flag} ({s.env})"
+    shown = "" if "key" in s.name else f", not {value!r}"  # a secret is never echoed
+    if s.type is _flag:
+        try:
+            return value if isinstance(value, bool) else _flag(value)
+        except ValueError:
+            raise ValueError(f"{where} must be on or off{shown}") from None
+    try:
+        if isinstance(value, bool) or (s.type is not str and not isinstance(value, (str, int, float))):
+            raise ValueError
+        value = s.type(value) if isinstance(value, str) or s.type is float else value
+        if not isinstance(value, s.type) or (s.type is float and not math.isfinite(value)):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{where} must be {_KINDS[s.type]}{shown}") from None
+    if s.choices and value not in s.choices:
+        raise ValueError(f"{where} must be one of {', '.join(s.choices)}{shown}")
+    low, high = s.minimum, s.maximum
+    if low is not None and (value < low or (s.above and value == low)):
+        raise ValueError(f"{where} must be {'greater than' if s.above else 'at least'} {low:g}{shown}")
+    if high is not None and value > high:
+        raise ValueError(f"{where} must be at most {high:g}{shown}")
+    return value
+
+
+def _key_from_file(config: dict[str, Any], name: str) -> None:
+    """Fill `name` (api_key, secret_key) from the file its `_file` setting names."""
+    path = config.get(f"{name}_file")
+    if not path:
+        return
+    flag = f"--{name.replace('_', '-')}"
+    if config.get(name):
+        raise ValueError(f"give {flag} or {flag}-file, not both")
+    try:
+        with open(path, encoding="utf-8") as f:
+            key = f.read().strip()
+    except (OSError, UnicodeError) as e:
+        raise ValueError(f"{flag}-file: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not key:
+        raise ValueError(f"{flag}-file: {path} is empty")
+    config[name] = key
+
+
+def _settings(given: Mapping[str, Any]) -> dict[str, Any]:
+    """Every setting: the given value (flag, environment or create_app option) checked, else its default."""
+    by_name = {s.name: s for s in SETTINGS}
+    unknown = set(given) - set(by_name)
+    if unknown:
+        raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
+    config = {
+        s.name: s.default if given.get(s.name) is None else _checked(s, given[s.name]) for s in SETTINGS
+    }
+    for name in ("api_key", "secret_key"):
+        _key_from_file(config, name)
+    return config
+
 
 # =============================================================================
 # 3. Helpers
@@ -429,7 +534,8 @@ Timestamp = Annotated[str, Field(examples=["2026-01-01T12:00:00.000Z"])]
 CapabilityId = Literal[CAPABILITY_IDS]
 ProviderType = Literal["openai", "anthropic", "llmsim"]
 HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,128}$")]
-HeaderValue = Annotated[str, StringConstraints(pattern=r"^[^\r\n\x00]*$", max_length=4096)]
+# What HTTP can carry in a header value: visible ASCII, spaces and tabs.
+HeaderValue = Annotated[str, StringConstraints(pattern=r"^[\x20-\x7e\t]*$", max_length=4096)]
 BaseUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2048)]
 ApiKey = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 Title = Annotated[str, StringConstraints(max_length=MAX_NAME)]
@@ -1179,8 +1285,9 @@ class _SecretUnreadable(Exception):
 
 
 class _Secrets:
-    """Provider API keys at rest: Fernet-encrypted when a secret key is configured,
-    plain text otherwise. Also remembers every key it has seen, for log redaction."""
+    """Provider API keys and credential-like `extra_headers` values at rest: Fernet-encrypted
+    when a secret key is configured, plain text otherwise. Also remembers every secret it has
+    seen, to blank it out of logs and error messages."""
 
     PREFIX = "fernet:"
 
@@ -1198,15 +1305,17 @@ class _Secrets:
             self.fernet = Fernet(base64.urlsafe_b64encode(hashlib.sha256(secret_key.encode()).digest()))
 
     def seal(self, api_key: str | None) -> str | None:
-        """The form in which an API key is stored."""
-        if api_key is None:
-            return None
+        """The form in which an API key is stored (a sealed one is kept as it is)."""
+        if api_key is None or api_key.startswith(self.PREFIX):
+            return api_key
         self.known.add(api_key)
         return self.PREFIX + self.fernet.encrypt(api_key.encode()).decode() if self.fernet else api_key
 
     def open(self, stored: str | None) -> str | None:
         """The API key a stored value holds."""
         if stored is None or not stored.startswith(self.PREFIX):
+            if stored:
+                self.known.add(stored)
             return stored
         if self.fernet is None:
             raise _SecretUnreadable("the provider key is encrypted: start the server with its EVERRUNS_SECRET_KEY")
@@ -1217,13 +1326,35 @@ class _Secrets:
         self.known.add(api_key)
         return api_key
 
+    def _headers(self, settings: dict, change: Callable[[str | None], str | None]) -> dict:
+        headers = settings.get("extra_headers")
+        if not headers:
+            return settings
+        changed = {k: change(v) if _looks_like_credential(k) else v for k, v in headers.items()}
+        return {**settings, "extra_headers": changed}
+
+    def seal_settings(self, settings: dict) -> dict:
+        """Provider settings as stored: credential-like extra_headers sealed like API keys."""
+        return self._headers(settings, self.seal)
+
+    def open_settings(self, settings: dict) -> dict:
+        """Provider settings as sent upstream: credential-like extra_headers opened."""
+        return self._headers(settings, self.open)
+
+    def secrets_of(self, settings: dict, api_key: str | None) -> tuple[str, ...]:
+        """What must be blanked out of anything a provider answers: its key and credential headers."""
+        headers = settings.get("extra_headers") or {}
+        return tuple(filter(None, (api_key, *(v for k, v in headers.items() if _looks_like_credential(k)))))
+
     def load(self, m: Any) -> None:
-        """Learn the stored keys, and encrypt any plain one when a secret key is set."""
-        for row in m.Provider.select().where(m.Provider.api_key.is_null(False)):
+        """Learn the stored secrets, and encrypt any plain one when a secret key is set."""
+        for row in m.Provider.select():
             with contextlib.suppress(_SecretUnreadable):
-                api_key = self.open(row.api_key)
-                if self.fernet and not row.api_key.startswith(self.PREFIX):
-                    m.Provider.update(api_key=self.seal(api_key)).where(m.Provider.id == row.id).execute()
+                self.open(row.api_key), self.open_settings(row.settings)
+            if self.fernet:
+                api_key, settings = self.seal(row.api_key), self.seal_settings(row.settings)
+                if (api_key, settings) != (row.api_key, row.settings):
+                    m.Provider.update(api_key=api_key, settings=settings).where(m.Provider.id == row.id).execute()
 
 
 class _RedactingFilter(logging.Filter):
@@ -1307,7 +1438,7 @@ class _Store:
         return self.m.Provider.create(
             id=_uuid7(), name=name, provider_type=provider_type, base_url=base_url or default_url,
             default_model=default_model or default_name, api_key=self.secrets.seal(api_key), is_default=is_default,
-            settings=settings, created_at=ts, updated_at=ts,
+            settings=self.secrets.seal_settings(settings), created_at=ts, updated_at=ts,
         )  # fmt: skip
 
     def close(self) -> None:
@@ -1380,8 +1511,8 @@ _SQL = {
     " a.max_iterations FROM session s JOIN agent a ON a.id = s.agent_id WHERE s.id = ?",
     "provider": "SELECT id, provider_type, base_url, default_model, api_key, settings FROM provider"
     " WHERE id = ? OR (? IS NULL AND is_default = 1)",
-    "transcript": "SELECT role, content FROM message WHERE session_id = ? AND turn_id IS NOT NULL"
-    " ORDER BY turn_id, role != 'user', id",
+    "transcript": "SELECT role, content, turn_id FROM message WHERE session_id = ? AND turn_id IS NOT NULL"
+    " ORDER BY turn_id DESC, role != 'user' DESC, id DESC",
     "insert_turn": "INSERT INTO turn (id, session_id, status, provider_id, model, started_at)"
     " VALUES (?, ?, 'running', ?, ?, ?)",
     "claim_message": "UPDATE message SET turn_id = ? WHERE id = ?",
@@ -1413,13 +1544,14 @@ def _append_event(m: Any, session_id: str, seq: int, type_: str, data: dict, tur
     return {**event, "data": data}
 
 
-def _stored_events(m: Any, session_id: str, after: int, batch: int = 500) -> Iterator[dict]:
-    """Stored events with seq > after, oldest first, read in batches."""
-    columns = ("id", "seq", "type", "session_id", "turn_id", "ts")
+def _stored_events(m: Any, session_id: str, after: int, batch: int = 100) -> Iterator[tuple[int, str, str]]:
+    """Stored events with seq > after, oldest first, read in batches: (seq, type, the event as
+    JSON text, built around the stored data text rather than parsed and encoded again)."""
     while True:
         rows = _sql(m, "events_after", session_id, after, batch).fetchall()
-        for *values, data in rows:
-            yield {**dict(zip(columns, values, strict=True)), "data": json.loads(data)}
+        for id_, seq, type_, sid, turn_id, ts, data in rows:
+            head = _dumps({"id": id_, "seq": seq, "type": type_, "session_id": sid, "turn_id": turn_id, "ts": ts})
+            yield seq, type_, f'{head[:-1]},"data":{data}}}'
         if len(rows) < batch:
             return
         after = rows[-1][1]
@@ -1471,9 +1603,22 @@ def _provider_row(m: Any, provider_id: str | None) -> types.SimpleNamespace | No
     return types.SimpleNamespace(**{**fields, "settings": json.loads(fields["settings"])})
 
 
-def _history(m: Any, session_id: str) -> list[tuple[str, list]]:
-    """(role, content) of the answered messages: turns in order, user messages first in each."""
-    return [(role, json.loads(content)) for role, content in _sql(m, "transcript", session_id)]
+def _history(m: Any, session_id: str, budget: int) -> list[tuple[str, list]]:
+    """(role, content) of the answered messages: turns in order, user messages first in each.
+
+    Only the newest turns whose stored JSON fits in `budget` bytes are read (the
+    newest turn always): a long session costs a turn no more than that.
+    """
+    cursor, kept, used = _sql(m, "transcript", session_id), [], 0
+    for _, rows in itertools.groupby(cursor, key=lambda row: row[2]):
+        block = [(role, content) for role, content, _ in rows]
+        size = sum(len(content) for _, content in block)
+        if kept and used + size > budget:
+            break
+        kept.append(block)
+        used += size
+    cursor.close()
+    return [(role, json.loads(content)) for block in reversed(kept) for role, content in reversed(block)]
 
 
 # =============================================================================
@@ -1481,6 +1626,7 @@ def _history(m: Any, session_id: str) -> list[tuple[str, list]]:
 # =============================================================================
 
 QUEUE_LIMIT = 1000  # events a subscriber may fall behind before it is dropped
+QUEUE_BYTES = 8 * 1024 * 1024  # and bytes of events
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1498,10 +1644,10 @@ class _Published:
     after: int
 
 
-def _sse_frame(event: dict) -> bytes:
-    """One event in SSE wire format; deltas carry no id line."""
-    head = f"id: {event['seq']}\n" if event["seq"] is not None else ""
-    return f"{head}event: {event['type']}\ndata: {_dumps(event)}\n\n".encode()
+def _sse_frame(seq: int | None, type_: str, text: str) -> bytes:
+    """One event (as JSON text) in SSE wire format; deltas carry no id line."""
+    head = f"id: {seq}\n" if seq is not None else ""
+    return f"{head}event: {type_}\ndata: {text}\n\n".encode()
 
 
 class _Subscriber:
@@ -1512,7 +1658,15 @@ class _Subscriber:
 
         self.session_id = session_id
         self.queue: Any = Queue(maxsize=QUEUE_LIMIT)
+        self.queued_bytes = 0  # the frames waiting in the queue
         self.dropped = False
+
+    def take(self, timeout: float) -> _Published | None:
+        """The next item (None: the end of the stream); gevent's Empty after `timeout` seconds."""
+        item = self.queue.get(timeout=timeout)
+        if item is not None:
+            self.queued_bytes -= len(item.frame)
+        return item
 
 
 class _Bus:
@@ -1544,15 +1698,20 @@ class _Bus:
         subs = self._subscribers.get(sid)
         if not subs:
             return
-        item = _Published(event["seq"], event["type"], _sse_frame(event), self.last_seq.get(sid, 0))
+        frame = _sse_frame(event["seq"], event["type"], _dumps(event))
+        item = _Published(event["seq"], event["type"], frame, self.last_seq.get(sid, 0))
         for sub in list(subs):
             self._offer(sub, item)
 
     def _offer(self, sub: _Subscriber, item: _Published | None) -> None:
         from gevent.queue import Full
 
+        size = len(item.frame) if item is not None else 0
         try:
+            if sub.queued_bytes and sub.queued_bytes + size > QUEUE_BYTES:
+                raise Full
             sub.queue.put_nowait(item)
+            sub.queued_bytes += size
         except Full:
             # A client this far behind is cut off; it resumes with Last-Event-ID.
             sub.dropped = True
@@ -1633,12 +1792,18 @@ class LLMRequest:
     base_url: str | None = None
     api_key: str | None = None
     temperature: float | None = None
+    secrets: tuple[str, ...] = ()  # blanked out of anything the provider answers
 
 
-def _llm_request(provider: Any, api_key: str | None, **fields: Any) -> LLMRequest:
-    """A request to a provider row's endpoint, with its (decrypted) key."""
+def _llm_request(provider: Any, secrets: _Secrets, **fields: Any) -> LLMRequest:
+    """A request to a provider row's endpoint, with its key and credential headers decrypted."""
+    try:
+        api_key, settings = secrets.open(provider.api_key), secrets.open_settings(provider.settings)
+    except _SecretUnreadable as e:
+        raise ProviderError(str(e), "PROVIDER_KEY_UNREADABLE") from None
     fields = {"model": provider.default_model, "system": "", "messages": [], "tools": [], **fields}
-    return LLMRequest(settings=provider.settings, base_url=provider.base_url, api_key=api_key, **fields)
+    return LLMRequest(settings=settings, base_url=provider.base_url, api_key=api_key,
+                      secrets=secrets.secrets_of(settings, api_key), **fields)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -1670,22 +1835,21 @@ def _connection(url: str, timeout: float) -> tuple[Any, str]:
     return kind(parts.hostname, parts.port, timeout=timeout), path
 
 
-def _upstream_message(raw: bytes) -> str:
-    """The provider's own error message, from {"error": {"message"}} or the raw body."""
-    try:
+def _upstream_message(raw: bytes, secrets: Iterable[str]) -> str:
+    """The provider's own error message, from {"error": {"message"}} or the raw body:
+    secrets blanked out first, then cut (a cut secret would leak all but its end)."""
+    message = ""
+    with contextlib.suppress(ValueError, RecursionError):
         body = json.loads(raw)
         error = body.get("error") if isinstance(body, dict) else None
         message = error.get("message") if isinstance(error, dict) else error
-        if message:
-            return str(message)
-    except ValueError:
-        pass
-    return raw.decode(errors="replace").strip()[:500] or "(no body)"
+    text = str(message) if message else raw.decode(errors="replace").strip()
+    return _redact(text, *secrets)[:500] or "(no body)"
 
 
-def _status_error(status: int, raw: bytes, api_key: str | None) -> ProviderError:
+def _status_error(status: int, raw: bytes, secrets: Iterable[str]) -> ProviderError:
     code = {401: "PROVIDER_AUTH", 403: "PROVIDER_AUTH", 429: "PROVIDER_RATE_LIMITED"}.get(status, "PROVIDER_ERROR")
-    return ProviderError(f"the provider answered {status}: {_redact(_upstream_message(raw), api_key)}", code)
+    return ProviderError(f"the provider answered {status}: {_upstream_message(raw, secrets)}", code)
 
 
 def _retry_after(response: Any, attempt: int) -> float:
@@ -1695,7 +1859,7 @@ def _retry_after(response: Any, attempt: int) -> float:
     return RETRY_DELAYS[attempt]
 
 
-def _http(method: str, url: str, headers: dict, body: dict | None, timeout: float, api_key: str | None) -> Any:
+def _http(method: str, url: str, headers: dict, body: dict | None, timeout: float, secrets: Iterable[str]) -> Any:
     """Send a request, retrying 429, 5xx and connection failures (nothing was streamed yet).
 
     Returns the response, its status 200; anything else raises ProviderError.
@@ -1716,12 +1880,14 @@ def _http(method: str, url: str, headers: dict, body: dict | None, timeout: floa
             raw = response.read()
             conn.close()
             if response.status not in RETRY_STATUSES or attempt == len(RETRY_DELAYS):
-                raise _status_error(response.status, raw, api_key)
+                raise _status_error(response.status, raw, secrets)
         except TimeoutError:
             raise ProviderError(f"the provider did not answer within {timeout:g} s", "PROVIDER_TIMEOUT") from None
+        except UnicodeError:  # a header stored by an older version that HTTP cannot carry
+            raise ProviderError("the provider's extra_headers cannot be sent over HTTP", "PROVIDER_ERROR") from None
         except (OSError, http.client.HTTPException) as e:
             if attempt == len(RETRY_DELAYS):
-                reason = _redact(str(e) or type(e).__name__, api_key)
+                reason = _redact(str(e) or type(e).__name__, *secrets)
                 raise ProviderError(f"cannot reach the provider: {reason}", "PROVIDER_UNAVAILABLE") from None
         gevent.sleep(_retry_after(response, attempt))
     raise AssertionError("unreachable")
@@ -1809,11 +1975,11 @@ class _RemoteAdapter(_Adapter):
 
     def _call(self, request: LLMRequest, method: str, path: str, body: dict | None = None) -> Any:
         url = (request.base_url or PROVIDER_DEFAULTS[self.kind][0]).rstrip("/") + path
-        return _http(method, url, self._headers(request), body, self._timeout(request), request.api_key)
+        return _http(method, url, self._headers(request), body, self._timeout(request), request.secrets)
 
     def _failure(self, data: str, request: LLMRequest) -> ProviderError:
         """An error the provider reported inside its stream, key blanked out."""
-        message = _redact(_upstream_message(data.encode()), request.api_key)
+        message = _upstream_message(data.encode(), request.secrets)
         return ProviderError(f"the provider failed mid-stream: {message}", "PROVIDER_ERROR")
 
     def models(self, request: LLMRequest) -> list[str]:
@@ -2254,9 +2420,43 @@ MAX_SESSION_FILES = 10_000
 GREP_MAX_MATCHES = 200
 GREP_MAX_SECONDS = 2.0
 GREP_MAX_LINE = 4096
-# A group that ends in a quantifier and is quantified again, like (a+)+ or
-# (\w*)*: the shapes that make a backtracking regex take exponential time.
-_NESTED_QUANTIFIER = re.compile(r"[+*?}]\)[+*?{]")
+# Python's `re` backtracks and cannot be interrupted: one pattern like (.*a){20}b
+# can run for hours inside a C call, with every greenlet frozen. So the search
+# runs in a child process that is killed at the deadline.
+_GREP_CHILD = """
+import json, re, sys
+job = json.load(sys.stdin)
+regex, matches = re.compile(job["pattern"]), []
+for path, text in job["files"]:
+    for number, line in enumerate(text.splitlines(), 1):
+        if regex.search(line[:job["max_line"]]):
+            matches.append({"path": path, "line_number": number, "line": line[:500]})
+            if len(matches) > job["max_matches"]:
+                break
+json.dump(matches, sys.stdout)
+"""
+
+
+def _grep_away(pattern: str, files: list[tuple[str, str]]) -> list[dict]:
+    """Run a regex search over (path, text) pairs in a child process, killed after GREP_MAX_SECONDS."""
+    import subprocess
+
+    job = _dumps({"pattern": pattern, "files": files, "max_line": GREP_MAX_LINE, "max_matches": GREP_MAX_MATCHES})
+    child = subprocess.Popen([sys.executable, "-I", "-S", "-c", _GREP_CHILD], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        out, _ = child.communicate(job.encode("utf-8", "surrogatepass"), timeout=GREP_MAX_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise ToolFailed(
+            f"the search took longer than {GREP_MAX_SECONDS:g} s and was stopped: simplify the pattern"
+        ) from None
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    if child.returncode != 0:
+        raise ToolFailed("the search failed")
+    return json.loads(out)
 
 
 def _normalize_path(path: str) -> str:
@@ -2423,25 +2623,18 @@ class _Vfs:
 
     def grep(self, pattern: str, path: str = "/") -> dict:
         """Lines matching a regular expression in the text files under a path (or in one file)."""
-        if _NESTED_QUANTIFIER.search(pattern):
-            raise _invalid(["pattern"], "nested quantifiers like (a+)+ are refused (they can take forever)")
         try:
-            regex = re.compile(pattern)
-        except re.error as e:
+            re.compile(pattern)
+        except (re.error, RecursionError, OverflowError) as e:
             raise _invalid(["pattern"], f"is not a valid regular expression: {e}") from None
         row = self._need(path)
         rows = [row] if row is not None and row.type == "file" else [r for r in self._under(path) if r.type == "file"]
-        matches, deadline, truncated = [], time.monotonic() + GREP_MAX_SECONDS, False
-        for r in sorted(rows, key=lambda r: r.path):
-            if r.encoding != "text":
-                continue
-            for number, line in enumerate(bytes(r.content or b"").decode().splitlines(), 1):
-                if regex.search(line[:GREP_MAX_LINE]):
-                    matches.append({"path": r.path, "line_number": number, "line": line[:500]})
-                truncated = len(matches) >= GREP_MAX_MATCHES or time.monotonic() > deadline
-                if truncated:
-                    return {"pattern": pattern, "matches": matches, "truncated": True}
-        return {"pattern": pattern, "matches": matches, "truncated": truncated}
+        self.store.release()  # no connection is held while the child searches
+        files = [(r.path, bytes(r.content or b"").decode()) for r in sorted(rows, key=lambda r: r.path)
+                 if r.encoding == "text"]  # fmt: skip
+        matches = _grep_away(pattern, files) if files else []
+        truncated = len(matches) > GREP_MAX_MATCHES
+        return {"pattern": pattern, "matches": matches[:GREP_MAX_MATCHES], "truncated": truncated}
 
 
 def _fs(tctx: Any) -> _Vfs:
@@ -2493,7 +2686,7 @@ BLOCKED_NETWORKS = tuple(
         "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
         "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15",
         "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4", "255.255.255.255/32",
-        "::/128", "::1/128", "::ffff:0:0/96", "::/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64",
+        "::/128", "::1/128", "::ffff:0:0/96", "::ffff:0:0:0/96", "::/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64",
         "2001::/23", "2001:db8::/32", "2002::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
     )
 )  # fmt: skip
@@ -2853,10 +3046,10 @@ def _system_prompt(agent: Any) -> str:
     return "\n\n".join(p for p in [agent.system_prompt, *additions] if p)
 
 
-def _transcript(m: Any, session_id: str) -> list[dict]:
-    """The history a provider sees: answered turns in order, user messages first
-    within each turn, and never a tool call without its result."""
-    rows = _history(m, session_id)
+def _transcript(m: Any, session_id: str, budget: int) -> list[dict]:
+    """The history a provider sees: the newest answered turns that fit the budget, in
+    order, user messages first within each turn, and never a tool call without its result."""
+    rows = _history(m, session_id, budget)
     results = {p["tool_call_id"]: p for _, content in rows for p in content if p["type"] == "tool_result"}
     return [message for role, content in rows for message in _provider_messages(role, content, results)]
 
@@ -3057,16 +3250,12 @@ class _Runner:
         if adapter is None:
             raise ProviderError(f"provider type {turn.provider.provider_type} is not available", "PROVIDER_ERROR")
         message_id = _uuid7()
-        try:
-            api_key = self.store.secrets.open(turn.provider.api_key)
-        except _SecretUnreadable as e:
-            raise ProviderError(str(e), "PROVIDER_KEY_UNREADABLE") from None
         request = _llm_request(
             turn.provider,
-            api_key,
+            self.store.secrets,
             model=turn.model,
             system=turn.system,
-            messages=_transcript(self.m, turn.session_id),
+            messages=_transcript(self.m, turn.session_id, self.config["context_budget"]),
             tools=[t.spec for t in turn.tools.values()],
             temperature=turn.temperature,
         )
@@ -3149,6 +3338,9 @@ class _Runner:
 # =============================================================================
 
 bottle.BaseRequest.MEMFILE_MAX = MAX_BODY_BYTES
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# What an HTML form (or a fetch without a CORS preflight) can send across sites.
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -3220,6 +3412,23 @@ class _Ctx:
         return self.journal.bus
 
 
+def _wsgi_text(value: str) -> str:
+    """A WSGI header value (bytes as Latin-1) as the UTF-8 text it holds; as it came when it is not UTF-8."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
+def _request_headers(environ: dict) -> dict[str, str]:
+    """The request headers by lower-case name (bottle's own view fails on bytes that are not UTF-8)."""
+    headers = {k[5:].replace("_", "-").lower(): _wsgi_text(v) for k, v in environ.items() if k.startswith("HTTP_")}
+    for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        if key in environ:
+            headers[key.replace("_", "-").lower()] = environ[key]
+    return headers
+
+
 def _read_body(environ: dict) -> bytes:
     """The raw body, with the size limit decided before reading."""
     length = environ.get("CONTENT_LENGTH") or ""
@@ -3247,6 +3456,9 @@ def _validation_error(error: ValidationError, what: str) -> EverrunsError:
 
 def _parse_body(environ: dict, spec: _Route) -> Any:
     """Read and validate a JSON body: 413, 415, 400 as SPEC section 2 says."""
+    ctype = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+    if ctype in FORM_TYPES:  # even without a body: a cross-site form post must fail
+        raise _UnsupportedMediaType("the request body must be application/json")
     if spec.method not in ("POST", "PUT", "PATCH"):
         return None
     model, raw = spec.body, _read_body(environ)
@@ -3254,7 +3466,6 @@ def _parse_body(environ: dict, spec: _Route) -> Any:
         if model and spec.body_required:
             raise _BadRequest("this request needs a JSON body")
         return model.model_validate({}) if model else None
-    ctype = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise _UnsupportedMediaType("the request body must be application/json")
     try:
@@ -3303,7 +3514,7 @@ def _callback(ctx: _Ctx, spec: _Route) -> Callable:
             call = _Call(
                 body=_parse_body(request.environ, spec),
                 query=_parse_query(request.query, spec.query),
-                headers={k.lower(): v for k, v in request.headers.items()},
+                headers=_request_headers(request.environ),
             )
             return _render(spec, spec.handler(ctx, call, **params))
         except EverrunsError as e:
@@ -3356,11 +3567,27 @@ class _Guard:
         """Why a request is refused before it is routed, if it is."""
         if len(environ.get("PATH_INFO", "")) + len(environ.get("QUERY_STRING", "")) > MAX_URL:
             return _UriTooLong(f"the request line is longer than {MAX_URL} characters")
+        try:
+            environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            return _BadRequest("the request path is not valid UTF-8 once percent-decoded")
         if sum(len(k) + len(str(v)) for k, v in environ.items() if k.startswith("HTTP_")) > MAX_HEADER_BYTES:
             return _HeadersTooLarge(f"the request headers are larger than {MAX_HEADER_BYTES} bytes")
         if self.hosts is not None and _host_name(environ.get("HTTP_HOST", "")) not in self.hosts:
             return _Forbidden("this server answers only requests addressed to its own host name (see --allowed-hosts)")
+        if self.hosts is not None and self._cross_site(environ):
+            return _Forbidden("cross-site requests that change state are refused (see --cors-origins)")
         return None
+
+    def _cross_site(self, environ: dict) -> bool:
+        """A browser's state-changing request from another site (CSRF on a server without a key)."""
+        if environ["REQUEST_METHOD"] not in STATE_CHANGING:
+            return False
+        origin = environ.get("HTTP_ORIGIN", "").rstrip("/").lower()
+        if origin:
+            allowed = self.any_origin or origin in self.origins
+            return not allowed and origin.partition("://")[2] != environ.get("HTTP_HOST", "").lower()
+        return environ.get("HTTP_SEC_FETCH_SITE", "").lower() == "cross-site"
 
     def cors(self, environ: dict) -> list[tuple[str, str]]:
         """The CORS headers for an allowed Origin (never `*` with credentials: none are allowed)."""
@@ -3424,7 +3651,7 @@ def _auth_hook(api_key: str | None) -> Callable[[], None]:
         path = bottle.request.path
         if not api_key or not (path == "/v1" or path.startswith("/v1/")):
             return
-        scheme, _, token = bottle.request.get_header("Authorization", "").partition(" ")
+        scheme, _, token = _wsgi_text(bottle.request.environ.get("HTTP_AUTHORIZATION", "")).partition(" ")
         given = hashlib.sha256(token.strip().encode()).digest()
         if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):
             response = _error_response(_Unauthorized("missing or wrong API key: send Authorization: Bearer <key>"))
@@ -3586,7 +3813,9 @@ def _update_provider(ctx: _Ctx, call: _Call, provider_id: str) -> BaseModel:
     with ctx.store.write():
         row = _get(m.Provider, provider_id, "provider")
         if "settings" in changes:
-            changes["settings"] = _validated_settings(row.provider_type, call.body.settings)
+            changes["settings"] = ctx.store.secrets.seal_settings(
+                _validated_settings(row.provider_type, call.body.settings)
+            )
         if "api_key" in changes:
             changes["api_key"] = ctx.store.secrets.seal(changes["api_key"])
         make_default = changes.pop("is_default", None)
@@ -3635,12 +3864,9 @@ def _list_models(ctx: _Ctx, call: _Call, provider_id: str) -> BaseModel:
     provider = _get(ctx.store.m.Provider, provider_id, "provider")
     ctx.store.release()  # no connection is held across a network call
     try:
-        request = _llm_request(provider, ctx.store.secrets.open(provider.api_key))
-        names = ADAPTERS[provider.provider_type].models(request)
+        names = ADAPTERS[provider.provider_type].models(_llm_request(provider, ctx.store.secrets))
     except ProviderError as e:
         raise _BadGateway(e.message, code=e.code) from None
-    except _SecretUnreadable as e:
-        raise _BadGateway(str(e), code="PROVIDER_KEY_UNREADABLE") from None
     page = _names_page(names, call.query)
     return ModelPage(**{**page, "data": [ModelInfo(id=n) for n in page["data"]]})
 
@@ -3900,7 +4126,7 @@ def _cursor(call: _Call) -> int:
     """Where a stream resumes: Last-Event-ID (a reconnecting browser) wins over ?after."""
     header = call.headers.get("last-event-id", "").strip()
     if header:
-        if not header.isdigit() or int(header) > MAX_SEQ:
+        if not re.fullmatch(r"[0-9]{1,19}", header) or int(header) > MAX_SEQ:
             raise _invalid(["header", "Last-Event-ID"], "must be an event seq (a whole number)")
         return int(header)
     return call.query.after or 0
@@ -3918,16 +4144,16 @@ def _sse(ctx: _Ctx, session_id: str, cursor: int, wanted: Callable[[str], bool],
     known = min(cursor, _last_seq(m, session_id))  # the newest stored event the client has
     try:
         yield b"retry: 1000\n\n"
-        for event in _stored_events(m, session_id, cursor):
-            known = event["seq"]
-            if wanted(event["type"]):
-                yield _sse_frame(event)
+        for seq, type_, text in _stored_events(m, session_id, cursor):
+            known = seq
+            if wanted(type_):
+                yield _sse_frame(seq, type_, text)
         if until and _settled(m, session_id):
             return
         ctx.store.release()
         while not sub.dropped:
             try:
-                item = sub.queue.get(timeout=ctx.ping_s)
+                item = sub.take(ctx.ping_s)
             except Empty:
                 yield b": ping\n\n"
                 continue
@@ -4186,10 +4412,6 @@ def _swagger(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
 # =============================================================================
 
 
-def _defaults() -> dict[str, Any]:
-    return {s.name: s.default for s in SETTINGS}
-
-
 def _seed_env_providers(store: _Store, env: Mapping[str, str]) -> None:
     """Create (once) a provider for OPENAI_API_KEY / ANTHROPIC_API_KEY."""
     m = store.m
@@ -4225,14 +4447,12 @@ def _apply_default_provider(store: _Store, wanted: str | None) -> None:
 def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None, **options: Any) -> bottle.Bottle:
     """A WSGI application with its own database.
 
-    ``options`` are the names of SETTINGS (``api_key``, ``sync``, ...);
-    ``env`` is where provider keys are read from (default: ``os.environ``).
+    ``options`` are the names of SETTINGS (``api_key``, ``sync``, ...), checked as
+    the command line checks them (ValueError names a bad one); ``env`` is where
+    provider keys are read from (default: ``os.environ``).
     """
-    unknown = set(options) - set(_defaults())
-    if unknown:
-        raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
     env = os.environ if env is None else env
-    config = {**_defaults(), **options, "db": db}
+    config = {**_settings(options), "db": db}
     store = _Store(db, config["sync"], config["secret_key"] or env.get("EVERRUNS_SECRET_KEY"))
     store.migrate()
     with store.write():
@@ -4366,14 +4586,12 @@ def settings_table() -> str:
 
 
 def _resolve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]:
-    """Each setting from its flag, else its environment variable, else its default."""
-    resolved = {}
+    """Each setting from its flag, else its environment variable, else its default; all checked."""
+    given = {s.name: getattr(args, s.name) for s in SETTINGS}
     for s in SETTINGS:
-        value = getattr(args, s.name)
-        if value is None and env.get(s.env):
-            value = s.type(env[s.env])
-        resolved[s.name] = s.default if value is None else value
-    return resolved
+        if given[s.name] is None and env.get(s.env):
+            given[s.name] = env[s.env]
+    return _settings(given)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -4382,7 +4600,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = _resolve_settings(args, os.environ)
     except ValueError as e:
-        print(f"everruns: bad environment setting: {e}", file=sys.stderr)
+        print(f"everruns: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=config["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # every log line, whoever writes it
