@@ -445,6 +445,16 @@ def _redact(text: str, *secrets: str | None) -> str:
     return re.sub(r"\b(sk|pk|rk)-[A-Za-z0-9_\-]{8,}|\bBearer\s+\S+", "[redacted]", text)
 
 
+def _clean_text(text: str) -> str:
+    """Text that UTF-8 can carry: lone surrogates (which a model's JSON escapes can
+    produce) become '?', so storing or sending it never fails."""
+    try:
+        text.encode()
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode()
+
+
 def _looks_like_credential(header_name: str) -> bool:
     """True for header names that usually carry a secret."""
     name = header_name.lower()
@@ -728,6 +738,13 @@ class Session(_Out):
     updated_at: Timestamp
     last_turn: LastTurn | None
     usage: Usage
+
+
+class CancelResult(Session):
+    """The session after a cancel, and the turn the cancel ended: the session may
+    already run its next turn for a message that was waiting."""
+
+    cancelled_turn: LastTurn | None = Field(description="The turn this request stopped (null: none was running).")
 
 
 class TextPart(_Out):
@@ -1921,7 +1938,7 @@ def _sse_events(response: Any, timeout: float) -> Iterator[tuple[str, str]]:
 def _json_chunk(data: str) -> dict:
     try:
         chunk = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ProviderError("the provider sent a malformed chunk", "PROVIDER_STREAM_ERROR") from None
     if not isinstance(chunk, dict):
         raise ProviderError("the provider sent a malformed chunk", "PROVIDER_STREAM_ERROR")
@@ -1932,7 +1949,7 @@ def _arguments(raw: str) -> dict:
     """Streamed tool arguments as an object ({} when empty; kept raw when not JSON)."""
     try:
         value = json.loads(raw) if raw.strip() else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         return {"_unparsed_arguments": raw}
     return value if isinstance(value, dict) else {"_unparsed_arguments": raw}
 
@@ -2170,7 +2187,7 @@ def _json_object_in(text: str) -> dict | None:
     for match in re.finditer(r"\{", text):
         try:
             value, _ = decoder.raw_decode(text, match.start())
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than Python parses
             continue
         if isinstance(value, dict):
             return value
@@ -2962,11 +2979,15 @@ MAX_TOOL_OUTPUT = 256 * 1024
 
 
 class _Cancelled(BaseException):
-    """Raised inside a turn's greenlet by POST /cancel."""
+    """Ends a turn at its next wait: POST /cancel."""
 
 
 class _Interrupted(BaseException):
-    """Raised inside turns still running when the shutdown grace ends."""
+    """Ends a turn at its next wait: the shutdown grace is over."""
+
+
+class _Gone(BaseException):
+    """Ends a turn at its next wait without writing anything: its session is being deleted."""
 
 
 class _TurnFailed(Exception):
@@ -2983,14 +3004,17 @@ def _capped(result: Any) -> Any:
     return {"truncated": True, "preview": text.encode()[:MAX_TOOL_OUTPUT].decode(errors="ignore")}
 
 
-def _capped_reply(reply: LLMReply) -> LLMReply:
-    """A model's answer within the limits: text up to MAX_MESSAGE_TEXT, arguments up to MAX_TOOL_OUTPUT."""
-    if len(reply.text) > MAX_MESSAGE_TEXT:
-        reply.text = reply.text[:MAX_MESSAGE_TEXT]
+def _checked_reply(reply: LLMReply) -> LLMReply:
+    """A model's answer as it can be stored: text up to MAX_MESSAGE_TEXT, arguments up to
+    MAX_TOOL_OUTPUT, and no text UTF-8 cannot carry (such arguments are kept unparsed)."""
+    reply.text = _clean_text(reply.text[:MAX_MESSAGE_TEXT])
     for call in reply.tool_calls:
-        size = len(_dumps(call["arguments"]))
-        if size > MAX_TOOL_OUTPUT:
-            call["arguments"] = {"_unparsed_arguments": f"({size} bytes of arguments: too large)"}
+        call["id"], call["name"] = _clean_text(str(call["id"])), _clean_text(str(call["name"]))
+        text = _dumps(call["arguments"])
+        if len(text) > MAX_TOOL_OUTPUT:
+            call["arguments"] = {"_unparsed_arguments": f"({len(text)} bytes of arguments: too large)"}
+        elif _clean_text(text) is not text:
+            call["arguments"] = {"_unparsed_arguments": _clean_text(text)}
     return reply
 
 
@@ -2998,6 +3022,8 @@ def _run_tool(tool: _Tool, arguments: dict, tctx: _ToolContext, timeout: float =
     """Validate the arguments, run the tool with a timeout: (result, is_error)."""
     import gevent
 
+    if "_unparsed_arguments" in arguments:
+        return {"error": "the arguments are not a JSON object that can be read (or are too large)"}, True
     try:
         args = tool.args.model_validate(arguments, strict=False)
     except ValidationError as e:
@@ -3031,10 +3057,18 @@ class _Turn:
     temperature: float | None
     started: float = dataclasses.field(default_factory=time.monotonic)
     ended: Any = None  # a gevent Event, set once the turn is closed (cancel waits on it)
+    wake: Any = None  # a gevent Event, set when the turn is asked to stop
+    halted: type[BaseException] | None = None  # why: _Cancelled, _Interrupted or _Gone
     provider_id: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
     iterations: int = 0
+
+    def halt(self, reason: type[BaseException]) -> None:
+        """Ask the turn to stop at its next wait (the first reason given wins)."""
+        if self.halted is None:
+            self.halted = reason
+            self.wake.set()
 
 
 def _agent_tools(capability_ids: list[str]) -> dict[str, _Tool]:
@@ -3122,13 +3156,19 @@ def _close_turn(tx: _Tx, turn: Any, status: str, error: dict | None, duration_ms
 
 
 class _Runner:
-    """One greenlet per session with owed work; one turn at a time per session."""
+    """One greenlet per session with owed work; one turn at a time per session.
+
+    A turn is stopped only where it waits (a model call, a tool): the slow step
+    runs in a greenlet of its own that is killed, and the turn itself raises its
+    stop reason there. So a cancel never lands in a write, or in the next turn.
+    """
 
     def __init__(self, journal: _Journal, config: dict) -> None:
         self.journal, self.store, self.bus, self.config = journal, journal.store, journal.bus, config
         self.m = self.store.m
         self._workers: dict[str, Any] = {}
         self._turns: dict[str, _Turn] = {}  # the running turn of each session
+        self._gone: set[str] = set()  # sessions being deleted: no new turn starts
         self.closing = False
 
     # ---- scheduling -----------------------------------------------------------
@@ -3137,35 +3177,43 @@ class _Runner:
         """Make sure a worker answers the session's owed messages."""
         import gevent
 
-        if self.closing or session_id in self._workers:
+        if self.closing or session_id in self._workers or session_id in self._gone:
             return
         self._workers[session_id] = gevent.spawn(self._work, session_id)
 
     def _work(self, session_id: str) -> None:
         try:
-            while not self.closing:
+            while not self.closing and session_id not in self._gone:
                 turn = self._start_turn(session_id)
                 if turn is None:
                     return
                 self._run_turn(turn)
         finally:
             self._workers.pop(session_id, None)
-            self._turns.pop(session_id, None)  # also when the worker was killed mid-turn
             self.store.release()
 
-    def cancel(self, session_id: str, timeout: float = 10.0) -> None:
-        """Cancel the running turn, if any, and wait until it is closed."""
-        turn, worker = self._turns.get(session_id), self._workers.get(session_id)
-        if turn is None or worker is None:
-            return
-        worker.kill(_Cancelled(), block=False)
+    def cancel(self, session_id: str, timeout: float = 10.0) -> str | None:
+        """Cancel the running turn, if any, and wait until it is closed; the id of that turn."""
+        turn = self._turns.get(session_id)
+        if turn is None:
+            return None
+        turn.halt(_Cancelled)
         turn.ended.wait(timeout)
+        return turn.id
 
     def stop(self, session_id: str) -> None:
-        """Stop a session's worker without writing anything (the session is going away)."""
-        worker = self._workers.get(session_id)
+        """Stop a session's worker without writing anything, and start none until forget()."""
+        self._gone.add(session_id)
+        turn, worker = self._turns.get(session_id), self._workers.get(session_id)
+        if turn is not None:
+            turn.halt(_Gone)
         if worker is not None:
-            worker.kill(block=True, timeout=10)
+            worker.join(timeout=10)
+            worker.kill(block=True, timeout=5)  # a no-op once it has ended
+
+    def forget(self, session_id: str) -> None:
+        """The session is deleted (or its deletion failed): kick() may start workers for it again."""
+        self._gone.discard(session_id)
 
     def shutdown(self, grace: float) -> None:
         """Start no new turns, give running ones `grace` seconds, interrupt the rest."""
@@ -3173,8 +3221,29 @@ class _Runner:
 
         self.closing = True
         gevent.joinall(list(self._workers.values()), timeout=grace)
-        for worker in list(self._workers.values()):
-            worker.kill(_Interrupted(), block=True, timeout=5)
+        for turn in list(self._turns.values()):
+            turn.halt(_Interrupted)
+        gevent.joinall(list(self._workers.values()), timeout=5)
+
+    def _wait(self, turn: _Turn, step: Callable[..., Any], *args: Any) -> Any:
+        """Run a slow step in its own greenlet; if the turn is asked to stop meanwhile,
+        kill the step and raise the reason here, in the turn's own greenlet."""
+        import gevent
+
+        if turn.halted is not None:
+            raise turn.halted()
+        task = gevent.spawn(self._released, step, *args)
+        gevent.wait([task, turn.wake], count=1)
+        if not task.ready():
+            task.kill(block=True, timeout=5)
+            raise turn.halted()
+        return task.get()
+
+    def _released(self, step: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return step(*args)
+        finally:
+            self.store.release()  # the step's greenlet had its own connection
 
     # ---- a turn ---------------------------------------------------------------
 
@@ -3193,7 +3262,7 @@ class _Runner:
             _sql(m, "claim_message", turn.id, owed[0])
             _sql(m, "start_session", _dumps({"id": turn.id, "status": "running", "error": None}), session_id)
             tx.emit("session.started", {"turn_id": turn.id, "input_message_ids": turn.input_ids}, turn.id)
-        turn.ended = gevent.event.Event()
+        turn.ended, turn.wake = gevent.event.Event(), gevent.event.Event()
         self._turns[session_id] = turn
         return turn
 
@@ -3217,20 +3286,30 @@ class _Runner:
 
     def _run_turn(self, turn: _Turn) -> None:
         """Run a turn to its one session.completed, whatever happens."""
-        status, error = "completed", None
+        try:
+            outcome = self._outcome(turn)
+            if outcome is not None:
+                self._finish(turn, *outcome)
+        finally:
+            self._turns.pop(turn.session_id, None)
+            turn.ended.set()
+
+    def _outcome(self, turn: _Turn) -> tuple[str, dict | None] | None:
+        """Run the loop; how the turn ended, unless it is closed already (or its session is gone)."""
         try:
             self._loop(turn)
-            return
+            return None
+        except _Gone:
+            return None
         except _Cancelled:
-            status, error = "cancelled", None
+            return "cancelled", None
         except _Interrupted:
-            status, error = "failed", {"code": "INTERRUPTED", "message": "the server stopped during the turn"}
+            return "failed", {"code": "INTERRUPTED", "message": "the server stopped during the turn"}
         except (ProviderError, _TurnFailed) as e:
-            status, error = "failed", {"code": e.code, "message": e.message}
+            return "failed", {"code": e.code, "message": e.message}
         except Exception:
             _log.exception("turn %s failed", turn.id)
-            status, error = "failed", {"code": "INTERNAL_ERROR", "message": "internal error while running the turn"}
-        self._finish(turn, status, error)
+            return "failed", {"code": "INTERNAL_ERROR", "message": "internal error while running the turn"}
 
     def _loop(self, turn: _Turn) -> None:
         for _ in range(turn.max_iterations):
@@ -3262,11 +3341,11 @@ class _Runner:
         self.store.release()  # no connection is held across a slow network call
 
         def on_text(delta: str) -> None:
-            data = {"message_id": message_id, "delta": delta}
+            data = {"message_id": message_id, "delta": _clean_text(delta)}
             self.bus.publish({"id": None, "seq": None, "type": "message.delta", "session_id": turn.session_id,
                               "turn_id": turn.id, "ts": _now_iso(), "data": data})  # fmt: skip
 
-        reply = _capped_reply(adapter.stream(request, on_text))
+        reply = _checked_reply(self._wait(turn, adapter.stream, request, on_text))
         turn.input_tokens += reply.input_tokens
         turn.output_tokens += reply.output_tokens
         return message_id, reply
@@ -3298,20 +3377,24 @@ class _Runner:
         if tool is None:
             result, is_error = {"error": f"this agent has no tool named {call['name']!r}"}, True
         else:
-            result, is_error = _run_tool(tool, call["arguments"], tctx)
-        self.store.release()
+            result, is_error = self._wait(turn, _run_tool, tool, call["arguments"], tctx)
         return result, is_error, int((time.monotonic() - started) * 1000)
 
     def _finish(self, turn: _Turn, status: str, error: dict | None, answer: tuple[str, str] | None = None) -> None:
-        """Store the final answer (if any) and close the turn in one transaction."""
+        """Store the final answer (if any) and close the turn in one transaction. If that
+        write fails, close it as failed without the answer, so the session never stays running."""
         reason = {"cancelled": "cancelled before the tool ran"}.get(status, "the turn ended before the tool ran")
-        with self.journal.tx(turn.session_id) as tx:
-            if answer is not None:
-                self._assistant_message(tx, turn, answer[0], answer[1], [])
-            duration_ms = int((time.monotonic() - turn.started) * 1000)
-            _close_turn(tx, turn, status, error, duration_ms, reason)
-        self._turns.pop(turn.session_id, None)
-        turn.ended.set()
+        duration_ms = int((time.monotonic() - turn.started) * 1000)
+        try:
+            with self.journal.tx(turn.session_id) as tx:
+                if answer is not None:
+                    self._assistant_message(tx, turn, answer[0], answer[1], [])
+                _close_turn(tx, turn, status, error, duration_ms, reason)
+        except Exception:
+            _log.exception("turn %s: storing its end failed; closing it as failed", turn.id)
+            error = {"code": "INTERNAL_ERROR", "message": "internal error while ending the turn"}
+            with self.journal.tx(turn.session_id) as tx:
+                _close_turn(tx, turn, "failed", error, duration_ms, "the turn ended before the tool ran")
 
     # ---- recovery -------------------------------------------------------------
 
@@ -3720,6 +3803,21 @@ def _patch(ctx: _Ctx, model: Any, id_: str, what: str, changes: dict[str, Any]) 
     return model.get_by_id(id_)
 
 
+@contextlib.contextmanager
+def _sessions_going(ctx: _Ctx, session_ids: list[str]) -> Iterator[None]:
+    """Around deleting sessions: their turns stop first (writing nothing) and no new one
+    starts meanwhile; once they are deleted, their streams end."""
+    for session_id in session_ids:
+        ctx.runner.stop(session_id)  # before the write: stopping a turn may wait
+    try:
+        yield
+        for session_id in session_ids:
+            ctx.bus.close(session_id)
+    finally:
+        for session_id in session_ids:
+            ctx.runner.forget(session_id)
+
+
 def _changes(body: BaseModel) -> dict[str, Any]:
     """The fields a PATCH body sets, as plain values."""
     return {name: getattr(body, name) for name in body.model_fields_set}
@@ -3923,12 +4021,8 @@ def _delete_agent(ctx: _Ctx, call: _Call, agent_id: str) -> None:
     m = ctx.store.m
     agent = _get(m.Agent, agent_id, "agent")
     sessions = [s.id for s in m.Session.select(m.Session.id).where(m.Session.agent_id == agent_id)]
-    for session_id in sessions:
-        ctx.runner.stop(session_id)
-    with ctx.store.write():
+    with _sessions_going(ctx, sessions), ctx.store.write():
         agent.delete_instance()
-    for session_id in sessions:
-        ctx.bus.close(session_id)
 
 
 # ---- sessions ---------------------------------------------------------------
@@ -4000,10 +4094,8 @@ def _update_session(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
 )
 def _delete_session(ctx: _Ctx, call: _Call, session_id: str) -> None:
     session = _get(ctx.store.m.Session, session_id, "session")
-    ctx.runner.stop(session_id)  # before the write: stopping a turn may wait
-    with ctx.store.write():
+    with _sessions_going(ctx, [session_id]), ctx.store.write():
         session.delete_instance()
-    ctx.bus.close(session_id)
 
 
 @_route(
@@ -4011,13 +4103,17 @@ def _delete_session(ctx: _Ctx, call: _Call, session_id: str) -> None:
     "/v1/sessions/<session_id>/cancel",
     "Cancel the running turn (a no-op on an idle session)",
     "sessions",
-    response=Session,
+    response=CancelResult,
     errors=(404,),
 )
 def _cancel_session(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
-    _get(ctx.store.m.Session, session_id, "session")
-    ctx.runner.cancel(session_id)
-    return _session_out(_get(ctx.store.m.Session, session_id, "session"))
+    m = ctx.store.m
+    _get(m.Session, session_id, "session")
+    turn_id = ctx.runner.cancel(session_id)
+    session = _session_out(_get(m.Session, session_id, "session"))
+    turn = m.Turn.get_or_none(m.Turn.id == turn_id) if turn_id else None
+    cancelled = turn and LastTurn(id=turn.id, status=turn.status, error=turn.error)
+    return CancelResult(**session.model_dump(), cancelled_turn=cancelled)
 
 
 # ---- messages ---------------------------------------------------------------
