@@ -94,6 +94,10 @@ from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
 import bottle
+import gevent
+import gevent.event
+import gevent.pool
+import gevent.pywsgi
 import peewee as pw
 from playhouse.pool import PooledSqliteDatabase
 from pydantic import (
@@ -134,6 +138,7 @@ ERROR_CODES = {
     403: "FORBIDDEN",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
+    408: "REQUEST_TIMEOUT",
     409: "CONFLICT",
     413: "PAYLOAD_TOO_LARGE",
     414: "URI_TOO_LONG",
@@ -141,6 +146,7 @@ ERROR_CODES = {
     431: "HEADERS_TOO_LARGE",
     500: "INTERNAL_ERROR",
     502: "BAD_GATEWAY",
+    503: "SERVICE_UNAVAILABLE",
 }
 
 EVENT_TYPES = (
@@ -389,9 +395,7 @@ def _settings(given: Mapping[str, Any]) -> dict[str, Any]:
     unknown = set(given) - set(by_name)
     if unknown:
         raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
-    config = {
-        s.name: s.default if given.get(s.name) is None else _checked(s, given[s.name]) for s in SETTINGS
-    }
+    config = {s.name: s.default if given.get(s.name) is None else _checked(s, given[s.name]) for s in SETTINGS}
     for name in ("api_key", "secret_key"):
         _key_from_file(config, name)
     return config
@@ -490,6 +494,7 @@ _Unauthorized = _error_class("_Unauthorized", 401)
 _Forbidden = _error_class("_Forbidden", 403)
 _NotFound = _error_class("_NotFound", 404)
 _Conflict = _error_class("_Conflict", 409)
+_RequestTimeout = _error_class("_RequestTimeout", 408)
 _PayloadTooLarge = _error_class("_PayloadTooLarge", 413)
 _UriTooLong = _error_class("_UriTooLong", 414)
 _UnsupportedMediaType = _error_class("_UnsupportedMediaType", 415)
@@ -3512,19 +3517,24 @@ def _request_headers(environ: dict) -> dict[str, str]:
     return headers
 
 
-def _read_body(environ: dict) -> bytes:
-    """The raw body, with the size limit decided before reading."""
-    length = environ.get("CONTENT_LENGTH") or ""
-    stream = environ["wsgi.input"]
-    if length.strip():
-        if not length.strip().isdigit():
+def _read_body(environ: dict, deadline: float) -> bytes:
+    """The raw body, its size limit decided before reading, read within `deadline` seconds."""
+    length, stream = (environ.get("CONTENT_LENGTH") or "").strip(), environ["wsgi.input"]
+    if length:
+        if not re.fullmatch(r"[0-9]{1,18}", length):
             raise _BadRequest("Content-Length is not a number")
         if int(length) > MAX_BODY_BYTES:
             raise _PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
-        return stream.read(int(length)) if int(length) else b""
-    if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        size = int(length)
+    elif "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        size = MAX_BODY_BYTES + 1
+    else:
         return b""
-    data = stream.read(MAX_BODY_BYTES + 1)
+    try:
+        with gevent.Timeout(deadline, _RequestTimeout("the request body did not arrive within --request-timeout")):
+            data = stream.read(size) if size else b""
+    except (OSError, ValueError):  # a malformed chunk, or a body cut off
+        raise _BadRequest("the request body is malformed or was cut off") from None
     if len(data) > MAX_BODY_BYTES:
         raise _PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
     return data
@@ -3537,14 +3547,14 @@ def _validation_error(error: ValidationError, what: str) -> EverrunsError:
     return _ValidationFailed(f"invalid {what}: {where}: {first['msg']}", details=details)
 
 
-def _parse_body(environ: dict, spec: _Route) -> Any:
+def _parse_body(environ: dict, spec: _Route, deadline: float) -> Any:
     """Read and validate a JSON body: 413, 415, 400 as SPEC section 2 says."""
     ctype = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
     if ctype in FORM_TYPES:  # even without a body: a cross-site form post must fail
         raise _UnsupportedMediaType("the request body must be application/json")
     if spec.method not in ("POST", "PUT", "PATCH"):
         return None
-    model, raw = spec.body, _read_body(environ)
+    model, raw = spec.body, _read_body(environ, deadline)
     if not raw:
         if model and spec.body_required:
             raise _BadRequest("this request needs a JSON body")
@@ -3595,7 +3605,7 @@ def _callback(ctx: _Ctx, spec: _Route) -> Callable:
         request = bottle.request
         try:
             call = _Call(
-                body=_parse_body(request.environ, spec),
+                body=_parse_body(request.environ, spec, ctx.config["request_timeout"]),
                 query=_parse_query(request.query, spec.query),
                 headers=_request_headers(request.environ),
             )
@@ -4609,6 +4619,212 @@ def _check_bind(host: str, api_key: str | None, insecure: bool) -> None:
         )
 
 
+# ---- the HTTP server ----------------------------------------------------------
+# pywsgi with what a server facing the open network needs: a deadline for
+# request bytes (a client sending one byte a second is not idle), strict
+# framing (no request smuggling behind a proxy), the error envelope on every
+# answer it writes itself, one log line for client misbehaviour, and a cap on
+# connections that never stops the server from answering.
+
+
+class _TooSlow(Exception):
+    """The request line and headers did not arrive within --request-timeout."""
+
+
+class _BadFraming(ValueError):
+    """A request whose length is ambiguous (the stuff of request smuggling)."""
+
+
+def _raw_error(status: int, message: str, *headers: tuple[str, str]) -> bytes:
+    """A whole HTTP/1.1 error response with the envelope, closing the connection."""
+    body = _error_body(status, message).encode()
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Content-Type: {JSON_TYPE}",
+             f"Content-Length: {len(body)}", "Connection: close", *(f"{k}: {v}" for k, v in headers)]  # fmt: skip
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _check_framing(pairs: list[tuple[str, str]]) -> None:
+    """Refuse what two HTTP parsers could read as different requests."""
+    lengths = [v for k, v in pairs if k.lower() == "content-length"]
+    codings = [v for k, v in pairs if k.lower() == "transfer-encoding"]
+    if len(lengths) > 1:
+        raise _BadFraming("more than one Content-Length header")
+    if lengths and codings:
+        raise _BadFraming("Content-Length and Transfer-Encoding together")
+    if lengths and not re.fullmatch(r"[0-9]{1,18}", lengths[0].strip()):
+        raise _BadFraming("Content-Length is not a whole number")
+    if codings and (len(codings) > 1 or codings[0].strip().lower() != "chunked"):
+        raise _BadFraming("only Transfer-Encoding: chunked is accepted")
+    if any("\n" in v or "\r" in v for _, v in pairs):
+        raise _BadFraming("folded header lines are not accepted")
+
+
+def _client_error_status(error: BaseException) -> tuple[int, str]:
+    """The status and message for a request pywsgi could not read."""
+    import http.client
+
+    if isinstance(error, _TooSlow):
+        return 408, "the request did not arrive within --request-timeout"
+    if isinstance(error, http.client.HTTPException) or "Line too long" in str(error):
+        return 431, "too many request headers, or one too long"
+    if isinstance(error, _BadFraming):
+        return 400, f"malformed HTTP request: {error}"
+    return 400, "malformed HTTP request"
+
+
+class _Input(gevent.pywsgi.Input):
+    """A request body. What the app left unread is never waited for: the handler
+    closes the connection instead (a slow or bad body cannot hold it)."""
+
+    def _discard(self) -> None:
+        pass
+
+
+class _Handler(gevent.pywsgi.WSGIHandler):
+    """pywsgi's handler with deadlines, strict framing and the error envelope."""
+
+    server: Any
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except OSError as e:  # the client went away while an error answer was written
+            _log.debug("connection from %s: %s", self.client_address[0], e)
+
+    def read_requestline(self) -> str:
+        """Wait for a request (the idle timeout), then start its deadline."""
+        self.server.connections.waiting(True)
+        self.rfile.peek(1)
+        self._deadline = gevent.Timeout.start_new(self.server.request_timeout, _TooSlow())
+        return super().read_requestline()
+
+    def read_request(self, raw_requestline: str) -> bool:
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self._deadline.cancel()
+
+    def handle_one_request(self) -> Any:
+        try:
+            result = super().handle_one_request()
+        except _TooSlow as e:  # during the request line
+            result = ("408", e)
+        finally:
+            if getattr(self, "_deadline", None) is not None:
+                self._deadline.cancel()
+        if isinstance(result, tuple) and isinstance(result[1], _TooSlow):
+            result = self._handle_client_error(result[1])
+        elif isinstance(result, tuple) and JSON_TYPE.encode() not in result[1]:  # pywsgi's own, bodiless
+            status = int(result[0])
+            message = "the request line is too long" if status == 414 else "malformed HTTP request"
+            result = (result[0], _raw_error(status, message))
+        return result
+
+    def MessageClass(self, *args: Any) -> Any:
+        headers = super().MessageClass(*args)
+        _check_framing(list(getattr(headers, "_headers", ())))
+        return headers
+
+    def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
+        status, message = _client_error_status(ex)
+        _log.debug("bad request from %s: %s", self.client_address[0], ex)
+        return str(status), _raw_error(status, message)
+
+    def get_environ(self) -> dict:
+        environ = super().get_environ()
+        if environ["wsgi.input"] is self.wsgi_input:
+            self.wsgi_input = environ["wsgi.input"] = _Input(
+                self.rfile,
+                self.content_length,
+                socket=self.wsgi_input.socket,
+                chunked_input=self.wsgi_input.chunked_input,
+            )
+        return environ
+
+    def handle_one_response(self) -> None:
+        self.server.connections.waiting(False)
+        super().handle_one_response()
+        body = self.wsgi_input
+        if body.chunked_input or body.position < (body.content_length or 0):
+            self.close_connection = True  # the rest of the body was not read
+
+    def _send_error_response_if_possible(self, error_code: int) -> None:
+        if self.response_length:
+            self.close_connection = True
+            return
+        status = 400 if error_code == 400 else 500
+        body = _error_body(status, "malformed HTTP request" if status == 400 else "internal server error").encode()
+        headers = [("Content-Type", JSON_TYPE), ("Connection", "close"), ("Content-Length", str(len(body)))]
+        try:
+            self.start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+            self.write(body)
+        except OSError:
+            self.close_connection = True
+
+    def _log_error(self, t: type, v: BaseException, tb: Any) -> None:
+        if isinstance(v, OSError):  # a timed-out or vanished client: routine
+            _log.debug("connection from %s: %s", self.client_address[0], v)
+        elif not isinstance(v, gevent.GreenletExit):
+            _log.error("internal error while answering", exc_info=(t, v, tb))
+
+    def log_error(self, msg: str, *args: Any) -> None:
+        _log.debug("pywsgi: " + msg, *args)
+
+
+class _Connections(gevent.pool.Pool):
+    """The server's connections, at most `cap`. At the cap a new connection replaces
+    the one that has waited longest for request bytes (an idle keep-alive or a slow
+    client); when every one is busy it is answered 503 at once."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()  # unbounded: the cap is kept here, so accepting never stops
+        self.cap = cap
+        self._waiting: dict[Any, float] = {}  # greenlet -> since when
+
+    def waiting(self, yes: bool) -> None:
+        """The calling connection waits for request bytes (yes) or is being answered."""
+        current = gevent.getcurrent()
+        if yes:
+            self._waiting.setdefault(current, time.monotonic())
+        else:
+            self._waiting.pop(current, None)
+
+    def spawn(self, func: Callable, handle: Callable, close: Callable, args: tuple) -> Any:
+        if len(self) >= self.cap:
+            if not self._waiting:
+                with contextlib.suppress(OSError):
+                    args[0].sendall(_raw_error(503, "the server is at --max-connections", ("Retry-After", "1")))
+                close(*args)
+                return None
+            oldest = min(self._waiting, key=self._waiting.__getitem__)
+            del self._waiting[oldest]
+            oldest.kill(block=False)
+        return super().spawn(func, handle, close, args)
+
+    def discard(self, greenlet: Any) -> None:
+        super().discard(greenlet)
+        self._waiting.pop(greenlet, None)
+
+
+class _Server(gevent.pywsgi.WSGIServer):
+    """The WSGI server: TCP_NODELAY, the idle timeout, and the handler above."""
+
+    handler_class = _Handler
+
+    def __init__(self, address: tuple[str, int], app: Any, config: dict) -> None:
+        self.connections = _Connections(int(config["max_connections"]))
+        self.idle_timeout, self.request_timeout = float(config["idle_timeout"]), float(config["request_timeout"])
+        super().__init__(address, app, log=None, error_log=_log, spawn=self.connections)
+
+    def handle(self, sock: Any, address: Any) -> None:
+        # Events are small writes: without TCP_NODELAY, Nagle's algorithm
+        # holds each one back until the client's delayed ACK (~40 ms).
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self.idle_timeout)  # a silent client, or one that stops reading, is let go
+        super().handle(sock, address)
+
+
 def serve(
     app: bottle.Bottle, host: str = "127.0.0.1", port: int = 9000, *, ready: Callable[[], None] | None = None
 ) -> None:
@@ -4616,28 +4832,12 @@ def serve(
 
     Refuses a non-loopback address unless the app has an API key or ``insecure``.
     """
-    import gevent
-    from gevent.pool import Pool
-    from gevent.pywsgi import WSGIServer
-
     _require_patched()
     config = app.everruns.config
     _check_bind(host, config["api_key"], config["insecure"])
     if app.guard.hosts is not None:
         app.guard.hosts.add(_host_name(host))
-    idle_timeout = float(config["idle_timeout"])
-
-    class Server(WSGIServer):
-        def handle(self, sock: Any, address: Any) -> None:
-            # Events are small writes: without TCP_NODELAY, Nagle's algorithm
-            # holds each one back until the client's delayed ACK (~40 ms).
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(idle_timeout)  # a silent client, or one that stops reading, is let go
-            super().handle(sock, address)
-
-    pool = Pool(int(config["max_connections"]))
-    server = Server((host, port), app, log=None, error_log=_log, spawn=pool)
+    server = _Server((host, port), app, config)
     stopping = gevent.event.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(sig, stopping.set)

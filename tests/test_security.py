@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import webtest
-from conftest import CANARY_KEY, error_of, finish, remote_session
+from conftest import CANARY_KEY, SSEStream, error_of, finish, remote_session
 
 import everruns
 
@@ -184,16 +184,23 @@ def test_a_silent_connection_is_closed_after_the_idle_timeout(start_server):
         assert sock.recv(1024) == b""  # the server hung up (recv would time out after 10 s otherwise)
 
 
-def test_connections_beyond_the_cap_wait_their_turn(start_server):
+def test_at_the_cap_an_idle_connection_makes_room(start_server):
     server = start_server(None, "--max-connections", "1")
     first = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     first.request("GET", "/health")
-    first.getresponse().read()  # the one slot is held by this keep-alive connection
-    waiting = socket.create_connection(("127.0.0.1", server.port), timeout=0.5)
-    waiting.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-    with pytest.raises(socket.timeout):
-        waiting.recv(1024)  # not served while the slot is taken
-    first.close()
-    waiting.settimeout(10)
-    assert waiting.recv(1024).startswith(b"HTTP/1.1 200")
-    waiting.close()
+    first.getresponse().read()  # the one slot is held by this idle keep-alive connection
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as second:
+        second.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert second.recv(1024).startswith(b"HTTP/1.1 200")  # served at once
+    assert first.sock.recv(1024) == b""  # the idle one was let go to make room
+
+
+def test_at_the_cap_with_every_connection_busy_the_answer_is_503(start_server, tmp_path):
+    server = start_server(None, "--max-connections", "1")
+    agent = server.call("POST", "/v1/agents", {"name": "a"})[2]
+    session = server.call("POST", f"/v1/agents/{agent['id']}/sessions", {})[2]
+    stream = SSEStream(server.url, f"/v1/sessions/{session['id']}/events")  # busy: a live stream
+    next(iter(stream))  # the stream has started
+    status, headers, body = server.call("GET", "/health")
+    assert status == 503 and body["error"]["code"] == "SERVICE_UNAVAILABLE" and headers["Retry-After"] == "1"
+    stream.close()
