@@ -459,10 +459,12 @@ def _clean_text(text: str) -> str:
         return text.encode("utf-8", "replace").decode()
 
 
-def _looks_like_credential(header_name: str) -> bool:
-    """True for header names that usually carry a secret."""
+def _looks_like_credential(header_name: str, value: str) -> bool:
+    """True for a header that carries a secret: a name that usually does, and a value
+    long enough to be one (blanking out a short value like "2" everywhere would garble text)."""
     name = header_name.lower()
-    return any(word in name for word in ("auth", "key", "token", "secret", "cookie", "password"))
+    words = ("auth", "key", "token", "secret", "cookie", "password")
+    return any(word in name for word in words) and len(value) >= 8
 
 
 # =============================================================================
@@ -1352,7 +1354,7 @@ class _Secrets:
         headers = settings.get("extra_headers")
         if not headers:
             return settings
-        changed = {k: change(v) if _looks_like_credential(k) else v for k, v in headers.items()}
+        changed = {k: change(v) if _looks_like_credential(k, v) else v for k, v in headers.items()}
         return {**settings, "extra_headers": changed}
 
     def seal_settings(self, settings: dict) -> dict:
@@ -1366,7 +1368,7 @@ class _Secrets:
     def secrets_of(self, settings: dict, api_key: str | None) -> tuple[str, ...]:
         """What must be blanked out of anything a provider answers: its key and credential headers."""
         headers = settings.get("extra_headers") or {}
-        return tuple(filter(None, (api_key, *(v for k, v in headers.items() if _looks_like_credential(k)))))
+        return tuple(filter(None, (api_key, *(v for k, v in headers.items() if _looks_like_credential(k, v)))))
 
     def load(self, m: Any) -> None:
         """Learn the stored secrets, and encrypt any plain one when a secret key is set."""
@@ -1479,7 +1481,7 @@ def _provider_out(row: Any) -> Provider:
     settings = dict(row.settings)
     if "extra_headers" in settings:
         settings["extra_headers"] = {
-            k: ("[redacted]" if _looks_like_credential(k) else v) for k, v in settings["extra_headers"].items()
+            k: ("[redacted]" if _looks_like_credential(k, v) else v) for k, v in settings["extra_headers"].items()
         }
     return Provider(
         id=row.id,
@@ -1981,13 +1983,12 @@ class _RemoteAdapter(_Adapter):
     kind, chat_path, models_path = "", "", ""
 
     def _headers(self, request: LLMRequest) -> dict:
-        """The headers of every request: JSON, SSE, extra_headers, and the provider's own."""
-        return {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream",
-            **request.settings.get("extra_headers", {}),
-            **self._auth_headers(request),
-        }
+        """The headers of every request: JSON, SSE, extra_headers, and the provider's own
+        (which win over an extra header of the same name, whatever its case)."""
+        own = {"Content-Type": "application/json", "Accept": "text/event-stream", **self._auth_headers(request)}
+        names = {name.lower() for name in own}
+        extra = {k: v for k, v in request.settings.get("extra_headers", {}).items() if k.lower() not in names}
+        return {**extra, **own}
 
     def _auth_headers(self, request: LLMRequest) -> dict:
         raise NotImplementedError
@@ -2446,7 +2447,8 @@ GREP_MAX_LINE = 4096
 # can run for hours inside a C call, with every greenlet frozen. So the search
 # runs in a child process that is killed at the deadline.
 _GREP_CHILD = """
-import json, re, sys
+import json, os, re, sys
+os.nice(10)  # the server comes first
 job = json.load(sys.stdin)
 regex, matches = re.compile(job["pattern"]), []
 for path, text in job["files"]:
@@ -3242,11 +3244,17 @@ class _Runner:
         if not task.ready():
             task.kill(block=True, timeout=5)
             raise turn.halted()
-        return task.get()
+        result, error = task.value
+        if error is not None:
+            raise error
+        return result
 
-    def _released(self, step: Callable[..., Any], *args: Any) -> Any:
+    def _released(self, step: Callable[..., Any], *args: Any) -> tuple[Any, Exception | None]:
+        """(result, None) or (None, the exception): raised in the turn's greenlet, not printed by gevent's."""
         try:
-            return step(*args)
+            return step(*args), None
+        except Exception as e:
+            return None, e
         finally:
             self.store.release()  # the step's greenlet had its own connection
 
@@ -3646,6 +3654,11 @@ def _host_name(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def _authority(origin_or_host: str) -> str:
+    """host[:port] of an Origin or a Host header, lower-case, without a default port."""
+    return re.sub(r":(80|443)$", "", origin_or_host.lower().rpartition("://")[2])
+
+
 class _Guard:
     """What is checked before routing: request size, the Host (on a server without
     an API key: DNS rebinding), and CORS (off unless origins are allowed)."""
@@ -3679,7 +3692,7 @@ class _Guard:
         origin = environ.get("HTTP_ORIGIN", "").rstrip("/").lower()
         if origin:
             allowed = self.any_origin or origin in self.origins
-            return not allowed and origin.partition("://")[2] != environ.get("HTTP_HOST", "").lower()
+            return not allowed and _authority(origin) != _authority(environ.get("HTTP_HOST", ""))
         return environ.get("HTTP_SEC_FETCH_SITE", "").lower() == "cross-site"
 
     def cors(self, environ: dict) -> list[tuple[str, str]]:
@@ -4265,13 +4278,11 @@ def _sse(ctx: _Ctx, session_id: str, cursor: int, wanted: Callable[[str], bool],
                 continue
             if item is None or sub.dropped:
                 return
-            if item.seq is None and item.after < known:
-                continue  # a delta of a message the client already has
-            if item.seq is not None:
-                seen, known = item.seq <= max(known, cursor), max(known, item.seq)
-                if seen:
-                    continue  # sent by the replay already, or before the cursor
-            if wanted(item.type):
+            if item.seq is None:
+                fresh = item.after >= known  # else a delta of a message the client already has
+            else:  # else sent by the replay already, or before the cursor
+                fresh, known = item.seq > max(known, cursor), max(known, item.seq)
+            if fresh and wanted(item.type):
                 yield item.frame
             if until and item.type == "session.completed" and _settled(m, session_id):
                 return
@@ -4799,7 +4810,9 @@ class _Connections(gevent.pool.Pool):
             oldest = min(self._waiting, key=self._waiting.__getitem__)
             del self._waiting[oldest]
             oldest.kill(block=False)
-        return super().spawn(func, handle, close, args)
+        greenlet = super().spawn(func, handle, close, args)
+        self._waiting[greenlet] = time.monotonic()  # waiting for its first request
+        return greenlet
 
     def discard(self, greenlet: Any) -> None:
         super().discard(greenlet)

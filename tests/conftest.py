@@ -339,3 +339,33 @@ def remote_session(api, upstream, provider_type, capabilities=(), **settings):
                             default_model="test-model", settings=settings)  # fmt: skip
     agent = api.agent(provider_id=provider["id"], capabilities=list(capabilities), system_prompt="Be brief.")
     return api.session(agent["id"])
+
+
+# ---- the blocking monitor ---------------------------------------------------
+
+# gevent's monitor thread reports any call that holds the hub for over 100 ms.
+MONITOR = {"GEVENT_MONITOR_THREAD_ENABLE": "1", "GEVENT_MAX_BLOCKING_TIME": "0.1"}
+
+
+def stored_events(server, session_id):
+    """A real server's stored events of a session (up to 100)."""
+    status, _, page = server.call("GET", f"/v1/sessions/{session_id}/events?format=json&limit=100")
+    assert status == 200
+    return page["data"]
+
+
+def blocking_reports(server):
+    """The monitor's reports in a server's output (started with env=MONITOR)."""
+    return [line for line in server.output().splitlines() if "appears to be blocked" in line]
+
+
+def health_latencies(server, until, limit=30.0):
+    """Time GET /health again and again until `until()` is true: the answers' latencies in seconds."""
+    latencies, deadline = [], time.monotonic() + limit
+    while not until():
+        assert time.monotonic() < deadline, "gave up waiting"
+        started = time.monotonic()
+        assert server.call("GET", "/health", timeout=5)[0] == 200
+        latencies.append(time.monotonic() - started)
+        time.sleep(0.01)
+    return latencies

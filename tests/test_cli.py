@@ -1,5 +1,6 @@
 """The command line: options, --help, --version, serving, graceful stop."""
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -70,3 +71,38 @@ def test_switches_and_their_environment_variables():
     assert everruns._resolve_settings(parse([]), {"EVERRUNS_INSECURE": "true"})["insecure"] is True
     with pytest.raises(ValueError):
         everruns._resolve_settings(parse([]), {"EVERRUNS_INSECURE": "maybe"})
+
+
+BAD_SETTINGS = [
+    (["--max-connections", "0"], {}, "--max-connections"),
+    (["--idle-timeout", "-5"], {}, "--idle-timeout"),
+    (["--request-timeout", "0"], {}, "--request-timeout"),
+    (["--port", "70000"], {}, "--port"),
+    (["--shutdown-grace", "nan"], {}, "--shutdown-grace"),
+    ([], {"EVERRUNS_SYNC": "off"}, "--sync (EVERRUNS_SYNC)"),
+    ([], {"EVERRUNS_MAX_CONNECTIONS": "-1"}, "--max-connections (EVERRUNS_MAX_CONNECTIONS)"),
+    ([], {"EVERRUNS_LOG_LEVEL": "loud"}, "--log-level (EVERRUNS_LOG_LEVEL)"),
+    (["--api-key-file", "/nonexistent/key"], {}, "--api-key-file"),
+]
+
+
+@pytest.mark.parametrize(("args", "env", "named"), BAD_SETTINGS)
+def test_a_bad_setting_stops_the_server_with_one_line(tmp_path, args, env, named):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("EVERRUNS_")}
+    result = run("everruns.py", "--db", str(tmp_path / "x.db"), *args, env={**clean, **env})
+    assert result.returncode == 2 and result.stdout == ""  # never "listening"
+    assert named in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "options", [{"max_connections": 0}, {"idle_timeout": -5}, {"sync": "off"}, {"context_budget": 10}, {"port": True}]
+)
+def test_create_app_checks_its_options_as_the_command_line_does(db_path, options):
+    with pytest.raises(ValueError, match=f"--{next(iter(options)).replace('_', '-')}"):
+        everruns.create_app(db_path, env={}, **options)
+
+
+def test_a_secret_given_in_a_bad_form_is_never_echoed():
+    with pytest.raises(ValueError) as raised:
+        everruns._settings({"api_key": 12345678})
+    assert "12345678" not in str(raised.value)

@@ -4,7 +4,7 @@ close interrupted turns exactly once, never re-run a tool, answer owed messages.
 import signal
 
 import webtest
-from conftest import SSEStream, finish
+from conftest import SSEStream, finish, stored_events
 
 import everruns
 
@@ -14,12 +14,6 @@ def setup_slow_session(server, delay_ms=200, **agent):
                                                          "settings": {"token_delay_ms": delay_ms}})[2]  # fmt: skip
     agent = server.call("POST", "/v1/agents", {"name": "a", "provider_id": provider["id"], **agent})[2]
     return server.call("POST", f"/v1/agents/{agent['id']}/sessions", {})[2]["id"]
-
-
-def stored_events(server, session_id):
-    status, _, page = server.call("GET", f"/v1/sessions/{session_id}/events?format=json&limit=100")
-    assert status == 200
-    return page["data"]
 
 
 def test_kill_9_mid_turn_then_restart_recovers(start_server, tmp_path):

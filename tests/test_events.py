@@ -2,6 +2,8 @@
 
 from conftest import SSEStream, error_of, events_of, finish, parse_sse
 
+import everruns
+
 
 def slow_session(api, delay_ms=20, **agent):
     provider = api.provider(provider_type="llmsim", settings={"token_delay_ms": delay_ms})
@@ -185,3 +187,22 @@ def test_a_cursor_past_the_stored_events_still_gets_the_live_turn(api, client, l
     api.message(session["id"], "a b c", status=201)
     got = stream.until(lambda e: e["type"] == "session.completed")
     assert [e["event"] for e in got] == [*["message.delta"] * 5, "session.completed"]
+
+
+def test_until_completed_closes_even_with_a_cursor_past_the_turn(api, live):
+    session = slow_session(api)
+    api.message(session["id"], "one two three", status=201)
+    stream = SSEStream(live.url, f"/v1/sessions/{session['id']}/events?until=completed&after=1000", timeout=10)
+    assert [i for i in stream.rest() if "data" in i and i["id"]] == []  # nothing past the cursor; and it closed
+
+
+def test_a_stream_that_never_reads_is_dropped_by_bytes_too():
+    bus = everruns._Bus()
+    sub = bus.subscribe("s")
+    delta = {"id": None, "seq": None, "type": "message.delta", "session_id": "s", "turn_id": "t", "ts": "",
+             "data": {"delta": "x" * (1 << 20)}}  # fmt: skip
+    for _ in range(7):  # 7 MiB: far under the 1,000-event limit, under the 8 MiB one
+        bus.publish(delta)
+    assert not sub.dropped
+    bus.publish(delta)
+    assert sub.dropped and sub not in bus._subscribers.get("s", ())

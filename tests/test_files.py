@@ -4,7 +4,7 @@ import base64
 import json
 
 import pytest
-from conftest import error_of, finish
+from conftest import MONITOR, blocking_reports, error_of, finish, health_latencies, stored_events
 
 import everruns
 
@@ -162,3 +162,29 @@ def test_deleting_a_session_deletes_its_files(api, client, fs_session):
     client.delete(f"/v1/sessions/{fs_session['id']}", status=204)
     m = client.app.everruns.store.m
     assert m.File.select().where(m.File.session_id == fs_session["id"]).count() == 0
+
+
+CATASTROPHIC = ["(.*a){20}b", "(a|a)*b", "((a+))+b", "(a+)+$"]
+
+
+def test_catastrophic_patterns_never_stall_the_server(start_server):
+    server = start_server(None, env=MONITOR)
+    agent = server.call("POST", "/v1/agents", {"name": "fs", "capabilities": ["session_file_system"]})[2]
+    sessions = [server.call("POST", f"/v1/agents/{agent['id']}/sessions", {})[2]["id"] for _ in CATASTROPHIC]
+    for sid, pattern in zip(sessions, CATASTROPHIC, strict=True):
+        server.call("PUT", f"/v1/sessions/{sid}/fs/a.txt", {"content": "a" * 40 + "!"})
+        server.call(
+            "POST", f"/v1/sessions/{sid}/messages", {"content": f"grep_files {json.dumps({'pattern': pattern})}"}
+        )
+    other = server.call("POST", f"/v1/agents/{agent['id']}/sessions", {})[2]["id"]
+    server.call("POST", f"/v1/sessions/{other}/messages", {"content": "meanwhile"})
+
+    def settled():
+        return all(server.call("GET", f"/v1/sessions/{s}")[2]["status"] == "idle" for s in [*sessions, other])
+
+    assert max(health_latencies(server, settled)) < 0.1
+    for sid in sessions:
+        result = next(e for e in stored_events(server, sid) if e["type"] == "tool.result")["data"]
+        assert result["is_error"] is True and "took longer than 2 s" in result["result"]["error"]
+    assert stored_events(server, other)[-1]["data"]["status"] == "completed"
+    assert blocking_reports(server) == []

@@ -96,3 +96,38 @@ def test_models_of_an_unreachable_provider_is_502(api, client, kind):
     response = client.get(f"/v1/llm-providers/{provider['id']}/models", status="*")
     assert response.status_int == 502 and response.json["error"]["code"] == "PROVIDER_UNAVAILABLE"
     assert CANARY_KEY not in response.text
+
+
+HEADER_CANARY = "hdr-canary-7f3a9c2e5b"
+HEADERS = {"X-Api-Key": HEADER_CANARY, "X-Team": "blue"}
+
+
+def test_a_credential_extra_header_never_leaks(api, client, upstream, caplog):
+    caplog.set_level(logging.DEBUG)
+    session = remote_session(api, upstream, "openai", extra_headers=HEADERS)
+    provider_id = client.get(f"/v1/agents/{session['agent_id']}").json["provider_id"]
+    echo = {"error": {"message": f"bad header X-Api-Key={HEADER_CANARY}"}}
+    upstream.json(401, echo)
+    api.message(session["id"], "hi", status=201)
+    done = finish(client, session["id"])[-1]["data"]
+    assert upstream.requests[0]["headers"]["x-api-key"] == HEADER_CANARY  # it was sent, and echoed back
+    assert done["error"]["message"].endswith("bad header X-Api-Key=[redacted]")
+    upstream.json(401, echo)
+    models = client.get(f"/v1/llm-providers/{provider_id}/models", status=502)
+    seen = [str(done), client.get(f"/v1/sessions/{session['id']}").text, models.text, caplog.text,
+            client.get(f"/v1/sessions/{session['id']}/events?format=json&limit=100").text]  # fmt: skip
+    assert not [s for s in seen if HEADER_CANARY in s]
+    shown = client.get(f"/v1/llm-providers/{provider_id}").json["settings"]["extra_headers"]
+    assert shown == {"X-Api-Key": "[redacted]", "X-Team": "blue"}
+
+
+@pytest.mark.parametrize("body", ["json", "text"])
+def test_an_error_message_is_redacted_before_it_is_cut(api, client, upstream, caplog, body):
+    text = "x" * 495 + CANARY_KEY + " and more text after the key"
+    if body == "json":
+        upstream.json(401, {"error": {"message": text}})
+    else:
+        upstream.reply(401, [text.encode()], {"Content-Type": "text/plain"})
+    message = run_turn(api, client, upstream, "openai", caplog)["error"]["message"]
+    assert message.startswith("the provider answered 401: xxx")
+    assert not [n for n in range(5, len(CANARY_KEY) + 1) if CANARY_KEY[:n] in message]  # not even its start

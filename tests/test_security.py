@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import webtest
-from conftest import CANARY_KEY, SSEStream, error_of, finish, remote_session
+from conftest import CANARY_KEY, error_of, finish, remote_session
 
 import everruns
 
@@ -195,12 +195,118 @@ def test_at_the_cap_an_idle_connection_makes_room(start_server):
     assert first.sock.recv(1024) == b""  # the idle one was let go to make room
 
 
-def test_at_the_cap_with_every_connection_busy_the_answer_is_503(start_server, tmp_path):
-    server = start_server(None, "--max-connections", "1")
-    agent = server.call("POST", "/v1/agents", {"name": "a"})[2]
-    session = server.call("POST", f"/v1/agents/{agent['id']}/sessions", {})[2]
-    stream = SSEStream(server.url, f"/v1/sessions/{session['id']}/events")  # busy: a live stream
-    next(iter(stream))  # the stream has started
-    status, headers, body = server.call("GET", "/health")
-    assert status == 503 and body["error"]["code"] == "SERVICE_UNAVAILABLE" and headers["Retry-After"] == "1"
-    stream.close()
+HEADER_CANARY = "hdr-canary-7f3a9c2e5b"
+HEADERS = {"X-Api-Key": HEADER_CANARY, "X-Team": "blue"}
+
+
+def checkpointed(app, db_path):
+    """The raw database bytes once the WAL is folded into the file."""
+    app.everruns.store.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    return raw_database(db_path)
+
+
+def turn_headers(client, upstream, session_id):
+    """The headers the provider got for one more turn of the session."""
+    import test_openai as openai
+
+    upstream.sse(openai.text_answer("fine"))
+    client.post_json(f"/v1/sessions/{session_id}/messages", {"content": "hi"}, status=201)
+    assert finish(client, session_id)[-1]["data"]["status"] == "completed"
+    return upstream.requests[-1]["headers"]
+
+
+def test_a_credential_header_is_stored_encrypted_and_sent_as_it_is(make_app, db_path, upstream):
+    pytest.importorskip("cryptography")
+    from conftest import Api
+
+    app = make_app(secret_key="s3cret")
+    client = webtest.TestApp(app)
+    session = remote_session(Api(client), upstream, "openai", extra_headers=HEADERS)
+    assert HEADER_CANARY.encode() not in checkpointed(app, db_path) and b"blue" in checkpointed(app, db_path)
+    assert turn_headers(client, upstream, session["id"])["x-api-key"] == HEADER_CANARY
+
+
+def test_a_plain_credential_header_is_encrypted_when_a_secret_key_is_set_later(make_app, db_path, upstream):
+    pytest.importorskip("cryptography")
+    from conftest import Api
+
+    first = make_app()
+    session = remote_session(Api(webtest.TestApp(first)), upstream, "openai", extra_headers=HEADERS)
+    first.close()
+    assert HEADER_CANARY.encode() in raw_database(db_path)  # stored plain without a secret key
+    app = make_app(db_path, secret_key="s3cret")
+    assert HEADER_CANARY.encode() not in checkpointed(app, db_path)
+    assert turn_headers(webtest.TestApp(app), upstream, session["id"])["x-api-key"] == HEADER_CANARY
+
+
+@pytest.mark.parametrize("headers", [{"X-Team": "café☃"}, {"X-Team": "a\x01b"}, {"X-Team": "line\nbreak"},
+                                     {"café☃": "blue"}])  # fmt: skip
+def test_extra_headers_http_cannot_carry_are_refused(api, client, headers):
+    body = {"name": "p", "provider_type": "openai", "settings": {"extra_headers": headers}}
+    error_of(client.post_json("/v1/llm-providers", body, status="*"), 400, "VALIDATION_ERROR")
+    provider = api.provider(settings={"extra_headers": {"X-Team": "blue", "X-Tab": "a\tb"}})
+    patch = client.patch_json(f"/v1/llm-providers/{provider['id']}", {"settings": body["settings"]}, status="*")
+    error_of(patch, 400, "VALIDATION_ERROR")
+    shown = client.get(f"/v1/llm-providers/{provider['id']}").json["settings"]["extra_headers"]
+    assert shown == {"X-Team": "blue", "X-Tab": "a\tb"}
+    assert [p["id"] for p in client.get("/v1/llm-providers").json["data"] if p["name"] == "p"] == [provider["id"]]
+
+
+@pytest.mark.parametrize(
+    "ctype", ["application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=x"]
+)
+def test_a_form_post_without_a_body_is_refused(api, client, ctype):
+    agent = api.agent()
+    response = client.post(f"/v1/agents/{agent['id']}/sessions", headers={"Content-Type": ctype}, status="*")
+    error_of(response, 415, "UNSUPPORTED_MEDIA_TYPE")
+    assert client.get(f"/v1/agents/{agent['id']}/sessions").json["data"] == []
+    session = api.session(agent["id"])
+    response = client.post(f"/v1/sessions/{session['id']}/cancel", headers={"Content-Type": ctype}, status="*")
+    error_of(response, 415, "UNSUPPORTED_MEDIA_TYPE")
+
+
+def test_a_keyless_server_refuses_cross_site_writes(make_app):
+    client = webtest.TestApp(make_app(cors_origins="https://app.example"))
+    for foreign in ({"Sec-Fetch-Site": "cross-site"}, {"Origin": "https://evil.example"}):
+        error_of(client.post_json("/v1/agents", {"name": "a"}, headers=foreign, status="*"), 403, "FORBIDDEN")
+    assert client.get("/v1/agents").json["data"] == []
+    for own in ({"Origin": "http://localhost", "Host": "localhost"}, {"Origin": "https://app.example"},
+                {"Sec-Fetch-Site": "same-origin"}):  # fmt: skip
+        assert client.post_json("/v1/agents", {"name": "a"}, headers=own).status_int == 201, own
+    assert client.get("/v1/agents", headers={"Origin": "https://evil.example"}).status_int == 200
+
+
+def test_with_an_api_key_the_origin_is_not_checked(make_app):
+    client = webtest.TestApp(make_app(api_key="k-1"))
+    headers = {"Authorization": "Bearer k-1", "Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+    assert client.post_json("/v1/agents", {"name": "a"}, headers=headers).status_int == 201
+
+
+def test_web_fetch_refuses_ipv4_translated_addresses():
+    assert not everruns._address_allowed("::ffff:0:7f00:1")  # 127.0.0.1, translated
+    assert not everruns._address_allowed("::ffff:0:808:808")
+    assert everruns._address_allowed("8.8.8.8") and everruns._address_allowed("2606:4700:4700::1111")
+
+
+@pytest.mark.parametrize("name", ["api_key", "secret_key"])
+def test_keys_can_come_from_files(tmp_path, name):
+    flag, path = f"--{name.replace('_', '-')}-file", tmp_path / "key.txt"
+    path.write_text("  file-key-31415  \n")
+    assert everruns._settings({f"{name}_file": str(path)})[name] == "file-key-31415"
+    with pytest.raises(ValueError, match="not both") as both:
+        everruns._settings({name: "given-key-27182", f"{name}_file": str(path)})
+    assert "given-key-27182" not in str(both.value) and "file-key-31415" not in str(both.value)
+    for content in ("", " \n"):
+        path.write_text(content)
+        with pytest.raises(ValueError, match=flag):
+            everruns._settings({f"{name}_file": str(path)})
+    with pytest.raises(ValueError, match=flag):
+        everruns._settings({f"{name}_file": str(tmp_path / "missing.txt")})
+
+
+def test_the_api_key_from_a_file_is_required(make_app, tmp_path):
+    path = tmp_path / "key.txt"
+    path.write_text("file-key-31415\n")
+    client = webtest.TestApp(make_app(api_key_file=str(path)))
+    error_of(client.get("/v1/agents", status="*"), 401, "UNAUTHORIZED")
+    assert client.get("/v1/agents", headers={"Authorization": "Bearer file-key-31415"}).status_int == 200

@@ -1,8 +1,11 @@
 """Turns: the loop of SPEC section 5 with the simulator, tools, limits and order."""
 
 import json
+import logging
 
-from conftest import finish
+import gevent
+import webtest
+from conftest import MONITOR, Api, SSEStream, blocking_reports, finish, remote_session
 
 
 def types_of(events):
@@ -168,3 +171,130 @@ def test_text_parts_reach_the_model_one_per_line(api, client):
     body = {"message": {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}}
     client.post_json(f"/v1/sessions/{session['id']}/messages", body, status=201)
     assert finish(client, session["id"])[-2]["data"]["message"]["content"][0]["text"] == "You said: a\nb"
+
+
+def recording(monkeypatch):
+    """The requests the simulator gets, in order."""
+    import everruns
+
+    seen, original = [], everruns._Llmsim.stream
+
+    def stream(self, request, on_text):
+        seen.append(request)
+        return original(self, request, on_text)
+
+    monkeypatch.setattr(everruns._Llmsim, "stream", stream)
+    return seen
+
+
+def test_only_the_newest_turns_within_the_context_budget_reach_the_model(make_app, monkeypatch):
+    seen, client = recording(monkeypatch), webtest.TestApp(make_app(context_budget=4096))
+    session = Api(client).session()
+    texts = [f"{i} " + "x" * 500 for i in range(6)]  # a turn stores about 1,100 bytes
+    for i, text in enumerate(texts):
+        Api(client).message(session["id"], text, status=201)
+        finish(client, session["id"], after=4 * i)
+    users = [m["text"] for m in seen[-1].messages if m["role"] == "user"]
+    assert users == texts[-4:]  # the current message and the three turns before it fit in 4,096 bytes
+    assert [m["role"] for m in seen[-1].messages] == ["user", "assistant"] * 3 + ["user"]
+
+
+def test_a_message_larger_than_the_budget_still_reaches_the_model(make_app, monkeypatch):
+    seen, client = recording(monkeypatch), webtest.TestApp(make_app(context_budget=1024))
+    session = Api(client).session()
+    Api(client).message(session["id"], "y" * 5000, status=201)
+    assert finish(client, session["id"])[-1]["data"]["status"] == "completed"
+    assert [m["text"] for m in seen[-1].messages] == ["y" * 5000]
+
+
+def test_a_long_history_never_blocks_the_server(start_server):
+    server = start_server(None, "--sync", "normal", env=MONITOR)
+    agent = server.call("POST", "/v1/agents", {"name": "a"})[2]
+    sid = server.call("POST", f"/v1/agents/{agent['id']}/sessions", {})[2]["id"]
+    for i in range(24):  # about 48 MB of history: each turn stores the text twice
+        server.call("POST", f"/v1/sessions/{sid}/messages", {"content": str(i) + "z" * 1_000_000}, timeout=30)
+        SSEStream(server.url, f"/v1/sessions/{sid}/events?until=completed&after={4 * i + 1}", timeout=30).rest()
+    assert server.call("GET", f"/v1/sessions/{sid}")[2]["last_turn"]["status"] == "completed"
+    assert blocking_reports(server) == []
+
+
+def test_two_cancels_stop_one_turn_and_never_the_next(api, client):
+    session = api.session(api.agent(provider_id=simulator(api, token_delay_ms=50))["id"])
+    api.message(session["id"], "one two three four five", status=201)
+    api.message(session["id"], "next", status=201)
+    url = f"/v1/sessions/{session['id']}/cancel"
+    cancels = [gevent.spawn(client.post, url) for _ in range(2)]
+    gevent.joinall(cancels, raise_error=True)
+    done = [e["data"] for e in finish(client, session["id"]) if e["type"] == "session.completed"]
+    assert [d["status"] for d in done] == ["cancelled", "completed"]
+    assert {c.value.json["cancelled_turn"]["id"] for c in cancels} == {done[0]["turn_id"]}
+
+
+def test_cancel_says_which_turn_it_stopped_when_the_next_one_runs(api, client):
+    session = api.session(api.agent(provider_id=simulator(api, token_delay_ms=50))["id"])
+    first = api.message(session["id"], "one two three", status=201)
+    api.message(session["id"], "four five six", status=201)
+    gevent.sleep(0.02)  # the first turn is running
+    answer = client.post(f"/v1/sessions/{session['id']}/cancel").json
+    assert answer["status"] == "running" and answer["last_turn"]["id"] != answer["cancelled_turn"]["id"]
+    assert answer["cancelled_turn"]["status"] == "cancelled"
+    started = [e["data"] for e in finish(client, session["id"]) if e["type"] == "session.started"]
+    assert started[0]["turn_id"] == answer["cancelled_turn"]["id"] and started[0]["input_message_ids"] == [first["id"]]
+
+
+def test_a_failed_final_write_still_closes_the_turn(api, client, monkeypatch, caplog):
+    import everruns
+
+    original, calls = everruns._close_turn, []
+
+    def flaky(tx, turn, status, *args):
+        calls.append(status)
+        if len(calls) == 1:
+            raise everruns.pw.OperationalError("disk I/O error")
+        return original(tx, turn, status, *args)
+
+    monkeypatch.setattr(everruns, "_close_turn", flaky)
+    session = api.session()
+    api.message(session["id"], "hello", status=201)
+    done = [e["data"] for e in finish(client, session["id"]) if e["type"] == "session.completed"]
+    assert [(d["status"], d["error"]["code"]) for d in done] == [("failed", "INTERNAL_ERROR")]
+    after = client.get(f"/v1/sessions/{session['id']}").json
+    assert after["status"] == "idle" and after["last_turn"]["error"]["code"] == "INTERNAL_ERROR"
+    assert client.post(f"/v1/sessions/{session['id']}/cancel").json["cancelled_turn"] is None
+
+
+def test_no_turn_starts_on_a_session_being_deleted(app, api, client, monkeypatch, caplog):
+    runner, session = app.everruns.runner, api.session()
+    original = type(runner).stop
+
+    def stop_then_a_message_arrives(self, session_id):
+        original(self, session_id)
+        client.post_json(f"/v1/sessions/{session_id}/messages", {"content": "late"}, status=201)
+        gevent.sleep(0.05)  # time enough for a turn to start, if one could
+
+    monkeypatch.setattr(type(runner), "stop", stop_then_a_message_arrives)
+    client.delete(f"/v1/sessions/{session['id']}", status=204)
+    assert session["id"] not in runner._workers
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_lone_surrogate_in_tool_arguments_is_an_error_result(api, client, upstream):
+    import test_openai as openai
+
+    session = remote_session(api, upstream, "openai", capabilities=["test_math"])
+    upstream.sse([openai.tool_fragment(0, "call_1", "add", '{"a": "\\ud800", "b": 1}'), openai.chunk({}, "tool_calls"),
+                  openai.DONE])  # fmt: skip
+    upstream.sse(openai.text_answer("ok"))
+    api.message(session["id"], "add please", status=201)
+    events = finish(client, session["id"])
+    result = next(e["data"] for e in events if e["type"] == "tool.result")
+    assert result["is_error"] is True and "arguments" in result["result"]["error"]
+    assert events[-1]["data"]["status"] == "completed"
+
+
+def test_deeply_nested_json_in_a_message_does_not_break_the_simulator(api, client):
+    session = api.session(api.agent(capabilities=["test_math"])["id"])
+    api.message(session["id"], "add " + "[" * 5000 + "]" * 5000 + ' {"a": 1, "b": 2}', status=201)
+    events = finish(client, session["id"])
+    assert next(e["data"] for e in events if e["type"] == "tool.result")["result"] == {"result": 3}
+    assert events[-1]["data"]["status"] == "completed"
