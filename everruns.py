@@ -2187,10 +2187,11 @@ def _words(text: str) -> list[str]:
     return re.findall(r"\s*\S+\s*", text) or ([text] if text else [])
 
 
-def _json_object_in(text: str) -> dict | None:
-    """The first JSON object written somewhere in a text, if any."""
+def _json_object_in(text: str, tries: int = 50) -> dict | None:
+    """The first JSON object written somewhere in a text, if any (looked for at the
+    first `tries` braces only: a text of a million braces must not take seconds)."""
     decoder = json.JSONDecoder()
-    for match in re.finditer(r"\{", text):
+    for match in itertools.islice(re.finditer(r"\{", text), tries):
         try:
             value, _ = decoder.raw_decode(text, match.start())
         except (ValueError, RecursionError):  # not JSON, or nested deeper than Python parses
@@ -3834,11 +3835,14 @@ def _sessions_going(ctx: _Ctx, session_ids: list[str]) -> Iterator[None]:
         ctx.runner.stop(session_id)  # before the write: stopping a turn may wait
     try:
         yield
-        for session_id in session_ids:
-            ctx.bus.close(session_id)
-    finally:
+    except BaseException:  # not deleted after all: they go on with whatever they owe
         for session_id in session_ids:
             ctx.runner.forget(session_id)
+            ctx.runner.kick(session_id)
+        raise
+    for session_id in session_ids:
+        ctx.bus.close(session_id)
+        ctx.runner.forget(session_id)
 
 
 def _changes(body: BaseModel) -> dict[str, Any]:

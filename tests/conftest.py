@@ -362,10 +362,11 @@ def blocking_reports(server):
 def health_latencies(server, until, limit=30.0):
     """Time GET /health again and again until `until()` is true: the answers' latencies in seconds."""
     latencies, deadline = [], time.monotonic() + limit
-    while not until():
-        assert time.monotonic() < deadline, "gave up waiting"
+    while True:  # at least once
         started = time.monotonic()
         assert server.call("GET", "/health", timeout=5)[0] == 200
         latencies.append(time.monotonic() - started)
+        if until():
+            return latencies
+        assert time.monotonic() < deadline, "gave up waiting"
         time.sleep(0.01)
-    return latencies
