@@ -98,6 +98,7 @@ import gevent
 import gevent.event
 import gevent.pool
 import gevent.pywsgi
+import gevent.queue
 import peewee as pw
 from playhouse.pool import PooledSqliteDatabase
 from pydantic import (
@@ -177,6 +178,9 @@ PROVIDER_DEFAULTS = {
     "llmsim": (None, "llmsim"),
 }
 
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# What an HTML form (or a fetch without a CORS preflight) can send across sites.
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
 UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 JSON_TYPE = "application/json; charset=utf-8"
 
@@ -459,12 +463,10 @@ def _clean_text(text: str) -> str:
         return text.encode("utf-8", "replace").decode()
 
 
-def _looks_like_credential(header_name: str, value: str) -> bool:
-    """True for a header that carries a secret: a name that usually does, and a value
-    long enough to be one (blanking out a short value like "2" everywhere would garble text)."""
+def _looks_like_credential(header_name: str) -> bool:
+    """True for header names that usually carry a secret."""
     name = header_name.lower()
-    words = ("auth", "key", "token", "secret", "cookie", "password")
-    return any(word in name for word in words) and len(value) >= 8
+    return any(word in name for word in ("auth", "key", "token", "secret", "cookie", "password"))
 
 
 # =============================================================================
@@ -502,6 +504,7 @@ _UriTooLong = _error_class("_UriTooLong", 414)
 _UnsupportedMediaType = _error_class("_UnsupportedMediaType", 415)
 _HeadersTooLarge = _error_class("_HeadersTooLarge", 431)
 _BadGateway = _error_class("_BadGateway", 502)
+_ServiceUnavailable = _error_class("_ServiceUnavailable", 503)
 
 
 def _invalid(loc: list, msg: str) -> _ValidationFailed:
@@ -751,7 +754,9 @@ class CancelResult(Session):
     """The session after a cancel, and the turn the cancel ended: the session may
     already run its next turn for a message that was waiting."""
 
-    cancelled_turn: LastTurn | None = Field(description="The turn this request stopped (null: none was running).")
+    cancelled_turn: LastTurn | None = Field(
+        description="The turn that was running when the cancel came, as it ended (null: none was running)."
+    )
 
 
 class TextPart(_Out):
@@ -1328,47 +1333,62 @@ class _Secrets:
             # Any string works as the secret: it is stretched to a Fernet key.
             self.fernet = Fernet(base64.urlsafe_b64encode(hashlib.sha256(secret_key.encode()).digest()))
 
-    def seal(self, api_key: str | None) -> str | None:
-        """The form in which an API key is stored (a sealed one is kept as it is)."""
-        if api_key is None or api_key.startswith(self.PREFIX):
-            return api_key
-        self.known.add(api_key)
-        return self.PREFIX + self.fernet.encrypt(api_key.encode()).decode() if self.fernet else api_key
+    MIN_HEADER_SECRET = 8  # shorter header values are not blanked out of text (a "2" would garble it)
 
-    def open(self, stored: str | None) -> str | None:
-        """The API key a stored value holds."""
+    def _seal(self, value: str | None) -> str | None:
+        if value is None or value.startswith(self.PREFIX) or self.fernet is None:
+            return value  # a sealed value is kept as it is
+        return self.PREFIX + self.fernet.encrypt(value.encode()).decode()
+
+    def _open(self, stored: str | None) -> str | None:
         if stored is None or not stored.startswith(self.PREFIX):
-            if stored:
-                self.known.add(stored)
             return stored
         if self.fernet is None:
             raise _SecretUnreadable("the provider key is encrypted: start the server with its EVERRUNS_SECRET_KEY")
         try:
-            api_key = self.fernet.decrypt(stored[len(self.PREFIX) :].encode()).decode()
+            return self.fernet.decrypt(stored[len(self.PREFIX) :].encode()).decode()
         except Exception:  # cryptography's InvalidToken, without importing it here
             raise _SecretUnreadable("the provider key cannot be decrypted: EVERRUNS_SECRET_KEY has changed") from None
-        self.known.add(api_key)
+
+    def seal(self, api_key: str | None) -> str | None:
+        """The form in which an API key is stored (a sealed one is kept as it is)."""
+        if api_key and not api_key.startswith(self.PREFIX):
+            self.known.add(api_key)
+        return self._seal(api_key)
+
+    def open(self, stored: str | None) -> str | None:
+        """The API key a stored value holds."""
+        api_key = self._open(stored)
+        if api_key:
+            self.known.add(api_key)
         return api_key
 
-    def _headers(self, settings: dict, change: Callable[[str | None], str | None]) -> dict:
+    def _headers(self, settings: dict, change: Callable[[str | None], str | None], opening: bool) -> dict:
+        """Settings with each credential-like extra_headers value changed; the plain ones remembered."""
         headers = settings.get("extra_headers")
         if not headers:
             return settings
-        changed = {k: change(v) if _looks_like_credential(k, v) else v for k, v in headers.items()}
+        changed = {k: change(v) if _looks_like_credential(k) else v for k, v in headers.items()}
+        source = changed if opening else headers
+        self.known.update(source[k] for k in headers if _looks_like_credential(k) and self._redactable(source[k]))
         return {**settings, "extra_headers": changed}
+
+    def _redactable(self, value: str | None) -> bool:
+        return bool(value) and len(value) >= self.MIN_HEADER_SECRET and not value.startswith(self.PREFIX)
 
     def seal_settings(self, settings: dict) -> dict:
         """Provider settings as stored: credential-like extra_headers sealed like API keys."""
-        return self._headers(settings, self.seal)
+        return self._headers(settings, self._seal, opening=False)
 
     def open_settings(self, settings: dict) -> dict:
         """Provider settings as sent upstream: credential-like extra_headers opened."""
-        return self._headers(settings, self.open)
+        return self._headers(settings, self._open, opening=True)
 
     def secrets_of(self, settings: dict, api_key: str | None) -> tuple[str, ...]:
         """What must be blanked out of anything a provider answers: its key and credential headers."""
         headers = settings.get("extra_headers") or {}
-        return tuple(filter(None, (api_key, *(v for k, v in headers.items() if _looks_like_credential(k, v)))))
+        credentials = (v for k, v in headers.items() if _looks_like_credential(k) and self._redactable(v))
+        return tuple(filter(None, (api_key, *credentials)))
 
     def load(self, m: Any) -> None:
         """Learn the stored secrets, and encrypt any plain one when a secret key is set."""
@@ -1481,7 +1501,7 @@ def _provider_out(row: Any) -> Provider:
     settings = dict(row.settings)
     if "extra_headers" in settings:
         settings["extra_headers"] = {
-            k: ("[redacted]" if _looks_like_credential(k, v) else v) for k, v in settings["extra_headers"].items()
+            k: ("[redacted]" if _looks_like_credential(k) else v) for k, v in settings["extra_headers"].items()
         }
     return Provider(
         id=row.id,
@@ -1678,15 +1698,13 @@ class _Subscriber:
     """One live stream's bounded queue."""
 
     def __init__(self, session_id: str) -> None:
-        from gevent.queue import Queue
-
         self.session_id = session_id
-        self.queue: Any = Queue(maxsize=QUEUE_LIMIT)
+        self.queue: Any = gevent.queue.Queue(maxsize=QUEUE_LIMIT)
         self.queued_bytes = 0  # the frames waiting in the queue
         self.dropped = False
 
     def take(self, timeout: float) -> _Published | None:
-        """The next item (None: the end of the stream); gevent's Empty after `timeout` seconds."""
+        """The next item (None: the end of the stream); gevent.queue.Empty after `timeout` seconds."""
         item = self.queue.get(timeout=timeout)
         if item is not None:
             self.queued_bytes -= len(item.frame)
@@ -1728,15 +1746,13 @@ class _Bus:
             self._offer(sub, item)
 
     def _offer(self, sub: _Subscriber, item: _Published | None) -> None:
-        from gevent.queue import Full
-
         size = len(item.frame) if item is not None else 0
         try:
             if sub.queued_bytes and sub.queued_bytes + size > QUEUE_BYTES:
-                raise Full
+                raise gevent.queue.Full
             sub.queue.put_nowait(item)
             sub.queued_bytes += size
-        except Full:
+        except gevent.queue.Full:
             # A client this far behind is cut off; it resumes with Last-Event-ID.
             sub.dropped = True
             self.unsubscribe(sub)
@@ -1889,8 +1905,6 @@ def _http(method: str, url: str, headers: dict, body: dict | None, timeout: floa
     Returns the response, its status 200; anything else raises ProviderError.
     """
     import http.client
-
-    import gevent
 
     data = _dumps(body).encode() if body is not None else None
     for attempt in range(len(RETRY_DELAYS) + 1):
@@ -2235,8 +2249,6 @@ class _Llmsim(_Adapter):
     """The built-in offline simulator (SPEC section 5), streamed word by word."""
 
     def stream(self, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
-        import gevent
-
         text, tool_calls = _llmsim_answer(request)
         delay = request.settings.get("token_delay_ms", 0) / 1000
         for word in _words(text):
@@ -2452,12 +2464,14 @@ import json, os, re, sys
 os.nice(10)  # the server comes first
 job = json.load(sys.stdin)
 regex, matches = re.compile(job["pattern"]), []
-for path, text in job["files"]:
-    for number, line in enumerate(text.splitlines(), 1):
-        if regex.search(line[:job["max_line"]]):
-            matches.append({"path": path, "line_number": number, "line": line[:500]})
-            if len(matches) > job["max_matches"]:
-                break
+def search():
+    for path, text in job["files"]:
+        for number, line in enumerate(text.splitlines(), 1):
+            if regex.search(line[:job["max_line"]]):
+                matches.append({"path": path, "line_number": number, "line": line[:500]})
+                if len(matches) > job["max_matches"]:
+                    return
+search()
 json.dump(matches, sys.stdout)
 """
 
@@ -2791,8 +2805,6 @@ def _web_fetch(args: _FetchArgs, tctx: Any) -> dict:
     import http.client
     from urllib.parse import urljoin
 
-    import gevent
-
     allow_private = bool(tctx.config.get("allow_private_fetch"))
     url = args.url
     try:
@@ -3028,8 +3040,6 @@ def _checked_reply(reply: LLMReply) -> LLMReply:
 
 def _run_tool(tool: _Tool, arguments: dict, tctx: _ToolContext, timeout: float = TOOL_TIMEOUT_S) -> tuple[Any, bool]:
     """Validate the arguments, run the tool with a timeout: (result, is_error)."""
-    import gevent
-
     if "_unparsed_arguments" in arguments:
         return {"error": "the arguments are not a JSON object that can be read (or are too large)"}, True
     try:
@@ -3183,8 +3193,6 @@ class _Runner:
 
     def kick(self, session_id: str) -> None:
         """Make sure a worker answers the session's owed messages."""
-        import gevent
-
         if self.closing or session_id in self._workers or session_id in self._gone:
             return
         self._workers[session_id] = gevent.spawn(self._work, session_id)
@@ -3201,7 +3209,8 @@ class _Runner:
             self.store.release()
 
     def cancel(self, session_id: str, timeout: float = 10.0) -> str | None:
-        """Cancel the running turn, if any, and wait until it is closed; the id of that turn."""
+        """Cancel the running turn, if any, and wait until it is closed; the id of that turn
+        (it may have ended otherwise: finished before it next waited, for example)."""
         turn = self._turns.get(session_id)
         if turn is None:
             return None
@@ -3225,25 +3234,26 @@ class _Runner:
 
     def shutdown(self, grace: float) -> None:
         """Start no new turns, give running ones `grace` seconds, interrupt the rest."""
-        import gevent
-
         self.closing = True
         gevent.joinall(list(self._workers.values()), timeout=grace)
         for turn in list(self._turns.values()):
             turn.halt(_Interrupted)
         gevent.joinall(list(self._workers.values()), timeout=5)
+        gevent.killall(list(self._workers.values()), block=True, timeout=1)  # stuck: the database closes next
 
     def _wait(self, turn: _Turn, step: Callable[..., Any], *args: Any) -> Any:
         """Run a slow step in its own greenlet; if the turn is asked to stop meanwhile,
         kill the step and raise the reason here, in the turn's own greenlet."""
-        import gevent
-
         if turn.halted is not None:
             raise turn.halted()
-        task = gevent.spawn(self._released, step, *args)
-        gevent.wait([task, turn.wake], count=1)
-        if not task.ready():
-            task.kill(block=True, timeout=5)
+        task, finished = gevent.spawn(self._released, step, *args), False
+        try:
+            gevent.wait([task, turn.wake], count=1)
+            finished = task.ready()
+        finally:
+            if not finished:  # asked to stop, or this greenlet itself was killed
+                task.kill(block=True, timeout=5)
+        if not finished:
             raise turn.halted()
         result, error = task.value
         if error is not None:
@@ -3263,8 +3273,6 @@ class _Runner:
 
     def _start_turn(self, session_id: str) -> _Turn | None:
         """Claim the oldest owed message for a new turn (one transaction)."""
-        import gevent.event
-
         m = self.m
         with self.journal.tx(session_id) as tx:
             owed = _first_owed(m, session_id)
@@ -3412,13 +3420,19 @@ class _Runner:
 
     # ---- recovery -------------------------------------------------------------
 
+    def close_interrupted(self, session_id: str | None = None, reason: str = "interrupted by a restart") -> None:
+        """Close the turns left running with no greenlet (a crash, or a delete that failed) as INTERRUPTED."""
+        m = self.m
+        error = {"code": "INTERRUPTED", "message": "the server stopped during the turn"}
+        query = m.Turn.select().where(m.Turn.status == "running")
+        for turn in list(query if session_id is None else query.where(m.Turn.session_id == session_id)):
+            with self.journal.tx(turn.session_id) as tx:
+                _close_turn(tx, turn, "failed", error, 0, reason)
+
     def recover(self) -> list[str]:
         """Close turns a crash left running; answer owed messages. Returns the owed sessions."""
         m = self.m
-        error = {"code": "INTERRUPTED", "message": "the server stopped during the turn"}
-        for turn in list(m.Turn.select().where(m.Turn.status == "running")):
-            with self.journal.tx(turn.session_id) as tx:
-                _close_turn(tx, turn, "failed", error, 0, "interrupted by a restart")
+        self.close_interrupted()
         owed = (
             m.Message.select(m.Message.session_id)
             .where(m.Message.role == "user", m.Message.turn_id.is_null())
@@ -3435,9 +3449,6 @@ class _Runner:
 # =============================================================================
 
 bottle.BaseRequest.MEMFILE_MAX = MAX_BODY_BYTES
-STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# What an HTML form (or a fetch without a CORS preflight) can send across sites.
-FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -3835,9 +3846,11 @@ def _sessions_going(ctx: _Ctx, session_ids: list[str]) -> Iterator[None]:
         ctx.runner.stop(session_id)  # before the write: stopping a turn may wait
     try:
         yield
-    except BaseException:  # not deleted after all: they go on with whatever they owe
+    except BaseException:  # not deleted after all: close their stopped turns, answer what they owe
         for session_id in session_ids:
             ctx.runner.forget(session_id)
+            with contextlib.suppress(Exception):
+                ctx.runner.close_interrupted(session_id, "the turn was stopped for a delete that failed")
             ctx.runner.kick(session_id)
         raise
     for session_id in session_ids:
@@ -4261,8 +4274,6 @@ def _sse(ctx: _Ctx, session_id: str, cursor: int, wanted: Callable[[str], bool],
     The queue is subscribed before the replay reads the database, so an event
     committed meanwhile is in one or both; seq tells which were sent already.
     """
-    from gevent.queue import Empty
-
     m, sub = ctx.store.m, ctx.bus.subscribe(session_id)
     known = min(cursor, _last_seq(m, session_id))  # the newest stored event the client has
     try:
@@ -4277,7 +4288,7 @@ def _sse(ctx: _Ctx, session_id: str, cursor: int, wanted: Callable[[str], bool],
         while not sub.dropped:
             try:
                 item = sub.take(ctx.ping_s)
-            except Empty:
+            except gevent.queue.Empty:
                 yield b": ping\n\n"
                 continue
             if item is None or sub.dropped:
@@ -4642,49 +4653,47 @@ def _check_bind(host: str, api_key: str | None, insecure: bool) -> None:
 # connections that never stops the server from answering.
 
 
-class _TooSlow(Exception):
-    """The request line and headers did not arrive within --request-timeout."""
-
-
-class _BadFraming(ValueError):
-    """A request whose length is ambiguous (the stuff of request smuggling)."""
-
-
-def _raw_error(status: int, message: str, *headers: tuple[str, str]) -> bytes:
+def _raw_error(error: EverrunsError, *headers: tuple[str, str]) -> bytes:
     """A whole HTTP/1.1 error response with the envelope, closing the connection."""
-    body = _error_body(status, message).encode()
-    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Content-Type: {JSON_TYPE}",
+    body = _error_body(error.status, error.message, error.code).encode()
+    lines = [f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}", f"Content-Type: {JSON_TYPE}",
              f"Content-Length: {len(body)}", "Connection: close", *(f"{k}: {v}" for k, v in headers)]  # fmt: skip
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # what a header name may be (RFC 9110)
+
+
 def _check_framing(pairs: list[tuple[str, str]]) -> None:
-    """Refuse what two HTTP parsers could read as different requests."""
+    """Refuse what two HTTP parsers could read as different requests (400)."""
     lengths = [v for k, v in pairs if k.lower() == "content-length"]
     codings = [v for k, v in pairs if k.lower() == "transfer-encoding"]
-    if len(lengths) > 1:
-        raise _BadFraming("more than one Content-Length header")
-    if lengths and codings:
-        raise _BadFraming("Content-Length and Transfer-Encoding together")
-    if lengths and not re.fullmatch(r"[0-9]{1,18}", lengths[0].strip()):
-        raise _BadFraming("Content-Length is not a whole number")
-    if codings and (len(codings) > 1 or codings[0].strip().lower() != "chunked"):
-        raise _BadFraming("only Transfer-Encoding: chunked is accepted")
-    if any("\n" in v or "\r" in v for _, v in pairs):
-        raise _BadFraming("folded header lines are not accepted")
+    if not all(_TOKEN.fullmatch(k) for k, _ in pairs):
+        problem = "a header name that is not a token (white space before the colon?)"
+    elif len(lengths) > 1:
+        problem = "more than one Content-Length header"
+    elif lengths and codings:
+        problem = "Content-Length and Transfer-Encoding together"
+    elif lengths and not re.fullmatch(r"[0-9]{1,18}", lengths[0].strip()):
+        problem = "Content-Length is not a whole number"
+    elif codings and (len(codings) > 1 or codings[0].strip().lower() != "chunked"):
+        problem = "only Transfer-Encoding: chunked is accepted"
+    elif any("\n" in v or "\r" in v for _, v in pairs):
+        problem = "folded header lines are not accepted"
+    else:
+        return
+    raise _BadRequest(f"malformed HTTP request: {problem}")
 
 
-def _client_error_status(error: BaseException) -> tuple[int, str]:
-    """The status and message for a request pywsgi could not read."""
+def _client_error(error: BaseException) -> EverrunsError:
+    """What to answer a request pywsgi could not read."""
     import http.client
 
-    if isinstance(error, _TooSlow):
-        return 408, "the request did not arrive within --request-timeout"
+    if isinstance(error, EverrunsError):
+        return error
     if isinstance(error, http.client.HTTPException) or "Line too long" in str(error):
-        return 431, "too many request headers, or one too long"
-    if isinstance(error, _BadFraming):
-        return 400, f"malformed HTTP request: {error}"
-    return 400, "malformed HTTP request"
+        return _HeadersTooLarge("too many request headers, or one too long")
+    return _BadRequest("malformed HTTP request")
 
 
 class _Input(gevent.pywsgi.Input):
@@ -4701,51 +4710,58 @@ class _Handler(gevent.pywsgi.WSGIHandler):
     server: Any
 
     def handle(self) -> None:
+        """Serve the connection; a client gone while an error answer is written is routine."""
         try:
             super().handle()
-        except OSError as e:  # the client went away while an error answer was written
+        except OSError as e:
             _log.debug("connection from %s: %s", self.client_address[0], e)
 
     def read_requestline(self) -> str:
-        """Wait for a request (the idle timeout), then start its deadline."""
+        """Wait for a request (the idle timeout applies), then start its deadline."""
         self.server.connections.waiting(True)
         self.rfile.peek(1)
-        self._deadline = gevent.Timeout.start_new(self.server.request_timeout, _TooSlow())
+        too_slow = _RequestTimeout("the request did not arrive within --request-timeout")
+        self._deadline = gevent.Timeout.start_new(self.server.request_timeout, too_slow)
         return super().read_requestline()
 
     def read_request(self, raw_requestline: str) -> bool:
+        """Parse the request line and headers, within the deadline."""
         try:
             return super().read_request(raw_requestline)
         finally:
             self._deadline.cancel()
 
     def handle_one_request(self) -> Any:
+        """pywsgi's, with the deadline over the request line too and the envelope on its own answers."""
         try:
             result = super().handle_one_request()
-        except _TooSlow as e:  # during the request line
-            result = ("408", e)
+        except _RequestTimeout as e:  # still in the request line
+            result = self._handle_client_error(e)
         finally:
             if getattr(self, "_deadline", None) is not None:
                 self._deadline.cancel()
-        if isinstance(result, tuple) and isinstance(result[1], _TooSlow):
-            result = self._handle_client_error(result[1])
-        elif isinstance(result, tuple) and JSON_TYPE.encode() not in result[1]:  # pywsgi's own, bodiless
-            status = int(result[0])
-            message = "the request line is too long" if status == 414 else "malformed HTTP request"
-            result = (result[0], _raw_error(status, message))
+        if isinstance(result, tuple) and JSON_TYPE.encode() not in result[1]:  # pywsgi's own, bodiless
+            too_long = result[0] == "414"
+            error = _UriTooLong("the request line is too long") if too_long else _BadRequest("malformed HTTP request")
+            result = (result[0], _raw_error(error))
         return result
 
     def MessageClass(self, *args: Any) -> Any:
+        """The request headers, refused when their framing is ambiguous."""
         headers = super().MessageClass(*args)
+        if getattr(headers, "defects", None):  # a line that is no header, like "Content-Length : 12"
+            raise _BadRequest("malformed HTTP request: a header line that cannot be read")
         _check_framing(list(getattr(headers, "_headers", ())))
         return headers
 
     def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
-        status, message = _client_error_status(ex)
+        """The answer to a request that could not be read: the envelope, one debug line."""
+        error = _client_error(ex)
         _log.debug("bad request from %s: %s", self.client_address[0], ex)
-        return str(status), _raw_error(status, message)
+        return str(error.status), _raw_error(error)
 
     def get_environ(self) -> dict:
+        """pywsgi's environ, with a body that is never waited for once the app is done."""
         environ = super().get_environ()
         if environ["wsgi.input"] is self.wsgi_input:
             self.wsgi_input = environ["wsgi.input"] = _Input(
@@ -4757,6 +4773,7 @@ class _Handler(gevent.pywsgi.WSGIHandler):
         return environ
 
     def handle_one_response(self) -> None:
+        """Run the app; close the connection if it left part of the body unread."""
         self.server.connections.waiting(False)
         super().handle_one_response()
         body = self.wsgi_input
@@ -4764,6 +4781,7 @@ class _Handler(gevent.pywsgi.WSGIHandler):
             self.close_connection = True  # the rest of the body was not read
 
     def _send_error_response_if_possible(self, error_code: int) -> None:
+        """pywsgi's late 400/500, in the envelope."""
         if self.response_length:
             self.close_connection = True
             return
@@ -4777,12 +4795,14 @@ class _Handler(gevent.pywsgi.WSGIHandler):
             self.close_connection = True
 
     def _log_error(self, t: type, v: BaseException, tb: Any) -> None:
+        """An error while answering: a vanished client is one debug line, anything else a logged traceback."""
         if isinstance(v, OSError):  # a timed-out or vanished client: routine
             _log.debug("connection from %s: %s", self.client_address[0], v)
         elif not isinstance(v, gevent.GreenletExit):
             _log.error("internal error while answering", exc_info=(t, v, tb))
 
     def log_error(self, msg: str, *args: Any) -> None:
+        """pywsgi's notes about clients: debug lines."""
         _log.debug("pywsgi: " + msg, *args)
 
 
@@ -4805,10 +4825,12 @@ class _Connections(gevent.pool.Pool):
             self._waiting.pop(current, None)
 
     def spawn(self, func: Callable, handle: Callable, close: Callable, args: tuple) -> Any:
+        """Serve a new connection, making room at the cap (see the class)."""
         if len(self) >= self.cap:
             if not self._waiting:
+                busy = _ServiceUnavailable("the server is at --max-connections")
                 with contextlib.suppress(OSError):
-                    args[0].sendall(_raw_error(503, "the server is at --max-connections", ("Retry-After", "1")))
+                    args[0].sendall(_raw_error(busy, ("Retry-After", "1")))
                 close(*args)
                 return None
             oldest = min(self._waiting, key=self._waiting.__getitem__)
@@ -4816,11 +4838,8 @@ class _Connections(gevent.pool.Pool):
             oldest.kill(block=False)
         greenlet = super().spawn(func, handle, close, args)
         self._waiting[greenlet] = time.monotonic()  # waiting for its first request
+        greenlet.rawlink(lambda done: self._waiting.pop(done, None))
         return greenlet
-
-    def discard(self, greenlet: Any) -> None:
-        super().discard(greenlet)
-        self._waiting.pop(greenlet, None)
 
 
 class _Server(gevent.pywsgi.WSGIServer):

@@ -310,3 +310,10 @@ def test_the_api_key_from_a_file_is_required(make_app, tmp_path):
     client = webtest.TestApp(make_app(api_key_file=str(path)))
     error_of(client.get("/v1/agents", status="*"), 401, "UNAUTHORIZED")
     assert client.get("/v1/agents", headers={"Authorization": "Bearer file-key-31415"}).status_int == 200
+
+
+def test_a_short_credential_header_is_still_never_shown(api, client):
+    provider = api.provider(settings={"extra_headers": {"X-Api-Key": "s3cr3t7", "X-Auth-Version": "2"}})
+    shown = client.get(f"/v1/llm-providers/{provider['id']}").json["settings"]["extra_headers"]
+    assert shown == {"X-Api-Key": "[redacted]", "X-Auth-Version": "[redacted]"}
+    assert "s3cr3t7" not in str(provider)

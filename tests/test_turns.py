@@ -310,3 +310,41 @@ def test_deeply_nested_json_in_a_message_does_not_break_the_simulator(api, clien
     result = next(e["data"] for e in events if e["type"] == "tool.result")
     assert result["is_error"] is True and "invalid arguments" in result["result"]["error"]  # no object found
     assert events[-1]["data"]["status"] == "completed"
+
+
+def test_a_failed_delete_closes_the_turn_it_stopped_and_the_session_goes_on(app, api, client, monkeypatch):
+    session = api.session(api.agent(provider_id=simulator(api, token_delay_ms=50))["id"])
+    api.message(session["id"], "one two three four five", status=201)
+    gevent.sleep(0.02)  # the turn is running
+    m = app.everruns.store.m
+
+    def fail(self, *args, **kwargs):
+        raise everruns_pw().OperationalError("database is locked")
+
+    monkeypatch.setattr(m.Session, "delete_instance", fail)
+    client.delete(f"/v1/sessions/{session['id']}", status=500)
+    monkeypatch.undo()
+    api.message(session["id"], "still there?", status=201)
+    done = [e["data"] for e in finish(client, session["id"]) if e["type"] == "session.completed"]
+    assert [(d["status"], (d["error"] or {}).get("code")) for d in done] == [
+        ("failed", "INTERRUPTED"),
+        ("completed", None),
+    ]
+
+
+def test_a_killed_worker_leaves_no_step_running(app, api, client):
+    session = api.session(api.agent(provider_id=simulator(api, token_delay_ms=20))["id"])
+    api.message(session["id"], " ".join(["word"] * 50), status=201)
+    gevent.sleep(0.05)  # the model is streaming
+    sub = app.everruns.bus.subscribe(session["id"])
+    app.everruns.runner._workers[session["id"]].kill(block=True)
+    while not sub.queue.empty():
+        sub.queue.get()
+    gevent.sleep(0.2)  # ten more words, if the model call were still going
+    assert sub.queue.empty()
+
+
+def everruns_pw():
+    import everruns
+
+    return everruns.pw

@@ -187,6 +187,7 @@ SMUGGLING = {
     "plus-sign-length": b"Content-Length: +12\r\n",
     "underscore-length": b"Content-Length: 1_2\r\n",
     "gzip-then-chunked": b"Transfer-Encoding: gzip, chunked\r\n",
+    "space-before-colon": b"Content-Length : 12\r\n",
 }
 
 
@@ -315,3 +316,20 @@ def test_a_full_house_of_busy_connections_answers_503_at_once(start_server):
         for stream in streams:
             stream.close()
     no_traceback(server)  # (the closed streams may hold their slots until their next write)
+
+
+def test_connections_that_ended_free_their_place_at_the_cap(start_server):
+    server = start_server(None, "--max-connections", "2")
+    for _ in range(20):  # keep-alive connections that the clients close while they wait
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(request())
+            assert answer(sock, timeout=0.2)[0] == 200
+    sid = session_id(server)
+    streams = [SSEStream(server.url, f"/v1/sessions/{sid}/events", timeout=5) for _ in range(2)]
+    try:
+        for stream in streams:
+            next(iter(stream))  # both places are busy
+        envelope(raw(server, request(), timeout=2), 503, "SERVICE_UNAVAILABLE")
+    finally:
+        for stream in streams:
+            stream.close()
