@@ -55,6 +55,7 @@ __all__ = [
     "LLMRequest",
     "ProviderError",
     "Setting",
+    "StartupError",
     "ToolFailed",
     "create_app",
     "main",
@@ -507,6 +508,15 @@ _BadGateway = _error_class("_BadGateway", 502)
 _ServiceUnavailable = _error_class("_ServiceUnavailable", 503)
 
 
+class StartupError(Exception):
+    """The server cannot start: one line for whoever started it, and the exit status
+    (2 for a bad value given, 1 for what is wrong around it: a busy port, a bad file)."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def _invalid(loc: list, msg: str) -> _ValidationFailed:
     """A validation error about one field."""
     return _ValidationFailed(f"{'.'.join(map(str, loc))}: {msg}", details=[{"loc": loc, "msg": msg}])
@@ -561,6 +571,21 @@ ApiKey = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 Title = Annotated[str, StringConstraints(max_length=MAX_NAME)]
 MaxIterations = Annotated[JsonInt, Field(ge=1, le=50)]
 CapabilityList = Annotated[list[CapabilityId], Field(max_length=MAX_CAPABILITIES)]
+
+
+def _picked(pick: Callable[[Any], bool], when: Any, otherwise: Any, names: tuple[str, str]) -> Any:
+    """A union of two forms, picked by looking at the value (so a validation error speaks
+    of the one form the client meant). Its tags, in parentheses, are left out of error locations."""
+    yes, no = (f"({name})" for name in names)
+    return Annotated[
+        Annotated[when, Tag(yes)] | Annotated[otherwise, Tag(no)], Discriminator(lambda v: yes if pick(v) else no)
+    ]
+
+
+def _by_key(key: str, with_key: type[BaseModel], without: type[BaseModel]) -> Any:
+    """A union of two body forms, picked by whether the JSON object has `key`."""
+    pick = lambda value: isinstance(value, dict) and key in value  # noqa: E731
+    return _picked(pick, with_key, without, (with_key.__name__, without.__name__))
 
 
 class LlmsimSettings(_In):
@@ -808,9 +833,11 @@ class TextPartIn(_In):
     text: Annotated[str, StringConstraints(max_length=MAX_MESSAGE_TEXT)]
 
 
-MessageContent = (
-    Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE_TEXT)]
-    | Annotated[list[TextPartIn], Field(min_length=1, max_length=64)]
+MessageContent = _picked(
+    lambda value: isinstance(value, str),
+    Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE_TEXT)],
+    Annotated[list[TextPartIn], Field(min_length=1, max_length=64)],
+    ("text", "parts"),
 )
 
 
@@ -842,18 +869,6 @@ class MessagePostShort(_In):
 
     content: MessageContent
     controls: TurnControls | None = None
-
-
-def _by_key(key: str, with_key: type[BaseModel], without: type[BaseModel]) -> Any:
-    """A union of two body forms, picked by whether the JSON object has `key`
-    (so a validation error speaks of the one form the client meant)."""
-
-    def form(value: Any) -> str:
-        return with_key.__name__ if isinstance(value, dict) and key in value else without.__name__
-
-    return Annotated[
-        Annotated[with_key, Tag(with_key.__name__)] | Annotated[without, Tag(without.__name__)], Discriminator(form)
-    ]
 
 
 class MessagePost(RootModel):
@@ -1027,8 +1042,11 @@ def _page_model(item: type[BaseModel]) -> type[BaseModel]:
 
 
 def _validation_details(error: ValidationError) -> list[dict]:
-    """A pydantic error as the `details` list of a VALIDATION_ERROR."""
-    return [{"loc": list(e["loc"]), "msg": e["msg"]} for e in error.errors(include_url=False)]
+    """A pydantic error as the `details` list of a VALIDATION_ERROR (the tags of _picked unions left out)."""
+    return [
+        {"loc": [x for x in e["loc"] if not (isinstance(x, str) and x.startswith("("))], "msg": e["msg"]}
+        for e in error.errors(include_url=False)
+    ]
 
 
 class Event(_Out):
@@ -1326,7 +1344,7 @@ class _Secrets:
             try:
                 from cryptography.fernet import Fernet
             except ImportError:
-                raise RuntimeError(
+                raise StartupError(
                     "EVERRUNS_SECRET_KEY is set but the 'cryptography' package is not installed: "
                     "pip install 'everruns[secrets]'"
                 ) from None
@@ -1393,8 +1411,10 @@ class _Secrets:
     def load(self, m: Any) -> None:
         """Learn the stored secrets, and encrypt any plain one when a secret key is set."""
         for row in m.Provider.select():
-            with contextlib.suppress(_SecretUnreadable):
+            try:
                 self.open(row.api_key), self.open_settings(row.settings)
+            except _SecretUnreadable as e:
+                _log.warning("provider %r: %s; its turns will fail with PROVIDER_KEY_UNREADABLE", row.name, e)
             if self.fernet:
                 api_key, settings = self.seal(row.api_key), self.seal_settings(row.settings)
                 if (api_key, settings) != (row.api_key, row.settings):
@@ -1421,10 +1441,29 @@ class _RedactingFilter(logging.Filter):
         return True
 
 
+def _check_database_path(path: str) -> None:
+    """Refuse, in one line, a --db that cannot be a SQLite file (before SQLite says it less clearly)."""
+    if path == ":memory:":
+        return
+    if "://" in path:
+        scheme = path.split("://", 1)[0]
+        raise StartupError(
+            f"--db: {scheme}:// databases are not supported by this version (a file path or :memory:)", 2
+        )
+    if os.path.isdir(path):
+        raise StartupError(f"--db: {path} is a directory, not a database file", 2)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise StartupError(f"--db: the folder {folder} does not exist")
+    if not os.access(path if os.path.exists(path) else folder, os.R_OK | os.W_OK):
+        raise StartupError(f"--db: {path} cannot be written (check its permissions and its folder's)")
+
+
 class _Store:
     """One app's database: its models, its write lock, its migrations and its secrets."""
 
     def __init__(self, path: str, sync: str = "full", secret_key: str | None = None) -> None:
+        _check_database_path(path)
         self.path = path
         self.memory = path == ":memory:"
         self.secrets = _Secrets(secret_key)
@@ -1460,7 +1499,7 @@ class _Store:
         with self.write():
             found = self.db.execute_sql("PRAGMA user_version").fetchone()[0]
             if found > SCHEMA_VERSION:
-                raise RuntimeError(f"database schema {found} is newer than this everruns ({SCHEMA_VERSION})")
+                raise StartupError(f"the database schema ({found}) is newer than this everruns ({SCHEMA_VERSION})")
             for statements in _MIGRATIONS[found:]:
                 for sql in statements:
                     self.db.execute_sql(sql)
@@ -2823,7 +2862,10 @@ def _web_fetch(args: _FetchArgs, tctx: Any) -> dict:
 def _fetched(url: str, response: Any, body: bytes, truncated: bool, fmt: str) -> dict:
     ctype = response.getheader("Content-Type") or ""
     charset = re.search(r"charset=([\w-]+)", ctype)
-    text = body.decode(charset.group(1) if charset else "utf-8", errors="replace")
+    try:
+        text = body.decode(charset.group(1) if charset else "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know: read it as UTF-8
+        text = body.decode("utf-8", errors="replace")
     if fmt != "raw" and "html" in ctype.lower():
         text = _html_to_text(text, markdown=fmt == "markdown")
     if response.status >= 400:
@@ -4586,11 +4628,15 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
     env = os.environ if env is None else env
     config = {**_settings(options), "db": db}
     store = _Store(db, config["sync"], config["secret_key"] or env.get("EVERRUNS_SECRET_KEY"))
-    store.migrate()
-    with store.write():
-        store.secrets.load(store.m)
-    _seed_env_providers(store, env)
-    _apply_default_provider(store, config["default_provider"] or env.get("EVERRUNS_DEFAULT_PROVIDER"))
+    try:
+        store.migrate()
+        with store.write():
+            store.secrets.load(store.m)
+        _seed_env_providers(store, env)
+        _apply_default_provider(store, config["default_provider"] or env.get("EVERRUNS_DEFAULT_PROVIDER"))
+    except pw.DatabaseError as e:  # not a SQLite file, corrupted, read-only, locked, ...
+        store.close()
+        raise StartupError(f"--db: {db} cannot be used as the database: {e}") from None
     store.release()
     config["openapi"] = _build_openapi(auth=bool(config["api_key"]))
     journal = _Journal(store, _Bus())
@@ -4877,11 +4923,17 @@ def serve(
     stopping = gevent.event.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(sig, stopping.set)
-    server.start()
+    try:
+        server.start()
+    except OSError as e:
+        app.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     if ready:
         ready()
     stopping.wait()
-    _log.info("shutting down")
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C: stop now (the next start recovers)
+        gevent.signal_handler(sig, functools.partial(os._exit, 128 + sig))
+    _log.info("shutting down (Ctrl-C again to stop at once)")
     server.close()  # no new connections; running requests and streams go on
     app.close()
     server.stop(timeout=1)
@@ -4893,8 +4945,15 @@ def serve(
 # =============================================================================
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose errors are one line (not the usage block) and exit 2."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"everruns: {message} (see --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="everruns",
         description="Everruns: a headless runtime for AI agents (REST API + live events).",
     )
@@ -4943,9 +5002,6 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:
         print(f"everruns: {e}", file=sys.stderr)
         return 2
-    app = create_app(db, **config)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(app.everruns.log_filter)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
 
     def ready() -> None:
@@ -4953,7 +5009,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  API:  {url}/v1/   database: {db}", flush=True)
         print(f"  Docs: {url}/swagger-ui/  ({url}/api-doc/openapi.json)", flush=True)
 
-    serve(app, host, port, ready=ready)
+    try:
+        app = create_app(db, **config)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(app.everruns.log_filter)
+        serve(app, host, port, ready=ready)
+    except StartupError as e:
+        print(f"everruns: {e}", file=sys.stderr)
+        return e.status
     return 0
 
 

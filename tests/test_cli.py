@@ -2,12 +2,13 @@
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, free_port
 
 import everruns
 
@@ -106,3 +107,40 @@ def test_a_secret_given_in_a_bad_form_is_never_echoed():
     with pytest.raises(ValueError) as raised:
         everruns._settings({"api_key": 12345678})
     assert "12345678" not in str(raised.value)
+
+
+def start_failure(tmp_path, *args):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("EVERRUNS_")}
+    result = run("everruns.py", "--port", str(free_port()), *args, env=clean)
+    assert result.stdout == "" and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    return result.returncode, result.stderr
+
+
+def test_a_port_in_use_is_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        status, said = start_failure(tmp_path, "--db", str(tmp_path / "x.db"), "--port", str(taken.getsockname()[1]))
+    assert status == 1 and "cannot listen" in said
+
+
+@pytest.mark.parametrize(
+    ("db", "status", "said"),
+    [
+        ("missing/x.db", 1, "does not exist"),
+        (".", 2, "is a directory"),
+        ("corrupt.db", 1, "cannot be used"),
+        ("postgresql://user@localhost/everruns", 2, "not supported"),
+    ],
+)
+def test_a_database_that_cannot_be_opened_is_one_line(tmp_path, db, status, said):
+    (tmp_path / "corrupt.db").write_bytes(b"this is not a SQLite database, not at all" * 10)
+    where = db if "://" in db else str(tmp_path / db)
+    got_status, got = start_failure(tmp_path, "--db", where)
+    assert got_status == status and said in got
+
+
+def test_an_unknown_log_level_is_one_line(tmp_path):
+    status, said = start_failure(tmp_path, "--db", str(tmp_path / "x.db"), "--log-level", "loud")
+    assert status == 2 and "--log-level" in said

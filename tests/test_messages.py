@@ -1,5 +1,6 @@
 """Messages: both body forms, limits, Idempotency-Key, pagination."""
 
+import pytest
 from conftest import error_of
 
 MiB = 1024 * 1024
@@ -113,3 +114,14 @@ def test_messages_oldest_first_with_pages(api, client):
     assert [m["id"] for m in page["data"]] == made[:3] and page["next_after"] == made[2]
     rest = client.get(url + f"?limit=3&after={page['next_after']}").json
     assert [m["id"] for m in rest["data"]] == made[3:] and rest["has_more"] is False
+
+
+@pytest.mark.parametrize(
+    "body", [{"content": [{"text": "hi"}]}, {"message": {"role": "user", "content": [{"text": "hi"}]}}]
+)
+def test_a_part_without_its_type_says_so(api, client, body):
+    session = api.session()
+    response = client.post_json(f"/v1/sessions/{session['id']}/messages", body, status="*")
+    error = error_of(response, 400, "VALIDATION_ERROR")
+    assert error["message"].endswith("content.0.type: Field required")
+    assert [d["loc"][-3:] for d in error["details"]] == [["content", 0, "type"]]  # one cause, no union branches

@@ -128,14 +128,16 @@ def test_keys_are_encrypted_when_a_secret_key_is_set_later(make_app, db_path):
     assert CANARY_KEY.encode() not in raw_database(db_path)
 
 
-def test_a_changed_secret_key_fails_the_turn_clearly(make_app, db_path, upstream):
+def test_a_changed_secret_key_fails_the_turn_clearly(make_app, db_path, upstream, caplog):
     pytest.importorskip("cryptography")
     first = make_app(secret_key="one")
     from conftest import Api
 
     session = remote_session(Api(webtest.TestApp(first)), upstream, "openai")
     first.close()
-    client = webtest.TestApp(make_app(secret_key="two"))
+    with caplog.at_level(logging.WARNING, logger="everruns"):
+        client = webtest.TestApp(make_app(secret_key="two"))
+    assert any("cannot be decrypted" in r.getMessage() and "'p'" in r.getMessage() for r in caplog.records)
     client.post_json(f"/v1/sessions/{session['id']}/messages", {"content": "hi"})
     done = finish(client, session["id"])[-1]["data"]
     assert done["error"]["code"] == "PROVIDER_KEY_UNREADABLE" and "EVERRUNS_SECRET_KEY" in done["error"]["message"]
@@ -144,7 +146,7 @@ def test_a_changed_secret_key_fails_the_turn_clearly(make_app, db_path, upstream
 
 def test_a_secret_key_without_cryptography_is_a_clear_error(db_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "cryptography.fernet", None)
-    with pytest.raises(RuntimeError, match="cryptography"):
+    with pytest.raises(everruns.StartupError, match="cryptography"):
         everruns.create_app(db_path, env={}, secret_key="s")
 
 

@@ -60,7 +60,7 @@ def test_models_match_the_migrated_tables(app):
 
 def test_a_newer_schema_is_refused(db_path):
     sqlite3.connect(db_path).execute(f"PRAGMA user_version = {everruns.SCHEMA_VERSION + 1}")
-    with pytest.raises(RuntimeError, match="newer"):
+    with pytest.raises(everruns.StartupError, match="newer"):
         everruns.create_app(db_path, env={})
 
 

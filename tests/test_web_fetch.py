@@ -2,6 +2,7 @@
 connection), redirects checked hop by hop, and a real fetch when private fetches are allowed."""
 
 import json
+import logging
 import socket
 
 import gevent
@@ -167,4 +168,12 @@ def test_the_server_flag_allows_private_fetches(make_app):
     client.post_json(f"/v1/sessions/{session['id']}/messages", {"content": f"web_fetch {json.dumps({'url': url})}"})
     result = next(e["data"] for e in finish(client, session["id"]) if e["type"] == "tool.result")
     assert result["is_error"] is False and result["result"]["content"] == "hello from loopback"
+    site.stop()
+
+
+def test_a_page_in_an_unknown_charset_is_read_as_utf8(caplog):
+    site = serve_html({"/odd": ("200 OK", [("Content-Type", "text/html; charset=x-no-such-charset")], PAGE)})
+    result, is_error = fetch(f"http://127.0.0.1:{site.server_port}/odd", allow_private=True)
+    assert is_error is False and "# Hello" in result["content"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     site.stop()
