@@ -588,6 +588,13 @@ def _by_key(key: str, with_key: type[BaseModel], without: type[BaseModel]) -> An
     return _picked(pick, with_key, without, (with_key.__name__, without.__name__))
 
 
+def _names_and_values(schema: dict) -> None:
+    """A map's keys as propertyNames, its values as additionalProperties: what the server
+    accepts, in the form client generators understand (they ignore patternProperties)."""
+    ((pattern, value),) = schema.pop("patternProperties").items()
+    schema.update(propertyNames={"pattern": pattern}, additionalProperties=value)
+
+
 class LlmsimSettings(_In):
     """Settings of the built-in simulator."""
 
@@ -601,7 +608,7 @@ class RemoteSettings(_In):
     timeout_s: float = Field(60, gt=0, le=3600)
     max_tokens: JsonInt = Field(4096, ge=1, le=1_000_000)
     extra_headers: dict[HeaderName, HeaderValue] = Field(
-        default_factory=dict, max_length=32, json_schema_extra={"additionalProperties": False}
+        default_factory=dict, max_length=32, json_schema_extra=_names_and_values
     )
 
 
@@ -623,6 +630,12 @@ class _ProviderCreateCommon(_In):
 class LlmsimProviderCreate(_ProviderCreateCommon):
     """Create a simulator provider."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"name": "Slow simulator", "provider_type": "llmsim", "settings": {"token_delay_ms": 150}}]
+        }
+    )
+
     provider_type: Literal["llmsim"]
     settings: LlmsimSettings = Field(default_factory=LlmsimSettings)
 
@@ -630,12 +643,38 @@ class LlmsimProviderCreate(_ProviderCreateCommon):
 class OpenAIProviderCreate(_ProviderCreateCommon):
     """Create an OpenAI-compatible provider."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Ollama",
+                    "provider_type": "openai",
+                    "base_url": "http://localhost:11434/v1",
+                    "default_model": "llama3.2",
+                }
+            ]
+        }
+    )
+
     provider_type: Literal["openai"]
     settings: RemoteSettings = Field(default_factory=RemoteSettings)
 
 
 class AnthropicProviderCreate(_ProviderCreateCommon):
     """Create an Anthropic provider."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Claude",
+                    "provider_type": "anthropic",
+                    "api_key": "sk-ant-...",
+                    "default_model": "claude-sonnet-4-5",
+                }
+            ]
+        }
+    )
 
     provider_type: Literal["anthropic"]
     settings: RemoteSettings = Field(default_factory=RemoteSettings)
@@ -662,9 +701,7 @@ class ProviderUpdate(_In):
     settings: LlmsimSettings | RemoteSettings = None
 
 
-class Provider(_Out):
-    """An LLM provider. The API key is never returned, only whether one is set."""
-
+class _ProviderOut(_Out):
     id: str
     name: str
     provider_type: ProviderType
@@ -677,8 +714,44 @@ class Provider(_Out):
     updated_at: Timestamp
 
 
+class LlmsimProvider(_ProviderOut):
+    """The built-in simulator as a provider."""
+
+    provider_type: Literal["llmsim"]
+    settings: LlmsimSettings
+
+
+class OpenAIProvider(_ProviderOut):
+    """An OpenAI-compatible provider."""
+
+    provider_type: Literal["openai"]
+    settings: RemoteSettings
+
+
+class AnthropicProvider(_ProviderOut):
+    """An Anthropic provider."""
+
+    provider_type: Literal["anthropic"]
+    settings: RemoteSettings
+
+
+class Provider(RootModel):
+    """An LLM provider, its settings shaped by its provider_type. The API key is never
+    returned, only whether one is set."""
+
+    root: Annotated[LlmsimProvider | OpenAIProvider | AnthropicProvider, Field(discriminator="provider_type")]
+
+
 class AgentCreate(_In):
     """Body of POST /v1/agents."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"name": "Helper", "system_prompt": "Be brief.", "capabilities": ["current_time", "test_math"]}
+            ]
+        }
+    )
 
     name: Name
     description: Description = ""
@@ -860,12 +933,25 @@ class UserMessageIn(_In):
 class MessagePostFull(_In):
     """{"message": {"role": "user", "content": ...}, "controls"?}"""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "message": {"role": "user", "content": [{"type": "text", "text": "Hello"}]},
+                    "controls": {"temperature": 0.2},
+                }
+            ]
+        }
+    )
+
     message: UserMessageIn
     controls: TurnControls | None = None
 
 
 class MessagePostShort(_In):
     """{"content": "text", "controls"?}"""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"content": "What is 2 + 3? Use add."}]})
 
     content: MessageContent
     controls: TurnControls | None = None
@@ -1542,17 +1628,19 @@ def _provider_out(row: Any) -> Provider:
         settings["extra_headers"] = {
             k: ("[redacted]" if _looks_like_credential(k) else v) for k, v in settings["extra_headers"].items()
         }
-    return Provider(
-        id=row.id,
-        name=row.name,
-        provider_type=row.provider_type,
-        base_url=row.base_url,
-        default_model=row.default_model,
-        api_key_set=bool(row.api_key),
-        is_default=row.is_default,
-        settings=SETTINGS_MODELS[row.provider_type].model_validate(settings),
-        created_at=row.created_at,
-        updated_at=row.updated_at,
+    return Provider.model_validate(
+        {
+            "id": row.id,
+            "name": row.name,
+            "provider_type": row.provider_type,
+            "base_url": row.base_url,
+            "default_model": row.default_model,
+            "api_key_set": bool(row.api_key),
+            "is_default": bool(row.is_default),
+            "settings": SETTINGS_MODELS[row.provider_type].model_validate(settings).model_dump(),
+            "created_at": row.created_at,
+            "updated_at": row.updated_at,
+        }
     )
 
 
@@ -4477,14 +4565,29 @@ def _query_parameters(model: type[BaseModel] | None) -> list[dict]:
     if model is None:
         return []
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    return [
-        {"name": name, "in": "query", "required": False, "schema": prop, "description": prop.pop("description", "")}
-        for name, prop in schema["properties"].items()
-    ]
+    params = []
+    for name, prop in schema["properties"].items():
+        description = prop.pop("description", "")
+        params.append({"name": name, "in": "query", "required": False, "schema": _not_null(prop),
+                       "description": description})  # fmt: skip
+    return params
+
+
+def _not_null(prop: dict) -> dict:
+    """A query parameter's schema without its null branch: a query string cannot say null."""
+    branches = [b for b in prop.get("anyOf", []) if b != {"type": "null"}]
+    if len(branches) != 1:
+        return prop
+    rest = {k: v for k, v in prop.items() if k != "anyOf" and not (k == "default" and v is None)}
+    return {**rest, **branches[0]}
+
+
+# What any request can be answered by the server itself, whatever the route.
+_ANY_ROUTE_ERRORS = {400, 405, 408, 414, 431, 500, 503}
 
 
 def _error_statuses(spec: _Route, auth: bool) -> list[int]:
-    statuses = {400, *spec.errors}
+    statuses = {*_ANY_ROUTE_ERRORS, *spec.errors}
     if spec.body is not None:
         statuses |= {413, 415}
     if auth and spec.path.startswith("/v1/"):
@@ -4558,7 +4661,31 @@ def _build_openapi(auth: bool = False) -> dict:
     }
     if auth:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-    return doc
+    return _json_schema_keywords(doc)
+
+
+_BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
+
+
+def _json_schema_keywords(node: Any) -> Any:
+    """The document with pydantic's leftovers made JSON Schema: bounds it could not place
+    (ge, le) as minimum/maximum, and no `"default": null` where null is not allowed."""
+    if isinstance(node, list):
+        return [_json_schema_keywords(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _json_schema_keywords(value) for key, value in node.items()}
+    if out.get("type") in ("integer", "number"):
+        out = {_BOUNDS.get(key, key): value for key, value in out.items()}
+    if "default" in out and out["default"] is None and not _allows_null(out):
+        del out["default"]
+    return out
+
+
+def _allows_null(schema: dict) -> bool:
+    if schema.get("type") == "null" or "null" in (schema.get("type") or []):
+        return True
+    return any(isinstance(s, dict) and _allows_null(s) for s in schema.get("anyOf", []) + schema.get("oneOf", []))
 
 
 _SWAGGER_HTML = """<!doctype html>
