@@ -4398,6 +4398,16 @@ def _cursor(call: _Call) -> int:
     return call.query.after or 0
 
 
+# Lines with no blank line after them: they join the next event's block, so no client
+# sees an event without data (httpx-sse yields one for a block of only `retry:` or,
+# once an id was seen, of only a comment). A browser's EventSource applies `retry:`
+# as soon as it reads the line: the last one, sent when ?until=completed ends the
+# stream, keeps it from reconnecting for a day (close it on session.completed).
+SSE_START = b"retry: 1000\n"
+SSE_PING = b": ping\n"
+SSE_DONE = b"retry: 86400000\n"
+
+
 def _sse(ctx: _Ctx, session_id: str, cursor: int, wanted: Callable[[str], bool], until: bool) -> Iterator[bytes]:
     """Replay stored events after the cursor, then go live: no gap, no duplicate.
 
@@ -4407,19 +4417,20 @@ def _sse(ctx: _Ctx, session_id: str, cursor: int, wanted: Callable[[str], bool],
     m, sub = ctx.store.m, ctx.bus.subscribe(session_id)
     known = min(cursor, _last_seq(m, session_id))  # the newest stored event the client has
     try:
-        yield b"retry: 1000\n\n"
+        yield SSE_START
         for seq, type_, text in _stored_events(m, session_id, cursor):
             known = seq
             if wanted(type_):
                 yield _sse_frame(seq, type_, text)
         if until and _settled(m, session_id):
+            yield SSE_DONE
             return
         ctx.store.release()
         while not sub.dropped:
             try:
                 item = sub.take(ctx.ping_s)
             except gevent.queue.Empty:
-                yield b": ping\n\n"
+                yield SSE_PING
                 continue
             if item is None or sub.dropped:
                 return
@@ -4430,6 +4441,7 @@ def _sse(ctx: _Ctx, session_id: str, cursor: int, wanted: Callable[[str], bool],
             if fresh and wanted(item.type):
                 yield item.frame
             if until and item.type == "session.completed" and _settled(m, session_id):
+                yield SSE_DONE
                 return
     finally:
         ctx.bus.unsubscribe(sub)

@@ -1,5 +1,9 @@
 """Live events (SPEC section 4): SSE over a real socket, replay, filters, drops."""
 
+import json
+
+import gevent
+import webtest
 from conftest import SSEStream, error_of, events_of, finish, parse_sse
 
 import everruns
@@ -16,16 +20,17 @@ def test_stream_headers_and_retry_hint(api, live):
     assert stream.response.getheader("Content-Type") == "text/event-stream"
     assert stream.response.getheader("Cache-Control") == "no-cache"
     assert stream.response.getheader("X-Accel-Buffering") == "no"
-    assert stream.rest() == [{"retry": "1000"}]  # idle with nothing owed: closes after the replay
+    # idle with nothing owed: closes after the replay; the last retry keeps a browser from reconnecting
+    assert stream.rest() == [{"retry": "1000"}, {"retry": "86400000"}]
 
 
 def test_deltas_have_no_id_line(api, client):
     session = api.session()
     api.message(session["id"], "hi you", status=201)
     text = client.get(f"/v1/sessions/{session['id']}/events?until=completed").text
-    for block in text.split("\n\n"):
+    for block in text.removeprefix("retry: 1000\n").split("\n\n"):
         if "event: message.delta" in block:
-            assert not block.startswith("id:")
+            assert not any(line.startswith("id:") for line in block.splitlines())
         elif "event: " in block:
             assert block.startswith("id: ")
 
@@ -206,3 +211,62 @@ def test_a_stream_that_never_reads_is_dropped_by_bytes_too():
     assert not sub.dropped
     bus.publish(delta)
     assert sub.dropped and sub not in bus._subscribers.get("s", ())
+
+
+def sse_turn(live, api, events):
+    """A plain turn read with a third-party SSE client (`events(url)` yields (type, data)),
+    connected before the message is posted: (type, data) pairs up to session.completed."""
+    session = slow_session(api, delay_ms=5)
+    gevent.spawn_later(0.2, api.message, session["id"], "one two three", status=201)
+    got = []
+    for kind, data in events(f"{live.url}/v1/sessions/{session['id']}/events"):
+        got.append((kind, data))
+        if kind == "session.completed":
+            return got
+    raise AssertionError(f"the stream ended early: {got}")
+
+
+def test_httpx_sse_reads_every_event_and_nothing_empty(api, live):
+    import httpx
+    import httpx_sse
+
+    def read(url):
+        with httpx.Client(timeout=10) as client, httpx_sse.connect_sse(client, "GET", url) as source:
+            yield from ((e.event, e.json()) for e in source.iter_sse())
+
+    events = sse_turn(live, api, read)
+    assert [t for t, _ in events if t != "message.delta"] == ["message.created", "session.started",
+                                                              "message.created", "session.completed"]  # fmt: skip
+    assert all(data["type"] == kind for kind, data in events)
+
+
+def test_sseclient_reads_every_event_and_nothing_empty(api, live):
+    import urllib.request
+
+    import sseclient
+
+    def read(url):
+        with urllib.request.urlopen(url, timeout=10) as response:
+            yield from ((e.event, json.loads(e.data)) for e in sseclient.SSEClient(response).events())
+
+    events = sse_turn(live, api, read)
+    assert [t for t, _ in events][-1] == "session.completed" and "message.delta" in [t for t, _ in events]
+    assert all(data["type"] == kind for kind, data in events)
+
+
+def test_pings_never_look_like_events_to_httpx_sse(app, api, live):
+    import httpx
+    import httpx_sse
+
+    app.everruns.ping_s = 0.05
+    session = api.session()
+    api.message(session["id"], "hello", status=201)
+    finish(webtest.TestApp(app), session["id"])
+    url = f"{live.url}/v1/sessions/{session['id']}/events"
+    with httpx.Client(timeout=10) as client, httpx_sse.connect_sse(client, "GET", url) as source:
+        events = source.iter_sse()
+        stored = [next(events) for _ in range(4)]  # the replay
+        gevent.spawn_later(0.3, api.message, session["id"], "again", status=201)  # pings meanwhile
+        following = next(events)
+    assert [e.event for e in stored] == ["message.created", "session.started", "message.created", "session.completed"]
+    assert following.event == "message.created" and following.json()["data"]["message"]["content"][0]["text"] == "again"
