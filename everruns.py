@@ -4700,14 +4700,43 @@ def _allows_null(schema: dict) -> bool:
     return any(isinstance(s, dict) and _allows_null(s) for s in schema.get("anyOf", []) + schema.get("oneOf", []))
 
 
+# Swagger UI's own files come from the `openapi-ui-bundles` package (pinned; see the
+# README's "Why this dependency"), so the page works with no internet access and runs
+# no third-party code fetched at view time.
 _SWAGGER_HTML = """<!doctype html>
-<html><head><meta charset="utf-8"><title>Everruns API</title>
-<link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css"></head>
+<html lang="en"><head><meta charset="utf-8"><title>Everruns API</title>
+<link rel="stylesheet" href="swagger-ui.css"><link rel="icon" href="favicon-32x32.png"></head>
 <body><div id="ui"></div>
-<script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/api-doc/openapi.json", dom_id: "#ui"});</script>
+<script src="swagger-ui-bundle.js"></script>
+<script src="init.js"></script>
 </body></html>
 """
+_SWAGGER_INIT = 'window.ui = SwaggerUIBundle({url: "/api-doc/openapi.json", dom_id: "#ui", deepLinking: true});\n'
+_SWAGGER_FILES = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "favicon-32x32.png": "image/png",
+}
+# No remote origin; Swagger UI sets inline styles and shows data: images.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+
+
+def _docs_file(body: str | bytes, content_type: str, cache: bool = False) -> bottle.HTTPResponse:
+    headers = {"Content-Type": content_type, "Content-Security-Policy": DOCS_CSP, "X-Content-Type-Options": "nosniff"}
+    if cache:
+        headers["Cache-Control"] = "public, max-age=86400"
+    return bottle.HTTPResponse(body, 200, headers)
+
+
+@functools.cache
+def _swagger_file(name: str) -> bytes:
+    """One of Swagger UI's files, read once."""
+    from openapi_ui_bundles.swagger_ui import static_path
+
+    return (static_path / name).read_bytes()
 
 
 @_route("GET", "/api-doc/openapi.json", "The OpenAPI document", "docs", raw=True, in_schema=False)
@@ -4717,7 +4746,16 @@ def _openapi(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
 
 @_route("GET", "/swagger-ui/", "Swagger UI", "docs", raw=True, in_schema=False)
 def _swagger(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
-    return bottle.HTTPResponse(_SWAGGER_HTML, 200, {"Content-Type": "text/html; charset=utf-8"})
+    return _docs_file(_SWAGGER_HTML, "text/html; charset=utf-8")
+
+
+@_route("GET", "/swagger-ui/<name>", "Swagger UI's files", "docs", raw=True, in_schema=False)
+def _swagger_asset(ctx: _Ctx, call: _Call, name: str) -> bottle.HTTPResponse:
+    if name == "init.js":
+        return _docs_file(_SWAGGER_INIT, "text/javascript; charset=utf-8")
+    if name not in _SWAGGER_FILES:
+        raise _NotFound(f"no such file: {name}")
+    return _docs_file(_swagger_file(name), _SWAGGER_FILES[name], cache=True)
 
 
 # =============================================================================
