@@ -2626,9 +2626,9 @@ def _grep_away(pattern: str, files: list[tuple[str, str]]) -> list[dict]:
 
 
 def _normalize_path(path: str) -> str:
-    """An absolute, normalised virtual path; 400 for anything that could escape the root."""
-    if not path.startswith("/"):
-        raise _invalid(["path"], "must be absolute (start with /)")
+    """An absolute, normalised virtual path (a relative one is taken from the root, as models
+    often write them); 400 for anything that could escape the root."""
+    path = path if path.startswith("/") else "/" + path
     if "\\" in path or any(ord(c) < 32 or ord(c) == 127 for c in path):
         raise _invalid(["path"], "must not contain backslashes, NUL or control characters")
     if len(path) > MAX_PATH:
@@ -2677,16 +2677,19 @@ class _Vfs:
             raise _NotFound(f"{path} does not exist")
         return row
 
-    def _under(self, path: str) -> Any:
-        """Everything below a directory."""
+    def _below(self, path: str) -> Any:
+        """The condition for everything below a directory."""
         File, prefix = self.m.File, path.rstrip("/") + "/"
-        return File.select().where(
-            File.session_id == self.session_id, pw.fn.substr(File.path, 1, len(prefix)) == prefix
-        )
+        return (File.session_id == self.session_id) & (pw.fn.substr(File.path, 1, len(prefix)) == prefix)
+
+    def _under(self, path: str) -> Any:
+        """Everything below a directory, contents included."""
+        return self.m.File.select().where(self._below(path))
 
     def entries(self, path: str) -> list[dict]:
-        prefix = path.rstrip("/") + "/"
-        rows = [r for r in self._under(path) if "/" not in r.path[len(prefix) :]]
+        File, prefix = self.m.File, path.rstrip("/") + "/"
+        listed = File.select(File.path, File.type, File.size_bytes).where(self._below(path))
+        rows = [r for r in listed if "/" not in r.path[len(prefix) :]]
         return [
             {"name": r.path.rsplit("/", 1)[1], "path": r.path, "type": r.type, "size_bytes": r.size_bytes}
             for r in sorted(rows, key=lambda r: r.path)
@@ -2777,13 +2780,12 @@ class _Vfs:
             raise _Conflict("the root directory cannot be deleted")
         with self.store.write():
             row = self._need(path)
-            below = self._under(path)
+            below = self.m.File.select(self.m.File.path).where(self._below(path))
             if row.type == "directory" and below.exists() and not recursive:
                 raise _Conflict(f"{path} is not empty (delete it with recursive)")
             gone = 0
             if row.type == "directory":
-                gone = self.m.File.delete().where(self.m.File.path.in_([r.path for r in below]),
-                                                  self.m.File.session_id == self.session_id).execute()  # fmt: skip
+                gone = self.m.File.delete().where(self._below(path)).execute()
             row.delete_instance()
         return gone + 1
 
@@ -3420,9 +3422,13 @@ class _Runner:
 
     def _prepare(self, session_id: str, setup: Any, message_id: str, controls: dict) -> _Turn:
         """Resolve the provider, model and limits for a turn: message controls, then session, then agent."""
-        provider_id = controls.get("provider_id") or setup.session_provider or setup.agent_provider
-        provider = _provider_row(self.m, provider_id)  # None: the default provider
-        default_model = provider.default_model if provider else None
+        levels = [(controls.get("provider_id"), controls.get("model")), (setup.session_provider, setup.session_model),
+                  (setup.agent_provider, setup.agent_model)]  # fmt: skip
+        provider = _provider_row(self.m, next((p for p, _ in levels if p), None))  # None: the default provider
+        model = None
+        for provider_id, model in levels:  # a model, or a provider named without one: its default model
+            if model or provider_id:
+                break
         return _Turn(
             id=_uuid7(),
             session_id=session_id,
@@ -3431,7 +3437,7 @@ class _Runner:
             tools=_agent_tools(setup.capabilities),
             provider=provider,
             provider_id=provider.id if provider else None,
-            model=controls.get("model") or setup.session_model or setup.agent_model or default_model or "",
+            model=model or (provider.default_model if provider else ""),
             max_iterations=controls.get("max_iterations") or setup.max_iterations,
             temperature=controls.get("temperature"),
         )
@@ -3871,6 +3877,9 @@ class _App(bottle.Bottle):
         if preflight is not None:
             start_response("204 No Content", preflight)
             return [b""]
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/v1/") and path.endswith("/"):  # `/v1/agents/` is `/v1/agents`, `fs/` is the root
+            environ["PATH_INFO"] = path.rstrip("/")
         cors = self.guard.cors(environ)
         if cors:
             plain_start = start_response

@@ -127,8 +127,8 @@ def test_grep_guards(api, client, fs_session):
 
 
 TRAVERSALS = [
-    "/../etc/passwd", "/a/../../b", "/..", "/./../x", "//..//x", "/a/b/../../../c", "..", "../x", "relative/path",
-    "", "/a\\b", "\\..\\x", "C:\\windows\\system32", "/a\x00b", "/\x00", "/tab\there", "/new\nline", "/del\x7f",
+    "/../etc/passwd", "/a/../../b", "/..", "/./../x", "//..//x", "/a/b/../../../c", "..", "../x", "a/../../x",
+    "/a\\b", "\\..\\x", "C:\\windows\\system32", "/a\x00b", "/\x00", "/tab\there", "/new\nline", "/del\x7f",
     "/" + "n" * 256, "/" + "a/" * 2100,
 ]  # fmt: skip
 
@@ -188,3 +188,43 @@ def test_catastrophic_patterns_never_stall_the_server(start_server):
         assert result["is_error"] is True and "took longer than 2 s" in result["result"]["error"]
     assert stored_events(server, other)[-1]["data"]["status"] == "completed"
     assert blocking_reports(server) == []
+
+
+def test_relative_paths_are_taken_from_the_root(api, client, fs_session):
+    assert everruns._normalize_path("notes/a.txt") == "/notes/a.txt" and everruns._normalize_path("") == "/"
+    written = tool(api, client, fs_session, "write_file", path="notes/a.txt", content="hi")
+    assert written["is_error"] is False and written["result"]["path"] == "/notes/a.txt"
+    assert tool(api, client, fs_session, "read_file", path="notes/a.txt")["result"]["content"] == "hi"
+    assert client.get(fs_url(fs_session) + "/").json["entries"][0]["path"] == "/notes"  # a trailing slash: the root
+    assert client.get(fs_url(fs_session, "notes/")).json["type"] == "directory"
+
+
+@pytest.fixture
+def statements(monkeypatch):
+    """The SQL the app runs from now on, with parameters."""
+    seen, original = [], everruns.pw.SqliteDatabase.execute_sql
+
+    def execute_sql(self, sql, *args, **kwargs):
+        seen.append(sql)
+        return original(self, sql, *args, **kwargs)
+
+    monkeypatch.setattr(everruns.pw.SqliteDatabase, "execute_sql", execute_sql)
+    return seen
+
+
+def test_listing_a_directory_does_not_read_its_files(client, fs_session, statements):
+    client.put_json(fs_url(fs_session, "big.bin"), {"content": "x" * 1000}, status=201)
+    statements.clear()
+    assert client.get(fs_url(fs_session)).json["entries"][0]["size_bytes"] == 1000
+    listing = [q for q in statements if "substr" in q]
+    assert listing and all('"content"' not in q for q in listing)
+
+
+def test_a_recursive_delete_is_one_statement(client, fs_session, statements):
+    for i in range(30):
+        client.put_json(fs_url(fs_session, f"d/{i}.txt"), {"content": "x"}, status=201)
+    statements.clear()
+    client.delete(fs_url(fs_session, "d") + "?recursive=true", status=204)
+    deletes = [q for q in statements if q.startswith("DELETE")]
+    assert all(" IN " not in q for q in deletes) and len(deletes) <= 2
+    assert client.get(fs_url(fs_session)).json["entries"] == []

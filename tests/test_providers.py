@@ -1,7 +1,7 @@
 """LLM providers: CRUD, settings per type, the one-default rule, keys never returned."""
 
 import webtest
-from conftest import error_of
+from conftest import error_of, finish
 
 import everruns
 
@@ -140,3 +140,17 @@ def test_providers_are_listed_oldest_first_with_pages(api, client):
 def test_unknown_provider_is_404(client):
     client.patch_json(f"/v1/llm-providers/{everruns._uuid7()}", {"name": "x"}, status=404)
     client.delete(f"/v1/llm-providers/{everruns._uuid7()}", status=404)
+
+
+def test_a_provider_named_without_a_model_uses_its_own_default_model(api, client):
+    other = api.provider(provider_type="llmsim", name="b", default_model="sim-b")
+    agent = api.agent(model="agent-model")
+    session = api.session(agent["id"])
+    api.message(session["id"], "hi", status=201)
+    assert finish(client, session["id"])[-1]["data"]["model"] == "agent-model"
+    body = {"content": "again", "controls": {"provider_id": other["id"]}}
+    client.post_json(f"/v1/sessions/{session['id']}/messages", body, status=201)
+    assert finish(client, session["id"], after=4)[-1]["data"]["model"] == "sim-b"
+    by_session = api.session(agent["id"], provider_id=other["id"])
+    api.message(by_session["id"], "hi", status=201)
+    assert finish(client, by_session["id"])[-1]["data"]["model"] == "sim-b"
