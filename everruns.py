@@ -1884,6 +1884,11 @@ class _Bus:
             sub.dropped = True
             self.unsubscribe(sub)
 
+    def forget(self, session_id: str) -> None:
+        """Drop what the bus keeps of a session nobody streams (its last seq is read again when needed)."""
+        if session_id not in self._subscribers:
+            self.last_seq.pop(session_id, None)
+
     def close(self, session_id: str | None = None) -> None:
         """End the streams of one session (or all) once they have sent what is queued."""
         sids = [session_id] if session_id else list(self._subscribers)
@@ -1922,8 +1927,8 @@ class _Journal:
 
     @contextlib.contextmanager
     def tx(self, session_id: str) -> Iterator[_Tx]:
-        tx = _Tx(self.store.m, session_id, self.bus.last_seq.get(session_id))
-        with self.store.write():
+        with self.store.write():  # the last seq is read under the lock: another writer may just have committed
+            tx = _Tx(self.store.m, session_id, self.bus.last_seq.get(session_id))
             yield tx
         for event in tx.events:
             self.bus.publish(event)
@@ -2146,9 +2151,22 @@ class _RemoteAdapter(_Adapter):
         message = _upstream_message(data.encode(), request.secrets)
         return ProviderError(f"the provider failed mid-stream: {message}", "PROVIDER_ERROR")
 
+    def stream(self, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
+        with contextlib.closing(self._call(request, "POST", self.chat_path, self.body(request))) as response:
+            return self._read(response, request, on_text)
+
+    def body(self, request: LLMRequest) -> dict:
+        """The request body of a streamed answer, in the provider's format."""
+        raise NotImplementedError
+
+    def _read(self, response: Any, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
+        """The answer, from the provider's stream."""
+        raise NotImplementedError
+
     def models(self, request: LLMRequest) -> list[str]:
-        response = self._call(request, "GET", self.models_path)
-        return [m["id"] for m in _json_chunk(response.read().decode()).get("data", []) if "id" in m]
+        with contextlib.closing(self._call(request, "GET", self.models_path)) as response:
+            listing = _json_chunk(response.read().decode(errors="replace"))
+        return [m["id"] for m in listing.get("data", []) if isinstance(m, dict) and "id" in m]
 
 
 class _OpenAI(_RemoteAdapter):
@@ -2192,8 +2210,7 @@ class _OpenAI(_RemoteAdapter):
             body["temperature"] = request.temperature
         return body
 
-    def stream(self, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
-        response = self._call(request, "POST", self.chat_path, self.body(request))
+    def _read(self, response: Any, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
         reply, calls, finished = LLMReply(), {}, False
         for _event, data in _sse_events(response, self._timeout(request)):
             if data.strip() == "[DONE]":
@@ -2274,8 +2291,7 @@ class _Anthropic(_RemoteAdapter):
         ]
         return "assistant", blocks
 
-    def stream(self, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
-        response = self._call(request, "POST", self.chat_path, self.body(request))
+    def _read(self, response: Any, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
         reply, blocks, finished = LLMReply(), {}, False
         for event, data in _sse_events(response, self._timeout(request)):
             chunk = _json_chunk(data)
@@ -3338,7 +3354,12 @@ class _Runner:
                 self._run_turn(turn)
         finally:
             self._workers.pop(session_id, None)
+            self.bus.forget(session_id)  # the map would otherwise hold every session ever run
             self.store.release()
+
+    def busy(self, session_id: str) -> bool:
+        """Whether a worker is answering the session."""
+        return session_id in self._workers
 
     def cancel(self, session_id: str, timeout: float = 10.0) -> str | None:
         """Cancel the running turn, if any, and wait until it is closed; the id of that turn
@@ -4297,13 +4318,18 @@ def _cancel_session(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
 
 # ---- messages ---------------------------------------------------------------
 
+# The order a conversation happened in, as the model sees it: turn by turn, each turn's
+# user message first; messages no turn has answered yet come last. (By id alone, a
+# message posted while a turn runs would sit between that turn's tool call and result.)
+CONVERSATION_ORDER = "COALESCE(turn_id, '~'), role != 'user', id"
+
 _IDEMPOTENCY = _Header("Idempotency-Key", "Makes a retried POST safe: the same key returns the first message.", 255)
 
 
 @_route(
     "GET",
     "/v1/sessions/<session_id>/messages",
-    "List a session's messages (oldest first)",
+    "List a session's messages in the order of the conversation",
     "messages",
     response=MessagePage,
     query=ListQuery,
@@ -4312,7 +4338,11 @@ _IDEMPOTENCY = _Header("Idempotency-Key", "Makes a retried POST safe: the same k
 def _list_messages(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
     m = ctx.store.m
     _get(m.Session, session_id, "session")
-    query = _paged_by_id(m.Message, m.Message.session_id == session_id, call.query, newest_first=False)
+    query = m.Message.select().where(m.Message.session_id == session_id)
+    if call.query.after:
+        after = f"({CONVERSATION_ORDER}) > (SELECT {CONVERSATION_ORDER} FROM message WHERE id = ?)"
+        query = query.where(pw.SQL(after, [call.query.after]))
+    query = query.order_by(pw.SQL(CONVERSATION_ORDER))
     return MessagePage(**_page(query, call.query.limit, lambda r: r.id, _message_out))
 
 
@@ -4454,6 +4484,8 @@ def _sse(ctx: _Ctx, session_id: str, cursor: int, wanted: Callable[[str], bool],
                 return
     finally:
         ctx.bus.unsubscribe(sub)
+        if not ctx.runner.busy(session_id):
+            ctx.bus.forget(session_id)
         ctx.store.release()
 
 

@@ -270,3 +270,28 @@ def test_pings_never_look_like_events_to_httpx_sse(app, api, live):
         following = next(events)
     assert [e.event for e in stored] == ["message.created", "session.started", "message.created", "session.completed"]
     assert following.event == "message.created" and following.json()["data"]["message"]["content"][0]["text"] == "again"
+
+
+def test_two_writers_of_one_session_never_collide(app, api, client):
+    session = api.session()
+    app.everruns.bus.subscribe(session["id"])  # someone streams: the bus keeps the session's last seq
+    api.message(session["id"], "first", status=201)
+    finish(client, session["id"])
+    url = f"/v1/sessions/{session['id']}/messages"
+    with app.everruns.journal.tx(session["id"]) as tx:  # another writer holds the lock
+        post = gevent.spawn(client.post_json, url, {"content": "second"}, status="*")
+        gevent.sleep(0.05)  # the post now waits for the lock
+        tx.emit("session.started", {"turn_id": "t", "input_message_ids": []}, "t")
+    assert post.get(timeout=10).status_int == 201
+    seqs = [e["seq"] for e in client.get(f"/v1/sessions/{session['id']}/events?format=json&limit=100").json["data"]]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_the_bus_forgets_sessions_nobody_streams(app, api, client):
+    session = api.session()
+    api.message(session["id"], "hello", status=201)
+    finish(client, session["id"])
+    with gevent.Timeout(5):
+        while session["id"] in app.everruns.runner._workers:  # the worker ends after its turn
+            gevent.sleep(0.01)
+    assert session["id"] not in app.everruns.bus.last_seq

@@ -1,7 +1,7 @@
 """Messages: both body forms, limits, Idempotency-Key, pagination."""
 
 import pytest
-from conftest import error_of
+from conftest import error_of, finish
 
 MiB = 1024 * 1024
 
@@ -125,3 +125,17 @@ def test_a_part_without_its_type_says_so(api, client, body):
     error = error_of(response, 400, "VALIDATION_ERROR")
     assert error["message"].endswith("content.0.type: Field required")
     assert [d["loc"][-3:] for d in error["details"]] == [["content", 0, "type"]]  # one cause, no union branches
+
+
+def test_messages_are_listed_in_the_order_of_the_conversation(api, client):
+    session = api.session(api.agent(capabilities=["test_math"])["id"])
+    api.message(session["id"], 'add {"a": 1, "b": 2}', status=201)
+    api.message(session["id"], "and then?", status=201)  # posted while the first turn runs
+    finish(client, session["id"])
+    url = f"/v1/sessions/{session['id']}/messages?limit=2"
+    pages = [client.get(url).json]
+    while pages[-1]["has_more"]:
+        pages.append(client.get(f"{url}&after={pages[-1]['next_after']}").json)
+    roles = [m["role"] for page in pages for m in page["data"]]
+    assert roles == ["user", "assistant", "tool", "assistant", "user", "assistant"]
+    assert [m["content"][0].get("text") for page in pages for m in page["data"]][4] == "and then?"
