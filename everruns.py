@@ -504,7 +504,23 @@ _PayloadTooLarge = _error_class("_PayloadTooLarge", 413)
 _UriTooLong = _error_class("_UriTooLong", 414)
 _UnsupportedMediaType = _error_class("_UnsupportedMediaType", 415)
 _HeadersTooLarge = _error_class("_HeadersTooLarge", 431)
-_BadGateway = _error_class("_BadGateway", 502)
+
+
+class ProviderError(EverrunsError):
+    """A provider call failed: a turn ends with this code and message, an API call answers 502."""
+
+    status = 502
+
+    def __init__(self, message: str, code: str = "PROVIDER_ERROR") -> None:
+        super().__init__(message, code=code)
+
+
+class ToolFailed(EverrunsError):
+    """A tool's own failure; it becomes a result with is_error true."""
+
+    code = "TOOL_FAILED"
+
+
 _ServiceUnavailable = _error_class("_ServiceUnavailable", 503)
 
 
@@ -1413,8 +1429,11 @@ def _check_greenlet_local() -> None:
         )
 
 
-class _SecretUnreadable(Exception):
+class _SecretUnreadable(ProviderError):
     """A stored provider key cannot be decrypted with the configured secret key."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "PROVIDER_KEY_UNREADABLE")
 
 
 class _Secrets:
@@ -1939,14 +1958,6 @@ class _Journal:
 # =============================================================================
 
 
-class ProviderError(Exception):
-    """A provider call failed; the turn ends with this code and message."""
-
-    def __init__(self, message: str, code: str = "PROVIDER_ERROR") -> None:
-        super().__init__(message)
-        self.message, self.code = message, code
-
-
 @dataclasses.dataclass
 class LLMRequest:
     """What a provider adapter is asked: a provider-neutral prompt.
@@ -1969,10 +1980,7 @@ class LLMRequest:
 
 def _llm_request(provider: Any, secrets: _Secrets, **fields: Any) -> LLMRequest:
     """A request to a provider row's endpoint, with its key and credential headers decrypted."""
-    try:
-        api_key, settings = secrets.open(provider.api_key), secrets.open_settings(provider.settings)
-    except _SecretUnreadable as e:
-        raise ProviderError(str(e), "PROVIDER_KEY_UNREADABLE") from None
+    api_key, settings = secrets.open(provider.api_key), secrets.open_settings(provider.settings)
     fields = {"model": provider.default_model, "system": "", "messages": [], "tools": [], **fields}
     return LLMRequest(settings=settings, base_url=provider.base_url, api_key=api_key,
                       secrets=secrets.secrets_of(settings, api_key), **fields)  # fmt: skip
@@ -2521,10 +2529,6 @@ class _ToolContext:
     session_id: str
     store: Any
     config: dict
-
-
-class ToolFailed(Exception):
-    """A tool's own failure; it becomes a result with is_error true."""
 
 
 def _current_time(args: _TimeArgs, tctx: _ToolContext) -> dict:
@@ -3158,10 +3162,11 @@ class _Gone(BaseException):
     """Ends a turn at its next wait without writing anything: its session is being deleted."""
 
 
-class _TurnFailed(Exception):
+class _TurnFailed(EverrunsError):
+    """A turn that cannot go on (max_iterations reached); it ends failed with this code."""
+
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
+        super().__init__(message, code=code)
 
 
 def _capped(result: Any) -> Any:
@@ -3201,7 +3206,7 @@ def _run_tool(tool: _Tool, arguments: dict, tctx: _ToolContext, timeout: float =
             raise ToolFailed(f"{tool.name} is not available in this version")
         with gevent.Timeout(timeout, ToolFailed(f"{tool.name} timed out after {timeout:g} s")):
             return _capped(tool.run(args, tctx)), False
-    except (ToolFailed, EverrunsError) as e:
+    except EverrunsError as e:
         return {"error": str(e)}, True
     except Exception:
         _log.exception("tool %s failed", tool.name)
@@ -3484,7 +3489,7 @@ class _Runner:
             return "cancelled", None
         except _Interrupted:
             return "failed", {"code": "INTERRUPTED", "message": "the server stopped during the turn"}
-        except (ProviderError, _TurnFailed) as e:
+        except EverrunsError as e:
             return "failed", {"code": e.code, "message": e.message}
         except Exception:
             _log.exception("turn %s failed", turn.id)
@@ -4161,10 +4166,7 @@ def _delete_provider(ctx: _Ctx, call: _Call, provider_id: str) -> None:
 def _list_models(ctx: _Ctx, call: _Call, provider_id: str) -> BaseModel:
     provider = _get(ctx.store.m.Provider, provider_id, "provider")
     ctx.store.release()  # no connection is held across a network call
-    try:
-        names = ADAPTERS[provider.provider_type].models(_llm_request(provider, ctx.store.secrets))
-    except ProviderError as e:
-        raise _BadGateway(e.message, code=e.code) from None
+    names = ADAPTERS[provider.provider_type].models(_llm_request(provider, ctx.store.secrets))  # 502s
     page = _names_page(names, call.query)
     return ModelPage(**{**page, "data": [ModelInfo(id=n) for n in page["data"]]})
 

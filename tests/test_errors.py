@@ -156,3 +156,10 @@ def test_every_error_status_has_the_same_shape(client, make_app, api):
         assert r.content_type == "application/json"
         assert set(error) - {"details"} == {"message", "code"}
         assert error["code"] == error["code"].upper() and " " not in error["code"]
+
+
+def test_one_exception_family():
+    for error in (everruns.ProviderError, everruns.ToolFailed, everruns._SecretUnreadable, everruns._TurnFailed):
+        assert issubclass(error, everruns.EverrunsError), error
+    unreadable = everruns._SecretUnreadable("cannot decrypt")
+    assert (unreadable.status, unreadable.code) == (502, "PROVIDER_KEY_UNREADABLE")
