@@ -5176,6 +5176,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="everruns",
         description="Everruns: a headless runtime for AI agents (REST API + live events).",
+        epilog="Subcommands: `everruns serve` (the default: these options) and `everruns chat [AGENT]` "
+        "(a terminal chat with an agent; see `everruns chat --help`).",
     )
     parser.add_argument("--version", action="version", version=f"everruns {__version__}")
     for s in SETTINGS:
@@ -5205,9 +5207,264 @@ def _resolve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> dict[
     return _settings(given)
 
 
+# ---- the terminal chat -------------------------------------------------------
+# `everruns chat` is a client of the HTTP API like any other: it never touches
+# the database, so it works the same against a server on another machine.
+
+CHAT_AGENT = "Assistant"
+CHAT_URL = "http://127.0.0.1:9000"
+
+
+class _ChatError(Exception):
+    """The chat cannot go on; one line for the person using it."""
+
+
+class _ApiClient:
+    """A small client of the API: JSON calls and the event stream."""
+
+    def __init__(self, url: str, api_key: str | None) -> None:
+        self.url, self.headers = url.rstrip("/"), {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def _open(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
+        import urllib.error
+        import urllib.request
+
+        data = None if body is None else _dumps(body).encode()
+        headers = {**self.headers, **({"Content-Type": "application/json"} if data is not None else {})}
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        try:
+            return urllib.request.urlopen(request, timeout=timeout)
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                message = json.loads(raw)["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = raw.decode(errors="replace")[:200] or e.reason
+            raise _ChatError(f"{method} {path}: {e.code} {message}") from None
+        except OSError as e:
+            raise _ChatError(f"cannot reach {self.url}: {getattr(e, 'reason', None) or e}") from None
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """A JSON call; its answer (None for 204)."""
+        with self._open(method, path, body) as response:
+            raw = response.read()
+        return json.loads(raw) if raw else None
+
+    def events(self, session_id: str, after: int) -> Iterator[dict]:
+        """The session's events after a seq, live, until the session is settled."""
+        path = f"/v1/sessions/{session_id}/events?until=completed&after={after}"
+        with self._open("GET", path, timeout=60) as response:
+            data: list[str] = []
+            for raw in response:
+                line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                if line.startswith("data:"):
+                    data.append(line[5:].removeprefix(" "))
+                elif not line and data:
+                    yield json.loads("\n".join(data))
+                    data = []
+
+
+def _shown(result: Any) -> str:
+    """A tool result as one short line: {"result": 5} is 5."""
+    if isinstance(result, dict) and len(result) == 1:
+        result = next(iter(result.values()))
+    text = result if isinstance(result, str) else _dumps(result)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+class _Chat:
+    """One person chatting with one agent: sessions, turns, and what is printed."""
+
+    def __init__(self, api: _ApiClient, out: Any) -> None:
+        self.api, self.out = api, out
+        self.agent: dict = {}
+        self.session_id, self.seq, self.streamed = "", 0, {}
+
+    def say(self, text: str = "", end: str = "\n") -> None:
+        self.out.write(text + end)
+        self.out.flush()
+
+    def open(self, agent: str | None, new: bool) -> None:
+        """Find the agent (by id or name; "Assistant" is created if missing) and its session."""
+        self.agent = self._agent(agent)
+        sessions = self.api.call("GET", f"/v1/agents/{self.agent['id']}/sessions?limit=1")["data"]
+        if new or not sessions:
+            self.new_session()
+        else:
+            self.session_id, self.seq = sessions[0]["id"], self._last_seq(sessions[0]["id"])
+
+    def _agent(self, wanted: str | None) -> dict:
+        after, name = "", wanted or CHAT_AGENT
+        while True:
+            page = self.api.call("GET", f"/v1/agents?limit=100{after}")
+            for agent in page["data"]:
+                if name in (agent["id"], agent["name"]):
+                    return agent
+            if not page["has_more"]:
+                break
+            after = f"&after={page['next_after']}"
+        if wanted is not None:
+            raise _ChatError(f"no agent named {wanted!r}")
+        return self.api.call("POST", "/v1/agents", {"name": CHAT_AGENT, "capabilities": list(CAPABILITY_IDS[:4])})
+
+    def _last_seq(self, session_id: str) -> int:
+        after = 0
+        while True:
+            page = self.api.call("GET", f"/v1/sessions/{session_id}/events?format=json&limit=100&after={after}")
+            after = page["data"][-1]["seq"] if page["data"] else after
+            if not page["has_more"]:
+                return after
+
+    def new_session(self) -> None:
+        self.session_id, self.seq = self.api.call("POST", f"/v1/agents/{self.agent['id']}/sessions", {})["id"], 0
+
+    def turn(self, text: str) -> str:
+        """Send one message and print the turn as it happens; its status."""
+        self.api.call("POST", f"/v1/sessions/{self.session_id}/messages", {"content": text})
+        status, cancelled = "", False
+        while not status:
+            try:
+                for event in self.api.events(self.session_id, self.seq):
+                    status = self._show(event) or status
+            except KeyboardInterrupt:  # Ctrl-C: cancel the turn, then read how it ended
+                if cancelled:
+                    raise
+                cancelled = True
+                self.api.call("POST", f"/v1/sessions/{self.session_id}/cancel", {})
+            if not status and not cancelled:
+                break  # the stream ended without a turn (nothing was owed)
+        return status or "completed"
+
+    def _show(self, event: dict) -> str:
+        """Print one event; the turn's status once it has ended."""
+        self.seq, kind, data = event["seq"] or self.seq, event["type"], event["data"]
+        if kind == "message.delta":
+            self.streamed[data["message_id"]] = self.streamed.get(data["message_id"], "") + data["delta"]
+            self.say(data["delta"], end="")
+        elif kind == "message.created" and data["message"]["role"] == "assistant":
+            text = "\n".join(p["text"] for p in data["message"]["content"] if p["type"] == "text")
+            seen = self.streamed.pop(data["message"]["id"], "")
+            if text:
+                self.say(text[len(seen) :] if text.startswith(seen) else text)
+        elif kind == "tool.call":
+            arguments = json.dumps(data["tool_call"]["arguments"], ensure_ascii=False)
+            self.say(f"→ {data['tool_call']['name']} {arguments}")
+        elif kind == "tool.result":
+            self.say(f"← {'✗ ' if data['is_error'] else ''}{_shown(data['result'])}")
+        elif kind == "session.completed":
+            if data["status"] == "failed":
+                self.say(f"✗ the turn failed: {data['error']['message']} ({data['error']['code']})")
+            elif data["status"] == "cancelled":
+                self.say("(cancelled)")
+            return data["status"]
+        return ""
+
+    def interactive(self) -> int:
+        """The prompt loop: Ctrl-D or /exit quits, /new starts a new session."""
+        self.say(f"Chatting with {self.agent['name']} (/new: a new session, /exit or Ctrl-D: quit)")
+        while True:
+            try:
+                text = _read_line("you> ")
+            except KeyboardInterrupt:
+                self.say()
+                continue
+            if text is None or text.strip() == "/exit":
+                self.say()
+                return 0
+            if text.strip() == "/new":
+                self.new_session()
+                self.say("(a new session)")
+            elif text.strip():
+                self.turn(text)
+
+    def lines(self, source: Iterable[str]) -> int:
+        """One message per line (standard input is not a terminal); 1 if a turn failed."""
+        failed = False
+        for line in source:
+            if line.strip():
+                failed = self.turn(line.rstrip("\n")) == "failed" or failed
+        return 1 if failed else 0
+
+
+def _read_line(prompt: str) -> str | None:
+    """A line from the terminal, letting other greenlets run meanwhile (an in-process server); None at EOF."""
+    from gevent import monkey
+
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    if monkey.is_module_patched("select"):
+        import select
+
+        select.select([sys.stdin], [], [])
+    line = sys.stdin.readline()
+    return line.rstrip("\n") if line else None
+
+
+def _chat_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="everruns chat", description="Chat with an agent in the terminal, over the HTTP API.")
+    parser.add_argument("agent", nargs="?", help=f"An agent's name or id (default: {CHAT_AGENT}, created if missing).")
+    parser.add_argument("--url", help=f"The server (env: EVERRUNS_URL; default: {CHAT_URL}).")
+    parser.add_argument("--api-key", help="The server's API key (env: EVERRUNS_API_KEY).")
+    parser.add_argument("--new", action="store_true", help="Start a new session (default: continue the newest).")
+    return parser
+
+
+def _server_in_process(url: str) -> Callable[[], None]:
+    """Serve the default database in this process, as `python everruns.py` would; a function to stop it."""
+    _require_patched()
+    config = _resolve_settings(_parser().parse_args([]), os.environ)
+    db, port = config.pop("db"), int(url.rsplit(":", 1)[1])
+    app = create_app(db, **config)
+    server = _Server(("127.0.0.1", port), app, config)
+    try:
+        server.start()
+    except OSError as e:
+        app.close()
+        raise _ChatError(f"nothing answers at {url}, and a server cannot start here: {e.strerror or e}") from None
+    print(f"everruns: no server at {url}; running one in this process (database {db})", file=sys.stderr)
+
+    def stop() -> None:
+        server.close()
+        app.close()
+        server.stop(timeout=1)
+
+    return stop
+
+
+def _chat(argv: list[str]) -> int:
+    """`everruns chat`: see _chat_parser."""
+    args = _chat_parser().parse_args(argv)
+    url = args.url or os.environ.get("EVERRUNS_URL") or CHAT_URL
+    api = _ApiClient(url, args.api_key or os.environ.get("EVERRUNS_API_KEY"))
+    stop = None
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(errors="replace")
+    try:
+        try:
+            api.call("GET", "/health")
+        except _ChatError:
+            if args.url or os.environ.get("EVERRUNS_URL"):
+                raise
+            stop = _server_in_process(url)
+        chat = _Chat(api, sys.stdout)
+        chat.open(args.agent, args.new)
+        return chat.interactive() if sys.stdin.isatty() else chat.lines(sys.stdin)
+    except (_ChatError, StartupError, ValueError) as e:
+        print(f"everruns chat: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ValueError) else 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if stop:
+            stop()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the server: ``python everruns.py --help`` lists the options."""
-    args = _parser().parse_args(argv)
+    """Run the server (``serve``, the default) or the terminal chat (``chat``); ``--help`` lists the options."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["chat"]:
+        return _chat(argv[1:])
+    args = _parser().parse_args(argv[1:] if argv[:1] == ["serve"] else argv)
     try:
         config = _resolve_settings(args, os.environ)
     except ValueError as e:

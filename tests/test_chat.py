@@ -1,0 +1,87 @@
+"""`everruns chat`: the terminal chat, a client of the HTTP API (SPEC section 9)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+from conftest import ROOT
+
+CLEAN = {k: v for k, v in os.environ.items() if not k.startswith("EVERRUNS_") and not k.endswith("_API_KEY")}
+
+
+def chat(*args, text="", env=None, cwd=ROOT):
+    """Run the chat with `text` on standard input (not a terminal): (exit status, output)."""
+    command = [sys.executable, str(ROOT / "everruns.py"), "chat", *args]
+    done = subprocess.run(command, input=text, capture_output=True, text=True, timeout=60, env={**CLEAN, **(env or {})},
+                          cwd=cwd)  # fmt: skip
+    return done.returncode, done.stdout, done.stderr
+
+
+def agent(server, **fields):
+    return server.call("POST", "/v1/agents", {"name": "Calc", **fields})[2]
+
+
+def test_answers_and_tool_lines(start_server):
+    server = start_server()
+    agent(server, capabilities=["test_math"])
+    status, out, _ = chat("Calc", "--url", server.url, text='hello\nadd {"a": 2, "b": 3}\n')
+    assert status == 0
+    assert "You said: hello" in out
+    assert '→ add {"a": 2, "b": 3}\n← 5\n' in out and "returned" in out
+
+
+def test_without_an_agent_name_the_assistant_is_used_and_created(start_server):
+    server = start_server()
+    assert chat("--url", server.url, text="hi\n")[0] == 0
+    assert chat("--url", server.url, text="again\n")[1] == "You said: again\n"  # the same session goes on
+    agents = server.call("GET", "/v1/agents")[2]["data"]
+    assert [a["name"] for a in agents] == ["Assistant"]
+    sessions = server.call("GET", f"/v1/agents/{agents[0]['id']}/sessions")[2]["data"]
+    assert len(sessions) == 1
+    chat("--url", server.url, "--new", text="fresh\n")
+    assert len(server.call("GET", f"/v1/agents/{agents[0]['id']}/sessions")[2]["data"]) == 2
+
+
+def test_a_failed_turn_is_a_non_zero_exit(start_server):
+    server = start_server()
+    dead = server.call("POST", "/v1/llm-providers", {"name": "dead", "provider_type": "openai",
+                                                     "base_url": "http://127.0.0.1:9/v1"})[2]  # fmt: skip
+    agent(server, name="Broken", provider_id=dead["id"])
+    status, out, _ = chat("Broken", "--url", server.url, text="hello\n")
+    assert status == 1 and "✗ the turn failed" in out and "PROVIDER_UNAVAILABLE" in out
+
+
+def test_an_unknown_agent_is_one_line(start_server):
+    server = start_server()
+    status, out, err = chat("Nobody", "--url", server.url)
+    assert status == 1 and out == "" and err.strip() == "everruns chat: no agent named 'Nobody'"
+
+
+def test_ctrl_c_cancels_the_running_turn(start_server):
+    server = start_server()
+    slow = server.call("POST", "/v1/llm-providers", {"name": "slow", "provider_type": "llmsim",
+                                                     "settings": {"token_delay_ms": 200}})[2]  # fmt: skip
+    agent(server, name="Slow", provider_id=slow["id"])
+    command = [sys.executable, str(ROOT / "everruns.py"), "chat", "Slow", "--url", server.url]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=CLEAN)
+    proc.stdin.write("one two three four five six seven eight nine ten\n")
+    proc.stdin.flush()
+    assert proc.stdout.read(4) == "You "  # the answer is streaming
+    proc.send_signal(signal.SIGINT)
+    proc.stdin.close()
+    out = proc.stdout.read()
+    assert proc.wait(timeout=30) == 0 and "(cancelled)" in out
+    sessions = server.call("GET", "/v1/agents?limit=1")[2]["data"][0]
+    session = server.call("GET", f"/v1/agents/{sessions['id']}/sessions")[2]["data"][0]
+    assert session["last_turn"]["status"] == "cancelled"
+
+
+def test_with_nothing_at_the_default_url_it_serves_in_process(tmp_path):
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", 9000)) != 0, "port 9000 must be free for this test"
+    status, out, err = chat(text="hello\n", env={"EVERRUNS_DB": str(tmp_path / "local.db")}, cwd=tmp_path)
+    assert status == 0 and out == "You said: hello\n"
+    assert err.count("\n") == 1 and "running one in this process" in err
+    assert (tmp_path / "local.db").exists()
