@@ -589,10 +589,14 @@ MaxIterations = Annotated[JsonInt, Field(ge=1, le=50)]
 CapabilityList = Annotated[list[CapabilityId], Field(max_length=MAX_CAPABILITIES)]
 
 
+_PICKED_TAGS: set[str] = set()  # left out of error locations
+
+
 def _picked(pick: Callable[[Any], bool], when: Any, otherwise: Any, names: tuple[str, str]) -> Any:
     """A union of two forms, picked by looking at the value (so a validation error speaks
     of the one form the client meant). Its tags, in parentheses, are left out of error locations."""
     yes, no = (f"({name})" for name in names)
+    _PICKED_TAGS.update((yes, no))
     return Annotated[
         Annotated[when, Tag(yes)] | Annotated[otherwise, Tag(no)], Discriminator(lambda v: yes if pick(v) else no)
     ]
@@ -1146,7 +1150,7 @@ def _page_model(item: type[BaseModel]) -> type[BaseModel]:
 def _validation_details(error: ValidationError) -> list[dict]:
     """A pydantic error as the `details` list of a VALIDATION_ERROR (the tags of _picked unions left out)."""
     return [
-        {"loc": [x for x in e["loc"] if not (isinstance(x, str) and x.startswith("("))], "msg": e["msg"]}
+        {"loc": [x for x in e["loc"] if x not in _PICKED_TAGS], "msg": e["msg"]}
         for e in error.errors(include_url=False)
     ]
 
@@ -4323,6 +4327,8 @@ def _cancel_session(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
 # The order a conversation happened in, as the model sees it: turn by turn, each turn's
 # user message first; messages no turn has answered yet come last. (By id alone, a
 # message posted while a turn runs would sit between that turn's tool call and result.)
+# While a turn runs, the messages waiting for theirs are left out, so that what the turn
+# still writes never lands before a cursor a client already holds.
 CONVERSATION_ORDER = "COALESCE(turn_id, '~'), role != 'user', id"
 
 _IDEMPOTENCY = _Header("Idempotency-Key", "Makes a retried POST safe: the same key returns the first message.", 255)
@@ -4339,11 +4345,15 @@ _IDEMPOTENCY = _Header("Idempotency-Key", "Makes a retried POST safe: the same k
 )
 def _list_messages(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
     m = ctx.store.m
-    _get(m.Session, session_id, "session")
+    session = _get(m.Session, session_id, "session")
     query = m.Message.select().where(m.Message.session_id == session_id)
-    if call.query.after:
+    if session.status == "running":  # a waiting message joins the list when its turn starts: pages stay stable
+        query = query.where(m.Message.turn_id.is_null(False))
+    if call.query.after and m.Message.get_or_none(m.Message.id == call.query.after, m.Message.session_id == session_id):
         after = f"({CONVERSATION_ORDER}) > (SELECT {CONVERSATION_ORDER} FROM message WHERE id = ?)"
         query = query.where(pw.SQL(after, [call.query.after]))
+    elif call.query.after:  # not a message of this session: positioned by id, as every list's cursor is
+        query = query.where(m.Message.id > call.query.after)
     query = query.order_by(pw.SQL(CONVERSATION_ORDER))
     return MessagePage(**_page(query, call.query.limit, lambda r: r.id, _message_out))
 
@@ -4801,6 +4811,558 @@ def _swagger_asset(ctx: _Ctx, call: _Call, name: str) -> bottle.HTTPResponse:
     return _docs_file(_swagger_file(name), _SWAGGER_FILES[name], cache=True)
 
 
+# ---- the console ----------------------------------------------------------------
+# One page for people: providers, agents, sessions, the live conversation with tool
+# cards, cancel, and the session's files. Plain HTML, CSS and JavaScript, no build
+# step and nothing from another origin (the CSP says so to the browser too).
+
+_CONSOLE_HTML = r"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Everruns console</title>
+<link rel="icon" href="data:,">
+<link rel="stylesheet" href="/console.css">
+<script src="/console.js" defer></script>
+</head>
+<body>
+<header>
+  <h1>Everruns</h1>
+  <nav>
+    <button type="button" id="show-chat" aria-pressed="true">Chat</button>
+    <button type="button" id="show-providers" aria-pressed="false">Providers</button>
+    <button type="button" id="show-key">Key</button>
+  </nav>
+</header>
+<div id="status" role="status" aria-live="polite"></div>
+<form id="key-form" hidden>
+  <p>This server needs its API key.</p>
+  <label>API key <input id="api-key" type="password" autocomplete="off" required></label>
+  <button type="submit">Use key</button>
+</form>
+<main id="chat-view">
+  <aside id="sidebar">
+    <section>
+      <div class="row"><h2>Agents</h2><button type="button" id="new-agent">New agent</button></div>
+      <ul id="agents" aria-label="Agents"></ul>
+    </section>
+    <section id="sessions-section" hidden>
+      <div class="row"><h2>Sessions</h2><button type="button" id="new-session">New session</button></div>
+      <ul id="sessions" aria-label="Sessions"></ul>
+    </section>
+  </aside>
+  <section id="center">
+    <form id="agent-form" hidden>
+      <h2 id="agent-form-title">New agent</h2>
+      <label>Name <input id="agent-name" required maxlength="256"></label>
+      <label>System prompt <textarea id="agent-prompt" rows="3"></textarea></label>
+      <fieldset><legend>Capabilities</legend><div id="capabilities"></div></fieldset>
+      <label>Provider <select id="agent-provider"></select></label>
+      <label>Model <input id="agent-model" list="models" placeholder="the provider's default"></label>
+      <datalist id="models"></datalist>
+      <div class="row">
+        <button type="submit" id="agent-submit">Create</button>
+        <button type="button" id="agent-cancel">Close</button>
+        <button type="button" id="delete-agent" class="danger" hidden>Delete agent</button>
+      </div>
+    </form>
+    <div id="conversation" hidden>
+      <div class="row" id="session-bar">
+        <h2 id="session-title"></h2>
+        <button type="button" id="rename-session">Rename</button>
+        <button type="button" id="delete-session" class="danger">Delete session</button>
+        <button type="button" id="edit-agent">Edit agent</button>
+      </div>
+      <div id="log" role="log" aria-label="Conversation" aria-live="polite"></div>
+      <form id="message-form">
+        <label for="message">Message</label>
+        <textarea id="message" rows="2" required></textarea>
+        <div class="row">
+          <button type="submit" id="send">Send</button>
+          <button type="button" id="cancel-turn" class="danger" hidden>Cancel turn</button>
+        </div>
+      </form>
+    </div>
+    <p id="empty">Pick an agent, or make a new one.</p>
+  </section>
+  <aside id="files-panel" hidden>
+    <div class="row"><h2>Files</h2><button type="button" id="refresh-files">Refresh</button></div>
+    <label>Upload file <input type="file" id="upload"></label>
+    <ul id="files" aria-label="Files"></ul>
+    <pre id="file-view" aria-label="File content" hidden></pre>
+  </aside>
+</main>
+<main id="providers-view" hidden>
+  <section>
+    <h2>LLM providers</h2>
+    <ul id="providers" aria-label="Providers"></ul>
+    <pre id="models-view" aria-label="Models" hidden></pre>
+  </section>
+  <form id="provider-form">
+    <h2>Add a provider</h2>
+    <label>Provider name <input id="provider-name" required></label>
+    <label>Type <select id="provider-type">
+      <option value="llmsim">Built-in simulator</option>
+      <option value="openai">OpenAI-compatible (OpenAI, Ollama, vLLM, llama.cpp)</option>
+      <option value="anthropic">Anthropic</option>
+    </select></label>
+    <label>Base URL <input id="provider-url" placeholder="e.g. http://127.0.0.1:11434/v1 for Ollama"></label>
+    <label>Default model <input id="provider-model"></label>
+    <label>Provider key <input id="provider-key" type="password" autocomplete="off"></label>
+    <button type="submit">Add provider</button>
+  </form>
+</main>
+</body>
+</html>
+"""
+
+_CONSOLE_CSS = r""":root { color-scheme: light dark; --bg: #f7f7f8; --panel: #fff; --text: #1d1d1f; --muted: #6b6b76;
+  --line: #dcdce0; --accent: #2f5bd3; --danger: #b3261e; --user: #e6edff; --tool: #f1f1f4; --error: #fdecea; }
+@media (prefers-color-scheme: dark) {
+  :root { --bg: #151518; --panel: #1f1f24; --text: #ececf1; --muted: #a0a0ab; --line: #34343c; --accent: #8aa8ff;
+    --danger: #ff8a80; --user: #26304d; --tool: #2a2a31; --error: #4a2624; }
+}
+* { box-sizing: border-box; }
+[hidden] { display: none !important; }
+body { margin: 0; font: 15px/1.45 system-ui, sans-serif; background: var(--bg); color: var(--text); }
+header { display: flex; align-items: center; justify-content: space-between; padding: .5rem 1rem;
+  border-bottom: 1px solid var(--line); background: var(--panel); }
+h1 { font-size: 1.15rem; margin: 0; } h2 { font-size: 1rem; margin: 0; }
+nav { display: flex; gap: .4rem; }
+button { font: inherit; padding: .35rem .75rem; border: 1px solid var(--line); border-radius: 6px;
+  background: var(--panel); color: var(--text); cursor: pointer; }
+button[type=submit], button[aria-pressed=true] { background: var(--accent); color: #fff; border-color: var(--accent); }
+button.danger { color: var(--danger); border-color: var(--danger); background: transparent; }
+input, textarea, select { font: inherit; width: 100%; padding: .4rem; border: 1px solid var(--line);
+  border-radius: 6px; background: var(--bg); color: var(--text); }
+label { display: block; margin: .4rem 0; color: var(--muted); }
+label > input, label > textarea, label > select { margin-top: .2rem; color: var(--text); }
+fieldset { border: 1px solid var(--line); border-radius: 6px; }
+fieldset label { display: inline-flex; gap: .3rem; align-items: center; margin-right: .8rem; color: var(--text); }
+fieldset input { width: auto; }
+.row { display: flex; gap: .5rem; align-items: center; flex-wrap: wrap; margin: .4rem 0; }
+.row h2 { flex: 1; }
+main { display: grid; grid-template-columns: 15rem 1fr 16rem; gap: 1rem; padding: 1rem; }
+#providers-view { grid-template-columns: 1fr 22rem; }
+aside, #center, #providers-view > * { background: var(--panel); border: 1px solid var(--line); border-radius: 8px;
+  padding: .75rem; min-width: 0; }
+ul { list-style: none; margin: .3rem 0; padding: 0; }
+li { display: flex; gap: .3rem; align-items: center; }
+li > button.pick { flex: 1; text-align: left; border: 0; background: transparent; overflow: hidden;
+  text-overflow: ellipsis; white-space: nowrap; }
+li > button.pick[aria-current=true] { background: var(--user); }
+#log { height: 55vh; overflow-y: auto; display: flex; flex-direction: column; gap: .5rem; padding: .3rem; }
+.msg { max-width: 85%; padding: .5rem .7rem; border-radius: 10px; white-space: pre-wrap; overflow-wrap: anywhere; }
+.msg.user { align-self: flex-end; background: var(--user); }
+.msg.assistant { align-self: flex-start; border: 1px solid var(--line); }
+.card { align-self: stretch; background: var(--tool); border-left: 4px solid var(--accent); border-radius: 6px;
+  padding: .4rem .6rem; }
+.card.error { border-left-color: var(--danger); background: var(--error); }
+.card pre, #file-view, #models-view { margin: .2rem 0; white-space: pre-wrap; overflow-wrap: anywhere;
+  font: 13px/1.4 ui-monospace, monospace; }
+.note { color: var(--muted); font-size: .9em; }
+.note.failed { color: var(--danger); }
+#status { padding: 0 1rem; color: var(--danger); min-height: 1.2em; }
+#key-form { max-width: 24rem; margin: 1rem auto; }
+@media (max-width: 900px) {
+  main, #providers-view { grid-template-columns: 1fr; padding: .5rem; }
+  #log { height: 45vh; }
+}
+"""
+
+_CONSOLE_JS = r""""use strict";
+// The Everruns console: plain JavaScript over the HTTP API. Everything a model, a
+// tool or a person wrote is put on the page as text (textContent), never as HTML.
+
+const $ = (id) => document.getElementById(id);
+const state = { key: sessionStorage.getItem("everruns-key") || "", agents: [], agent: null, session: null,
+  providers: [], capabilities: [], seq: 0, stream: null, running: false, texts: {} };
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === "class") node.className = v; else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const child of children) node.append(child);  // strings become text nodes
+  return node;
+}
+
+function say(text) { $("status").textContent = text || ""; }
+
+async function api(method, path, body) {
+  const headers = {};
+  if (state.key) headers.Authorization = `Bearer ${state.key}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  if (response.status === 401) { askKey(); throw new Error("this server needs its API key"); }
+  const data = response.status === 204 ? null : await response.json();
+  if (!response.ok) throw new Error(data && data.error ? data.error.message : `${response.status}`);
+  return data;
+}
+
+async function all(path) {
+  let items = [], after = "";
+  for (;;) {
+    const page = await api("GET", `${path}${path.includes("?") ? "&" : "?"}limit=100${after}`);
+    items = items.concat(page.data);
+    if (!page.has_more) return items;
+    after = `&after=${encodeURIComponent(page.next_after)}`;
+  }
+}
+
+function guard(fn) {
+  return async (event) => {
+    if (event && event.preventDefault) event.preventDefault();
+    try { say(""); await fn(event); } catch (error) { say(error.message); }
+  };
+}
+
+// ---- the API key ----------------------------------------------------------
+
+function askKey() { $("key-form").hidden = false; $("api-key").focus(); }
+
+$("key-form").addEventListener("submit", guard(async () => {
+  state.key = $("api-key").value.trim();
+  sessionStorage.setItem("everruns-key", state.key);
+  $("key-form").hidden = true;
+  await start();
+}));
+$("show-key").addEventListener("click", askKey);
+
+// ---- views ----------------------------------------------------------------
+
+function view(name) {
+  $("chat-view").hidden = name !== "chat";
+  $("providers-view").hidden = name !== "providers";
+  $("show-chat").setAttribute("aria-pressed", String(name === "chat"));
+  $("show-providers").setAttribute("aria-pressed", String(name === "providers"));
+}
+$("show-chat").addEventListener("click", () => view("chat"));
+$("show-providers").addEventListener("click", guard(async () => { view("providers"); await loadProviders(); }));
+
+// ---- providers -------------------------------------------------------------
+
+async function loadProviders() {
+  state.providers = await all("/v1/llm-providers");
+  const list = $("providers");
+  list.replaceChildren(...state.providers.map((p) => el("li", {},
+    el("span", { class: "pick" },
+      `${p.name} (${p.provider_type}, ${p.default_model})${p.is_default ? " — default" : ""}`),
+    p.is_default ? "" : el("button", { type: "button", onclick: guard(async () => {
+      await api("PATCH", `/v1/llm-providers/${p.id}`, { is_default: true });
+      await loadProviders();
+    }) }, "Make default"),
+    el("button", { type: "button", onclick: guard(async () => {
+      const models = await all(`/v1/llm-providers/${p.id}/models`);
+      $("models-view").hidden = false;
+      $("models-view").textContent = `${p.name}: ${models.map((m) => m.id).join(", ") || "(none)"}`;
+    }) }, "List models"))));
+  $("agent-provider").replaceChildren(el("option", { value: "" }, "The default provider"),
+    ...state.providers.map((p) => el("option", { value: p.id }, p.name)));
+}
+
+$("provider-form").addEventListener("submit", guard(async () => {
+  const body = { name: $("provider-name").value, provider_type: $("provider-type").value };
+  if ($("provider-url").value) body.base_url = $("provider-url").value;
+  if ($("provider-model").value) body.default_model = $("provider-model").value;
+  if ($("provider-key").value) body.api_key = $("provider-key").value;
+  await api("POST", "/v1/llm-providers", body);
+  $("provider-form").reset();
+  await loadProviders();
+}));
+
+// ---- agents ----------------------------------------------------------------
+
+async function loadAgents() {
+  state.agents = await all("/v1/agents");
+  $("agents").replaceChildren(...state.agents.map((a) => el("li", {},
+    el("button", { type: "button", class: "pick", "aria-current": String(state.agent && state.agent.id === a.id),
+      onclick: guard(() => pickAgent(a)) }, a.name))));
+}
+
+function agentForm(agent) {
+  $("agent-form").hidden = false;
+  $("agent-form-title").textContent = agent ? `Edit ${agent.name}` : "New agent";
+  $("agent-submit").textContent = agent ? "Save" : "Create";
+  $("delete-agent").hidden = !agent;
+  $("agent-name").value = agent ? agent.name : "";
+  $("agent-prompt").value = agent ? agent.system_prompt : "";
+  $("agent-provider").value = agent && agent.provider_id ? agent.provider_id : "";
+  $("agent-model").value = agent && agent.model ? agent.model : "";
+  $("capabilities").replaceChildren(...state.capabilities.map((c) => el("label", { title: c.description },
+    el("input", Object.assign({ type: "checkbox", value: c.id },
+      agent && agent.capabilities.includes(c.id) ? { checked: "" } : {})), c.id)));
+  $("agent-form").dataset.editing = agent ? agent.id : "";
+  $("agent-name").focus();
+}
+
+$("new-agent").addEventListener("click", () => agentForm(null));
+$("edit-agent").addEventListener("click", () => agentForm(state.agent));
+$("agent-cancel").addEventListener("click", () => { $("agent-form").hidden = true; });
+$("agent-provider").addEventListener("change", guard(async () => {
+  const id = $("agent-provider").value;
+  const provider = id ? state.providers.find((p) => p.id === id) : state.providers.find((p) => p.is_default);
+  if (!provider) return;
+  const models = await all(`/v1/llm-providers/${provider.id}/models`).catch(() => []);
+  $("models").replaceChildren(...models.map((m) => el("option", { value: m.id })));
+}));
+
+$("agent-form").addEventListener("submit", guard(async () => {
+  const body = { name: $("agent-name").value, system_prompt: $("agent-prompt").value,
+    capabilities: [...$("capabilities").querySelectorAll("input:checked")].map((box) => box.value),
+    provider_id: $("agent-provider").value || null, model: $("agent-model").value || null };
+  const editing = $("agent-form").dataset.editing;
+  const agent = editing ? await api("PATCH", `/v1/agents/${editing}`, body) : await api("POST", "/v1/agents", body);
+  $("agent-form").hidden = true;
+  await loadAgents();
+  await pickAgent(agent);
+}));
+
+$("delete-agent").addEventListener("click", guard(async () => {
+  if (!confirm(`Delete ${state.agent.name} and all its sessions?`)) return;
+  await api("DELETE", `/v1/agents/${state.agent.id}`);
+  state.agent = null; closeSession();
+  $("agent-form").hidden = true; $("sessions-section").hidden = true;
+  await loadAgents();
+}));
+
+async function pickAgent(agent) {
+  state.agent = agent;
+  $("sessions-section").hidden = false;
+  await loadAgents();
+  const sessions = await loadSessions();
+  if (sessions.length) await openSession(sessions[0]); else closeSession();
+}
+
+// ---- sessions ----------------------------------------------------------------
+
+async function loadSessions() {
+  const sessions = await all(`/v1/agents/${state.agent.id}/sessions`);
+  $("sessions").replaceChildren(...sessions.map((s) => el("li", {},
+    el("button", { type: "button", class: "pick", "aria-current": String(state.session && state.session.id === s.id),
+      onclick: guard(() => openSession(s)) }, s.title || `Session ${s.created_at.slice(0, 16).replace("T", " ")}`))));
+  return sessions;
+}
+
+$("new-session").addEventListener("click", guard(async () => {
+  const session = await api("POST", `/v1/agents/${state.agent.id}/sessions`, {});
+  await openSession(session);
+}));
+
+$("rename-session").addEventListener("click", guard(async () => {
+  const title = prompt("New title", state.session.title || "");
+  if (title === null) return;
+  state.session = await api("PATCH", `/v1/sessions/${state.session.id}`, { title });
+  $("session-title").textContent = title; await loadSessions();
+}));
+
+$("delete-session").addEventListener("click", guard(async () => {
+  if (!confirm("Delete this session, its messages and files?")) return;
+  await api("DELETE", `/v1/sessions/${state.session.id}`);
+  closeSession(); await loadSessions();
+}));
+
+function closeSession() {
+  if (state.stream) state.stream.abort();
+  state.session = null; state.stream = null;
+  $("conversation").hidden = true; $("files-panel").hidden = true;
+  $("empty").hidden = false;
+}
+
+async function openSession(session) {
+  closeSession();
+  state.session = session; state.seq = 0; state.texts = {};
+  $("empty").hidden = true; $("conversation").hidden = false; $("files-panel").hidden = false;
+  $("session-title").textContent = session.title || "Untitled session";
+  $("log").replaceChildren();
+  running(session.status === "running");
+  await loadSessions();
+  await loadFiles();
+  follow(session.id);
+}
+
+// ---- the conversation: a fetch-based SSE reader that resumes from the last seq ----
+
+async function follow(sessionId) {
+  const controller = new AbortController();
+  state.stream = controller;
+  while (state.session && state.session.id === sessionId && !controller.signal.aborted) {
+    try {
+      const headers = { Accept: "text/event-stream" };
+      if (state.key) headers.Authorization = `Bearer ${state.key}`;
+      const response = await fetch(`/v1/sessions/${sessionId}/events?after=${state.seq}`,
+        { headers, signal: controller.signal });
+      if (response.status === 401) { askKey(); return; }
+      if (!response.ok) throw new Error(`events: ${response.status}`);
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const data = block.split("\n").filter((l) => l.startsWith("data:"))
+            .map((l) => l.slice(5).trimStart()).join("\n");
+          if (data) show(JSON.parse(data));
+        }
+      }
+    } catch (error) {
+      if (controller.signal.aborted) return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1000));  // dropped: resume after the last seq
+  }
+}
+
+function bubble(id, role) {
+  let node = document.querySelector(`[data-message="${CSS.escape(id)}"]`);
+  if (!node) {
+    node = el("div", { class: `msg ${role}`, "data-message": id });
+    $("log").append(node);
+  }
+  return node;
+}
+
+function scrolled() { $("log").scrollTop = $("log").scrollHeight; }
+
+function show(event) {
+  if (event.seq) state.seq = event.seq;
+  const data = event.data;
+  if (event.type === "message.delta") {
+    state.texts[data.message_id] = (state.texts[data.message_id] || "") + data.delta;
+    bubble(data.message_id, "assistant").textContent = state.texts[data.message_id];
+  } else if (event.type === "message.created") {
+    const message = data.message;
+    const text = message.content.filter((p) => p.type === "text").map((p) => p.text).join("\n");
+    if (message.role !== "tool" && text) bubble(message.id, message.role).textContent = text;
+  } else if (event.type === "tool.call") {
+    const call = data.tool_call;
+    $("log").append(el("div", { class: "card", "data-call": call.id },
+      el("strong", {}, `Tool: ${call.name}`), el("pre", {}, JSON.stringify(call.arguments, null, 2))));
+  } else if (event.type === "tool.result") {
+    const card = document.querySelector(`[data-call="${CSS.escape(data.tool_call_id)}"]`) ||
+      $("log").appendChild(el("div", { class: "card" }, el("strong", {}, `Tool: ${data.name}`)));
+    if (data.is_error) card.classList.add("error");
+    card.append(el("div", { class: "note" }, data.is_error ? "Error" : "Result"),
+      el("pre", {}, JSON.stringify(data.result, null, 2)));
+  } else if (event.type === "session.started") {
+    running(true);
+  } else if (event.type === "session.completed") {
+    running(false);
+    if (data.status !== "completed") {
+      const why = data.error ? `: ${data.error.message}` : "";
+      $("log").append(el("div", { class: `note ${data.status}` }, `Turn ${data.status}${why}`));
+    }
+    loadFiles().catch(() => {});
+  }
+  scrolled();
+}
+
+function running(yes) {
+  state.running = yes;
+  $("cancel-turn").hidden = !yes;
+}
+
+$("message-form").addEventListener("submit", guard(async () => {
+  const text = $("message").value;
+  if (!text.trim()) return;
+  $("message").value = "";
+  await api("POST", `/v1/sessions/${state.session.id}/messages`, { content: text });
+}));
+$("message").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); $("message-form").requestSubmit(); }
+});
+$("cancel-turn").addEventListener("click", guard(async () => {
+  await api("POST", `/v1/sessions/${state.session.id}/cancel`, {});
+}));
+
+// ---- files -------------------------------------------------------------------
+
+async function loadFiles(path = "") {
+  if (!state.session) return;
+  const base = `/v1/sessions/${state.session.id}/fs`;
+  const rows = [];
+  const walk = async (dir) => {
+    const node = await api("GET", dir ? `${base}/${dir}` : base);
+    for (const entry of node.entries) {
+      if (entry.type === "directory") await walk(entry.path.slice(1)); else rows.push(entry);
+    }
+  };
+  await walk(path);
+  $("files").replaceChildren(...rows.map((f) => el("li", {},
+    el("button", { type: "button", class: "pick", onclick: guard(async () => {
+      const file = await api("GET", `${base}${encodePath(f.path)}`);
+      $("file-view").hidden = false;
+      $("file-view").textContent = file.encoding === "text" ? file.content : `(binary, ${file.size_bytes} bytes)`;
+    }) }, `${f.path} (${f.size_bytes} B)`),
+    el("button", { type: "button", class: "danger", "aria-label": `Delete ${f.path}`, onclick: guard(async () => {
+      await api("DELETE", `${base}${encodePath(f.path)}`); $("file-view").hidden = true; await loadFiles();
+    }) }, "Delete"))));
+}
+
+function encodePath(path) { return path.split("/").map(encodeURIComponent).join("/"); }
+
+$("refresh-files").addEventListener("click", guard(() => loadFiles()));
+$("upload").addEventListener("change", guard(async () => {
+  const file = $("upload").files[0];
+  if (!file) return;
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  let body;
+  try {
+    body = { content: new TextDecoder("utf-8", { fatal: true }).decode(bytes), encoding: "text" };
+  } catch (notText) {
+    let binary = "";
+    for (const byte of bytes) binary += String.fromCharCode(byte);
+    body = { content: btoa(binary), encoding: "base64" };
+  }
+  await api("PUT", `/v1/sessions/${state.session.id}/fs/${encodeURIComponent(file.name)}`, body);
+  $("upload").value = "";
+  await loadFiles();
+}));
+
+// ---- start ---------------------------------------------------------------------
+
+async function start() {
+  state.capabilities = await all("/v1/capabilities");
+  await loadProviders();
+  await loadAgents();
+  if (state.agents.length && !state.agent) await pickAgent(state.agents[0]);
+}
+
+start().catch((error) => say(error.message));
+"""
+
+CONSOLE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+
+
+def _console_file(body: str, content_type: str) -> bottle.HTTPResponse:
+    headers = {"Content-Type": content_type, "Content-Security-Policy": CONSOLE_CSP, "Cache-Control": "no-cache",
+               "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}  # fmt: skip
+    return bottle.HTTPResponse(body, 200, headers)
+
+
+@_route("GET", "/", "The console", "console", raw=True, in_schema=False)
+def _console(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
+    return _console_file(_CONSOLE_HTML, "text/html; charset=utf-8")
+
+
+@_route("GET", "/console.css", "The console's style sheet", "console", raw=True, in_schema=False)
+def _console_css(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
+    return _console_file(_CONSOLE_CSS, "text/css; charset=utf-8")
+
+
+@_route("GET", "/console.js", "The console's script", "console", raw=True, in_schema=False)
+def _console_js(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
+    return _console_file(_CONSOLE_JS, "text/javascript; charset=utf-8")
+
+
 # =============================================================================
 # 13. App factory and serving
 # =============================================================================
@@ -4857,6 +5419,9 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
     except pw.DatabaseError as e:  # not a SQLite file, corrupted, read-only, locked, ...
         store.close()
         raise StartupError(f"--db: {db} cannot be used as the database: {e}") from None
+    except BaseException:
+        store.close()
+        raise
     store.release()
     config["openapi"] = _build_openapi(auth=bool(config["api_key"]))
     journal = _Journal(store, _Bus())
@@ -5487,6 +6052,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  Docs: {url}/swagger-ui/  ({url}/api-doc/openapi.json)", flush=True)
 
     try:
+        _require_patched()
         app = create_app(db, **config)
         for handler in logging.getLogger().handlers:
             handler.addFilter(app.everruns.log_filter)

@@ -13,7 +13,7 @@ MiB = 1024 * 1024
 
 def test_unknown_route_is_404_in_the_envelope(client):
     error_of(client.get("/v1/nothing-here", status="*"), 404, "NOT_FOUND")
-    error_of(client.get("/", status="*"), 404, "NOT_FOUND")
+    error_of(client.get("/nothing-here", status="*"), 404, "NOT_FOUND")
 
 
 def test_unknown_resource_is_404(client):

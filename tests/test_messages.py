@@ -1,5 +1,6 @@
 """Messages: both body forms, limits, Idempotency-Key, pagination."""
 
+import gevent
 import pytest
 from conftest import error_of, finish
 
@@ -139,3 +140,19 @@ def test_messages_are_listed_in_the_order_of_the_conversation(api, client):
     roles = [m["role"] for page in pages for m in page["data"]]
     assert roles == ["user", "assistant", "tool", "assistant", "user", "assistant"]
     assert [m["content"][0].get("text") for page in pages for m in page["data"]][4] == "and then?"
+
+
+def test_message_pages_are_stable_while_a_turn_runs(api, client):
+    session = api.session(api.agent(provider_id=api.provider(provider_type="llmsim", name="slow",
+                                                             settings={"token_delay_ms": 30})["id"])["id"])  # fmt: skip
+    api.message(session["id"], "one two three", status=201)
+    gevent.sleep(0.03)  # the turn runs
+    api.message(session["id"], "waiting", status=201)
+    url = f"/v1/sessions/{session['id']}/messages"
+    during = client.get(url).json["data"]
+    assert [m["content"][0]["text"] for m in during] == ["one two three"]  # the waiting one joins with its turn
+    finish(client, session["id"])
+    later = client.get(f"{url}?after={during[-1]['id']}").json["data"]
+    assert [m["content"][0]["text"] for m in later] == ["You said: one two three", "waiting", "You said: waiting"]
+    other = api.session()
+    assert client.get(f"/v1/sessions/{other['id']}/messages?after={during[-1]['id']}").json["data"] == []

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import webtest
 
-DOCS = {"/api-doc/openapi.json", "/swagger-ui/", "/swagger-ui/<name>"}
+DOCS = {"/api-doc/openapi.json", "/swagger-ui/", "/swagger-ui/<name>", "/", "/console.css", "/console.js"}
 
 
 @pytest.fixture

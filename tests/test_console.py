@@ -1,0 +1,176 @@
+"""The console at GET / in a real headless browser (Chromium driven by Playwright), and
+Swagger UI offline. The browser may reach 127.0.0.1 only."""
+
+import os
+import shutil
+
+import pytest
+from conftest import ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = os.environ.get("EVERRUNS_SCREENSHOTS")  # a folder: save the README's screenshots there
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not shutil.which(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium for these tests")
+        pytest.skip(f"BROWSER TESTS NOT RUN: {CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    args = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"]  # fmt: skip
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
+        yield browser
+        browser.close()
+
+
+class Console:
+    """A page of the console, with every request and console error it made."""
+
+    def __init__(self, browser, server, width=1280):
+        self.server, self.requests, self.errors = server, [], []
+        self.context = browser.new_context(viewport={"width": width, "height": 860})
+        self.context.route("**/*", self._loopback_only)
+        self.page = self.context.new_page()
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+
+    def _loopback_only(self, route):
+        url = route.request.url
+        self.requests.append(url)
+        if url.startswith(self.server.url) or url.startswith("data:"):
+            route.continue_()
+        else:
+            route.abort()
+
+    def open(self, path="/"):
+        self.page.goto(self.server.url + path)
+        return self.page
+
+    def new_agent(self, name, *capabilities):
+        page = self.page
+        page.get_by_role("button", name="New agent").click()
+        page.get_by_label("Name", exact=True).fill(name)
+        for capability in capabilities:
+            page.get_by_label(capability, exact=True).check()
+        page.get_by_role("button", name="Create").click()
+        page.get_by_role("button", name="New session").click()
+        page.get_by_label("Message", exact=True).wait_for()
+
+    def send(self, text):
+        self.page.get_by_label("Message", exact=True).fill(text)
+        self.page.get_by_role("button", name="Send").click()
+
+    def shot(self, name):
+        if SCREENSHOTS:
+            self.page.screenshot(path=os.path.join(SCREENSHOTS, name))
+
+    def clean(self):
+        """Nothing but loopback was asked for, and the page logged no error."""
+        assert self.requests and all(u.startswith(self.server.url) or u.startswith("data:") for u in self.requests)
+        assert self.errors == []
+        self.context.close()
+
+
+@pytest.fixture
+def console(browser, start_server):
+    def make(*args, width=1280):
+        return Console(browser, start_server(None, *args), width)
+
+    return make
+
+
+def test_a_tool_turn_streams_into_the_conversation(console):
+    ui = console()
+    ui.open()
+    ui.new_agent("Calculator", "test_math")
+    ui.send('add {"a": 2, "b": 3}')
+    log = ui.page.get_by_role("log")
+    log.get_by_text("Tool results: add returned").wait_for()
+    assert "Tool: add" in log.inner_text() and '"result": 5' in log.inner_text()
+    ui.shot("console.png")
+    ui.clean()
+
+
+def test_a_slow_turn_can_be_cancelled(console):
+    from playwright.sync_api import expect
+
+    ui = console()
+    slow = ui.server.call("POST", "/v1/llm-providers", {"name": "slow", "provider_type": "llmsim",
+                                                        "settings": {"token_delay_ms": 300}})[2]  # fmt: skip
+    ui.server.call("POST", "/v1/agents", {"name": "Slowpoke", "provider_id": slow["id"]})
+    page = ui.open()
+    page.get_by_role("button", name="New session").click()
+    ui.send("one two three four five six seven eight nine ten eleven twelve")
+    page.get_by_role("button", name="Cancel turn").click()
+    page.get_by_role("log").get_by_text("Turn cancelled").wait_for()
+    expect(page.get_by_role("button", name="Cancel turn")).to_be_hidden()
+    agent = ui.server.call("GET", "/v1/agents")[2]["data"][0]
+    session = ui.server.call("GET", f"/v1/agents/{agent['id']}/sessions")[2]["data"][0]
+    assert session["last_turn"]["status"] == "cancelled"
+    ui.clean()
+
+
+def test_a_file_can_be_uploaded_and_read_back(console, tmp_path):
+    from playwright.sync_api import expect
+
+    ui = console()
+    ui.open()
+    ui.new_agent("Filer", "session_file_system")
+    (tmp_path / "notes.txt").write_text("remember the milk")
+    ui.page.get_by_label("Upload file").set_input_files(str(tmp_path / "notes.txt"))
+    ui.page.get_by_role("button", name="/notes.txt (17 B)").click()
+    expect(ui.page.get_by_label("File content")).to_have_text("remember the milk")
+    ui.clean()
+
+
+def test_untrusted_text_is_shown_as_text(console):
+    ui = console()
+    ui.open()
+    ui.new_agent("Echo")
+    ui.send('<img src=x onerror="window.pwned=1">')
+    log = ui.page.get_by_role("log")
+    log.get_by_text('You said: <img src=x onerror="window.pwned=1">').wait_for()
+    assert log.locator("img").count() == 0 and ui.page.evaluate("window.pwned") is None
+    ui.clean()
+
+
+def test_with_an_api_key_the_console_asks_for_it(console):
+    ui = console("--api-key", "console-secret-key")
+    page = ui.open()
+    page.get_by_label("API key", exact=True).fill("console-secret-key")
+    page.get_by_role("button", name="Use key").click()
+    ui.new_agent("Keyed", "test_math")
+    ui.send('add {"a": 2, "b": 3}')
+    page.get_by_role("log").get_by_text("Tool results: add returned").wait_for()
+    ui.errors = [e for e in ui.errors if "401" not in e]  # the first calls, before the key was given
+    ui.clean()
+
+
+def test_the_page_fits_a_phone(console):
+    ui = console(width=390)
+    ui.open()
+    ui.new_agent("Pocket")
+    ui.send("hello from a phone")
+    ui.page.get_by_role("log").get_by_text("You said: hello from a phone").wait_for()
+    assert ui.page.evaluate("document.documentElement.scrollWidth") <= 390
+    ui.shot("console-phone.png")
+    ui.clean()
+
+
+def test_swagger_ui_renders_its_operations_offline(console):
+    ui = console()
+    page = ui.open("/swagger-ui/")
+    page.locator(".opblock").first.wait_for()
+    assert page.locator(".opblock").count() > 20
+    ui.shot("swagger-ui.png")
+    ui.clean()
+
+
+def test_screenshots_in_the_readme_exist():
+    text = (ROOT / "README.md").read_text()
+    for name in ("console.png", "console-phone.png"):
+        assert f"docs/{name}" in text and (ROOT / "docs" / name).stat().st_size > 10_000
