@@ -4822,6 +4822,7 @@ _CONSOLE_HTML = r"""<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Everruns console</title>
+<meta name="everruns-key" content="{key}">
 <link rel="icon" href="data:,">
 <link rel="stylesheet" href="/console.css">
 <script src="/console.js" defer></script>
@@ -4918,9 +4919,11 @@ _CONSOLE_HTML = r"""<!doctype html>
 """
 
 _CONSOLE_CSS = r""":root { color-scheme: light dark; --bg: #f7f7f8; --panel: #fff; --text: #1d1d1f; --muted: #6b6b76;
-  --line: #dcdce0; --accent: #2f5bd3; --danger: #b3261e; --user: #e6edff; --tool: #f1f1f4; --error: #fdecea; }
+  --line: #dcdce0; --accent: #2f5bd3; --on-accent: #fff; --danger: #b3261e; --user: #e6edff; --tool: #f1f1f4;
+  --error: #fdecea; }
 @media (prefers-color-scheme: dark) {
   :root { --bg: #151518; --panel: #1f1f24; --text: #ececf1; --muted: #a0a0ab; --line: #34343c; --accent: #8aa8ff;
+    --on-accent: #10131c;
     --danger: #ff8a80; --user: #26304d; --tool: #2a2a31; --error: #4a2624; }
 }
 * { box-sizing: border-box; }
@@ -4932,7 +4935,8 @@ h1 { font-size: 1.15rem; margin: 0; } h2 { font-size: 1rem; margin: 0; }
 nav { display: flex; gap: .4rem; }
 button { font: inherit; padding: .35rem .75rem; border: 1px solid var(--line); border-radius: 6px;
   background: var(--panel); color: var(--text); cursor: pointer; }
-button[type=submit], button[aria-pressed=true] { background: var(--accent); color: #fff; border-color: var(--accent); }
+button[type=submit], button[aria-pressed=true] { background: var(--accent); color: var(--on-accent);
+  border-color: var(--accent); }
 button.danger { color: var(--danger); border-color: var(--danger); background: transparent; }
 input, textarea, select { font: inherit; width: 100%; padding: .4rem; border: 1px solid var(--line);
   border-radius: 6px; background: var(--bg); color: var(--text); }
@@ -5082,7 +5086,8 @@ async function loadAgents() {
       onclick: guard(() => pickAgent(a)) }, a.name))));
 }
 
-function agentForm(agent) {
+async function agentForm(agent) {
+  if (!state.capabilities.length) state.capabilities = await all("/v1/capabilities");
   $("agent-form").hidden = false;
   $("agent-form-title").textContent = agent ? `Edit ${agent.name}` : "New agent";
   $("agent-submit").textContent = agent ? "Save" : "Create";
@@ -5098,8 +5103,8 @@ function agentForm(agent) {
   $("agent-name").focus();
 }
 
-$("new-agent").addEventListener("click", () => agentForm(null));
-$("edit-agent").addEventListener("click", () => agentForm(state.agent));
+$("new-agent").addEventListener("click", guard(() => agentForm(null)));
+$("edit-agent").addEventListener("click", guard(() => agentForm(state.agent)));
 $("agent-cancel").addEventListener("click", () => { $("agent-form").hidden = true; });
 $("agent-provider").addEventListener("change", guard(async () => {
   const id = $("agent-provider").value;
@@ -5331,9 +5336,11 @@ async function start() {
   await loadProviders();
   await loadAgents();
   if (state.agents.length && !state.agent) await pickAgent(state.agents[0]);
+  document.body.dataset.ready = "yes";  // for people nothing changes; tests wait for it
 }
 
-start().catch((error) => say(error.message));
+if (document.querySelector('meta[name="everruns-key"]').content === "required" && !state.key) askKey();
+else start().catch((error) => say(error.message));
 """
 
 CONSOLE_CSP = (
@@ -5350,7 +5357,8 @@ def _console_file(body: str, content_type: str) -> bottle.HTTPResponse:
 
 @_route("GET", "/", "The console", "console", raw=True, in_schema=False)
 def _console(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
-    return _console_file(_CONSOLE_HTML, "text/html; charset=utf-8")
+    needed = "required" if ctx.config["api_key"] else "none"  # ask for the key before the first call, not after a 401
+    return _console_file(_CONSOLE_HTML.replace("{key}", needed), "text/html; charset=utf-8")
 
 
 @_route("GET", "/console.css", "The console's style sheet", "console", raw=True, in_schema=False)
