@@ -5160,7 +5160,7 @@ $("rename-session").addEventListener("click", guard(async () => {
   const title = prompt("New title", state.session.title || "");
   if (title === null) return;
   state.session = await api("PATCH", `/v1/sessions/${state.session.id}`, { title });
-  $("session-title").textContent = title; await loadSessions();
+  $("session-title").textContent = title || "Untitled session"; await loadSessions();
 }));
 
 $("delete-session").addEventListener("click", guard(async () => {
@@ -5183,9 +5183,9 @@ async function openSession(session) {
   $("session-title").textContent = session.title || "Untitled session";
   $("log").replaceChildren();
   running(session.status === "running");
+  follow(session.id);  // first: nothing below may keep the live view from starting
   await loadSessions();
   await loadFiles();
-  follow(session.id);
 }
 
 // ---- the conversation: a fetch-based SSE reader that resumes from the last seq ----
@@ -5193,19 +5193,21 @@ async function openSession(session) {
 async function follow(sessionId) {
   const controller = new AbortController();
   state.stream = controller;
-  while (state.session && state.session.id === sessionId && !controller.signal.aborted) {
+  const current = () => state.stream === controller && !controller.signal.aborted;
+  while (current()) {
     try {
       const headers = { Accept: "text/event-stream" };
       if (state.key) headers.Authorization = `Bearer ${state.key}`;
       const response = await fetch(`/v1/sessions/${sessionId}/events?after=${state.seq}`,
         { headers, signal: controller.signal });
       if (response.status === 401) { askKey(); return; }
+      if (response.status === 404) { say("This session was deleted."); return; }
       if (!response.ok) throw new Error(`events: ${response.status}`);
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
       for (;;) {
         const { value, done } = await reader.read();
-        if (done) break;
+        if (done || !current()) break;
         buffer += value;
         let end;
         while ((end = buffer.indexOf("\n\n")) >= 0) {
@@ -5235,6 +5237,7 @@ function bubble(id, role) {
 function scrolled() { $("log").scrollTop = $("log").scrollHeight; }
 
 function show(event) {
+  if (!state.session || event.session_id !== state.session.id) return;  // a stream of a session left behind
   if (event.seq) state.seq = event.seq;
   const data = event.data;
   if (event.type === "message.delta") {
@@ -5294,7 +5297,7 @@ async function loadFiles(path = "") {
   const walk = async (dir) => {
     const node = await api("GET", dir ? `${base}/${dir}` : base);
     for (const entry of node.entries) {
-      if (entry.type === "directory") await walk(entry.path.slice(1)); else rows.push(entry);
+      if (entry.type === "directory") await walk(encodePath(entry.path).slice(1)); else rows.push(entry);
     }
   };
   await walk(path);
@@ -5851,11 +5854,16 @@ class _Chat:
     def __init__(self, api: _ApiClient, out: Any) -> None:
         self.api, self.out = api, out
         self.agent: dict = {}
-        self.session_id, self.seq, self.streamed = "", 0, {}
+        self.session_id, self.seq, self.streamed, self.midline = "", 0, {}, False
 
     def say(self, text: str = "", end: str = "\n") -> None:
         self.out.write(text + end)
         self.out.flush()
+        self.midline = bool(text) and not end
+
+    def note(self, text: str) -> None:
+        """A line of its own, after a streamed answer that has not ended its line."""
+        self.say(("\n" if self.midline else "") + text)
 
     def open(self, agent: str | None, new: bool) -> None:
         """Find the agent (by id or name; "Assistant" is created if missing) and its session."""
@@ -5893,9 +5901,11 @@ class _Chat:
 
     def turn(self, text: str) -> str:
         """Send one message and print the turn as it happens; its status."""
+        import http.client
+
         self.api.call("POST", f"/v1/sessions/{self.session_id}/messages", {"content": text})
-        status, cancelled = "", False
-        while not status:
+        status, cancelled, drops = "", False, 0
+        while not status:  # a dropped stream is read again from the last seq
             try:
                 for event in self.api.events(self.session_id, self.seq):
                     status = self._show(event) or status
@@ -5904,9 +5914,12 @@ class _Chat:
                     raise
                 cancelled = True
                 self.api.call("POST", f"/v1/sessions/{self.session_id}/cancel", {})
-            if not status and not cancelled:
-                break  # the stream ended without a turn (nothing was owed)
-        return status or "completed"
+            except (OSError, http.client.HTTPException, ValueError):
+                pass
+            drops += not status
+            if drops > 5:
+                raise _ChatError("the event stream keeps breaking off")
+        return status
 
     def _show(self, event: dict) -> str:
         """Print one event; the turn's status once it has ended."""
@@ -5926,9 +5939,9 @@ class _Chat:
             self.say(f"← {'✗ ' if data['is_error'] else ''}{_shown(data['result'])}")
         elif kind == "session.completed":
             if data["status"] == "failed":
-                self.say(f"✗ the turn failed: {data['error']['message']} ({data['error']['code']})")
+                self.note(f"✗ the turn failed: {data['error']['message']} ({data['error']['code']})")
             elif data["status"] == "cancelled":
-                self.say("(cancelled)")
+                self.note("(cancelled)")
             return data["status"]
         return ""
 
@@ -6007,6 +6020,7 @@ def _server_in_process(url: str) -> Callable[[], None]:
 def _chat(argv: list[str]) -> int:
     """`everruns chat`: see _chat_parser."""
     args = _chat_parser().parse_args(argv)
+    gevent.get_hub().NOT_ERROR += (KeyboardInterrupt,)  # Ctrl-C cancels a turn: not an error to print
     url = args.url or os.environ.get("EVERRUNS_URL") or CHAT_URL
     api = _ApiClient(url, args.api_key or os.environ.get("EVERRUNS_API_KEY"))
     stop = None

@@ -85,3 +85,41 @@ def test_with_nothing_at_the_default_url_it_serves_in_process(tmp_path):
     assert status == 0 and out == "You said: hello\n"
     assert err.count("\n") == 1 and "running one in this process" in err
     assert (tmp_path / "local.db").exists()
+
+
+class Dropping:
+    """An API whose event stream breaks off once mid-turn, as a flaky network does."""
+
+    def __init__(self):
+        self.reads = 0
+
+    def call(self, method, path, body=None):
+        return {}
+
+    def events(self, session_id, after):
+        self.reads += 1
+        turn = [
+            {"seq": 2, "type": "session.started", "data": {}},
+            {"seq": None, "type": "message.delta", "data": {"message_id": "m", "delta": "You said: "}},
+        ]
+        answer = {"id": "m", "role": "assistant", "content": [{"type": "text", "text": "You said: hi"}]}
+        rest = [
+            {"seq": 3, "type": "message.created", "data": {"message": answer}},
+            {"seq": 4, "type": "session.completed", "data": {"status": "completed", "error": None}},
+        ]
+        if self.reads == 1:
+            yield from turn
+            raise ConnectionResetError("the network went away")
+        yield from [e for e in rest if e["seq"] > after]
+
+
+def test_a_stream_that_breaks_off_is_read_again_from_the_last_seq():
+    import io
+
+    import everruns
+
+    out = io.StringIO()
+    chat = everruns._Chat(Dropping(), out)
+    chat.session_id = "s"
+    assert chat.turn("hi") == "completed"
+    assert out.getvalue() == "You said: hi\n" and chat.seq == 4
