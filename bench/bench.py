@@ -60,8 +60,7 @@ class Stream:
         self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
         self.conn.request("GET", f"/v1/sessions/{session_id}/events")
         self.response = self.conn.getresponse()
-        assert self.response.readline().startswith(b"retry:")
-        self.response.readline()
+        assert self.response.readline().startswith(b"retry:")  # it joins the first event's block
 
     def next_stored(self):
         """The next stored event (deltas skipped) and when it arrived."""
