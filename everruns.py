@@ -21,11 +21,14 @@ Sections (each starts with a banner ``# N. Name`` between rules; grep for it):
                      system, web_fetch, and the rest; a plain dict registry
  10. Turn engine     tool execution, the per-session runner, the turn loop,
                      cancellation, crash recovery
- 11. HTTP layer      the guard (host, CORS, limits), auth, route registry,
-                     body and query parsing, handlers by resource, SSE
- 12. OpenAPI         the document built from the route registry, Swagger UI
- 13. App factory     create_app, serve, graceful shutdown
- 14. CLI             main(), --help, --version
+ 11. HTTP layer      the guard (host, CORS, cross-site writes, limits), auth,
+                     route registry, body and query parsing, handlers by
+                     resource, SSE
+ 12. OpenAPI, pages  the document built from the route registry, Swagger UI
+                     (served locally), the console (HTML, CSS, JavaScript)
+ 13. App factory     create_app, the HTTP server (deadlines, framing, the
+                     connection cap), serve, graceful shutdown
+ 14. CLI             main() with `serve` (the default) and `chat`, settings
 """
 
 # =============================================================================
@@ -4606,7 +4609,7 @@ def _get_capability(ctx: _Ctx, call: _Call, capability_id: str) -> BaseModel:
 
 
 # =============================================================================
-# 12. OpenAPI
+# 12. OpenAPI and pages
 # =============================================================================
 
 
