@@ -5695,7 +5695,10 @@ class _Server(gevent.pywsgi.WSGIServer):
     def __init__(self, address: tuple[str, int], app: Any, config: dict) -> None:
         self.connections = _Connections(int(config["max_connections"]))
         self.idle_timeout, self.request_timeout = float(config["idle_timeout"]), float(config["request_timeout"])
-        super().__init__(address, app, log=None, error_log=_log, spawn=self.connections)
+        # A backlog as deep as the cap (within the kernel's usual limit): a burst of connections
+        # waits there to be accepted instead of having its SYNs dropped and retried a second later.
+        backlog = min(max(self.connections.cap, 128), 4096)
+        super().__init__(address, app, log=None, error_log=_log, spawn=self.connections, backlog=backlog)
 
     def handle(self, sock: Any, address: Any) -> None:
         # Events are small writes: without TCP_NODELAY, Nagle's algorithm
