@@ -607,8 +607,16 @@ def _picked(pick: Callable[[Any], bool], when: Any, otherwise: Any, names: tuple
 
 def _by_key(key: str, with_key: type[BaseModel], without: type[BaseModel]) -> Any:
     """A union of two body forms, picked by whether the JSON object has `key`."""
-    pick = lambda value: isinstance(value, dict) and key in value  # noqa: E731
-    return _picked(pick, with_key, without, (with_key.__name__, without.__name__))
+
+    def has_key(value: Any) -> bool:
+        return isinstance(value, dict) and key in value
+
+    return _picked(has_key, with_key, without, (with_key.__name__, without.__name__))
+
+
+def _examples(*examples: dict) -> ConfigDict:
+    """A request model's config that shows these bodies as examples in the OpenAPI document."""
+    return ConfigDict(json_schema_extra={"examples": list(examples)})
 
 
 def _names_and_values(schema: dict) -> None:
@@ -653,11 +661,7 @@ class _ProviderCreateCommon(_In):
 class LlmsimProviderCreate(_ProviderCreateCommon):
     """Create a simulator provider."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"name": "Slow simulator", "provider_type": "llmsim", "settings": {"token_delay_ms": 150}}]
-        }
-    )
+    model_config = _examples({"name": "Slow simulator", "provider_type": "llmsim", "settings": {"token_delay_ms": 150}})
 
     provider_type: Literal["llmsim"]
     settings: LlmsimSettings = Field(default_factory=LlmsimSettings)
@@ -666,16 +670,12 @@ class LlmsimProviderCreate(_ProviderCreateCommon):
 class OpenAIProviderCreate(_ProviderCreateCommon):
     """Create an OpenAI-compatible provider."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "name": "Ollama",
-                    "provider_type": "openai",
-                    "base_url": "http://localhost:11434/v1",
-                    "default_model": "llama3.2",
-                }
-            ]
+    model_config = _examples(
+        {
+            "name": "Ollama",
+            "provider_type": "openai",
+            "base_url": "http://localhost:11434/v1",
+            "default_model": "llama3.2",
         }
     )
 
@@ -686,16 +686,12 @@ class OpenAIProviderCreate(_ProviderCreateCommon):
 class AnthropicProviderCreate(_ProviderCreateCommon):
     """Create an Anthropic provider."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "name": "Claude",
-                    "provider_type": "anthropic",
-                    "api_key": "sk-ant-...",
-                    "default_model": "claude-sonnet-4-5",
-                }
-            ]
+    model_config = _examples(
+        {
+            "name": "Claude",
+            "provider_type": "anthropic",
+            "api_key": "sk-ant-...",
+            "default_model": "claude-sonnet-4-5",
         }
     )
 
@@ -768,12 +764,8 @@ class Provider(RootModel):
 class AgentCreate(_In):
     """Body of POST /v1/agents."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {"name": "Helper", "system_prompt": "Be brief.", "capabilities": ["current_time", "test_math"]}
-            ]
-        }
+    model_config = _examples(
+        {"name": "Helper", "system_prompt": "Be brief.", "capabilities": ["current_time", "test_math"]}
     )
 
     name: Name
@@ -956,14 +948,10 @@ class UserMessageIn(_In):
 class MessagePostFull(_In):
     """{"message": {"role": "user", "content": ...}, "controls"?}"""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "message": {"role": "user", "content": [{"type": "text", "text": "Hello"}]},
-                    "controls": {"temperature": 0.2},
-                }
-            ]
+    model_config = _examples(
+        {
+            "message": {"role": "user", "content": [{"type": "text", "text": "Hello"}]},
+            "controls": {"temperature": 0.2},
         }
     )
 
@@ -974,7 +962,7 @@ class MessagePostFull(_In):
 class MessagePostShort(_In):
     """{"content": "text", "controls"?}"""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"content": "What is 2 + 3? Use add."}]})
+    model_config = _examples({"content": "What is 2 + 3? Use add."})
 
     content: MessageContent
     controls: TurnControls | None = None
@@ -1524,7 +1512,8 @@ class _Secrets:
         """Learn the stored secrets, and encrypt any plain one when a secret key is set."""
         for row in m.Provider.select():
             try:
-                self.open(row.api_key), self.open_settings(row.settings)
+                self.open(row.api_key)
+                self.open_settings(row.settings)
             except _SecretUnreadable as e:
                 _log.warning("provider %r: %s; its turns will fail with PROVIDER_KEY_UNREADABLE", row.name, e)
             if self.fernet:
@@ -1663,7 +1652,7 @@ def _provider_out(row: Any) -> Provider:
             "default_model": row.default_model,
             "api_key_set": bool(row.api_key),
             "is_default": bool(row.is_default),
-            "settings": SETTINGS_MODELS[row.provider_type].model_validate(settings).model_dump(),
+            "settings": settings,
             "created_at": row.created_at,
             "updated_at": row.updated_at,
         }
@@ -3193,8 +3182,8 @@ def _checked_reply(reply: LLMReply) -> LLMReply:
         text = _dumps(call["arguments"])
         if len(text) > MAX_TOOL_OUTPUT:
             call["arguments"] = {"_unparsed_arguments": f"({len(text)} bytes of arguments: too large)"}
-        elif _clean_text(text) is not text:
-            call["arguments"] = {"_unparsed_arguments": _clean_text(text)}
+        elif (clean := _clean_text(text)) is not text:
+            call["arguments"] = {"_unparsed_arguments": clean}
     return reply
 
 
@@ -4780,10 +4769,11 @@ DOCS_CSP = (
 )
 
 
-def _docs_file(body: str | bytes, content_type: str, cache: bool = False) -> bottle.HTTPResponse:
-    headers = {"Content-Type": content_type, "Content-Security-Policy": DOCS_CSP, "X-Content-Type-Options": "nosniff"}
-    if cache:
-        headers["Cache-Control"] = "public, max-age=86400"
+def _page_file(body: str | bytes, content_type: str, csp: str, cache: bool = False) -> bottle.HTTPResponse:
+    """A file of a page (Swagger UI, the console) with its CSP; kept a day by browsers when `cache`."""
+    headers = {"Content-Type": content_type, "Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff",
+               "Referrer-Policy": "no-referrer",
+               "Cache-Control": "public, max-age=86400" if cache else "no-cache"}  # fmt: skip
     return bottle.HTTPResponse(body, 200, headers)
 
 
@@ -4802,16 +4792,16 @@ def _openapi(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
 
 @_route("GET", "/swagger-ui/", "Swagger UI", "docs", raw=True, in_schema=False)
 def _swagger(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
-    return _docs_file(_SWAGGER_HTML, "text/html; charset=utf-8")
+    return _page_file(_SWAGGER_HTML, "text/html; charset=utf-8", DOCS_CSP)
 
 
 @_route("GET", "/swagger-ui/<name>", "Swagger UI's files", "docs", raw=True, in_schema=False)
 def _swagger_asset(ctx: _Ctx, call: _Call, name: str) -> bottle.HTTPResponse:
     if name == "init.js":
-        return _docs_file(_SWAGGER_INIT, "text/javascript; charset=utf-8")
+        return _page_file(_SWAGGER_INIT, "text/javascript; charset=utf-8", DOCS_CSP)
     if name not in _SWAGGER_FILES:
         raise _NotFound(f"no such file: {name}")
-    return _docs_file(_swagger_file(name), _SWAGGER_FILES[name], cache=True)
+    return _page_file(_swagger_file(name), _SWAGGER_FILES[name], DOCS_CSP, cache=True)
 
 
 # ---- the console ----------------------------------------------------------------
@@ -5355,26 +5345,20 @@ CONSOLE_CSP = (
 )
 
 
-def _console_file(body: str, content_type: str) -> bottle.HTTPResponse:
-    headers = {"Content-Type": content_type, "Content-Security-Policy": CONSOLE_CSP, "Cache-Control": "no-cache",
-               "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}  # fmt: skip
-    return bottle.HTTPResponse(body, 200, headers)
-
-
 @_route("GET", "/", "The console", "console", raw=True, in_schema=False)
 def _console(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
     needed = "required" if ctx.config["api_key"] else "none"  # ask for the key before the first call, not after a 401
-    return _console_file(_CONSOLE_HTML.replace("{key}", needed), "text/html; charset=utf-8")
+    return _page_file(_CONSOLE_HTML.replace("{key}", needed), "text/html; charset=utf-8", CONSOLE_CSP)
 
 
 @_route("GET", "/console.css", "The console's style sheet", "console", raw=True, in_schema=False)
 def _console_css(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
-    return _console_file(_CONSOLE_CSS, "text/css; charset=utf-8")
+    return _page_file(_CONSOLE_CSS, "text/css; charset=utf-8", CONSOLE_CSP)
 
 
 @_route("GET", "/console.js", "The console's script", "console", raw=True, in_schema=False)
 def _console_js(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
-    return _console_file(_CONSOLE_JS, "text/javascript; charset=utf-8")
+    return _page_file(_CONSOLE_JS, "text/javascript; charset=utf-8", CONSOLE_CSP)
 
 
 # =============================================================================
