@@ -1,14 +1,28 @@
-"""Everruns benchmark: turn latency, throughput, commit-to-client time, idle-stream memory.
+"""Everruns benchmark: what a user pays per turn, in CPU, time and memory.
 
-By default it starts its own server (`python everruns.py`) on a free port of
-127.0.0.1 with a fresh database and gevent's blocking monitor on, and uses the
-built-in simulator at 0 ms per token. Run it from the repository root:
+Each scenario starts its own server (`python everruns.py`) on a free port of
+127.0.0.1 with a fresh database and gevent's blocking monitor on, drives it
+from this process, and reads the server's CPU time and RSS from /proc (the
+server process only). Scenarios:
 
-    python bench/bench.py            # full run, about a minute
-    python bench/bench.py --quick    # fewer turns and streams
+    sim       the built-in simulator, 20 words per answer, 0 ms per word
+    openai    an OpenAI-compatible upstream on 127.0.0.1 (bench/upstream.py),
+              20 streamed tokens per answer, 0 ms per token
+    openai5   the same upstream at 5 ms per token
 
-With --url it measures a server you started yourself instead (RSS and the
-blocking monitor need --pid and the server's stderr, so they are skipped).
+each with `--sync full` (the default) and `--sync normal`. One command prints
+one table; run it from the repository root:
+
+    python bench/bench.py                      # every scenario, a few minutes
+    python bench/bench.py --quick              # shorter runs, fewer streams
+    python bench/bench.py --scenario sim --sync full
+    python bench/bench.py --server-arg=--foo --server-arg=bar   # extra server options
+
+Per scenario: server CPU per turn and turns/s with 1, 20 and 100 concurrent
+conversations (each a session of 10 turns, then a new session), POST → first `message.delta` and POST → `session.completed` over SSE,
+commit → client (from the stored event's `ts`, 1 ms resolution), cold start
+to the first `/health`, RSS idle, after the turns and with 2,000 idle open
+streams, and the blocking monitor's reports (over 100 ms).
 """
 
 from gevent import monkey
@@ -20,27 +34,34 @@ import datetime  # noqa: E402
 import http.client  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from urllib.parse import urlsplit  # noqa: E402
 
 import gevent  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+# 18 words: the simulator answers "You said: " and them, 20 words in all
+TURNS_PER_SESSION = 10  # a conversation's length in the throughput runs
+MESSAGE = "the quick brown fox jumps over the lazy dog and then the dog sleeps under the old tree"
+SCENARIOS = {  # name: (what the column says, the agent's provider: None = the simulator, or the upstream's pause)
+    "sim": ("simulator", None),
+    "openai": ("OpenAI-compatible, 0 ms/token", 0),
+    "openai5": ("OpenAI-compatible, 5 ms/token", 5),
+}
 
 
 class Client:
     """A tiny JSON client with one keep-alive connection."""
 
     def __init__(self, url):
-        parts = urlsplit(url)
-        self.host, self.port = parts.hostname, parts.port
-        self.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        self.conn = http.client.HTTPConnection(*url.removeprefix("http://").split(":"), timeout=60)
 
     def call(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
@@ -53,36 +74,38 @@ class Client:
 
 
 class Stream:
-    """A live SSE connection that yields (arrival time, event)."""
+    """A live SSE connection to one session's events."""
 
     def __init__(self, url, session_id):
-        parts = urlsplit(url)
-        self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        self.conn = http.client.HTTPConnection(*url.removeprefix("http://").split(":"), timeout=60)
         self.conn.request("GET", f"/v1/sessions/{session_id}/events")
         self.response = self.conn.getresponse()
-        assert self.response.readline().startswith(b"retry:")  # it joins the first event's block
+        assert self.response.status == 200, self.response.status
 
-    def next_stored(self):
-        """The next stored event (deltas skipped) and when it arrived."""
-        event = None
+    def turn(self, started, timing=None):
+        """Read up to `session.completed`; with `timing`, note when the first delta and each
+        stored event arrived. Deltas are recognised by their `event:` line, not parsed."""
+        first_delta, kind = None, None
+        readline = self.response.readline
         while True:
-            line = self.response.readline()
+            line = readline()
             if not line:
                 raise RuntimeError("stream closed")
-            if line.startswith(b"data: "):
+            if line.startswith(b"event: "):
+                kind = line[7:-1]
+                if kind == b"message.delta" and first_delta is None:
+                    first_delta = time.perf_counter()
+            elif line.startswith(b"data: ") and kind != b"message.delta":
                 event = json.loads(line[6:])
-            elif line == b"\n" and event is not None:
-                if event["seq"] is not None:
-                    return time.time(), event
-                event = None
-
-    def until_completed(self, samples=None):
-        while True:
-            arrived, event = self.next_stored()
-            if samples is not None:
-                samples.append(arrived - _parse_ts(event["ts"]))
-            if event["type"] == "session.completed":
-                return event
+                if timing is not None:
+                    timing["commit_to_client"].append(time.time() - _parse_ts(event["ts"]))
+                if kind == b"session.completed":
+                    assert event["data"]["status"] == "completed", event
+                    if timing is not None:
+                        done = time.perf_counter()
+                        timing["completed"].append(done - started)
+                        timing["first_delta"].append((first_delta or done) - started)
+                    return
 
     def close(self):
         self.conn.close()
@@ -92,49 +115,9 @@ def _parse_ts(ts):
     return datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
-def new_session(client, agent_id):
-    return client.call("POST", f"/v1/agents/{agent_id}/sessions", {})["id"]
-
-
-def one_turn(url, client, session_id, stream, samples=None):
-    started = time.perf_counter()
-    client.call("POST", f"/v1/sessions/{session_id}/messages", {"content": "hello bench"})
-    done = stream.until_completed(samples)
-    assert done["data"]["status"] == "completed", done
-    return time.perf_counter() - started
-
-
 def pct(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
-
-
-def latency(url, agent_id, turns):
-    client, times, commit_to_client = Client(url), [], []
-    for _ in range(turns):
-        sid = new_session(client, agent_id)
-        stream = Stream(url, sid)
-        times.append(one_turn(url, client, sid, stream, commit_to_client))
-        stream.close()
-    return times, commit_to_client
-
-
-def throughput(url, agent_id, sessions, seconds):
-    setup = Client(url)
-    ids = [new_session(setup, agent_id) for _ in range(sessions)]
-    count = [0]
-    deadline = time.perf_counter() + seconds
-
-    def worker(sid):
-        client, stream = Client(url), Stream(url, sid)
-        while time.perf_counter() < deadline:
-            one_turn(url, client, sid, stream)
-            count[0] += 1
-        stream.close()
-
-    started = time.perf_counter()
-    gevent.joinall([gevent.spawn(worker, sid) for sid in ids], raise_error=True)
-    return count[0] / (time.perf_counter() - started)
 
 
 def cpu_seconds(pid):
@@ -149,80 +132,260 @@ def rss_mb(pid):
     return float("nan")
 
 
-def idle_streams(url, agent_id, count, pid):
-    client = Client(url)
-    sid = new_session(client, agent_id)
-    before = rss_mb(pid)
-    streams = [Stream(url, sid) for _ in range(count)]
-    gevent.sleep(1)
-    after = rss_mb(pid)
-    for s in streams:
-        s.close()
-    return before, after
-
-
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start_server(workdir):
-    port = free_port()
-    env = {**os.environ, "GEVENT_MONITOR_THREAD_ENABLE": "1", "GEVENT_MAX_BLOCKING_TIME": "0.1"}
-    log = open(Path(workdir) / "server.log", "w+")
-    cmd = [sys.executable, str(ROOT / "everruns.py"), "--port", str(port), "--db", str(Path(workdir) / "bench.db"),
-           "--log-level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            Client(url).call("GET", "/health")
-            return proc, url, log
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not start")
+class Server:
+    """`python everruns.py` on a fresh database, with the blocking monitor on."""
+
+    def __init__(self, workdir, args):
+        port = free_port()
+        env = {**os.environ, "GEVENT_MONITOR_THREAD_ENABLE": "1", "GEVENT_MAX_BLOCKING_TIME": "0.1"}
+        self.log = open(Path(workdir) / f"server-{port}.log", "w+")
+        cmd = [sys.executable, str(ROOT / "everruns.py"), "--port", str(port), "--log-level", "warning",
+               "--db", str(Path(workdir) / f"bench-{port}.db"), "--max-connections", "3000", *args]  # fmt: skip
+        self.url = f"http://127.0.0.1:{port}"
+        started = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.pid = self.proc.pid
+        while True:
+            try:
+                Client(self.url).call("GET", "/health")
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.perf_counter() - started > 30:
+                    raise RuntimeError(f"the server did not start: {self._log_text()[-2000:]}") from None
+                time.sleep(0.002)
+        self.cold_start = time.perf_counter() - started
+
+    def _log_text(self):
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        """Stop the server; the number of blocking reports it logged."""
+        self.proc.terminate()
+        self.proc.wait(30)
+        return self._log_text().count("appears to be blocked")
+
+
+class Upstream:
+    """bench/upstream.py in its own process."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "upstream.py"), str(self.port)],
+                                     stdout=subprocess.PIPE)  # fmt: skip
+        assert self.proc.stdout.readline().strip() == b"ready"
+
+    def base_url(self, pause_ms):
+        return f"http://127.0.0.1:{self.port}/{pause_ms}ms/v1"
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def new_session(client, agent_id):
+    return client.call("POST", f"/v1/agents/{agent_id}/sessions", {})["id"]
+
+
+def latency(url, agent_id, turns):
+    """Sequential turns, each in a new session with its stream open first."""
+    client = Client(url)
+    timing = {"completed": [], "first_delta": [], "commit_to_client": []}
+    for _ in range(turns):
+        sid = new_session(client, agent_id)
+        stream = Stream(url, sid)
+        started = time.perf_counter()
+        client.call("POST", f"/v1/sessions/{sid}/messages", {"content": MESSAGE})
+        stream.turn(started, timing)
+        stream.close()
+    return timing
+
+
+def throughput(url, agent_id, sessions, seconds):
+    """Turns completed, and the seconds taken, with `sessions` conversations posting back to
+    back; each conversation is a session of TURNS_PER_SESSION turns, then a new one."""
+    count = [0]
+    deadline = time.perf_counter() + seconds
+
+    def worker():
+        client = Client(url)
+        while time.perf_counter() < deadline:
+            sid = new_session(client, agent_id)
+            stream = Stream(url, sid)
+            for _ in range(TURNS_PER_SESSION):
+                client.call("POST", f"/v1/sessions/{sid}/messages", {"content": MESSAGE})
+                stream.turn(0)
+                count[0] += 1
+                if time.perf_counter() >= deadline:
+                    break
+            stream.close()
+
+    started = time.perf_counter()
+    gevent.joinall([gevent.spawn(worker) for _ in range(sessions)], raise_error=True)
+    return count[0], time.perf_counter() - started
+
+
+def idle_streams(url, agent_id, count, pid):
+    client = Client(url)
+    sid = new_session(client, agent_id)
+    streams = [Stream(url, sid) for _ in range(count)]
+    gevent.sleep(1)
+    rss = rss_mb(pid)
+    for s in streams:
+        s.close()
+    return rss
+
+
+# Where a turn's CPU goes: each sampled stack goes to the first category that one of its
+# frames matches (frame text is "function (file:line)"), checked in this order.
+PROFILE_CATEGORIES = (
+    ("commits", ("Database.commit ",)),
+    ("SQL statements", ("peewee.py", "sqlite3")),
+    ("validation (pydantic)", ("pydantic/",)),
+    ("JSON encoding (events, rows, bodies)", ("_dumps ", "json/encoder.py")),
+    ("socket writes (responses, SSE frames)", ("WSGIHandler.write ", "WSGIHandler._write ", "_sendall ")),
+    ("provider HTTP and stream parsing", ("_sse_events ", "_json_chunk ", "_OpenAI.", "_Anthropic.", "http/client.py")),
+    ("event bus (publish, queues, SSE loop)", ("_Bus.", "on_text ", "_sse ", "_Subscriber.")),
+    ("history and prompt building", ("_transcript ", "_history ", "_provider_messages ", "_llm_request ")),
+    ("simulator", ("_Llmsim.", "_llmsim_answer ")),
+    ("HTTP parsing, routing, handlers", ("pywsgi.py", "bottle.py", "_callback.", "_Handler.", "_App.")),
+    ("event loop and greenlet switches", ("gevent/",)),
+    ("turn engine and the rest", ("",)),
+)
+
+
+def profile_table(raw_path, cpu_ms_per_turn):
+    """py-spy's raw samples as {category: (share, ms per turn)}."""
+    counts = dict.fromkeys((name for name, _ in PROFILE_CATEGORIES), 0)
+    for line in Path(raw_path).read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        frames = stack.split(";")
+        name = next(name for name, marks in PROFILE_CATEGORIES if any(m in f for f in frames for m in marks))
+        counts[name] += int(n)
+    total = sum(counts.values()) or 1
+    return {name: (n / total, n / total * cpu_ms_per_turn) for name, n in counts.items()}
+
+
+def own_cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(scenario, sync, upstream, quick, extra_args, profile=False):
+    """One column of the table: {row name: text}."""
+    label, pause = SCENARIOS[scenario]
+    heavy = pause  # a paused upstream makes each turn ~100 ms: fewer sequential turns
+    turns, seconds, streams = (50 if quick or heavy else 200), (2 if quick else 5), (500 if quick else 2000)
+    workdir = tempfile.mkdtemp(prefix="everruns-bench-")
+    server = Server(workdir, ["--sync", sync, *extra_args])
+    out = {"scenario": f"{label}, --sync {sync}"}
+    try:
+        gevent.sleep(1)
+        out["cold start to first /health"] = f"{server.cold_start * 1000:.0f} ms"
+        out["RSS idle"] = f"{rss_mb(server.pid):.1f} MB"
+        client = Client(server.url)
+        agent = {"name": "bench"}
+        if pause is not None:
+            provider = client.call("POST", "/v1/llm-providers", {
+                "name": "bench upstream", "provider_type": "openai", "base_url": upstream.base_url(pause),
+                "api_key": "bench-key", "default_model": "bench-model"})  # fmt: skip
+            agent["provider_id"] = provider["id"]
+        agent_id = client.call("POST", "/v1/agents", agent)["id"]
+        latency(server.url, agent_id, 5)  # warm-up
+        timing = latency(server.url, agent_id, turns)
+        done = turns + 5
+        for name, key in (("POST → first delta", "first_delta"), ("POST → session.completed", "completed")):
+            ms = [t * 1000 for t in timing[key]]
+            out[f"{name} p50 / p95 / p99"] = f"{pct(ms, 50):.2f} / {pct(ms, 95):.2f} / {pct(ms, 99):.2f} ms"
+        c2c = [t * 1000 for t in timing["commit_to_client"]]
+        out["commit → client p50 / p95"] = f"{pct(c2c, 50):.2f} / {pct(c2c, 95):.2f} ms"
+        client_busy = []
+        for n in (1, 20, 100):
+            spy = None
+            if profile and n == 20:  # sampled at 1 kHz: the figures of this run are slower than the others
+                spy = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid), "--format", "raw", "--rate", "1000",
+                                        "--nonblocking", "-o", f"{workdir}/profile.txt"], stdout=subprocess.DEVNULL)  # fmt: skip
+            cpu, mine = cpu_seconds(server.pid), own_cpu()
+            count, wall = throughput(server.url, agent_id, n, seconds)
+            done += count
+            server_cpu = cpu_seconds(server.pid) - cpu
+            out[f"turns/s, {n} session{'s' * (n > 1)}"] = f"{count / wall:.0f}"
+            out[f"server CPU per turn, {n} session{'s' * (n > 1)}"] = f"{1000 * server_cpu / max(count, 1):.2f} ms"
+            client_busy.append(f"{100 * (own_cpu() - mine) / wall:.0f}%")
+            if spy:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
+                out["profile"] = profile_table(f"{workdir}/profile.txt", 1000 * server_cpu / max(count, 1))
+        out["bench client CPU (1 / 20 / 100)"] = " / ".join(client_busy)
+        out[f"RSS after {done:,} turns"] = f"{rss_mb(server.pid):.1f} MB"
+        out[f"RSS with {streams:,} idle streams"] = f"{idle_streams(server.url, agent_id, streams, server.pid):.1f} MB"
+    finally:
+        out["blocking reports (> 100 ms)"] = str(server.stop())
+    return out
+
+
+def table(columns):
+    """A Markdown table: one row per figure, one column per scenario."""
+    rows = []
+    for column in columns:
+        for name in column:
+            if name == "profile":
+                continue
+            key = name if not name.startswith("RSS after") else "RSS after the turns"
+            if name != "scenario" and key not in rows:
+                rows.append(key)
+
+    def cell(column, row):
+        if row == "RSS after the turns":
+            return next(f"{v} ({k[10:]})" for k, v in column.items() if k.startswith("RSS after"))
+        return column.get(row, "")
+
+    lines = ["| | " + " | ".join(c["scenario"] for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {row} | " + " | ".join(cell(c, row) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine():
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())  # fmt: skip
+    return (f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, "
+            f"{platform.system()} {platform.release()}, {datetime.date.today()}")  # fmt: skip
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", help="measure a running server instead of starting one")
-    parser.add_argument("--pid", type=int, help="the running server's pid (for RSS)")
-    parser.add_argument("--quick", action="store_true", help="a shorter run")
+    parser.add_argument("--quick", action="store_true", help="shorter runs and 500 idle streams")
+    parser.add_argument("--scenario", action="append", choices=list(SCENARIOS), help="default: all")
+    parser.add_argument("--sync", action="append", choices=["full", "normal"], help="default: both")
+    parser.add_argument("--profile", action="store_true",
+                        help="also sample the server with py-spy during the 20-session run: where its CPU goes")
+    parser.add_argument("--server-arg", action="append", default=[], help="an extra option for the server")
     args = parser.parse_args()
-    turns, seconds, streams = (50, 2, 200) if args.quick else (200, 5, 1000)
-    workdir = tempfile.mkdtemp(prefix="everruns-bench-")
-    proc = log = None
-    url, pid = args.url, args.pid
-    if not url:
-        proc, url, log = start_server(workdir)
-        pid = proc.pid
+    resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+    upstream = Upstream()
     try:
-        client = Client(url)
-        agent_id = client.call("POST", "/v1/agents", {"name": "bench"})["id"]
-        latency(url, agent_id, 5)  # warm-up
-        times, c2c = latency(url, agent_id, turns)
-        ms = [t * 1000 for t in times]
-        print(f"latency, POST to session.completed over SSE ({turns} sequential turns):")
-        print(f"  p50 {pct(ms, 50):.2f} ms   p95 {pct(ms, 95):.2f} ms   p99 {pct(ms, 99):.2f} ms")
-        c2c_ms = [c * 1000 for c in c2c]
-        print(f"commit to client ({len(c2c_ms)} stored events; event ts has 1 ms resolution, so this overstates):")
-        print(f"  p50 {pct(c2c_ms, 50):.2f} ms   p95 {pct(c2c_ms, 95):.2f} ms   mean {statistics.mean(c2c_ms):.2f} ms")
-        for n in (20, 100):
-            cpu, wall = cpu_seconds(pid) if pid else 0, time.perf_counter()
-            rate = throughput(url, agent_id, n, seconds)
-            busy = f" (server CPU {100 * (cpu_seconds(pid) - cpu) / (time.perf_counter() - wall):.0f}%)" if pid else ""
-            print(f"throughput with {n} concurrent sessions: {rate:.0f} turns/s{busy}")
-        if pid:
-            before, after = idle_streams(url, agent_id, streams, pid)
-            print(f"RSS with {streams} idle open streams: {after:.1f} MB (before opening them: {before:.1f} MB)")
+        columns = [run(scenario, sync, upstream, args.quick, args.server_arg, args.profile)
+                   for sync in args.sync or ["full", "normal"] for scenario in args.scenario or list(SCENARIOS)]  # fmt: skip
     finally:
-        if proc:
-            proc.terminate()
-            proc.wait(15)
-            log.seek(0)
-            blocked = log.read().count("appears to be blocked")
-            print(f"gevent blocking monitor (over 100 ms): {blocked} report(s)")
+        upstream.stop()
+    print(table(columns))
+    profiled = [c for c in columns if "profile" in c]
+    if profiled:
+        print("\nWhere the server's CPU goes, 20 sessions (py-spy, share of samples and ms per turn):\n")
+        print("| | " + " | ".join(c["scenario"] for c in profiled) + " |")
+        print("|---" * (len(profiled) + 1) + "|")
+        for name, _ in PROFILE_CATEGORIES:
+            cells = [f"{c['profile'][name][0]:.0%} ({c['profile'][name][1]:.2f} ms)" for c in profiled]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+    print(f"\n`python bench/bench.py{' --quick' if args.quick else ''}` on {machine()}")
 
 
 if __name__ == "__main__":

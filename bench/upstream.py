@@ -1,0 +1,97 @@
+"""A fake OpenAI-compatible upstream for the benchmark, on 127.0.0.1.
+
+`POST .../chat/completions` streams a 20-token answer as Chat Completions
+chunks (`data: {...}` lines, a usage chunk, `data: [DONE]`); the per-token
+pause comes from the path: a base_url of `http://127.0.0.1:PORT/5ms/v1`
+pauses 5 ms before each token, `/0ms/v1` sends the whole answer at once.
+`GET .../models` lists one model. Every answer closes its connection, as a
+provider adapter that does not keep connections alive expects.
+
+    python bench/upstream.py PORT     # serves until killed; prints "ready"
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import json  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+
+import gevent  # noqa: E402
+from gevent.server import StreamServer  # noqa: E402
+
+TOKENS = 20
+MODEL = "bench-model"
+
+
+def _chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> bytes:
+    body = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if usage is None else []}  # fmt: skip
+    if usage is not None:
+        body["usage"] = usage
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n"
+FIRST = _chunk({"role": "assistant", "content": ""})
+WORDS = [_chunk({"content": f"word{i} " if i < TOKENS - 1 else f"word{i}."}) for i in range(TOKENS)]
+LAST = _chunk({}, "stop") + _chunk({}, usage={"prompt_tokens": 30, "completion_tokens": TOKENS}) + b"data: [DONE]\n\n"
+MODELS = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}]}).encode()
+
+
+def _read_request(reader) -> tuple[str, str] | None:
+    """(method, path) of one request, its headers and body read; None at end of input."""
+    line = reader.readline(65536)
+    if not line:
+        return None
+    method, path, _ = line.decode("latin-1").split(" ", 2)
+    length = 0
+    while True:
+        header = reader.readline(65536)
+        if header in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = header.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    reader.read(length)
+    return method, path
+
+
+def handle(sock, _address) -> None:
+    reader = sock.makefile("rb")
+    try:
+        request = _read_request(reader)
+        if request is None:
+            return
+        method, path = request
+        if method == "GET" and path.endswith("/models"):
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(MODELS), MODELS))  # fmt: skip
+            return
+        match = re.match(r"/(\d+)ms/", path)
+        pause = int(match.group(1)) / 1000 if match else 0.0
+        if not pause:
+            sock.sendall(HEAD + FIRST + b"".join(WORDS) + LAST)
+            return
+        sock.sendall(HEAD + FIRST)
+        for word in WORDS:
+            gevent.sleep(pause)
+            sock.sendall(word)
+        sock.sendall(LAST)
+    except OSError:
+        pass  # the server hung up (a cancelled turn): nothing to answer
+    finally:
+        reader.close()
+        sock.close()
+
+
+def main() -> None:
+    server = StreamServer(("127.0.0.1", int(sys.argv[1])), handle, backlog=1024)
+    server.start()
+    print("ready", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
