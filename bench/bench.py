@@ -19,10 +19,10 @@ one table; run it from the repository root:
     python bench/bench.py --server-arg=--foo --server-arg=bar   # extra server options
 
 Per scenario: server CPU per turn and turns/s with 1, 20 and 100 concurrent
-conversations (each a session of 10 turns, then a new session), POST → first `message.delta` and POST → `session.completed` over SSE,
-commit → client (from the stored event's `ts`, 1 ms resolution), cold start
-to the first `/health`, RSS idle, after the turns and with 2,000 idle open
-streams, and the blocking monitor's reports (over 100 ms).
+conversations (each a session of 10 turns, then a new session), POST → first
+`message.delta` and POST → `session.completed` over SSE, commit → client
+(from the stored event's `ts`, 1 ms resolution), cold start to the first
+`/health`, RSS idle, after the turns and with 2,000 idle open streams, and the blocking monitor's reports (over 100 ms).
 """
 
 from gevent import monkey
@@ -311,8 +311,9 @@ def run(scenario, sync, upstream, quick, extra_args, profile=False):
         for n in (1, 20, 100):
             spy = None
             if profile and n == 20:  # sampled at 1 kHz: the figures of this run are slower than the others
-                spy = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid), "--format", "raw", "--rate", "1000",
-                                        "--nonblocking", "-o", f"{workdir}/profile.txt"], stdout=subprocess.DEVNULL)  # fmt: skip
+                spy = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid), "--format", "raw",
+                                        "--rate", "1000", "--nonblocking", "-o", f"{workdir}/profile.txt"],
+                                       stdout=subprocess.DEVNULL)  # fmt: skip
             cpu, mine = cpu_seconds(server.pid), own_cpu()
             count, wall = throughput(server.url, agent_id, n, seconds)
             done += count
@@ -365,15 +366,19 @@ def main():
     parser.add_argument("--quick", action="store_true", help="shorter runs and 500 idle streams")
     parser.add_argument("--scenario", action="append", choices=list(SCENARIOS), help="default: all")
     parser.add_argument("--sync", action="append", choices=["full", "normal"], help="default: both")
-    parser.add_argument("--profile", action="store_true",
-                        help="also sample the server with py-spy during the 20-session run: where its CPU goes")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also sample the server with py-spy during the 20-session run: where its CPU goes",
+    )
     parser.add_argument("--server-arg", action="append", default=[], help="an extra option for the server")
     args = parser.parse_args()
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
     upstream = Upstream()
     try:
         columns = [run(scenario, sync, upstream, args.quick, args.server_arg, args.profile)
-                   for sync in args.sync or ["full", "normal"] for scenario in args.scenario or list(SCENARIOS)]  # fmt: skip
+                   for sync in args.sync or ["full", "normal"]
+                   for scenario in args.scenario or list(SCENARIOS)]  # fmt: skip
     finally:
         upstream.stop()
     print(table(columns))
