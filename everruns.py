@@ -427,16 +427,23 @@ def _uuid7() -> str:
                 ms, seq = ms + 1, 0
         else:
             seq = 0
-        _uuid_state.update(ms=ms, seq=seq)
-    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
-    return str(uuid.UUID(int=value))
+        _uuid_state["ms"], _uuid_state["seq"] = ms, seq
+    rand = int.from_bytes(os.urandom(8)) & ((1 << 62) - 1)
+    h = f"{(ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_clock = [(-1, "")]  # the last second formatted, and its text: most calls fall in the same second
 
 
 def _now_iso() -> str:
     """The current UTC time as ISO 8601 with milliseconds and a Z."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    ms = time.time_ns() // 1_000_000
+    second, text = _clock[0]
+    if ms // 1000 != second:
+        second, text = ms // 1000, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000))
+        _clock[0] = (second, text)
+    return f"{text}.{ms % 1000:03d}Z"
 
 
 def _dumps(value: Any) -> str:
@@ -1560,6 +1567,33 @@ def _check_database_path(path: str) -> None:
         raise StartupError(f"--db: {path} cannot be written (check its permissions and its folder's)")
 
 
+class _Group:
+    """Writes that share one SQLite transaction (a group commit): the writes that are
+    ready in the same turn of the event loop commit together, with one fsync.
+
+    ``after`` runs right after the commit, in order (the journal publishes there);
+    ``failed`` if the commit fails, when every write of the group fails with it.
+    """
+
+    def __init__(self) -> None:
+        self.done = gevent.event.Event()
+        self.error: Exception | None = None
+        self.after: list[Callable[[], None]] = []
+        self.failed: list[Callable[[], None]] = []
+
+    def end(self, error: Exception | None = None) -> None:
+        self.error = error
+        for callback in self.failed if error else self.after:
+            callback()
+        self.done.set()
+
+    def wait(self) -> None:
+        """Return once the group is committed; raise if its commit failed."""
+        self.done.wait()
+        if self.error is not None:
+            raise type(self.error)(*self.error.args)  # a fresh exception for each writer
+
+
 class _Store:
     """One app's database: its models, its write lock, its migrations and its secrets."""
 
@@ -1580,19 +1614,95 @@ class _Store:
             self.db = PooledSqliteDatabase(path, pragmas=_pragmas(sync), max_connections=None)
         self.m = _build_models(self.db)
         self._lock = threading.RLock()
+        # Every write runs on this one connection (borrowed by the writing greenlet), so
+        # that several writes can share a transaction; reads keep their own connections
+        # and see only what is committed.
+        self._writer: Any = None  # opened by the first write
+        self._group: _Group | None = None  # the open transaction, until its commit
+        self._depth = 0  # > 0 inside a write
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[None]:
-        """The one write path: a process-wide lock, then BEGIN IMMEDIATE.
+    def write(self) -> Iterator[_Group]:
+        """The one write path: a process-wide lock, then a savepoint in the open group
+        transaction (BEGIN IMMEDIATE when there is none); on leaving, wait for its commit.
 
-        Nothing inside may yield to other greenlets (no network I/O).
+        Nothing inside may yield to other greenlets (no network I/O). A write inside a
+        write is part of it.
         """
-        with self._lock, self.db.atomic(lock_type="IMMEDIATE"):
+        if self.memory:  # one shared connection: a transaction of its own
+            group = _Group()
+            with self._lock, self.db.atomic(lock_type="IMMEDIATE"):
+                yield group
+            group.end()
+            return
+        with self._lock:
+            if self._depth:
+                yield self._group
+                return
+            group = self._group or self._open_group()
+            self._depth += 1
+            try:
+                with self._on_writer():
+                    self.db.execute_sql("SAVEPOINT w")
+                    try:
+                        yield group
+                    except BaseException as e:
+                        self._undo(group, e)
+                        raise
+                    self.db.execute_sql("RELEASE w")
+            finally:
+                self._depth -= 1
+        group.wait()
+
+    def _open_group(self) -> _Group:
+        with self._on_writer():
+            self.db.execute_sql("BEGIN IMMEDIATE")
+        self._group = _Group()
+        gevent.spawn(self._commit, self._group)  # runs once this greenlet yields: after the writes ready now
+        return self._group
+
+    def _undo(self, group: _Group, error: BaseException) -> None:
+        """Roll a failed write back to its savepoint; if SQLite rolled back the whole
+        transaction (a full disk, an I/O error), every write of the group fails."""
+        if self._writer.in_transaction:
+            self.db.execute_sql("ROLLBACK TO w")
+            self.db.execute_sql("RELEASE w")
+        elif self._group is group:
+            self._group = None
+            group.end(error if isinstance(error, pw.DatabaseError) else pw.OperationalError(str(error)))
+
+    def _commit(self, group: _Group) -> None:
+        with self._lock:
+            if self._group is not group:  # failed already
+                return
+            self._group = None
+            try:
+                with self._on_writer():
+                    self.db.execute_sql("COMMIT")
+            except pw.DatabaseError as e:
+                with contextlib.suppress(Exception), self._on_writer():
+                    self.db.execute_sql("ROLLBACK")
+                group.end(e)
+            else:
+                group.end()
+
+    @contextlib.contextmanager
+    def _on_writer(self) -> Iterator[None]:
+        """This greenlet's queries go to the writer connection meanwhile (no yield in between)."""
+        if self._writer is None:
+            with getattr(pw, "__exception_wrapper__"):  # sqlite3's errors as peewee's, as for any query
+                self._writer = pw.SqliteDatabase._connect(self.db)
+        state = self.db._state
+        saved = state.conn, state.closed, state.ctx, state.transactions
+        state.conn, state.closed, state.ctx, state.transactions = self._writer, False, [], []
+        try:
             yield
+        finally:
+            state.conn, state.closed, state.ctx, state.transactions = saved
 
     def release(self) -> None:
         """Return this greenlet's connection to the pool (file databases only)."""
-        if not self.memory and not self.db.is_closed():
+        if not self.memory and not self._depth and not self.db.is_closed():
             self.db.close()
 
     def migrate(self) -> int:
@@ -1630,10 +1740,14 @@ class _Store:
         if self.memory:
             self.db.close()
             return
+        if self._group is not None:
+            self._commit(self._group)
         with contextlib.suppress(pw.DatabaseError):
             self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.close()
         self.db.close_all()
+        if self._writer is not None:
+            self._writer.close()
 
 
 def _provider_out(row: Any) -> Provider:
@@ -1723,11 +1837,18 @@ def _last_seq(m: Any, session_id: str) -> int:
     return _sql(m, "last_seq", session_id).fetchone()[0]
 
 
-def _append_event(m: Any, session_id: str, seq: int, type_: str, data: dict, turn_id: str | None) -> dict:
-    """Store one event; call inside a write."""
+def _append_event(m: Any, session_id: str, seq: int, type_: str, data: dict, turn_id: str | None) -> tuple[dict, str]:
+    """Store one event (call inside a write); the event, and the event as JSON text."""
     event = {"id": _uuid7(), "seq": seq, "type": type_, "session_id": session_id, "turn_id": turn_id, "ts": _now_iso()}
-    _sql(m, "insert_event", event["id"], session_id, seq, type_, turn_id, event["ts"], _dumps(data))
-    return {**event, "data": data}
+    data_text = _dumps(data)
+    _sql(m, "insert_event", event["id"], session_id, seq, type_, turn_id, event["ts"], data_text)
+    return {**event, "data": data}, _event_text(event, data_text)
+
+
+def _event_text(head: dict, data_text: str) -> str:
+    """An event as JSON text, from its fields but data and its data already encoded
+    (the same text as encoding the whole event, without encoding the data twice)."""
+    return f'{_dumps(head)[:-1]},"data":{data_text}}}'
 
 
 def _stored_events(m: Any, session_id: str, after: int, batch: int = 100) -> Iterator[tuple[int, str, str]]:
@@ -1736,8 +1857,8 @@ def _stored_events(m: Any, session_id: str, after: int, batch: int = 100) -> Ite
     while True:
         rows = _sql(m, "events_after", session_id, after, batch).fetchall()
         for id_, seq, type_, sid, turn_id, ts, data in rows:
-            head = _dumps({"id": id_, "seq": seq, "type": type_, "session_id": sid, "turn_id": turn_id, "ts": ts})
-            yield seq, type_, f'{head[:-1]},"data":{data}}}'
+            yield seq, type_, _event_text({"id": id_, "seq": seq, "type": type_, "session_id": sid,
+                                           "turn_id": turn_id, "ts": ts}, data)  # fmt: skip
         if len(rows) < batch:
             return
         after = rows[-1][1]
@@ -1813,6 +1934,7 @@ def _history(m: Any, session_id: str, budget: int) -> list[tuple[str, list]]:
 
 QUEUE_LIMIT = 1000  # events a subscriber may fall behind before it is dropped
 QUEUE_BYTES = 8 * 1024 * 1024  # and bytes of events
+TAKE_LIMIT = 256  # events a stream sends in one write, when that many are waiting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1845,12 +1967,14 @@ class _Subscriber:
         self.queued_bytes = 0  # the frames waiting in the queue
         self.dropped = False
 
-    def take(self, timeout: float) -> _Published | None:
-        """The next item (None: the end of the stream); gevent.queue.Empty after `timeout` seconds."""
-        item = self.queue.get(timeout=timeout)
-        if item is not None:
-            self.queued_bytes -= len(item.frame)
-        return item
+    def take(self, timeout: float) -> list[_Published | None]:
+        """The next item and those already waiting behind it, up to TAKE_LIMIT (None: the
+        end of the stream, always last); gevent.queue.Empty after `timeout` seconds."""
+        items = [self.queue.get(timeout=timeout)]
+        while items[-1] is not None and len(items) < TAKE_LIMIT and self.queue.qsize():
+            items.append(self.queue.get_nowait())
+        self.queued_bytes -= sum(len(item.frame) for item in items if item is not None)
+        return items
 
 
 class _Bus:
@@ -1874,16 +1998,25 @@ class _Bus:
             if not subs:
                 del self._subscribers[sub.session_id]
 
-    def publish(self, event: dict) -> None:
-        """Hand a committed event (or a delta) to every subscriber; never blocks."""
-        sid = event["session_id"]
-        if event["seq"] is not None:
-            self.last_seq[sid] = event["seq"]
-        subs = self._subscribers.get(sid)
-        if not subs:
-            return
-        frame = _sse_frame(event["seq"], event["type"], _dumps(event))
-        item = _Published(event["seq"], event["type"], frame, self.last_seq.get(sid, 0))
+    def publish(self, session_id: str, seq: int, type_: str, text: str) -> None:
+        """Hand a committed event (as JSON text) to every subscriber; never blocks."""
+        self.last_seq[session_id] = seq
+        subs = self._subscribers.get(session_id)
+        if subs:
+            self._fan_out(subs, _Published(seq, type_, _sse_frame(seq, type_, text), seq))
+
+    def publish_delta(self, session_id: str, turn_id: str, message_id: str, delta: str) -> None:
+        """Hand a piece of assistant text to the session's subscribers, if it has any
+        (the event's JSON is written here directly: it is the one sent most often)."""
+        subs = self._subscribers.get(session_id)
+        if subs:
+            text = (f'{{"id":null,"seq":null,"type":"message.delta","session_id":"{session_id}",'
+                    f'"turn_id":"{turn_id}","ts":"{_now_iso()}","data":{{"message_id":"{message_id}",'
+                    f'"delta":{_dumps(delta)}}}}}')  # fmt: skip
+            frame = f"event: message.delta\ndata: {text}\n\n".encode()
+            self._fan_out(subs, _Published(None, "message.delta", frame, self.last_seq.get(session_id, 0)))
+
+    def _fan_out(self, subs: set[_Subscriber], item: _Published) -> None:
         for sub in list(subs):
             self._offer(sub, item)
 
@@ -1920,33 +2053,48 @@ class _Tx:
 
     def __init__(self, m: Any, session_id: str, last_seq: int | None) -> None:
         self.m, self.session_id, self.last_seq, self.events = m, session_id, last_seq, []
+        self.after: list[Callable[[], None]] = []  # run once committed, after publishing
 
     def emit(self, type_: str, data: dict, turn_id: str | None = None) -> dict:
         if self.last_seq is None:
             self.last_seq = _last_seq(self.m, self.session_id)
         self.last_seq += 1
-        event = _append_event(self.m, self.session_id, self.last_seq, type_, data, turn_id)
-        self.events.append(event)
+        event, text = _append_event(self.m, self.session_id, self.last_seq, type_, data, turn_id)
+        self.events.append((event, text))
         return event
 
 
 class _Journal:
     """The write path for everything that produces events: commit, then publish.
 
-    A transaction starts from the bus's last published seq, which moves only
-    after a commit: a rolled-back transaction leaves no gap.
+    A transaction starts from the last seq its group wrote for the session, else
+    the bus's last published seq, which moves only after a commit: a rolled-back
+    transaction leaves no gap.
     """
 
     def __init__(self, store: _Store, bus: _Bus) -> None:
         self.store, self.bus = store, bus
+        self._pending: dict[str, int] = {}  # the last seq written by a group not yet committed
 
     @contextlib.contextmanager
     def tx(self, session_id: str) -> Iterator[_Tx]:
-        with self.store.write():  # the last seq is read under the lock: another writer may just have committed
-            tx = _Tx(self.store.m, session_id, self.bus.last_seq.get(session_id))
+        with self.store.write() as group:  # the last seq is read under the lock
+            last = self._pending.get(session_id)
+            tx = _Tx(self.store.m, session_id, self.bus.last_seq.get(session_id) if last is None else last)
             yield tx
-        for event in tx.events:
-            self.bus.publish(event)
+            if tx.events or tx.after:
+                self._pending[session_id] = tx.last_seq
+                group.after.append(functools.partial(self._publish, tx))
+                group.failed.append(self._pending.clear)
+
+    def _publish(self, tx: _Tx) -> None:
+        """After the commit: the transaction's events to the live streams, in order."""
+        for event, text in tx.events:
+            self.bus.publish(tx.session_id, event["seq"], event["type"], text)
+        if self._pending.get(tx.session_id) == tx.last_seq:
+            del self._pending[tx.session_id]
+        for callback in tx.after:
+            callback()
 
 
 # =============================================================================
@@ -2399,7 +2547,8 @@ class _Llmsim(_Adapter):
         text, tool_calls = _llmsim_answer(request)
         delay = request.settings.get("token_delay_ms", 0) / 1000
         for word in _words(text):
-            gevent.sleep(delay)  # also a point where a cancel can land
+            if delay:
+                gevent.sleep(delay)  # also a point where a cancel can land
             on_text(word)
         prompt = request.system + " ".join(m.get("text") or _dumps(m.get("result")) for m in request.messages)
         return LLMReply(text, tool_calls, len(prompt.split()), len(_words(text)) + len(tool_calls))
@@ -3322,6 +3471,9 @@ def _close_turn(tx: _Tx, turn: Any, status: str, error: dict | None, duration_ms
     tx.emit("session.completed", data, turn_id)
 
 
+DELTAS_PER_YIELD = 64  # deltas published before the streams get a turn to send them (QUEUE_LIMIT is far above)
+
+
 class _Runner:
     """One greenlet per session with owed work; one turn at a time per session.
 
@@ -3471,7 +3623,7 @@ class _Runner:
             if outcome is not None:
                 self._finish(turn, *outcome)
         finally:
-            self._turns.pop(turn.session_id, None)
+            self._closed(turn)
             turn.ended.set()
 
     def _outcome(self, turn: _Turn) -> tuple[str, dict | None] | None:
@@ -3520,10 +3672,12 @@ class _Runner:
         )
         self.store.release()  # no connection is held across a slow network call
 
+        published = itertools.count(1)
+
         def on_text(delta: str) -> None:
-            data = {"message_id": message_id, "delta": _clean_text(delta)}
-            self.bus.publish({"id": None, "seq": None, "type": "message.delta", "session_id": turn.session_id,
-                              "turn_id": turn.id, "ts": _now_iso(), "data": data})  # fmt: skip
+            self.bus.publish_delta(turn.session_id, turn.id, message_id, _clean_text(delta))
+            if next(published) % DELTAS_PER_YIELD == 0:  # a fast model must not fill the streams' queues
+                gevent.sleep(0)
 
         reply = _checked_reply(self._wait(turn, adapter.stream, request, on_text))
         turn.input_tokens += reply.input_tokens
@@ -3570,11 +3724,18 @@ class _Runner:
                 if answer is not None:
                     self._assistant_message(tx, turn, answer[0], answer[1], [])
                 _close_turn(tx, turn, status, error, duration_ms, reason)
+                tx.after.append(functools.partial(self._closed, turn))
         except Exception:
             _log.exception("turn %s: storing its end failed; closing it as failed", turn.id)
             error = {"code": "INTERNAL_ERROR", "message": "internal error while ending the turn"}
             with self.journal.tx(turn.session_id) as tx:
                 _close_turn(tx, turn, "failed", error, duration_ms, "the turn ended before the tool ran")
+                tx.after.append(functools.partial(self._closed, turn))
+
+    def _closed(self, turn: _Turn) -> None:
+        """The turn's end is committed: from now on the session has no running turn to cancel."""
+        if self._turns.get(turn.session_id) is turn:
+            del self._turns[turn.session_id]
 
     # ---- recovery -------------------------------------------------------------
 
@@ -4471,20 +4632,28 @@ def _sse(ctx: _Ctx, session_id: str, cursor: int, wanted: Callable[[str], bool],
         ctx.store.release()
         while not sub.dropped:
             try:
-                item = sub.take(ctx.ping_s)
+                items = sub.take(ctx.ping_s)
             except gevent.queue.Empty:
                 yield SSE_PING
                 continue
-            if item is None or sub.dropped:
-                return
-            if item.seq is None:
-                fresh = item.after >= known  # else a delta of a message the client already has
-            else:  # else sent by the replay already, or before the cursor
-                fresh, known = item.seq > max(known, cursor), max(known, item.seq)
-            if fresh and wanted(item.type):
-                yield item.frame
-            if until and item.type == "session.completed" and _settled(m, session_id):
-                yield SSE_DONE
+            frames, ended = [], False  # what is waiting goes out in one write
+            for item in items:
+                if item is None or sub.dropped:
+                    ended = True
+                    break
+                if item.seq is None:
+                    fresh = item.after >= known  # else a delta of a message the client already has
+                else:  # else sent by the replay already, or before the cursor
+                    fresh, known = item.seq > max(known, cursor), max(known, item.seq)
+                if fresh and wanted(item.type):
+                    frames.append(item.frame)
+                if until and item.type == "session.completed" and _settled(m, session_id):
+                    frames.append(SSE_DONE)
+                    ended = True
+                    break
+            if frames:
+                yield b"".join(frames)
+            if ended:
                 return
     finally:
         ctx.bus.unsubscribe(sub)

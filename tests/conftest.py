@@ -209,10 +209,8 @@ def finish(client, session_id, after=None):
 
 @pytest.fixture
 def live(app):
-    """The test's app served on a real 127.0.0.1 socket in this process."""
-    from gevent.pywsgi import WSGIServer
-
-    server = WSGIServer(("127.0.0.1", 0), app, log=None)
+    """The test's app served on a real 127.0.0.1 socket in this process, by the server `serve` runs."""
+    server = everruns._Server(("127.0.0.1", 0), app, app.everruns.config)
     server.start()
     server.url = f"http://127.0.0.1:{server.server_port}"
     yield server
@@ -228,9 +226,11 @@ class SSEStream:
 
         parts = urlsplit(base_url)
         self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-        if rcvbuf:
-            self.conn.connect()
+        if rcvbuf:  # set before connecting: the window the server sees is small from the start
+            self.conn.sock = socket.socket()
             self.conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.conn.sock.settimeout(timeout)
+            self.conn.sock.connect((parts.hostname, parts.port))
         self.conn.request("GET", path, headers=headers or {})
         self.response = self.conn.getresponse()
         self.timeout = timeout

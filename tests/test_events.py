@@ -204,12 +204,10 @@ def test_until_completed_closes_even_with_a_cursor_past_the_turn(api, live):
 def test_a_stream_that_never_reads_is_dropped_by_bytes_too():
     bus = everruns._Bus()
     sub = bus.subscribe("s")
-    delta = {"id": None, "seq": None, "type": "message.delta", "session_id": "s", "turn_id": "t", "ts": "",
-             "data": {"delta": "x" * (1 << 20)}}  # fmt: skip
     for _ in range(7):  # 7 MiB: far under the 1,000-event limit, under the 8 MiB one
-        bus.publish(delta)
+        bus.publish_delta("s", "t", "m", "x" * (1 << 20))
     assert not sub.dropped
-    bus.publish(delta)
+    bus.publish_delta("s", "t", "m", "x" * (1 << 20))
     assert sub.dropped and sub not in bus._subscribers.get("s", ())
 
 
