@@ -1690,7 +1690,7 @@ class _Store:
     def _on_writer(self) -> Iterator[None]:
         """This greenlet's queries go to the writer connection meanwhile (no yield in between)."""
         if self._writer is None:
-            with getattr(pw, "__exception_wrapper__"):  # sqlite3's errors as peewee's, as for any query
+            with pw.__exception_wrapper__:  # sqlite3's errors as peewee's, as for any query
                 self._writer = pw.SqliteDatabase._connect(self.db)
         state = self.db._state
         saved = state.conn, state.closed, state.ctx, state.transactions
