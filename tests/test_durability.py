@@ -2,7 +2,9 @@
 close interrupted turns exactly once, never re-run a tool, answer owed messages."""
 
 import signal
+import sqlite3
 
+import gevent
 import webtest
 from conftest import SSEStream, finish, stored_events
 
@@ -134,3 +136,68 @@ def test_graceful_shutdown_lets_a_short_turn_finish(start_server, tmp_path):
     again = start_server(db)
     completed = [e["data"] for e in stored_events(again, sid) if e["type"] == "session.completed"]
     assert [c["status"] for c in completed] == ["completed"]
+
+
+# ---- group commit: writes ready together share one transaction ---------------
+
+
+def test_every_acknowledged_write_is_committed_when_many_share_commits(app, api, client, db_path):
+    sessions = [api.session()["id"] for _ in range(10)]
+    seen_by_another_connection = []
+
+    def post(session_id, i):
+        message = client.post_json(f"/v1/sessions/{session_id}/messages", {"content": f"m{i}"}, status=201).json
+        with sqlite3.connect(db_path) as other:  # what a crash right now would keep
+            row = other.execute("SELECT content FROM message WHERE id = ?", (message["id"],)).fetchone()
+        seen_by_another_connection.append(row is not None)
+
+    gevent.joinall([gevent.spawn(post, sid, i) for i in range(5) for sid in sessions], raise_error=True)
+    assert seen_by_another_connection == [True] * 50
+    for session_id in sessions:
+        finish(client, session_id)
+        events = client.get(f"/v1/sessions/{session_id}/events?format=json&limit=100").json["data"]
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))  # no gap, no duplicate
+        assert [e["data"]["status"] for e in events if e["type"] == "session.completed"] == ["completed"] * 5
+
+
+def test_a_failed_commit_fails_every_write_that_shared_it_and_publishes_nothing(app, api, client, live, monkeypatch):
+    one, two = api.session()["id"], api.session()["id"]
+    stream = SSEStream(live.url, f"/v1/sessions/{one}/events")
+    store, execute, failed = app.everruns.store, app.everruns.store.db.execute_sql, []
+
+    def commit_fails_once(sql, params=None):
+        if sql == "COMMIT" and not failed:
+            failed.append(sql)
+            raise everruns.pw.OperationalError("disk I/O error")
+        return execute(sql, params)
+
+    monkeypatch.setattr(store.db, "execute_sql", commit_fails_once)
+    posts = [gevent.spawn(client.post_json, f"/v1/sessions/{sid}/messages", {"content": "lost"}, status="*")
+             for sid in (one, two)]  # fmt: skip
+    gevent.joinall(posts, raise_error=True)
+    assert failed and [p.value.status_int for p in posts] == [500, 500]  # neither was told it is stored
+    for sid in (one, two):
+        assert client.get(f"/v1/sessions/{sid}/messages").json["data"] == []
+    again = api.message(one, "kept", status=201)
+    first = stream.until(lambda e: e["type"] == "message.created")[0]  # nothing of the failed group was published
+    assert (first["id"], first["data"]["data"]["message"]["id"]) == ("1", again["id"])
+    assert [e["seq"] for e in finish(client, one) if e["seq"]] == [1, 2, 3, 4]
+
+
+def test_a_failed_write_rolls_back_alone_and_the_others_of_its_group_commit(app, api, client, monkeypatch):
+    one, two = api.session()["id"], api.session()["id"]
+    original = everruns._insert_message
+
+    def refuse_bad(m, session_id, role, content, *args, **kwargs):
+        if content == [{"type": "text", "text": "bad"}]:
+            raise everruns.pw.OperationalError("this one fails")
+        return original(m, session_id, role, content, *args, **kwargs)
+
+    monkeypatch.setattr(everruns, "_insert_message", refuse_bad)
+    posts = [gevent.spawn(client.post_json, f"/v1/sessions/{sid}/messages", {"content": text}, status="*")
+             for sid, text in ((one, "bad"), (two, "good"))]  # fmt: skip
+    gevent.joinall(posts, raise_error=True)
+    assert [p.value.status_int for p in posts] == [500, 201]
+    assert client.get(f"/v1/sessions/{one}/messages").json["data"] == []
+    assert [e["seq"] for e in finish(client, two) if e["seq"]] == [1, 2, 3, 4]
+    assert client.get(f"/v1/sessions/{one}/events?format=json").json["data"] == []
