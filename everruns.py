@@ -38,6 +38,21 @@ Sections (each starts with a banner ``# N. Name`` between rules; grep for it):
 import os as _os
 import sys as _sys
 
+# `python everruns.py` compiles this file from source at every start, and the
+# compiler's leftovers stay in the process (about 12 MB, a quarter of its idle
+# memory). So a script run starts again at once as an import of the module,
+# which Python loads from its bytecode cache (same process id, same arguments).
+_NAME = _os.path.splitext(_os.path.basename(__file__))[0] if __name__ == "__main__" else ""
+if _NAME.isidentifier() and __spec__ is None and _os.name == "posix":
+    _options = _sys.orig_argv[1 : len(_sys.orig_argv) - len(_sys.argv)]  # -X, -W, ... before the script
+    _folder = _os.path.dirname(_os.path.abspath(__file__))
+    _boot = "; ".join([
+        "import sys", "from gevent import monkey", "monkey.patch_all(subprocess=False)",
+        f"sys.path.insert(0, {_folder!r})", f"import {_NAME}", f"sys.exit({_NAME}.main())",
+    ])  # fmt: skip
+    _sys.stdout.flush()
+    _os.execv(_sys.executable, [_sys.executable, *_options, "-c", _boot, *_sys.argv[1:]])
+
 # gevent must patch the process before anything imports socket, threading or
 # peewee (peewee keeps one connection per thread: unpatched, every greenlet
 # would share one connection and one transaction). Only a script run patches;
@@ -45,7 +60,7 @@ import sys as _sys
 if __name__ == "__main__" or _os.path.basename(_sys.argv[0]) == "everruns":
     from gevent import monkey as _monkey
 
-    _monkey.patch_all()
+    _monkey.patch_all(subprocess=False)  # gevent.subprocess is used where it matters
 
 __version__ = "0.1.0"
 
@@ -78,7 +93,6 @@ import datetime
 import functools
 import hashlib
 import hmac
-import html.parser
 import ipaddress
 import itertools
 import json
@@ -116,7 +130,6 @@ from pydantic import (
     Tag,
     ValidationError,
 )
-from pydantic.json_schema import models_json_schema
 
 _log = logging.getLogger("everruns")
 
@@ -564,13 +577,13 @@ def _error_body(status: int, message: str, code: str | None = None, details: lis
 class _In(BaseModel):
     """Base of request bodies: strict JSON types, unknown fields rejected."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)  # built on first use
 
 
 class _Out(BaseModel):
     """Base of response bodies."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 def _whole_number(value: Any) -> Any:
@@ -709,7 +722,7 @@ class AnthropicProviderCreate(_ProviderCreateCommon):
 class ProviderCreate(RootModel):
     """Body of POST /v1/llm-providers: one shape per provider_type."""
 
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(strict=True, defer_build=True)
     root: Annotated[
         LlmsimProviderCreate | OpenAIProviderCreate | AnthropicProviderCreate,
         Field(discriminator="provider_type"),
@@ -764,6 +777,8 @@ class AnthropicProvider(_ProviderOut):
 class Provider(RootModel):
     """An LLM provider, its settings shaped by its provider_type. The API key is never
     returned, only whether one is set."""
+
+    model_config = ConfigDict(defer_build=True)
 
     root: Annotated[LlmsimProvider | OpenAIProvider | AnthropicProvider, Field(discriminator="provider_type")]
 
@@ -978,7 +993,7 @@ class MessagePostShort(_In):
 class MessagePost(RootModel):
     """Body of POST /v1/sessions/{id}/messages, in either form."""
 
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(strict=True, defer_build=True)
     root: _by_key("message", MessagePostFull, MessagePostShort)
 
     def parts(self) -> list[dict]:
@@ -1054,6 +1069,8 @@ class FsDirectory(_Out):
 class FsNode(RootModel):
     """A file or a directory."""
 
+    model_config = ConfigDict(defer_build=True)
+
     root: Annotated[FsFile | FsDirectory, Field(discriminator="type")]
 
 
@@ -1073,7 +1090,7 @@ class FsMakeDirectory(_In):
 class FsPut(RootModel):
     """Body of PUT /v1/sessions/{id}/fs/{path}: a file's content, or {"type": "directory"}."""
 
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(strict=True, defer_build=True)
     root: _by_key("type", FsMakeDirectory, FsWriteFile)
 
 
@@ -1105,7 +1122,7 @@ class ErrorBody(_Out):
 class ListQuery(BaseModel):
     """Pagination of id-keyed lists."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
     limit: JsonInt = Field(PAGE_DEFAULT, ge=1, le=PAGE_MAX, description="Page size.")
     after: Id | None = Field(None, description="The id of the last item of the previous page.")
 
@@ -1125,7 +1142,7 @@ class ModelListQuery(ListQuery):
 class FsDeleteQuery(BaseModel):
     """Query of DELETE /v1/sessions/{id}/fs/{path}."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
     recursive: bool = Field(False, description="Also delete what a directory holds.")
 
 
@@ -2770,7 +2787,7 @@ json.dump(matches, sys.stdout)
 
 def _grep_away(pattern: str, files: list[tuple[str, str]]) -> list[dict]:
     """Run a regex search over (path, text) pairs in a child process, killed after GREP_MAX_SECONDS."""
-    import subprocess
+    from gevent import subprocess  # cooperative whether or not the process patched subprocess
 
     job = _dumps({"pattern": pattern, "files": files, "max_line": GREP_MAX_LINE, "max_matches": GREP_MAX_MATCHES})
     child = subprocess.Popen([sys.executable, "-I", "-S", "-c", _GREP_CHILD], stdin=subprocess.PIPE,
@@ -3128,70 +3145,78 @@ def _fetched(url: str, response: Any, body: bytes, truncated: bool, fmt: str) ->
     return {"url": url, "status": response.status, "content_type": ctype, "content": text, "truncated": truncated}
 
 
-class _HtmlText(html.parser.HTMLParser):
-    """HTML to readable text, or to markdown (headings, links, lists, code)."""
+@functools.cache
+def _html_text_parser() -> type:
+    """The HTML parser class, defined on first use (html.parser and its entity table
+    are half a megabyte that only web_fetch needs)."""
+    import html.parser
 
-    SKIP = {"script", "style", "noscript", "template", "svg", "head"}
-    BLOCK = {"p", "div", "section", "article", "header", "footer", "main", "nav", "table", "tr", "br", "hr",
-             "blockquote", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "li", "pre"}  # fmt: skip
+    class _HtmlText(html.parser.HTMLParser):
+        """HTML to readable text, or to markdown (headings, links, lists, code)."""
 
-    def __init__(self, markdown: bool) -> None:
-        super().__init__(convert_charrefs=True)
-        self.markdown, self.out, self.skipping, self.href, self.pre = markdown, [], 0, None, 0
+        SKIP = {"script", "style", "noscript", "template", "svg", "head"}
+        BLOCK = {"p", "div", "section", "article", "header", "footer", "main", "nav", "table", "tr", "br", "hr",
+                 "blockquote", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "li", "pre"}  # fmt: skip
 
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        if tag in self.SKIP:
-            self.skipping += 1
-        elif tag in self.BLOCK:
-            self.out.append("\n\n" if tag not in ("li", "br", "tr") else "\n")
-        if self.markdown and not self.skipping:
-            self._markdown_start(tag, dict(attrs))
-        self.pre += tag == "pre"
+        def __init__(self, markdown: bool) -> None:
+            super().__init__(convert_charrefs=True)
+            self.markdown, self.out, self.skipping, self.href, self.pre = markdown, [], 0, None, 0
 
-    def _markdown_start(self, tag: str, attrs: dict) -> None:
-        if tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
-            self.out.append("#" * int(tag[1]) + " ")
-        elif tag == "li":
-            self.out.append("- ")
-        elif tag == "a" and attrs.get("href"):
-            self.href = attrs["href"]
-            self.out.append("[")
-        elif tag == "pre":
-            self.out.append("```\n")
-        elif tag == "code" and not self.pre:
-            self.out.append("`")
-        elif tag in ("strong", "b"):
-            self.out.append("**")
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            if tag in self.SKIP:
+                self.skipping += 1
+            elif tag in self.BLOCK:
+                self.out.append("\n\n" if tag not in ("li", "br", "tr") else "\n")
+            if self.markdown and not self.skipping:
+                self._markdown_start(tag, dict(attrs))
+            self.pre += tag == "pre"
 
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self.SKIP:
-            self.skipping = max(0, self.skipping - 1)
-        elif self.markdown and not self.skipping:
-            if tag == "a" and self.href:
-                self.out.append(f"]({self.href})")
-                self.href = None
+        def _markdown_start(self, tag: str, attrs: dict) -> None:
+            if tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
+                self.out.append("#" * int(tag[1]) + " ")
+            elif tag == "li":
+                self.out.append("- ")
+            elif tag == "a" and attrs.get("href"):
+                self.href = attrs["href"]
+                self.out.append("[")
             elif tag == "pre":
-                self.out.append("\n```")
+                self.out.append("```\n")
             elif tag == "code" and not self.pre:
                 self.out.append("`")
             elif tag in ("strong", "b"):
                 self.out.append("**")
-        self.pre -= tag == "pre" and self.pre > 0
-        if tag in self.BLOCK:
-            self.out.append("\n")
 
-    def handle_data(self, data: str) -> None:
-        if not self.skipping:
-            self.out.append(data if self.pre else re.sub(r"\s+", " ", data))
+        def handle_endtag(self, tag: str) -> None:
+            if tag in self.SKIP:
+                self.skipping = max(0, self.skipping - 1)
+            elif self.markdown and not self.skipping:
+                if tag == "a" and self.href:
+                    self.out.append(f"]({self.href})")
+                    self.href = None
+                elif tag == "pre":
+                    self.out.append("\n```")
+                elif tag == "code" and not self.pre:
+                    self.out.append("`")
+                elif tag in ("strong", "b"):
+                    self.out.append("**")
+            self.pre -= tag == "pre" and self.pre > 0
+            if tag in self.BLOCK:
+                self.out.append("\n")
 
-    def text(self) -> str:
-        joined = "".join(self.out)
-        lines = [line.strip() for line in joined.split("\n")]
-        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+        def handle_data(self, data: str) -> None:
+            if not self.skipping:
+                self.out.append(data if self.pre else re.sub(r"\s+", " ", data))
+
+        def text(self) -> str:
+            joined = "".join(self.out)
+            lines = [line.strip() for line in joined.split("\n")]
+            return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+    return _HtmlText
 
 
 def _html_to_text(page: str, markdown: bool) -> str:
-    parser = _HtmlText(markdown)
+    parser = _html_text_parser()(markdown)
     parser.feed(page)
     parser.close()
     return parser.text()
@@ -4873,6 +4898,8 @@ def _build_openapi(auth: bool = False) -> dict:
         (r.response, "serialization") for r in routes if r.response
     }
     models.add((ErrorBody, "serialization"))
+    from pydantic.json_schema import models_json_schema
+
     refs, defs = models_json_schema(
         sorted(models, key=lambda x: x[0].__name__), ref_template="#/components/schemas/{model}"
     )
@@ -4956,7 +4983,14 @@ def _swagger_file(name: str) -> bytes:
 
 @_route("GET", "/api-doc/openapi.json", "The OpenAPI document", "docs", raw=True, in_schema=False)
 def _openapi(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
-    return _json_response(200, _dumps(ctx.config["openapi"]))
+    return _json_response(200, _openapi_text(bool(ctx.config["api_key"])))
+
+
+@functools.cache
+def _openapi_text(auth: bool) -> str:
+    """The OpenAPI document, built on first request (every schema built costs time
+    and memory that a server nobody asks for its document never needs)."""
+    return _dumps(_build_openapi(auth))
 
 
 @_route("GET", "/swagger-ui/", "Swagger UI", "docs", raw=True, in_schema=False)
@@ -5590,7 +5624,6 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
         store.close()
         raise
     store.release()
-    config["openapi"] = _build_openapi(auth=bool(config["api_key"]))
     journal = _Journal(store, _Bus())
     runner = _Runner(journal, config)
     runner.recover()  # before the first request: interrupted turns closed, owed ones started
@@ -5851,7 +5884,10 @@ class _Server(gevent.pywsgi.WSGIServer):
         # A backlog as deep as the cap (within the kernel's usual limit): a burst of connections
         # waits there to be accepted instead of having its SYNs dropped and retried a second later.
         backlog = min(max(self.connections.cap, 128), 4096)
-        super().__init__(address, app, log=None, error_log=_log, spawn=self.connections, backlog=backlog)
+        # SERVER_NAME given: pywsgi would otherwise look the address up in reverse DNS at start,
+        # in a thread pool that then stays (a thread and its memory, for a name nobody uses).
+        super().__init__(address, app, log=None, error_log=_log, spawn=self.connections, backlog=backlog,
+                         environ={"SERVER_NAME": address[0]})  # fmt: skip
 
     def handle(self, sock: Any, address: Any) -> None:
         # Events are small writes: without TCP_NODELAY, Nagle's algorithm

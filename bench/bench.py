@@ -144,6 +144,7 @@ class Server:
     def __init__(self, workdir, args):
         port = free_port()
         env = {**os.environ, "GEVENT_MONITOR_THREAD_ENABLE": "1", "GEVENT_MAX_BLOCKING_TIME": "0.1"}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # as Python runs by default: with the bytecode cache
         self.log = open(Path(workdir) / f"server-{port}.log", "w+")
         cmd = [sys.executable, str(ROOT / "everruns.py"), "--port", str(port), "--log-level", "warning",
                "--db", str(Path(workdir) / f"bench-{port}.db"), "--max-connections", "3000", *args]  # fmt: skip
@@ -374,6 +375,8 @@ def main():
     parser.add_argument("--server-arg", action="append", default=[], help="an extra option for the server")
     args = parser.parse_args()
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+    # The bytecode cache, as any earlier start leaves it (the first server would otherwise write it).
+    subprocess.run([sys.executable, "-m", "py_compile", str(ROOT / "everruns.py")], check=True)
     upstream = Upstream()
     try:
         columns = [run(scenario, sync, upstream, args.quick, args.server_arg, args.profile)
