@@ -2030,7 +2030,7 @@ class _Bus:
             text = (f'{{"id":null,"seq":null,"type":"message.delta","session_id":"{session_id}",'
                     f'"turn_id":"{turn_id}","ts":"{_now_iso()}","data":{{"message_id":"{message_id}",'
                     f'"delta":{_dumps(delta)}}}}}')  # fmt: skip
-            frame = f"event: message.delta\ndata: {text}\n\n".encode()
+            frame = _sse_frame(None, "message.delta", text)
             self._fan_out(subs, _Published(None, "message.delta", frame, self.last_seq.get(session_id, 0)))
 
     def _fan_out(self, subs: set[_Subscriber], item: _Published) -> None:
@@ -2099,10 +2099,10 @@ class _Journal:
             last = self._pending.get(session_id)
             tx = _Tx(self.store.m, session_id, self.bus.last_seq.get(session_id) if last is None else last)
             yield tx
-            if tx.events or tx.after:
+            if tx.events:
                 self._pending[session_id] = tx.last_seq
-                group.after.append(functools.partial(self._publish, tx))
                 group.failed.append(self._pending.clear)
+            group.after.append(functools.partial(self._publish, tx))
 
     def _publish(self, tx: _Tx) -> None:
         """After the commit: the transaction's events to the live streams, in order."""
