@@ -125,7 +125,6 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    RootModel,
     StringConstraints,
     Tag,
     ValidationError,
@@ -639,6 +638,31 @@ def _examples(*examples: dict) -> ConfigDict:
     return ConfigDict(json_schema_extra={"examples": list(examples)})
 
 
+class _LazyModel:
+    """A model that a function defines on its first use. The root models (a body or a
+    response that is one of several shapes) are made this way: importing pydantic's
+    RootModel builds a validator at once, and the first validator of a process costs
+    1 MB, which a server nobody has called yet does not need."""
+
+    def __init__(self, define: Callable[[], type[BaseModel]]) -> None:
+        self._define, self.__name__ = define, define.__name__
+
+    @functools.cached_property
+    def model(self) -> type[BaseModel]:
+        return self._define()
+
+    def __getattr__(self, name: str) -> Any:  # model_validate, model_validate_json, __name__, ...
+        return getattr(self.model, name)
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:  # a field of another model
+        return handler(self.model)
+
+
+def _model(model: Any) -> Any:
+    """The pydantic model itself, for what must see the class (the OpenAPI schemas)."""
+    return model.model if isinstance(model, _LazyModel) else model
+
+
 def _names_and_values(schema: dict) -> None:
     """A map's keys as propertyNames, its values as additionalProperties: what the server
     accepts, in the form client generators understand (they ignore patternProperties)."""
@@ -719,14 +743,20 @@ class AnthropicProviderCreate(_ProviderCreateCommon):
     settings: RemoteSettings = Field(default_factory=RemoteSettings)
 
 
-class ProviderCreate(RootModel):
-    """Body of POST /v1/llm-providers: one shape per provider_type."""
+@_LazyModel
+def ProviderCreate() -> type[BaseModel]:
+    from pydantic import RootModel
 
-    model_config = ConfigDict(strict=True, defer_build=True)
-    root: Annotated[
-        LlmsimProviderCreate | OpenAIProviderCreate | AnthropicProviderCreate,
-        Field(discriminator="provider_type"),
-    ]
+    class ProviderCreate(RootModel):
+        """Body of POST /v1/llm-providers: one shape per provider_type."""
+
+        model_config = ConfigDict(strict=True, defer_build=True)
+        root: Annotated[
+            LlmsimProviderCreate | OpenAIProviderCreate | AnthropicProviderCreate,
+            Field(discriminator="provider_type"),
+        ]
+
+    return ProviderCreate
 
 
 class ProviderUpdate(_In):
@@ -774,13 +804,19 @@ class AnthropicProvider(_ProviderOut):
     settings: RemoteSettings
 
 
-class Provider(RootModel):
-    """An LLM provider, its settings shaped by its provider_type. The API key is never
-    returned, only whether one is set."""
+@_LazyModel
+def Provider() -> type[BaseModel]:
+    from pydantic import RootModel
 
-    model_config = ConfigDict(defer_build=True)
+    class Provider(RootModel):
+        """An LLM provider, its settings shaped by its provider_type. The API key is never
+        returned, only whether one is set."""
 
-    root: Annotated[LlmsimProvider | OpenAIProvider | AnthropicProvider, Field(discriminator="provider_type")]
+        model_config = ConfigDict(defer_build=True)
+
+        root: Annotated[LlmsimProvider | OpenAIProvider | AnthropicProvider, Field(discriminator="provider_type")]
+
+    return Provider
 
 
 class AgentCreate(_In):
@@ -990,25 +1026,34 @@ class MessagePostShort(_In):
     controls: TurnControls | None = None
 
 
-class MessagePost(RootModel):
-    """Body of POST /v1/sessions/{id}/messages, in either form."""
+@_LazyModel
+def MessagePost() -> type[BaseModel]:
+    from pydantic import RootModel
 
-    model_config = ConfigDict(strict=True, defer_build=True)
-    root: _by_key("message", MessagePostFull, MessagePostShort)
+    class MessagePost(RootModel):
+        """Body of POST /v1/sessions/{id}/messages, in either form."""
 
-    def parts(self) -> list[dict]:
-        """The posted content as text parts; ValueError past the text limit."""
-        body = self.root
-        content = body.message.content if isinstance(body, MessagePostFull) else body.content
-        parts = [{"type": "text", "text": content}] if isinstance(content, str) else [p.model_dump() for p in content]
-        if sum(len(p["text"]) for p in parts) > MAX_MESSAGE_TEXT:
-            raise ValueError(f"the message text is longer than {MAX_MESSAGE_TEXT} characters")
-        return parts
+        model_config = ConfigDict(strict=True, defer_build=True)
+        root: _by_key("message", MessagePostFull, MessagePostShort)
 
-    def controls(self) -> dict | None:
-        """The per-turn controls that were given, if any."""
-        controls = self.root.controls
-        return controls.model_dump(exclude_none=True) if controls else None
+        def parts(self) -> list[dict]:
+            """The posted content as text parts; ValueError past the text limit."""
+            body = self.root
+            content = body.message.content if isinstance(body, MessagePostFull) else body.content
+            if isinstance(content, str):
+                parts = [{"type": "text", "text": content}]
+            else:
+                parts = [p.model_dump() for p in content]
+            if sum(len(p["text"]) for p in parts) > MAX_MESSAGE_TEXT:
+                raise ValueError(f"the message text is longer than {MAX_MESSAGE_TEXT} characters")
+            return parts
+
+        def controls(self) -> dict | None:
+            """The per-turn controls that were given, if any."""
+            controls = self.root.controls
+            return controls.model_dump(exclude_none=True) if controls else None
+
+    return MessagePost
 
 
 class ToolSpec(_Out):
@@ -1066,12 +1111,18 @@ class FsDirectory(_Out):
     entries: list[FsEntry]
 
 
-class FsNode(RootModel):
-    """A file or a directory."""
+@_LazyModel
+def FsNode() -> type[BaseModel]:
+    from pydantic import RootModel
 
-    model_config = ConfigDict(defer_build=True)
+    class FsNode(RootModel):
+        """A file or a directory."""
 
-    root: Annotated[FsFile | FsDirectory, Field(discriminator="type")]
+        model_config = ConfigDict(defer_build=True)
+
+        root: Annotated[FsFile | FsDirectory, Field(discriminator="type")]
+
+    return FsNode
 
 
 class FsWriteFile(_In):
@@ -1087,11 +1138,17 @@ class FsMakeDirectory(_In):
     type: Literal["directory"]
 
 
-class FsPut(RootModel):
-    """Body of PUT /v1/sessions/{id}/fs/{path}: a file's content, or {"type": "directory"}."""
+@_LazyModel
+def FsPut() -> type[BaseModel]:
+    from pydantic import RootModel
 
-    model_config = ConfigDict(strict=True, defer_build=True)
-    root: _by_key("type", FsMakeDirectory, FsWriteFile)
+    class FsPut(RootModel):
+        """Body of PUT /v1/sessions/{id}/fs/{path}: a file's content, or {"type": "directory"}."""
+
+        model_config = ConfigDict(strict=True, defer_build=True)
+        root: _by_key("type", FsMakeDirectory, FsWriteFile)
+
+    return FsPut
 
 
 class Health(_Out):
@@ -1744,7 +1801,9 @@ class _Store:
                      is_default: bool = False) -> Any:  # fmt: skip
         """Store a provider, its type's defaults filling what is not given (call inside a write); the row."""
         default_url, default_name = PROVIDER_DEFAULTS[provider_type]
-        settings = SETTINGS_MODELS[provider_type]().model_dump() if settings is None else settings
+        if settings is None:  # the defaults, read from the fields (building the model costs 1 MB at start)
+            fields = SETTINGS_MODELS[provider_type].model_fields
+            settings = {name: f.get_default(call_default_factory=True) for name, f in fields.items()}
         ts = _now_iso()
         return self.m.Provider.create(
             id=_uuid7(), name=name, provider_type=provider_type, base_url=base_url or default_url,
@@ -2161,19 +2220,75 @@ class LLMReply:
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 RETRY_DELAYS = (0.25, 1.0)  # seconds before the 2nd and 3rd attempt (or Retry-After, up to 10 s)
+KEEP_ALIVE_S = 4.0  # an idle provider connection is reused within this (servers keep theirs 5 s or more)
+KEEP_ALIVE_MAX = 16  # idle connections kept per provider address
+DRAIN_S = 0.05  # how long the end of a finished answer's body may take to arrive before its connection is dropped
+
+# Idle keep-alive connections by (scheme, host, port), newest last: a turn reuses one
+# instead of connecting again (and, over TLS, shaking hands again).
+_idle_connections: dict[tuple[str, str, int | None], list[tuple[float, Any]]] = {}
 
 
-def _connection(url: str, timeout: float) -> tuple[Any, str]:
-    """An HTTP(S) connection to the URL's host, and the path to ask for."""
-    import http.client
+def _address(url: str) -> tuple[tuple[str, str, int | None], str]:
+    """(scheme, host, port) of a provider URL, and the path to ask for."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ProviderError(f"the provider's base_url is not an http(s) URL: {url}", "PROVIDER_ERROR")
-    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    path = parts.path + (f"?{parts.query}" if parts.query else "")
-    return kind(parts.hostname, parts.port, timeout=timeout), path
+    return (parts.scheme, parts.hostname, parts.port), parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def _send(method: str, url: str, data: bytes | None, headers: dict, timeout: float) -> tuple[Any, Any, tuple]:
+    """Send one request: (connection, response, address). A kept connection that the server
+    has closed meanwhile is replaced by a new one, which does not count as an attempt."""
+    import http.client
+
+    address, path = _address(url)
+    idle, now = _idle_connections.get(address, []), time.monotonic()
+    while idle:
+        since, conn = idle.pop()
+        if now - since >= KEEP_ALIVE_S:
+            conn.close()
+            continue
+        conn.timeout = timeout
+        conn.sock.settimeout(timeout)
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            return conn, conn.getresponse(), address
+        except ConnectionError:  # closed by the server while idle (reset, broken pipe, no answer)
+            conn.close()
+        except BaseException:
+            conn.close()
+            raise
+    scheme, host, port = address
+    kind = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+    conn = kind(host, port, timeout=timeout)
+    try:
+        conn.request(method, path, body=data, headers=headers)
+        return conn, conn.getresponse(), address
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _keep(address: tuple, conn: Any, response: Any) -> None:
+    """Keep a connection for the next request if its response was read to the end (the end
+    of a streamed body usually follows the answer's last event at once), else close it."""
+    import http.client
+
+    ended = response.isclosed()
+    if not ended and not response.will_close:
+        try:
+            conn.sock.settimeout(DRAIN_S)
+            ended = not response.read(4096) and response.isclosed()
+        except (OSError, http.client.HTTPException):
+            ended = False
+    idle = _idle_connections.setdefault(address, [])
+    if ended and not response.will_close and len(idle) < KEEP_ALIVE_MAX:
+        idle.append((time.monotonic(), conn))
+    else:
+        conn.close()
 
 
 def _upstream_message(raw: bytes, secrets: Iterable[str]) -> str:
@@ -2200,10 +2315,14 @@ def _retry_after(response: Any, attempt: int) -> float:
     return RETRY_DELAYS[attempt]
 
 
-def _http(method: str, url: str, headers: dict, body: dict | None, timeout: float, secrets: Iterable[str]) -> Any:
+@contextlib.contextmanager
+def _http(
+    method: str, url: str, headers: dict, body: dict | None, timeout: float, secrets: Iterable[str]
+) -> Iterator[Any]:
     """Send a request, retrying 429, 5xx and connection failures (nothing was streamed yet).
 
-    Returns the response, its status 200; anything else raises ProviderError.
+    Yields the response, its status 200; anything else raises ProviderError. The
+    connection is kept for the next request once the response has been read.
     """
     import http.client
 
@@ -2211,11 +2330,9 @@ def _http(method: str, url: str, headers: dict, body: dict | None, timeout: floa
     for attempt in range(len(RETRY_DELAYS) + 1):
         response = None
         try:
-            conn, path = _connection(url, timeout)
-            conn.request(method, path, body=data, headers=headers)
-            response = conn.getresponse()
+            conn, response, address = _send(method, url, data, headers, timeout)
             if response.status == 200:
-                return response
+                break
             raw = response.read()
             conn.close()
             if response.status not in RETRY_STATUSES or attempt == len(RETRY_DELAYS):
@@ -2229,7 +2346,12 @@ def _http(method: str, url: str, headers: dict, body: dict | None, timeout: floa
                 reason = _redact(str(e) or type(e).__name__, *secrets)
                 raise ProviderError(f"cannot reach the provider: {reason}", "PROVIDER_UNAVAILABLE") from None
         gevent.sleep(_retry_after(response, attempt))
-    raise AssertionError("unreachable")
+    try:
+        yield response
+    except BaseException:
+        conn.close()
+        raise
+    _keep(address, conn, response)
 
 
 def _sse_events(response: Any, timeout: float) -> Iterator[tuple[str, str]]:
@@ -2312,6 +2434,7 @@ class _RemoteAdapter(_Adapter):
         return float(request.settings.get("timeout_s", 60))
 
     def _call(self, request: LLMRequest, method: str, path: str, body: dict | None = None) -> Any:
+        """A context manager: the response of status 200 (see _http)."""
         url = (request.base_url or PROVIDER_DEFAULTS[self.kind][0]).rstrip("/") + path
         return _http(method, url, self._headers(request), body, self._timeout(request), request.secrets)
 
@@ -2321,7 +2444,7 @@ class _RemoteAdapter(_Adapter):
         return ProviderError(f"the provider failed mid-stream: {message}", "PROVIDER_ERROR")
 
     def stream(self, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
-        with contextlib.closing(self._call(request, "POST", self.chat_path, self.body(request))) as response:
+        with self._call(request, "POST", self.chat_path, self.body(request)) as response:
             return self._read(response, request, on_text)
 
     def body(self, request: LLMRequest) -> dict:
@@ -2333,7 +2456,7 @@ class _RemoteAdapter(_Adapter):
         raise NotImplementedError
 
     def models(self, request: LLMRequest) -> list[str]:
-        with contextlib.closing(self._call(request, "GET", self.models_path)) as response:
+        with self._call(request, "GET", self.models_path) as response:
             listing = _json_chunk(response.read().decode(errors="replace"))
         return [m["id"] for m in listing.get("data", []) if isinstance(m, dict) and "id" in m]
 
@@ -4213,10 +4336,12 @@ def _changes(body: BaseModel) -> dict[str, Any]:
 # ---- health -----------------------------------------------------------------
 
 
-@_route("GET", "/health", "Liveness and database status", "health", response=Health)
-def _health(ctx: _Ctx, call: _Call) -> Health:
+@_route("GET", "/health", "Liveness and database status", "health", response=Health, raw=True)
+def _health(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
     ctx.store.db.execute_sql("SELECT 1").fetchone()
-    return Health(status="ok", version=__version__, database="ok")
+    # Written out, not through Health: monitors poll this, and a server no client has
+    # called yet has built no validator (see _LazyModel).
+    return _json_response(200, _dumps({"status": "ok", "version": __version__, "database": "ok"}))
 
 
 # ---- LLM providers ----------------------------------------------------------
@@ -4870,13 +4995,13 @@ def _operation(spec: _Route, refs: dict, auth: bool) -> dict:
     if spec.body is not None:
         op["requestBody"] = {
             "required": spec.body_required,
-            "content": {"application/json": {"schema": refs[(spec.body, "validation")]}},
+            "content": {"application/json": {"schema": refs[(_model(spec.body), "validation")]}},
         }
     for status in (spec.status, *spec.also):
         if spec.response is None:
             op["responses"][str(status)] = {"description": "No content"}
         else:
-            content = {"application/json": {"schema": refs[(spec.response, "serialization")]}}
+            content = {"application/json": {"schema": refs[(_model(spec.response), "serialization")]}}
             if spec.stream:
                 content["text/event-stream"] = {"schema": {"type": "string", "description": "Server-Sent Events"}}
             op["responses"][str(status)] = {"description": spec.summary, "content": content}
@@ -4894,8 +5019,8 @@ def _operation(spec: _Route, refs: dict, auth: bool) -> dict:
 def _build_openapi(auth: bool = False) -> dict:
     """The OpenAPI 3.1 document, built from the route registry and the schemas."""
     routes = [r for r in _ROUTES if r.in_schema]
-    models = {(r.body, "validation") for r in routes if r.body} | {
-        (r.response, "serialization") for r in routes if r.response
+    models = {(_model(r.body), "validation") for r in routes if r.body} | {
+        (_model(r.response), "serialization") for r in routes if r.response
     }
     models.add((ErrorBody, "serialization"))
     from pydantic.json_schema import models_json_schema

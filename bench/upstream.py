@@ -4,8 +4,9 @@
 chunks (`data: {...}` lines, a usage chunk, `data: [DONE]`); the per-token
 pause comes from the path: a base_url of `http://127.0.0.1:PORT/5ms/v1`
 pauses 5 ms before each token, `/0ms/v1` sends the whole answer at once.
-`GET .../models` lists one model. Every answer closes its connection, as a
-provider adapter that does not keep connections alive expects.
+`GET .../models` lists one model. Like OpenAI's API, Ollama or vLLM, it
+answers in HTTP/1.1 with chunked streams and keeps the connection open for
+the next request.
 
     python bench/upstream.py PORT     # serves until killed; prints "ready"
 """
@@ -33,10 +34,22 @@ def _chunk(delta: dict, finish: str | None = None, usage: dict | None = None) ->
     return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
 
-HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n"
-FIRST = _chunk({"role": "assistant", "content": ""})
-WORDS = [_chunk({"content": f"word{i} " if i < TOKENS - 1 else f"word{i}."}) for i in range(TOKENS)]
-LAST = _chunk({}, "stop") + _chunk({}, usage={"prompt_tokens": 30, "completion_tokens": TOKENS}) + b"data: [DONE]\n\n"
+def _piece(data: bytes) -> bytes:
+    """One piece of a chunked body."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+FIRST = _piece(_chunk({"role": "assistant", "content": ""}))
+WORDS = [_piece(_chunk({"content": f"word{i} " if i < TOKENS - 1 else f"word{i}."})) for i in range(TOKENS)]
+LAST = (
+    _piece(_chunk({}, "stop") + _chunk({}, usage={"prompt_tokens": 30, "completion_tokens": TOKENS}))
+    + _piece(b"data: [DONE]\n\n")
+    + b"0\r\n\r\n"
+)
 MODELS = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}]}).encode()
 
 
@@ -61,29 +74,30 @@ def _read_request(reader) -> tuple[str, str] | None:
 def handle(sock, _address) -> None:
     reader = sock.makefile("rb")
     try:
-        request = _read_request(reader)
-        if request is None:
-            return
-        method, path = request
-        if method == "GET" and path.endswith("/models"):
-            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(MODELS), MODELS))  # fmt: skip
-            return
-        match = re.match(r"/(\d+)ms/", path)
-        pause = int(match.group(1)) / 1000 if match else 0.0
-        if not pause:
-            sock.sendall(HEAD + FIRST + b"".join(WORDS) + LAST)
-            return
-        sock.sendall(HEAD + FIRST)
-        for word in WORDS:
-            gevent.sleep(pause)
-            sock.sendall(word)
-        sock.sendall(LAST)
+        while request := _read_request(reader):
+            _answer(sock, *request)
     except OSError:
         pass  # the server hung up (a cancelled turn): nothing to answer
     finally:
         reader.close()
         sock.close()
+
+
+def _answer(sock, method: str, path: str) -> None:
+    if method == "GET" and path.endswith("/models"):
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(MODELS), MODELS))  # fmt: skip
+        return
+    match = re.match(r"/(\d+)ms/", path)
+    pause = int(match.group(1)) / 1000 if match else 0.0
+    if not pause:
+        sock.sendall(HEAD + FIRST + b"".join(WORDS) + LAST)
+        return
+    sock.sendall(HEAD + FIRST)
+    for word in WORDS:
+        gevent.sleep(pause)
+        sock.sendall(word)
+    sock.sendall(LAST)
 
 
 def main() -> None:

@@ -281,12 +281,23 @@ class Upstream:
     answers with the next scripted reply (status, headers, body pieces)."""
 
     def __init__(self):
+        from gevent.pool import Pool
         from gevent.pywsgi import WSGIServer
 
         self.requests, self.replies = [], []
-        self.server = WSGIServer(("127.0.0.1", 0), self.app, log=None, error_log=None)
+        self.server = WSGIServer(("127.0.0.1", 0), self.app, log=None, error_log=None, spawn=Pool())
         self.server.start()
         self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def restart(self):
+        """Stop (closing every connection, kept-alive ones too) and listen again on the same port."""
+        from gevent.pool import Pool
+        from gevent.pywsgi import WSGIServer
+
+        port = self.server.server_port
+        self.server.stop(timeout=0)  # kills the connections' greenlets (they are in its pool)
+        self.server = WSGIServer(("127.0.0.1", port), self.app, log=None, error_log=None, spawn=Pool())
+        self.server.start()
 
     def reply(self, status=200, body=(), headers=None, hang=0.0, drop=False):
         """Script the next answer: body pieces are bytes; `drop` cuts the connection after them."""
@@ -306,7 +317,8 @@ class Upstream:
         raw = environ["wsgi.input"].read()
         headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
         self.requests.append({"method": environ["REQUEST_METHOD"], "path": environ["PATH_INFO"], "headers": headers,
-                              "json": json.loads(raw) if raw else None})  # fmt: skip
+                              "json": json.loads(raw) if raw else None,
+                              "connection": environ["REMOTE_PORT"]})  # fmt: skip
         script = self.replies.pop(0) if self.replies else {"status": 599, "body": [b"unscripted"], "headers": {},
                                                             "hang": 0, "drop": False}  # fmt: skip
         gevent.sleep(script["hang"])
@@ -322,7 +334,7 @@ class Upstream:
         return body()
 
     def close(self):
-        self.server.stop(timeout=1)
+        self.server.stop(timeout=0)  # kept-alive connections are closed, not waited for
 
 
 @pytest.fixture

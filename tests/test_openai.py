@@ -57,6 +57,29 @@ def test_plain_text_answer_and_the_request(api, client, upstream):
     assert "tools" not in body
 
 
+def test_turns_reuse_the_connection_to_the_provider(api, client, upstream):
+    session = remote_session(api, upstream, "openai")
+    for word in ("one", "two", "three"):
+        upstream.sse(text_answer(word))
+        api.message(session["id"], word, status=201)
+        assert finish(client, session["id"])[-1]["data"]["status"] == "completed"
+    assert len({r["connection"] for r in upstream.requests}) == 1
+
+
+def test_a_kept_connection_the_provider_has_closed_is_replaced(api, client, upstream):
+    session = remote_session(api, upstream, "openai")
+    upstream.sse(text_answer("one"))
+    api.message(session["id"], "one", status=201)
+    finish(client, session["id"])
+    upstream.restart()  # the kept connection is closed by the provider
+    upstream.sse(text_answer("two"))
+    api.message(session["id"], "two", status=201)
+    done = finish(client, session["id"])
+    assert done[-1]["data"]["status"] == "completed"
+    assert done[-2]["data"]["message"]["content"] == [{"type": "text", "text": "two"}]
+    assert len(upstream.requests) == 2 and upstream.requests[0]["connection"] != upstream.requests[1]["connection"]
+
+
 def session_agent_provider(client, session):
     return client.get(f"/v1/agents/{session['agent_id']}").json["provider_id"]
 
