@@ -19,7 +19,8 @@ one table; run it from the repository root:
     python bench/bench.py --server-arg=--foo --server-arg=bar   # extra server options
 
 Per scenario: server CPU per turn and turns/s with 1, 20 and 100 concurrent
-conversations (each a session of 10 turns, then a new session), POST → first
+conversations (each a session of 10 turns, then a new session; the median of
+3 runs of 5 s, with the lowest and highest CPU per turn), POST → first
 `message.delta` and POST → `session.completed` over SSE, commit → client
 (from the stored event's `ts`, 1 ms resolution), cold start to the first
 `/health`, RSS idle, after the turns and with 2,000 idle open streams, and the blocking monitor's reports (over 100 ms).
@@ -38,6 +39,7 @@ import platform  # noqa: E402
 import resource  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -49,6 +51,7 @@ import gevent  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 # 18 words: the simulator answers "You said: " and them, 20 words in all
 TURNS_PER_SESSION = 10  # a conversation's length in the throughput runs
+ROUNDS = 3  # throughput runs per point (1 with --quick): the median, and the spread of CPU per turn
 MESSAGE = "the quick brown fox jumps over the lazy dog and then the dog sleeps under the old tree"
 SCENARIOS = {  # name: (what the column says, the agent's provider: None = the simulator, or the upstream's pause)
     "sim": ("simulator", None),
@@ -312,22 +315,28 @@ def run(scenario, sync, upstream, quick, extra_args, profile=False):
         out[f"RSS with {streams:,} idle streams"] = f"{idle_streams(server.url, agent_id, streams, server.pid):.1f} MB"
         client_busy = []
         for n in (1, 20, 100):
-            spy = None
-            if profile and n == 20:  # sampled at 1 kHz: the figures of this run are slower than the others
-                spy = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid), "--format", "raw",
-                                        "--rate", "1000", "--nonblocking", "-o", f"{workdir}/profile.txt"],
-                                       stdout=subprocess.DEVNULL)  # fmt: skip
-            cpu, mine = cpu_seconds(server.pid), own_cpu()
-            count, wall = throughput(server.url, agent_id, n, seconds)
-            done += count
-            server_cpu = cpu_seconds(server.pid) - cpu
-            out[f"turns/s, {n} session{'s' * (n > 1)}"] = f"{count / wall:.0f}"
-            out[f"server CPU per turn, {n} session{'s' * (n > 1)}"] = f"{1000 * server_cpu / max(count, 1):.2f} ms"
-            client_busy.append(f"{100 * (own_cpu() - mine) / wall:.0f}%")
-            if spy:
-                spy.send_signal(signal.SIGINT)
-                spy.wait(60)
-                out["profile"] = profile_table(f"{workdir}/profile.txt", 1000 * server_cpu / max(count, 1))
+            rates, costs, busy = [], [], []
+            for round_ in range(1 if quick else ROUNDS):
+                spy = None
+                if profile and n == 20 and not round_:  # sampled at 1 kHz: this round is slower than the others
+                    spy = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid), "--format", "raw",
+                                            "--rate", "1000", "--nonblocking", "-o", f"{workdir}/profile.txt"],
+                                           stdout=subprocess.DEVNULL)  # fmt: skip
+                cpu, mine = cpu_seconds(server.pid), own_cpu()
+                count, wall = throughput(server.url, agent_id, n, seconds)
+                done += count
+                server_cpu = cpu_seconds(server.pid) - cpu
+                rates.append(count / wall)
+                costs.append(1000 * server_cpu / max(count, 1))
+                busy.append(100 * (own_cpu() - mine) / wall)
+                if spy:
+                    spy.send_signal(signal.SIGINT)
+                    spy.wait(60)
+                    out["profile"] = profile_table(f"{workdir}/profile.txt", costs[-1])
+            spread = f" ({min(costs):.2f} to {max(costs):.2f})" if len(costs) > 1 else ""
+            out[f"turns/s, {n} session{'s' * (n > 1)}"] = f"{statistics.median(rates):.0f}"
+            out[f"server CPU per turn, {n} session{'s' * (n > 1)}"] = f"{statistics.median(costs):.2f} ms{spread}"
+            client_busy.append(f"{statistics.median(busy):.0f}%")
         out["bench client CPU (1 / 20 / 100)"] = " / ".join(client_busy)
         out[f"RSS after {done:,} turns"] = f"{rss_mb(server.pid):.1f} MB"
     finally:
