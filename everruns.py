@@ -229,7 +229,14 @@ class Setting:
 SETTINGS = (
     Setting("host", "--host", "EVERRUNS_HOST", "127.0.0.1", "Address to bind."),
     Setting("port", "--port", "EVERRUNS_PORT", 9000, "Port to listen on.", int, minimum=0, maximum=65535),
-    Setting("db", "--db", "EVERRUNS_DB", "everruns.db", "SQLite file path, or `:memory:`."),
+    Setting(
+        "db",
+        "--db",
+        "EVERRUNS_DB",
+        "everruns.db",
+        "SQLite file path, `:memory:`, or a PostgreSQL URL (`postgresql://user:password@host:5432/name`, "
+        "needs the `postgres` extra).",
+    ),
     Setting(
         "api_key",
         "--api-key",
@@ -1469,6 +1476,7 @@ def _build_models(db: pw.Database) -> types.SimpleNamespace:
             primary_key = pw.CompositeKey("session_id", "path")
 
     return types.SimpleNamespace(
+        sql=_SQL_POSTGRES if isinstance(db, pw.PostgresqlDatabase) else _SQL,
         Meta=Meta,
         File=File,
         Provider=Provider,
@@ -1491,6 +1499,35 @@ def _pragmas(sync: str) -> dict[str, Any]:
         "journal_size_limit": 67108864,
         "temp_store": "memory",
     }
+
+
+def _postgres_database(url: str) -> pw.Database:
+    """A pooled PostgreSQL database through psycopg 3, refused unless it waits cooperatively."""
+    _check_greenlet_local()
+    if pw.psycopg is None or int(pw.__version__.split(".")[0]) < 4:  # peewee imports the driver itself
+        raise StartupError("--db postgresql://... needs the driver: pip install 'everruns[postgres]'", 2)
+    from gevent import monkey
+    from playhouse.db_url import parse
+    from playhouse.pool import PooledPostgresqlDatabase
+    from psycopg import waiting
+
+    if monkey.is_module_patched("select") and waiting.wait is waiting.wait_c:
+        raise StartupError(
+            "psycopg was imported before gevent patched the process: every query would block the "
+            "server. Call gevent.monkey.patch_all() before importing everruns (or peewee, or psycopg)."
+        )
+    params = parse(url.replace("postgres://", "postgresql://", 1))
+    return PooledPostgresqlDatabase(prefer_psycopg3=True, max_connections=None, stale_timeout=300, **params)
+
+
+def _postgres_ddl(sql: str) -> str:
+    """A migration statement (written for SQLite) as PostgreSQL says it: text compared byte
+    by byte as SQLite does (ids, keys and paths sort the same on both), 64-bit integers,
+    bytes as bytea, booleans as booleans."""
+    sql = sql.replace("is_default INTEGER NOT NULL DEFAULT 0", "is_default BOOLEAN NOT NULL DEFAULT false")
+    sql = sql.replace("WHERE is_default = 1", "WHERE is_default")
+    sql = re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', sql)
+    return re.sub(r"\bINTEGER\b", "BIGINT", sql).replace(" BLOB", " BYTEA")
 
 
 def _check_greenlet_local() -> None:
@@ -1623,14 +1660,34 @@ class _RedactingFilter(logging.Filter):
         return True
 
 
+def _is_postgres(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def _db_password(db: str) -> str | None:
+    """The password in a database URL (a secret like an API key), if any."""
+    from urllib.parse import unquote, urlsplit
+
+    password = urlsplit(db).password if _is_postgres(db) else None
+    return unquote(password) if password else None
+
+
+def _shown_db(db: str) -> str:
+    """A --db value as messages show it: a URL's password masked."""
+    from urllib.parse import quote
+
+    password = _db_password(db)
+    return _redact(db, password, quote(password, safe="")) if password else db
+
+
 def _check_database_path(path: str) -> None:
     """Refuse, in one line, a --db that cannot be a SQLite file (before SQLite says it less clearly)."""
-    if path == ":memory:":
+    if path == ":memory:" or _is_postgres(path):
         return
     if "://" in path:
         scheme = path.split("://", 1)[0]
         raise StartupError(
-            f"--db: {scheme}:// databases are not supported by this version (a file path or :memory:)", 2
+            f"--db: {scheme}:// databases are not supported (a file path, :memory: or postgresql://...)", 2
         )
     if os.path.isdir(path):
         raise StartupError(f"--db: {path} is a directory, not a database file", 2)
@@ -1675,8 +1732,11 @@ class _Store:
         _check_database_path(path)
         self.path = path
         self.memory = path == ":memory:"
+        self.postgres = _is_postgres(path)
         self.secrets = _Secrets(secret_key)
-        if self.memory:
+        if self.postgres:
+            self.db = _postgres_database(path)
+        elif self.memory:
             # An in-memory database lives and dies with its connection: every greenlet shares one.
             self.db = pw.SqliteDatabase(path, pragmas=_pragmas(sync), thread_safe=False)
         else:
@@ -1730,7 +1790,7 @@ class _Store:
 
     def _open_group(self) -> _Group:
         with self._on_writer():
-            self.db.execute_sql("BEGIN IMMEDIATE")
+            self.db.execute_sql("BEGIN" if self.postgres else "BEGIN IMMEDIATE")
         self._group = _Group()
         gevent.spawn(self._commit, self._group)  # runs once this greenlet yields: after the writes ready now
         return self._group
@@ -1738,10 +1798,16 @@ class _Store:
     def _undo(self, group: _Group, error: BaseException) -> None:
         """Roll a failed write back to its savepoint; if SQLite rolled back the whole
         transaction (a full disk, an I/O error), every write of the group fails."""
-        if self._writer.in_transaction:
+        state = self._writer_state()
+        if state == "transaction":
             self.db.execute_sql("ROLLBACK TO w")
             self.db.execute_sql("RELEASE w")
-        elif self._group is group:
+            return
+        if state == "broken":  # stopped mid-query and not cancelled: the connection cannot go on
+            with contextlib.suppress(Exception):
+                self._writer.close()
+            self._writer = None
+        if self._group is group:
             self._group = None
             group.end(error if isinstance(error, pw.DatabaseError) else pw.OperationalError(str(error)))
 
@@ -1760,12 +1826,24 @@ class _Store:
             else:
                 group.end()
 
+    def _writer_state(self) -> str:
+        """ "transaction" (open, maybe failed: a savepoint rollback recovers it), "idle" (the
+        database rolled it all back), or "broken" (a query still runs: PostgreSQL only)."""
+        if not self.postgres:
+            return "transaction" if self._writer.in_transaction else "idle"
+        status = self._writer.info.transaction_status
+        statuses = pw.psycopg.pq.TransactionStatus
+        if status in (statuses.INTRANS, statuses.INERROR):
+            return "transaction"
+        return "idle" if status == statuses.IDLE else "broken"
+
     @contextlib.contextmanager
     def _on_writer(self) -> Iterator[None]:
         """This greenlet's queries go to the writer connection meanwhile (no yield in between)."""
         if self._writer is None:
-            with pw.__exception_wrapper__:  # sqlite3's errors as peewee's, as for any query
-                self._writer = pw.SqliteDatabase._connect(self.db)
+            with pw.__exception_wrapper__:  # the driver's errors as peewee's, as for any query
+                connect = pw.PostgresqlDatabase._connect if self.postgres else pw.SqliteDatabase._connect
+                self._writer = connect(self.db)
         state = self.db._state
         saved = state.conn, state.closed, state.ctx, state.transactions
         state.conn, state.closed, state.ctx, state.transactions = self._writer, False, [], []
@@ -1775,20 +1853,32 @@ class _Store:
             state.conn, state.closed, state.ctx, state.transactions = saved
 
     def release(self) -> None:
-        """Return this greenlet's connection to the pool (file databases only)."""
+        """Return this greenlet's connection to the pool (not for :memory:)."""
         if not self.memory and not self._depth and not self.db.is_closed():
             self.db.close()
 
     def migrate(self) -> int:
         """Bring the schema to SCHEMA_VERSION in place; returns the version found."""
         with self.write():
-            found = self.db.execute_sql("PRAGMA user_version").fetchone()[0]
+            if self.postgres:  # the version is a row of `meta` (none before the first migration)
+                self.db.execute_sql("SELECT pg_advisory_xact_lock(0)")  # one migrating process at a time
+                found = 0
+                if self.db.execute_sql("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]:
+                    row = self.db.execute_sql("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                    found = int(row[0]) if row else 0
+            else:
+                found = self.db.execute_sql("PRAGMA user_version").fetchone()[0]
             if found > SCHEMA_VERSION:
                 raise StartupError(f"the database schema ({found}) is newer than this everruns ({SCHEMA_VERSION})")
             for statements in _MIGRATIONS[found:]:
                 for sql in statements:
-                    self.db.execute_sql(sql)
-            self.db.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    self.db.execute_sql(_postgres_ddl(sql) if self.postgres else sql)
+            if self.postgres:
+                self.db.execute_sql("DELETE FROM meta WHERE key = 'schema_version'")
+                version = str(SCHEMA_VERSION)
+                self.db.execute_sql("INSERT INTO meta (key, value) VALUES ('schema_version', %s)", (version,))
+            else:
+                self.db.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
             if found == 0:
                 self._seed_simulator()
         return found
@@ -1818,8 +1908,9 @@ class _Store:
             return
         if self._group is not None:
             self._commit(self._group)
-        with contextlib.suppress(pw.DatabaseError):
-            self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        if not self.postgres:
+            with contextlib.suppress(pw.DatabaseError):
+                self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.close()
         self.db.close_all()
         if self._writer is not None:
@@ -1886,7 +1977,7 @@ _SQL = {
     "turn_setup": "SELECT s.provider_id, s.model, a.provider_id, a.model, a.system_prompt, a.capabilities,"
     " a.max_iterations FROM session s JOIN agent a ON a.id = s.agent_id WHERE s.id = ?",
     "provider": "SELECT id, provider_type, base_url, default_model, api_key, settings FROM provider"
-    " WHERE id = ? OR (? IS NULL AND is_default = 1)",
+    " WHERE id = ? OR (CAST(? AS TEXT) IS NULL AND is_default)",
     "transcript": "SELECT role, content, turn_id FROM message WHERE session_id = ? AND turn_id IS NOT NULL"
     " ORDER BY turn_id DESC, role != 'user' DESC, id DESC",
     "insert_turn": "INSERT INTO turn (id, session_id, status, provider_id, model, started_at)"
@@ -1900,9 +1991,12 @@ _SQL = {
 }
 
 
+_SQL_POSTGRES = {name: sql.replace("?", "%s") for name, sql in _SQL.items()}  # psycopg's placeholders
+
+
 def _sql(m: Any, name: str, *params: Any) -> Any:
     """Run one of the hot-path statements on the app's database; the cursor."""
-    return m.Meta._meta.database.execute_sql(_SQL[name], params)
+    return m.Meta._meta.database.execute_sql(m.sql[name], params)
 
 
 def _session_exists(m: Any, session_id: str) -> bool:
@@ -3445,6 +3539,17 @@ TOOL_TIMEOUT_S = 30.0
 MAX_TOOL_OUTPUT = 256 * 1024
 
 
+class _Stop(SystemExit):
+    """Kills a turn's greenlet, or a step's. A SystemExit: a PostgreSQL query it waits
+    on is then cancelled on the server and its connection stays usable (psycopg cancels
+    on SystemExit; gevent's GreenletExit would leave the query running and the connection
+    stuck). The greenlet catches it: one that ends with a SystemExit stops the process."""
+
+
+class _ToolTimeout(SystemExit):
+    """A tool ran past its time (raised in its greenlet; a SystemExit for the same reason)."""
+
+
 class _Cancelled(BaseException):
     """Ends a turn at its next wait: POST /cancel."""
 
@@ -3486,8 +3591,9 @@ def _checked_reply(reply: LLMReply) -> LLMReply:
     return reply
 
 
-def _run_tool(tool: _Tool, arguments: dict, tctx: _ToolContext, timeout: float = TOOL_TIMEOUT_S) -> tuple[Any, bool]:
-    """Validate the arguments, run the tool with a timeout: (result, is_error)."""
+def _run_tool(tool: _Tool, arguments: dict, tctx: _ToolContext, timeout: float | None = None) -> tuple[Any, bool]:
+    """Validate the arguments, run the tool with a timeout (TOOL_TIMEOUT_S): (result, is_error)."""
+    timeout = TOOL_TIMEOUT_S if timeout is None else timeout
     if "_unparsed_arguments" in arguments:
         return {"error": "the arguments are not a JSON object that can be read (or are too large)"}, True
     try:
@@ -3499,8 +3605,10 @@ def _run_tool(tool: _Tool, arguments: dict, tctx: _ToolContext, timeout: float =
     try:
         if tool.run is None:
             raise ToolFailed(f"{tool.name} is not available in this version")
-        with gevent.Timeout(timeout, ToolFailed(f"{tool.name} timed out after {timeout:g} s")):
+        with gevent.Timeout(timeout, _ToolTimeout):
             return _capped(tool.run(args, tctx)), False
+    except _ToolTimeout:
+        return {"error": f"{tool.name} timed out after {timeout:g} s"}, True
     except EverrunsError as e:
         return {"error": str(e)}, True
     except Exception:
@@ -3655,6 +3763,8 @@ class _Runner:
                 if turn is None:
                     return
                 self._run_turn(turn)
+        except _Stop:
+            pass  # killed (a greenlet must not end with a SystemExit: gevent would stop the process)
         finally:
             self._workers.pop(session_id, None)
             self.bus.forget(session_id)  # the map would otherwise hold every session ever run
@@ -3682,7 +3792,7 @@ class _Runner:
             turn.halt(_Gone)
         if worker is not None:
             worker.join(timeout=10)
-            worker.kill(block=True, timeout=5)  # a no-op once it has ended
+            worker.kill(_Stop, block=True, timeout=5)  # a no-op once it has ended
 
     def forget(self, session_id: str) -> None:
         """The session is deleted (or its deletion failed): kick() may start workers for it again."""
@@ -3695,7 +3805,7 @@ class _Runner:
         for turn in list(self._turns.values()):
             turn.halt(_Interrupted)
         gevent.joinall(list(self._workers.values()), timeout=5)
-        gevent.killall(list(self._workers.values()), block=True, timeout=1)  # stuck: the database closes next
+        gevent.killall(list(self._workers.values()), _Stop, block=True, timeout=1)  # stuck: the database closes next
 
     def _wait(self, turn: _Turn, step: Callable[..., Any], *args: Any) -> Any:
         """Run a slow step in its own greenlet; if the turn is asked to stop meanwhile,
@@ -3708,7 +3818,7 @@ class _Runner:
             finished = task.ready()
         finally:
             if not finished:  # asked to stop, or this greenlet itself was killed
-                task.kill(block=True, timeout=5)
+                task.kill(_Stop, block=True, timeout=5)
         if not finished:
             raise turn.halted()
         result, error = task.value
@@ -3722,6 +3832,8 @@ class _Runner:
             return step(*args), None
         except Exception as e:
             return None, e
+        except _Stop:  # killed: nobody reads this result (and a SystemExit must not end a greenlet)
+            return None, None
         finally:
             self.store.release()  # the step's greenlet had its own connection
 
@@ -4655,7 +4767,8 @@ def _list_messages(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
     if session.status == "running":  # a waiting message joins the list when its turn starts: pages stay stable
         query = query.where(m.Message.turn_id.is_null(False))
     if call.query.after and m.Message.get_or_none(m.Message.id == call.query.after, m.Message.session_id == session_id):
-        after = f"({CONVERSATION_ORDER}) > (SELECT {CONVERSATION_ORDER} FROM message WHERE id = ?)"
+        param = m.Meta._meta.database.param  # ? or %s
+        after = f"({CONVERSATION_ORDER}) > (SELECT {CONVERSATION_ORDER} FROM message WHERE id = {param})"
         query = query.where(pw.SQL(after, [call.query.after]))
     elif call.query.after:  # not a message of this session: positioned by id, as every list's cursor is
         query = query.where(m.Message.id > call.query.after)
@@ -5746,7 +5859,8 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
         _apply_default_provider(store, config["default_provider"] or env.get("EVERRUNS_DEFAULT_PROVIDER"))
     except pw.DatabaseError as e:  # not a SQLite file, corrupted, read-only, locked, ...
         store.close()
-        raise StartupError(f"--db: {db} cannot be used as the database: {e}") from None
+        reason = " ".join(str(e).split())  # one line (the driver's messages may have several)
+        raise StartupError(f"--db: {_shown_db(db)} cannot be used as the database: {reason}") from None
     except BaseException:
         store.close()
         raise
@@ -6379,10 +6493,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"everruns: {e}", file=sys.stderr)
         return 2
+    host, port, db = config["host"], config["port"], config.pop("db")
+    db_password = _db_password(db)  # a secret too
     logging.basicConfig(level=config["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # every log line, whoever writes it
-        handler.addFilter(_RedactingFilter(lambda: (config["api_key"], config["secret_key"])))
-    host, port, db = config["host"], config["port"], config.pop("db")
+        handler.addFilter(_RedactingFilter(lambda: (config["api_key"], config["secret_key"], db_password)))
     try:
         _check_bind(host, config["api_key"], config["insecure"])
     except RuntimeError as e:
@@ -6392,7 +6507,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def ready() -> None:
         print(f"Everruns {__version__} listening on {url}", flush=True)
-        print(f"  API:  {url}/v1/   database: {db}", flush=True)
+        print(f"  API:  {url}/v1/   database: {_shown_db(db)}", flush=True)
         print(f"  Docs: {url}/swagger-ui/  ({url}/api-doc/openapi.json)", flush=True)
 
     try:

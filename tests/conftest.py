@@ -11,6 +11,7 @@ import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
@@ -24,8 +25,99 @@ import everruns  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# ---- the databases -----------------------------------------------------------
+# Every test that uses a database runs on both backends: a SQLite file, and a
+# database of its own on a throwaway PostgreSQL server (cloned from a migrated
+# template). A test of SQLite itself (its file, its pragmas) is marked `sqlite`.
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sqlite: a test of SQLite itself (its file, pragmas or sqlite3): SQLite only")
+    config.addinivalue_line("markers", "postgresql: a test of what only PostgreSQL does: PostgreSQL only")
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        only = [name for name in ("sqlite", "postgresql") if metafunc.definition.get_closest_marker(name)]
+        metafunc.parametrize("backend", only or ["sqlite", "postgresql"])
+
+
+class Postgres:
+    """A PostgreSQL server for this test run, on 127.0.0.1 (a free port), in a temporary
+    folder, with no durability (fsync off); stopped at the end of the run."""
+
+    def __init__(self, folder):
+        import glob
+        import itertools
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+        if not found:
+            raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql; .ci/run does it)")
+        self.bin, self.folder, self.port = os.path.dirname(found[-1]), folder, free_port()
+        self.as_owner = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
+        if self.as_owner:  # PostgreSQL refuses to run as root
+            subprocess.run(["chown", "-R", "postgres", str(folder)], check=True)
+        self._run("initdb", "-D", f"{folder}/data", "-A", "trust", "--no-sync", "--no-locale", "-E", "UTF8",
+                  "-U", "postgres")  # fmt: skip
+        options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -k {folder} -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=400")  # fmt: skip
+        self._run("pg_ctl", "-D", f"{folder}/data", "-l", f"{folder}/log", "-o", options, "-w", "start")
+        self.base = f"postgresql://postgres@127.0.0.1:{self.port}/"
+        self._names = itertools.count(1)
+        self._admin("CREATE DATABASE everruns_template")
+        everruns.create_app(self.base + "everruns_template", env={}).close()  # migrated once
+
+    def _run(self, tool, *args):
+        subprocess.run([*self.as_owner, f"{self.bin}/{tool}", *args], check=True, capture_output=True)
+
+    def _admin(self, sql):
+        import psycopg
+
+        with psycopg.connect(self.base + "postgres", autocommit=True) as conn:
+            conn.execute(sql)
+
+    def new_database(self):
+        """The URL of a new database, a copy of the migrated template."""
+        name = f"test_{next(self._names)}"
+        self._admin(f"CREATE DATABASE {name} TEMPLATE everruns_template")
+        return self.base + name
+
+    def stop(self):
+        self._run("pg_ctl", "-D", f"{self.folder}/data", "-m", "immediate", "stop")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="everruns-postgres-")  # in /tmp: its owner, postgres, must reach it
+    server = Postgres(folder)
+    yield server
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def another_connection(db):
+    """A plain DB-API connection to a test's database, beside the app's (`?` placeholders)."""
+    if db.startswith("postgresql://"):
+        import psycopg
+
+        class Conn(psycopg.Connection):
+            def execute(self, sql, params=None, **kwargs):
+                return super().execute(sql.replace("?", "%s"), params, **kwargs)
+
+        return Conn.connect(db, autocommit=True)
+    import sqlite3
+
+    return sqlite3.connect(db)
+
+
 @pytest.fixture
-def db_path(tmp_path):
+def db_path(backend, tmp_path, request):
+    """The test's database: a SQLite file path, or a PostgreSQL URL."""
+    if backend == "postgresql":
+        return request.getfixturevalue("postgres").new_database()
     return str(tmp_path / "everruns.db")
 
 
@@ -123,7 +215,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         clean = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("EVERRUNS_")}
-        self.log = open(Path(db).with_suffix(f".{self.port}.log"), "w+")
+        self.log = tempfile.TemporaryFile("w+")  # the server's output
         cmd = [sys.executable, str(ROOT / "everruns.py"), "--port", str(self.port), "--db", db, *args]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**clean, **(env or {})})
         self._wait_ready()

@@ -131,7 +131,8 @@ def test_a_port_in_use_is_one_line(tmp_path):
         ("missing/x.db", 1, "does not exist"),
         (".", 2, "is a directory"),
         ("corrupt.db", 1, "cannot be used"),
-        ("postgresql://user@localhost/everruns", 2, "not supported"),
+        ("mysql://user@localhost/everruns", 2, "not supported"),
+        ("postgresql://user:pw-canary-4471@127.0.0.1:1/everruns", 1, "cannot be used"),  # nobody listens there
     ],
 )
 def test_a_database_that_cannot_be_opened_is_one_line(tmp_path, db, status, said):
@@ -139,6 +140,13 @@ def test_a_database_that_cannot_be_opened_is_one_line(tmp_path, db, status, said
     where = db if "://" in db else str(tmp_path / db)
     got_status, got = start_failure(tmp_path, "--db", where)
     assert got_status == status and said in got
+    assert "pw-canary-4471" not in got  # a database password is a secret
+
+
+def test_postgresql_without_its_driver_is_one_line(monkeypatch):
+    monkeypatch.setattr(everruns.pw, "psycopg", None)  # as when the `postgres` extra is not installed
+    with pytest.raises(everruns.StartupError, match=r"pip install 'everruns\[postgres\]'"):
+        everruns.create_app("postgresql://user@127.0.0.1:1/everruns", env={})
 
 
 def test_an_unknown_log_level_is_one_line(tmp_path):

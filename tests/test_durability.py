@@ -2,11 +2,10 @@
 close interrupted turns exactly once, never re-run a tool, answer owed messages."""
 
 import signal
-import sqlite3
 
 import gevent
 import webtest
-from conftest import SSEStream, finish, stored_events
+from conftest import SSEStream, another_connection, finish, stored_events
 
 import everruns
 
@@ -18,8 +17,8 @@ def setup_slow_session(server, delay_ms=200, **agent):
     return server.call("POST", f"/v1/agents/{agent['id']}/sessions", {})[2]["id"]
 
 
-def test_kill_9_mid_turn_then_restart_recovers(start_server, tmp_path):
-    db = str(tmp_path / "crash.db")
+def test_kill_9_mid_turn_then_restart_recovers(start_server, db_path):
+    db = db_path
     server = start_server(db)
     sid = setup_slow_session(server)
     stream = SSEStream(server.url, f"/v1/sessions/{sid}/events")
@@ -45,8 +44,8 @@ def test_kill_9_mid_turn_then_restart_recovers(start_server, tmp_path):
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
 
 
-def test_every_acknowledged_message_survives_kill_9(start_server, tmp_path):
-    db = str(tmp_path / "acks.db")
+def test_every_acknowledged_message_survives_kill_9(start_server, db_path):
+    db = db_path
     server = start_server(db)
     sid = setup_slow_session(server, delay_ms=0)
     acked = [server.call("POST", f"/v1/sessions/{sid}/messages", {"content": f"m{i}"})[2]["id"] for i in range(30)]
@@ -110,8 +109,8 @@ def test_the_transcript_never_has_a_dangling_tool_call(make_app, db_path):
     assert calls == answered == ["call_1"]
 
 
-def test_graceful_shutdown_interrupts_a_turn_past_the_grace(start_server, tmp_path):
-    db = str(tmp_path / "grace.db")
+def test_graceful_shutdown_interrupts_a_turn_past_the_grace(start_server, db_path):
+    db = db_path
     server = start_server(db, "--shutdown-grace", "0.2")
     sid = setup_slow_session(server, delay_ms=300)
     stream = SSEStream(server.url, f"/v1/sessions/{sid}/events")
@@ -147,7 +146,7 @@ def test_every_acknowledged_write_is_committed_when_many_share_commits(app, api,
 
     def post(session_id, i):
         message = client.post_json(f"/v1/sessions/{session_id}/messages", {"content": f"m{i}"}, status=201).json
-        with sqlite3.connect(db_path) as other:  # what a crash right now would keep
+        with another_connection(db_path) as other:  # what a crash right now would keep
             row = other.execute("SELECT content FROM message WHERE id = ?", (message["id"],)).fetchone()
         seen_by_another_connection.append(row is not None)
 

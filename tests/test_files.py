@@ -202,13 +202,13 @@ def test_relative_paths_are_taken_from_the_root(api, client, fs_session):
 @pytest.fixture
 def statements(monkeypatch):
     """The SQL the app runs from now on, with parameters."""
-    seen, original = [], everruns.pw.SqliteDatabase.execute_sql
+    seen, original = [], everruns.pw.Database.execute_sql
 
     def execute_sql(self, sql, *args, **kwargs):
         seen.append(sql)
         return original(self, sql, *args, **kwargs)
 
-    monkeypatch.setattr(everruns.pw.SqliteDatabase, "execute_sql", execute_sql)
+    monkeypatch.setattr(everruns.pw.Database, "execute_sql", execute_sql)
     return seen
 
 

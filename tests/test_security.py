@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import webtest
-from conftest import CANARY_KEY, error_of, finish, remote_session
+from conftest import CANARY_KEY, another_connection, error_of, finish, remote_session
 
 import everruns
 
@@ -84,11 +84,18 @@ def test_a_wildcard_origin_never_comes_with_credentials(make_app):
     assert "Access-Control-Allow-Credentials" not in response.headers
 
 
+@pytest.mark.sqlite
 def test_the_database_file_is_owner_only(app, db_path):
     assert stat.S_IMODE(os.stat(db_path).st_mode) & 0o077 == 0
 
 
 def raw_database(path):
+    """Everything stored, as bytes: the SQLite file and its WAL, or every PostgreSQL row as text."""
+    if path.startswith("postgresql://"):
+        with another_connection(path) as conn:
+            tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+            rows = [r[0] for t in tables for r in conn.execute(f"SELECT CAST(t AS TEXT) FROM {t} t")]
+        return "\n".join(rows).encode()
     return b"".join(open(p, "rb").read() for p in (path, path + "-wal") if os.path.exists(p))
 
 
@@ -203,7 +210,8 @@ HEADERS = {"X-Api-Key": HEADER_CANARY, "X-Team": "blue"}
 
 def checkpointed(app, db_path):
     """The raw database bytes once the WAL is folded into the file."""
-    app.everruns.store.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    if not app.everruns.store.postgres:
+        app.everruns.store.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     return raw_database(db_path)
 
 
