@@ -17,6 +17,7 @@ one table; run it from the repository root:
     python bench/bench.py --quick              # shorter runs, fewer streams
     python bench/bench.py --scenario sim --sync full
     python bench/bench.py --server-arg=--foo --server-arg=bar   # extra server options
+    python bench/bench.py --postgres postgresql://postgres@127.0.0.1:5432/postgres  # on PostgreSQL
 
 Per scenario: server CPU per turn and turns/s with 1, 20 and 100 concurrent
 conversations (each a session of 10 turns, then a new session; the median of
@@ -141,16 +142,29 @@ def free_port():
         return s.getsockname()[1]
 
 
+def _admin(url, sql):
+    """One statement on a PostgreSQL server, outside any transaction."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql)
+
+
 class Server:
     """`python everruns.py` on a fresh database, with the blocking monitor on."""
 
-    def __init__(self, workdir, args):
+    def __init__(self, workdir, args, postgres=None):
         port = free_port()
+        self.postgres, db = postgres, str(Path(workdir) / f"bench-{port}.db")
+        if postgres:  # a database of its own on that server, dropped at the end
+            self.database = f"everruns_bench_{port}"
+            _admin(postgres, f"CREATE DATABASE {self.database}")
+            db = postgres.rsplit("/", 1)[0] + "/" + self.database
         env = {**os.environ, "GEVENT_MONITOR_THREAD_ENABLE": "1", "GEVENT_MAX_BLOCKING_TIME": "0.1"}
         env.pop("PYTHONDONTWRITEBYTECODE", None)  # as Python runs by default: with the bytecode cache
         self.log = open(Path(workdir) / f"server-{port}.log", "w+")
         cmd = [sys.executable, str(ROOT / "everruns.py"), "--port", str(port), "--log-level", "warning",
-               "--db", str(Path(workdir) / f"bench-{port}.db"), "--max-connections", "10000", *args]  # fmt: skip
+               "--db", db, "--max-connections", "10000", *args]  # fmt: skip
         self.url = f"http://127.0.0.1:{port}"
         started = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
@@ -173,6 +187,8 @@ class Server:
         """Stop the server; the number of blocking reports it logged."""
         self.proc.terminate()
         self.proc.wait(30)
+        if self.postgres:
+            _admin(self.postgres, f"DROP DATABASE {self.database}")
         return self._log_text().count("appears to be blocked")
 
 
@@ -283,14 +299,14 @@ def own_cpu():
     return usage.ru_utime + usage.ru_stime
 
 
-def run(scenario, sync, upstream, quick, extra_args, profile=False):
+def run(scenario, sync, upstream, quick, extra_args, profile=False, postgres=None):
     """One column of the table: {row name: text}."""
     label, pause = SCENARIOS[scenario]
     heavy = pause  # a paused upstream makes each turn ~100 ms: fewer sequential turns
     turns, seconds, streams = (50 if quick or heavy else 200), (2 if quick else 5), (500 if quick else 2000)
     workdir = tempfile.mkdtemp(prefix="everruns-bench-")
-    server = Server(workdir, ["--sync", sync, *extra_args])
-    out = {"scenario": f"{label}, --sync {sync}"}
+    server = Server(workdir, ["--sync", sync, *extra_args], postgres)
+    out = {"scenario": f"{label}, PostgreSQL" if postgres else f"{label}, --sync {sync}"}
     try:
         gevent.sleep(1)
         out["cold start to first /health"] = f"{server.cold_start * 1000:.0f} ms"
@@ -383,14 +399,21 @@ def main():
         help="also sample the server with py-spy during the 20-session run: where its CPU goes",
     )
     parser.add_argument("--server-arg", action="append", default=[], help="an extra option for the server")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="run on this PostgreSQL server instead of SQLite (postgresql://user@host:port/db of a user who "
+        "may create databases: each scenario gets a new one, dropped after it)",
+    )
     args = parser.parse_args()
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
     # The bytecode cache, as any earlier start leaves it (the first server would otherwise write it).
     subprocess.run([sys.executable, "-m", "py_compile", str(ROOT / "everruns.py")], check=True)
     upstream = Upstream()
     try:
-        columns = [run(scenario, sync, upstream, args.quick, args.server_arg, args.profile)
-                   for sync in args.sync or ["full", "normal"]
+        syncs = args.sync or (["full"] if args.postgres else ["full", "normal"])  # --sync is SQLite's
+        columns = [run(scenario, sync, upstream, args.quick, args.server_arg, args.profile, args.postgres)
+                   for sync in syncs
                    for scenario in args.scenario or list(SCENARIOS)]  # fmt: skip
     finally:
         upstream.stop()
