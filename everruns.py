@@ -1501,6 +1501,10 @@ def _pragmas(sync: str) -> dict[str, Any]:
     }
 
 
+POSTGRES_POOL = 32  # connections of the pool (the writer has its own): greenlets hold one only while querying
+POSTGRES_POOL_WAIT_S = 30  # how long a greenlet waits for one when all are in use
+
+
 def _postgres_database(url: str) -> pw.Database:
     """A pooled PostgreSQL database through psycopg 3, refused unless it waits cooperatively."""
     _check_greenlet_local()
@@ -1517,7 +1521,8 @@ def _postgres_database(url: str) -> pw.Database:
             "server. Call gevent.monkey.patch_all() before importing everruns (or peewee, or psycopg)."
         )
     params = parse(url.replace("postgres://", "postgresql://", 1))
-    return PooledPostgresqlDatabase(prefer_psycopg3=True, max_connections=None, stale_timeout=300, **params)
+    return PooledPostgresqlDatabase(prefer_psycopg3=True, max_connections=POSTGRES_POOL, timeout=POSTGRES_POOL_WAIT_S,
+                                    stale_timeout=300, **params)  # fmt: skip
 
 
 def _postgres_ddl(sql: str) -> str:
@@ -1754,6 +1759,7 @@ class _Store:
         self._writer: Any = None  # opened by the first write
         self._group: _Group | None = None  # the open transaction, until its commit
         self._depth = 0  # > 0 inside a write
+        self._writing: Any = None  # the greenlet inside a write (on PostgreSQL others run meanwhile)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[_Group]:
@@ -1775,6 +1781,7 @@ class _Store:
                 return
             group = self._group or self._open_group()
             self._depth += 1
+            self._writing = gevent.getcurrent()
             try:
                 with self._on_writer():
                     self.db.execute_sql("SAVEPOINT w")
@@ -1786,6 +1793,7 @@ class _Store:
                     self.db.execute_sql("RELEASE w")
             finally:
                 self._depth -= 1
+                self._writing = None
         group.wait()
 
     def _open_group(self) -> _Group:
@@ -1854,7 +1862,7 @@ class _Store:
 
     def release(self) -> None:
         """Return this greenlet's connection to the pool (not for :memory:)."""
-        if not self.memory and not self._depth and not self.db.is_closed():
+        if not self.memory and self._writing is not gevent.getcurrent() and not self.db.is_closed():
             self.db.close()
 
     def migrate(self) -> int:

@@ -5,7 +5,8 @@ import dataclasses
 
 import gevent
 import pytest
-from conftest import another_connection, finish
+import webtest
+from conftest import Api, another_connection, finish
 
 import everruns
 
@@ -81,3 +82,25 @@ def test_turns_stopped_mid_query_leave_the_database_usable(api, client, db_path,
     for session in sessions:
         api.message(session, "hello", status=201)
     assert all(finish(client, s)[-1]["data"]["status"] == "completed" for s in sessions)
+
+
+def test_a_small_pool_serves_many_concurrent_conversations(make_app, db_path, monkeypatch):
+    """Greenlets give their connection back whatever the others do (on PostgreSQL a write
+    waits on the network, and other greenlets run meanwhile): 30 conversations through a
+    pool of 4, then the pool is whole again."""
+    monkeypatch.setattr(everruns, "POSTGRES_POOL", 4)
+    monkeypatch.setattr(everruns, "POSTGRES_POOL_WAIT_S", 5)
+    app = make_app(db_path)
+    client = webtest.TestApp(app)
+    api = Api(client)
+    agent = api.agent()
+    sessions = [api.session(agent["id"])["id"] for _ in range(30)]
+
+    def converse(session):
+        for i in range(3):
+            api.message(session, f"m{i}", status=201)
+            assert finish(client, session)[-1]["data"]["status"] == "completed"
+
+    gevent.joinall([gevent.spawn(converse, s) for s in sessions], raise_error=True)
+    assert len(client.get(f"/v1/agents/{agent['id']}/sessions?limit=100").json["data"]) == 30
+    assert not app.everruns.store.db._in_use  # every connection is back in the pool

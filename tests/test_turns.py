@@ -221,8 +221,9 @@ def test_a_long_history_never_blocks_the_server(db_path, start_server):
     server = start_server(db_path, "--sync", "normal", env=MONITOR)
     server.call("POST", f"/v1/sessions/{sid}/messages", {"content": "and now?"})
 
-    def settled():
-        return server.call("GET", f"/v1/sessions/{sid}")[2]["status"] == "idle"
+    def settled():  # the turn has run (not: has not started yet)
+        session = server.call("GET", f"/v1/sessions/{sid}")[2]
+        return session["status"] == "idle" and session["last_turn"] is not None
 
     assert max(health_latencies(server, settled)) < 0.1
     assert server.call("GET", f"/v1/sessions/{sid}")[2]["last_turn"]["status"] == "completed"
