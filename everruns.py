@@ -4156,6 +4156,17 @@ def _validation_error(error: ValidationError, what: str) -> EverrunsError:
     return _ValidationFailed(f"invalid {what}: {where}: {first['msg']}", details=details)
 
 
+# The NUL character: SQLite stores it in text, PostgreSQL cannot, so no request may carry
+# one (in a JSON string it is written \u0000, after an even number of backslashes).
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _refuse_nul(text: str | bytes, where: list) -> None:
+    found = "\x00" in text if isinstance(text, str) else b"\\u0000" in text and _NUL_ESCAPE.search(text)
+    if found:
+        raise _invalid(where, "text must not contain the NUL character (\\u0000)")
+
+
 def _parse_body(environ: dict, spec: _Route, deadline: float) -> Any:
     """Read and validate a JSON body: 413, 415, 400 as SPEC section 2 says."""
     ctype = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
@@ -4170,6 +4181,7 @@ def _parse_body(environ: dict, spec: _Route, deadline: float) -> Any:
         return model.model_validate({}) if model else None
     if ctype != "application/json":
         raise _UnsupportedMediaType("the request body must be application/json")
+    _refuse_nul(raw, ["body"])
     try:
         return (model or _EmptyBody).model_validate_json(raw)
     except ValidationError as e:
@@ -4181,6 +4193,8 @@ def _parse_body(environ: dict, spec: _Route, deadline: float) -> Any:
 def _parse_query(query: Any, model: type[BaseModel] | None) -> Any:
     if model is None:
         return None
+    for name, value in query.items():
+        _refuse_nul(value, ["query", name])
     try:
         return model.model_validate(dict(query.items()))
     except ValidationError as e:
@@ -4213,6 +4227,8 @@ def _callback(ctx: _Ctx, spec: _Route) -> Callable:
     def callback(**params: str) -> Any:
         request = bottle.request
         try:
+            if any("\x00" in v for k, v in params.items() if k.endswith("_id")):  # no id has one
+                raise _NotFound("no such resource")
             call = _Call(
                 body=_parse_body(request.environ, spec, ctx.config["request_timeout"]),
                 query=_parse_query(request.query, spec.query),
@@ -4788,6 +4804,8 @@ def _idempotency_key(call: _Call) -> str | None:
     key = call.headers.get("idempotency-key")
     if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
         raise _invalid(["header", "Idempotency-Key"], f"longer than {MAX_IDEMPOTENCY_KEY} characters")
+    if key is not None:
+        _refuse_nul(key, ["header", "Idempotency-Key"])
     return key
 
 

@@ -163,3 +163,22 @@ def test_one_exception_family():
         assert issubclass(error, everruns.EverrunsError), error
     unreadable = everruns._SecretUnreadable("cannot decrypt")
     assert (unreadable.status, unreadable.code) == (502, "PROVIDER_KEY_UNREADABLE")
+
+
+def test_the_nul_character_is_refused_everywhere_in_a_request(api, client):
+    """PostgreSQL text cannot hold it, so no backend takes it: 400 (404 in a path), nothing stored."""
+    error_of(client.post_json("/v1/agents", {"name": "a\u0000b"}, expect_errors=True), 400, "VALIDATION_ERROR")
+    assert client.get("/v1/agents").json["data"] == []
+    session = api.session()["id"]
+    response = client.post_json(f"/v1/sessions/{session}/messages", {"content": "x\u0000"}, expect_errors=True)
+    assert "NUL" in error_of(response, 400, "VALIDATION_ERROR")["message"]
+    error_of(client.get("/v1/agents?after=a%00", expect_errors=True), 400, "VALIDATION_ERROR")
+    headers = {"Idempotency-Key": "k\x00"}
+    response = client.post_json(
+        f"/v1/sessions/{session}/messages", {"content": "x"}, headers=headers, expect_errors=True
+    )
+    error_of(response, 400, "VALIDATION_ERROR")
+    error_of(client.get(f"/v1/sessions/{session}%00", expect_errors=True), 404, "NOT_FOUND")
+    assert client.get(f"/v1/sessions/{session}/messages").json["data"] == []
+    # a backslash before u0000 is text, not the character
+    assert client.post_json("/v1/agents", {"name": "a\\u0000b"}, status=201).json["name"] == "a\\u0000b"

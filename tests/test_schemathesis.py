@@ -53,9 +53,10 @@ KEY = "fuzzing-key-0123456789"
     ],
     ids=["everything-else", "providers", "with-api-key"],
 )
-def test_schemathesis_finds_no_failure(start_server, tmp_path, args, filters):
-    """With the key, `--checks all` includes ignored_auth: requests without it must get 401."""
-    server = start_server(None, *args)
+def test_schemathesis_finds_no_failure(start_server, db_path, tmp_path, args, filters):
+    """With the key, `--checks all` includes ignored_auth: requests without it must get 401.
+    On both backends (db_path)."""
+    server = start_server(db_path, *args)
     result = schemathesis(server, tmp_path, *filters)
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
     assert "Traceback" not in server.output()
