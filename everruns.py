@@ -105,7 +105,6 @@ import socket
 import sys
 import threading
 import time
-import types
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
@@ -1346,147 +1345,174 @@ _MIGRATIONS: list[list[str]] = [
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
-def _build_models(db: pw.Database) -> types.SimpleNamespace:
-    """Model classes bound to one database, so two apps never share one."""
+# The tables, defined once; each app binds its own subclasses to its database
+# (_build_models), so two apps in one process never share one.
 
-    class Base(pw.Model):
-        class Meta:
-            database = db
 
-    class Meta(Base):
-        key = pw.TextField(primary_key=True)
-        value = pw.TextField()
+class _MetaTable(pw.Model):
+    key = pw.TextField(primary_key=True)
+    value = pw.TextField()
 
-        class Meta:
-            table_name = "meta"
+    class Meta:
+        table_name = "meta"
 
-    class Provider(Base):
-        id = pw.TextField(primary_key=True)
-        name = pw.TextField()
-        provider_type = pw.TextField()
-        base_url = pw.TextField(null=True)
-        default_model = pw.TextField()
-        api_key = pw.TextField(null=True)
-        is_default = pw.BooleanField(default=False)
-        settings = _JSONField()
-        created_at = pw.TextField()
-        updated_at = pw.TextField()
 
-        class Meta:
-            table_name = "provider"
+class _ProviderTable(pw.Model):
+    id = pw.TextField(primary_key=True)
+    name = pw.TextField()
+    provider_type = pw.TextField()
+    base_url = pw.TextField(null=True)
+    default_model = pw.TextField()
+    api_key = pw.TextField(null=True)
+    is_default = pw.BooleanField(default=False)
+    settings = _JSONField()
+    created_at = pw.TextField()
+    updated_at = pw.TextField()
 
-    class Agent(Base):
-        id = pw.TextField(primary_key=True)
-        name = pw.TextField()
-        description = pw.TextField()
-        system_prompt = pw.TextField()
-        capabilities = _JSONField()
-        provider_id = pw.TextField(null=True)
-        model = pw.TextField(null=True)
-        tags = _JSONField()
-        max_iterations = pw.IntegerField()
-        created_at = pw.TextField()
-        updated_at = pw.TextField()
+    class Meta:
+        table_name = "provider"
 
-        class Meta:
-            table_name = "agent"
 
-    class Session(Base):
-        id = pw.TextField(primary_key=True)
-        agent_id = pw.TextField()
-        title = pw.TextField(null=True)
-        tags = _JSONField()
-        provider_id = pw.TextField(null=True)
-        model = pw.TextField(null=True)
-        status = pw.TextField(default="idle")
-        last_turn = _JSONField(null=True)
-        input_tokens = pw.IntegerField(default=0)
-        output_tokens = pw.IntegerField(default=0)
-        created_at = pw.TextField()
-        updated_at = pw.TextField()
+class _AgentTable(pw.Model):
+    id = pw.TextField(primary_key=True)
+    name = pw.TextField()
+    description = pw.TextField()
+    system_prompt = pw.TextField()
+    capabilities = _JSONField()
+    provider_id = pw.TextField(null=True)
+    model = pw.TextField(null=True)
+    tags = _JSONField()
+    max_iterations = pw.IntegerField()
+    created_at = pw.TextField()
+    updated_at = pw.TextField()
 
-        class Meta:
-            table_name = "session"
+    class Meta:
+        table_name = "agent"
 
-    class Turn(Base):
-        id = pw.TextField(primary_key=True)
-        session_id = pw.TextField()
-        status = pw.TextField()
-        error = _JSONField(null=True)
-        provider_id = pw.TextField(null=True)
-        model = pw.TextField(null=True)
-        input_tokens = pw.IntegerField(default=0)
-        output_tokens = pw.IntegerField(default=0)
-        iterations = pw.IntegerField(default=0)
-        started_at = pw.TextField()
-        ended_at = pw.TextField(null=True)
 
-        class Meta:
-            table_name = "turn"
+class _SessionTable(pw.Model):
+    id = pw.TextField(primary_key=True)
+    agent_id = pw.TextField()
+    title = pw.TextField(null=True)
+    tags = _JSONField()
+    provider_id = pw.TextField(null=True)
+    model = pw.TextField(null=True)
+    status = pw.TextField(default="idle")
+    last_turn = _JSONField(null=True)
+    input_tokens = pw.IntegerField(default=0)
+    output_tokens = pw.IntegerField(default=0)
+    created_at = pw.TextField()
+    updated_at = pw.TextField()
 
-    class Message(Base):
-        id = pw.TextField(primary_key=True)
-        session_id = pw.TextField()
-        role = pw.TextField()
-        content = _JSONField()
-        turn_id = pw.TextField(null=True)
-        controls = _JSONField(null=True)
-        provider_id = pw.TextField(null=True)
-        model = pw.TextField(null=True)
-        created_at = pw.TextField()
+    class Meta:
+        table_name = "session"
 
-        class Meta:
-            table_name = "message"
 
-    class Event(Base):
-        id = pw.TextField(primary_key=True)
-        session_id = pw.TextField()
-        seq = pw.IntegerField()
-        type = pw.TextField()
-        turn_id = pw.TextField(null=True)
-        ts = pw.TextField()
-        data = _JSONField()
+class _TurnTable(pw.Model):
+    id = pw.TextField(primary_key=True)
+    session_id = pw.TextField()
+    status = pw.TextField()
+    error = _JSONField(null=True)
+    provider_id = pw.TextField(null=True)
+    model = pw.TextField(null=True)
+    input_tokens = pw.IntegerField(default=0)
+    output_tokens = pw.IntegerField(default=0)
+    iterations = pw.IntegerField(default=0)
+    started_at = pw.TextField()
+    ended_at = pw.TextField(null=True)
 
-        class Meta:
-            table_name = "event"
+    class Meta:
+        table_name = "turn"
 
-    class IdempotencyKey(Base):
-        session_id = pw.TextField()
-        key = pw.TextField()
-        request_hash = pw.TextField()
-        message_id = pw.TextField()
-        created_at = pw.TextField()
 
-        class Meta:
-            table_name = "idempotency_key"
-            primary_key = pw.CompositeKey("session_id", "key")
+class _MessageTable(pw.Model):
+    id = pw.TextField(primary_key=True)
+    session_id = pw.TextField()
+    role = pw.TextField()
+    content = _JSONField()
+    turn_id = pw.TextField(null=True)
+    controls = _JSONField(null=True)
+    provider_id = pw.TextField(null=True)
+    model = pw.TextField(null=True)
+    created_at = pw.TextField()
 
-    class File(Base):
-        session_id = pw.TextField()
-        path = pw.TextField()
-        type = pw.TextField()
-        content = pw.BlobField(null=True)
-        encoding = pw.TextField(null=True)
-        size_bytes = pw.IntegerField(default=0)
-        created_at = pw.TextField()
-        updated_at = pw.TextField()
+    class Meta:
+        table_name = "message"
 
-        class Meta:
-            table_name = "file"
-            primary_key = pw.CompositeKey("session_id", "path")
 
-    return types.SimpleNamespace(
-        sql=_SQL_POSTGRES if isinstance(db, pw.PostgresqlDatabase) else _SQL,
-        Meta=Meta,
-        File=File,
-        Provider=Provider,
-        Agent=Agent,
-        Session=Session,
-        Turn=Turn,
-        Message=Message,
-        Event=Event,
-        IdempotencyKey=IdempotencyKey,
-    )
+class _EventTable(pw.Model):
+    id = pw.TextField(primary_key=True)
+    session_id = pw.TextField()
+    seq = pw.IntegerField()
+    type = pw.TextField()
+    turn_id = pw.TextField(null=True)
+    ts = pw.TextField()
+    data = _JSONField()
+
+    class Meta:
+        table_name = "event"
+
+
+class _IdempotencyKeyTable(pw.Model):
+    session_id = pw.TextField()
+    key = pw.TextField()
+    request_hash = pw.TextField()
+    message_id = pw.TextField()
+    created_at = pw.TextField()
+
+    class Meta:
+        table_name = "idempotency_key"
+        primary_key = pw.CompositeKey("session_id", "key")
+
+
+class _FileTable(pw.Model):
+    session_id = pw.TextField()
+    path = pw.TextField()
+    type = pw.TextField()
+    content = pw.BlobField(null=True)
+    encoding = pw.TextField(null=True)
+    size_bytes = pw.IntegerField(default=0)
+    created_at = pw.TextField()
+    updated_at = pw.TextField()
+
+    class Meta:
+        table_name = "file"
+        primary_key = pw.CompositeKey("session_id", "path")
+
+
+_TABLES: dict[str, type[pw.Model]] = {
+    "Meta": _MetaTable, "Provider": _ProviderTable, "Agent": _AgentTable, "Session": _SessionTable,
+    "Turn": _TurnTable, "Message": _MessageTable, "Event": _EventTable, "IdempotencyKey": _IdempotencyKeyTable,
+    "File": _FileTable,
+}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class _Models:
+    """One app's tables, bound to its database, and the per-turn SQL in its dialect."""
+
+    db: pw.Database
+    sql: dict[str, str]
+    Meta: type[_MetaTable]
+    Provider: type[_ProviderTable]
+    Agent: type[_AgentTable]
+    Session: type[_SessionTable]
+    Turn: type[_TurnTable]
+    Message: type[_MessageTable]
+    Event: type[_EventTable]
+    IdempotencyKey: type[_IdempotencyKeyTable]
+    File: type[_FileTable]
+
+
+def _build_models(db: pw.Database) -> _Models:
+    """The tables bound to one database: a subclass of each, with the same fields."""
+
+    def bound(table: type[pw.Model]) -> type[pw.Model]:
+        meta = type("Meta", (), {"database": db, "table_name": table._meta.table_name})
+        return type(table.__name__, (table,), {"Meta": meta, "__module__": __name__})
+
+    sql = _SQL_POSTGRES if isinstance(db, pw.PostgresqlDatabase) else _SQL
+    return _Models(db=db, sql=sql, **{name: bound(table) for name, table in _TABLES.items()})
 
 
 def _pragmas(sync: str) -> dict[str, Any]:
@@ -1981,9 +2007,10 @@ _SQL = {
     "owed": "SELECT id, controls FROM message WHERE session_id = ? AND role = 'user' AND turn_id IS NULL"
     " ORDER BY id LIMIT 1",
     "settled": "SELECT status = 'idle' AND NOT EXISTS (SELECT 1 FROM message m WHERE m.session_id = s.id"
-    " AND m.role = 'user' AND m.turn_id IS NULL) FROM session s WHERE s.id = ?",
-    "turn_setup": "SELECT s.provider_id, s.model, a.provider_id, a.model, a.system_prompt, a.capabilities,"
-    " a.max_iterations FROM session s JOIN agent a ON a.id = s.agent_id WHERE s.id = ?",
+    " AND m.role = 'user' AND m.turn_id IS NULL) AS settled FROM session s WHERE s.id = ?",
+    "turn_setup": "SELECT s.provider_id AS session_provider, s.model AS session_model, a.provider_id AS agent_provider,"
+    " a.model AS agent_model, a.system_prompt, a.capabilities, a.max_iterations"
+    " FROM session s JOIN agent a ON a.id = s.agent_id WHERE s.id = ?",
     "provider": "SELECT id, provider_type, base_url, default_model, api_key, settings FROM provider"
     " WHERE id = ? OR (CAST(? AS TEXT) IS NULL AND is_default)",
     "transcript": "SELECT role, content, turn_id FROM message WHERE session_id = ? AND turn_id IS NOT NULL"
@@ -2004,7 +2031,44 @@ _SQL_POSTGRES = {name: sql.replace("?", "%s") for name, sql in _SQL.items()}  # 
 
 def _sql(m: Any, name: str, *params: Any) -> Any:
     """Run one of the hot-path statements on the app's database; the cursor."""
-    return m.Meta._meta.database.execute_sql(m.sql[name], params)
+    return m.db.execute_sql(m.sql[name], params)
+
+
+def _rows(cursor: Any) -> Iterator[dict]:
+    """A cursor's rows by column name (a column added to a query is read where it is used)."""
+    names = [column[0] for column in cursor.description]
+    for row in cursor:
+        yield dict(zip(names, row, strict=True))
+
+
+def _sql_row(m: Any, name: str, *params: Any) -> dict | None:
+    """The first row of a hot-path statement, by column name; None without one."""
+    return next(_rows(_sql(m, name, *params)), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TurnSetup:
+    """What a turn needs of its session and agent."""
+
+    session_provider: str | None
+    session_model: str | None
+    agent_provider: str | None
+    agent_model: str | None
+    system_prompt: str
+    capabilities: list[str]
+    max_iterations: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _ProviderSpec:
+    """A provider as a turn uses it (its key still as stored)."""
+
+    id: str
+    provider_type: str
+    base_url: str | None
+    default_model: str
+    api_key: str | None
+    settings: dict
 
 
 def _session_exists(m: Any, session_id: str) -> bool:
@@ -2033,13 +2097,13 @@ def _stored_events(m: Any, session_id: str, after: int, batch: int = 100) -> Ite
     """Stored events with seq > after, oldest first, read in batches: (seq, type, the event as
     JSON text, built around the stored data text rather than parsed and encoded again)."""
     while True:
-        rows = _sql(m, "events_after", session_id, after, batch).fetchall()
-        for id_, seq, type_, sid, turn_id, ts, data in rows:
-            yield seq, type_, _event_text({"id": id_, "seq": seq, "type": type_, "session_id": sid,
-                                           "turn_id": turn_id, "ts": ts}, data)  # fmt: skip
+        rows = list(_rows(_sql(m, "events_after", session_id, after, batch)))
+        for row in rows:
+            data = row.pop("data")  # the rest is the event's head, in the order of the statement
+            yield row["seq"], row["type"], _event_text(row, data)
         if len(rows) < batch:
             return
-        after = rows[-1][1]
+        after = rows[-1]["seq"]
 
 
 def _insert_message(m: Any, session_id: str, role: str, content: list, turn_id: str | None = None,
@@ -2056,36 +2120,26 @@ def _insert_message(m: Any, session_id: str, role: str, content: list, turn_id: 
 
 def _first_owed(m: Any, session_id: str) -> tuple[str, dict] | None:
     """The oldest user message no turn has answered yet: (id, controls)."""
-    row = _sql(m, "owed", session_id).fetchone()
-    return (row[0], json.loads(row[1]) if row[1] else {}) if row else None
+    row = _sql_row(m, "owed", session_id)
+    return (row["id"], json.loads(row["controls"]) if row["controls"] else {}) if row else None
 
 
 def _settled(m: Any, session_id: str) -> bool:
     """Idle with nothing owed: no running turn and no unanswered user message (or gone)."""
-    row = _sql(m, "settled", session_id).fetchone()
-    return row is None or bool(row[0])
+    row = _sql_row(m, "settled", session_id)
+    return row is None or bool(row["settled"])
 
 
-def _turn_setup(m: Any, session_id: str) -> types.SimpleNamespace | None:
+def _turn_setup(m: Any, session_id: str) -> _TurnSetup | None:
     """What a turn needs of its session and agent (None if the session is gone)."""
-    row = _sql(m, "turn_setup", session_id).fetchone()
-    if row is None:
-        return None
-    session_provider, session_model, agent_provider, agent_model, system_prompt, capabilities, max_iterations = row
-    return types.SimpleNamespace(
-        session_provider=session_provider, session_model=session_model, agent_provider=agent_provider,
-        agent_model=agent_model, system_prompt=system_prompt, capabilities=json.loads(capabilities),
-        max_iterations=max_iterations,
-    )  # fmt: skip
+    row = _sql_row(m, "turn_setup", session_id)
+    return None if row is None else _TurnSetup(**{**row, "capabilities": json.loads(row["capabilities"])})
 
 
-def _provider_row(m: Any, provider_id: str | None) -> types.SimpleNamespace | None:
+def _provider_row(m: Any, provider_id: str | None) -> _ProviderSpec | None:
     """A provider by id, or the default one when provider_id is None."""
-    row = _sql(m, "provider", provider_id, provider_id).fetchone()
-    if row is None:
-        return None
-    fields = dict(zip(("id", "provider_type", "base_url", "default_model", "api_key", "settings"), row, strict=True))
-    return types.SimpleNamespace(**{**fields, "settings": json.loads(fields["settings"])})
+    row = _sql_row(m, "provider", provider_id, provider_id)
+    return None if row is None else _ProviderSpec(**{**row, "settings": json.loads(row["settings"])})
 
 
 def _history(m: Any, session_id: str, budget: int) -> list[tuple[str, list]]:
@@ -2095,8 +2149,8 @@ def _history(m: Any, session_id: str, budget: int) -> list[tuple[str, list]]:
     newest turn always): a long session costs a turn no more than that.
     """
     cursor, kept, used = _sql(m, "transcript", session_id), [], 0
-    for _, rows in itertools.groupby(cursor, key=lambda row: row[2]):
-        block = [(role, content) for role, content, _ in rows]
+    for _, rows in itertools.groupby(_rows(cursor), key=lambda row: row["turn_id"]):
+        block = [(row["role"], row["content"]) for row in rows]
         size = sum(len(content) for _, content in block)
         if kept and used + size > budget:
             break
@@ -2257,6 +2311,8 @@ class _Journal:
     @contextlib.contextmanager
     def tx(self, session_id: str) -> Iterator[_Tx]:
         with self.store.write() as group:  # the last seq is read under the lock
+            if self.store.postgres:  # and under the session's lock, until the commit, whoever else writes
+                self.store.db.execute_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (session_id,))
             last = self._pending.get(session_id)
             tx = _Tx(self.store.m, session_id, self.bus.last_seq.get(session_id) if last is None else last)
             yield tx
@@ -4791,7 +4847,7 @@ def _list_messages(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
     if session.status == "running":  # a waiting message joins the list when its turn starts: pages stay stable
         query = query.where(m.Message.turn_id.is_null(False))
     if call.query.after and m.Message.get_or_none(m.Message.id == call.query.after, m.Message.session_id == session_id):
-        param = m.Meta._meta.database.param  # ? or %s
+        param = m.db.param  # ? or %s
         after = f"({CONVERSATION_ORDER}) > (SELECT {CONVERSATION_ORDER} FROM message WHERE id = {param})"
         query = query.where(pw.SQL(after, [call.query.after]))
     elif call.query.after:  # not a message of this session: positioned by id, as every list's cursor is
