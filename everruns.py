@@ -12,8 +12,8 @@ Sections (each starts with a banner ``# N. Name`` between rules; grep for it):
   3. Helpers         _uuid7, time, JSON, hashing, redaction
   4. Errors          EverrunsError and the one error renderer
   5. Schemas         pydantic request/response models, the page envelope
-  6. Storage         peewee models, pragmas, migrations, the write path,
-                     the per-turn SQL, keys at rest, the log filter
+  6. Storage         the tables (SQLite or PostgreSQL), pragmas, migrations,
+                     the write path, the per-turn SQL, keys at rest, the log filter
   7. Event bus       commit then publish; bounded per-session queues
   8. Providers       the adapter interface, HTTP with retries, OpenAI,
                      Anthropic, the llmsim simulator, a plain dict registry
@@ -1730,7 +1730,7 @@ def _check_database_path(path: str) -> None:
 
 
 class _Group:
-    """Writes that share one SQLite transaction (a group commit): the writes that are
+    """Writes that share one transaction (a group commit): the writes that are
     ready in the same turn of the event loop commit together, with one fsync.
 
     ``after`` runs right after the commit, in order (the journal publishes there);
@@ -1790,10 +1790,13 @@ class _Store:
     @contextlib.contextmanager
     def write(self) -> Iterator[_Group]:
         """The one write path: a process-wide lock, then a savepoint in the open group
-        transaction (BEGIN IMMEDIATE when there is none); on leaving, wait for its commit.
+        transaction (BEGIN IMMEDIATE on SQLite, BEGIN on PostgreSQL, when there is none);
+        on leaving, wait for its commit.
 
-        Nothing inside may yield to other greenlets (no network I/O). A write inside a
-        write is part of it.
+        Nothing inside may wait on anything but the database (no provider call, no tool):
+        the lock is held meanwhile. On SQLite nothing inside yields to other greenlets; on
+        PostgreSQL each statement does, and they wait for the lock. A write inside a write
+        is part of it.
         """
         if self.memory:  # one shared connection: a transaction of its own
             group = _Group()
@@ -1830,8 +1833,9 @@ class _Store:
         return self._group
 
     def _undo(self, group: _Group, error: BaseException) -> None:
-        """Roll a failed write back to its savepoint; if SQLite rolled back the whole
-        transaction (a full disk, an I/O error), every write of the group fails."""
+        """Roll a failed write back to its savepoint; if the database rolled back the whole
+        transaction (SQLite on a full disk or an I/O error), or the connection was stopped
+        mid-query, every write of the group fails."""
         state = self._writer_state()
         if state == "transaction":
             self.db.execute_sql("ROLLBACK TO w")
