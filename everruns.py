@@ -63,6 +63,7 @@ if __name__ == "__main__" or _os.path.basename(_sys.argv[0]) == "everruns":
     _monkey.patch_all(subprocess=False)  # gevent.subprocess is used where it matters
 
 __version__ = "0.1.0"
+INSTANCE = _os.urandom(8).hex()  # this process, in /health (several may serve one database)
 
 __all__ = [
     "ADAPTERS",
@@ -1158,11 +1159,13 @@ def FsPut() -> type[BaseModel]:
 
 
 class Health(_Out):
-    """Liveness and database status."""
+    """Liveness and database status, and which process answered."""
 
     status: Literal["ok"]
     version: str
     database: Literal["ok"]
+    backend: Literal["sqlite", "postgresql"]
+    instance: str = Field(description="The answering server process (an id chosen when it starts).")
 
 
 class _ErrorDetail(_Out):
@@ -4539,7 +4542,9 @@ def _health(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
     ctx.store.db.execute_sql("SELECT 1").fetchone()
     # Written out, not through Health: monitors poll this, and a server no client has
     # called yet has built no validator (see _LazyModel).
-    return _json_response(200, _dumps({"status": "ok", "version": __version__, "database": "ok"}))
+    backend = "postgresql" if ctx.store.postgres else "sqlite"
+    health = {"status": "ok", "version": __version__, "database": "ok", "backend": backend, "instance": INSTANCE}
+    return _json_response(200, _dumps(health))
 
 
 # ---- LLM providers ----------------------------------------------------------

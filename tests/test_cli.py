@@ -43,7 +43,10 @@ def test_server_prints_urls_and_answers(start_server):
     assert status == 200 and len(body["data"]) == 7
     assert f"http://127.0.0.1:{server.port}/swagger-ui/" in server.output()
     status, _, health = server.call("GET", "/health")
-    assert health == {"status": "ok", "version": everruns.__version__, "database": "ok"}
+    assert health == {"status": "ok", "version": everruns.__version__, "database": "ok", "backend": "sqlite",
+                      "instance": health["instance"]}  # fmt: skip
+    again = start_server()
+    assert again.call("GET", "/health")[2]["instance"] not in ("", health["instance"])  # one per process
 
 
 def test_environment_variables_configure_the_server(start_server, tmp_path):

@@ -94,3 +94,9 @@ def test_a_version_1_database_is_migrated_in_place(db_path):
     client.put_json(f"/v1/sessions/{session['id']}/fs/new.txt", {"content": "v2 works"}, status=201)
     app.close()
     assert sqlite3.connect(db_path).execute("PRAGMA user_version").fetchone()[0] == everruns.SCHEMA_VERSION == 2
+
+
+def test_health_names_the_backend(client, backend):
+    health = client.get("/health").json
+    assert (health["status"], health["database"], health["backend"]) == ("ok", "ok", backend)
+    assert health["instance"] == everruns.INSTANCE and len(health["instance"]) == 16
