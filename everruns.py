@@ -106,6 +106,7 @@ import socket
 import sys
 import threading
 import time
+import typing
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
@@ -1483,13 +1484,6 @@ class _FileTable(pw.Model):
         primary_key = pw.CompositeKey("session_id", "path")
 
 
-_TABLES: dict[str, type[pw.Model]] = {
-    "Meta": _MetaTable, "Provider": _ProviderTable, "Agent": _AgentTable, "Session": _SessionTable,
-    "Turn": _TurnTable, "Message": _MessageTable, "Event": _EventTable, "IdempotencyKey": _IdempotencyKeyTable,
-    "File": _FileTable,
-}  # fmt: skip
-
-
 @dataclasses.dataclass(frozen=True)
 class _Models:
     """One app's tables, bound to its database, and the per-turn SQL in its dialect."""
@@ -1514,8 +1508,9 @@ def _build_models(db: pw.Database) -> _Models:
         meta = type("Meta", (), {"database": db, "table_name": table._meta.table_name})
         return type(table.__name__, (table,), {"Meta": meta, "__module__": __name__})
 
+    tables = {f.name: typing.get_args(f.type)[0] for f in dataclasses.fields(_Models) if f.name not in ("db", "sql")}
     sql = _SQL_POSTGRES if isinstance(db, pw.PostgresqlDatabase) else _SQL
-    return _Models(db=db, sql=sql, **{name: bound(table) for name, table in _TABLES.items()})
+    return _Models(db=db, sql=sql, **{name: bound(table) for name, table in tables.items()})
 
 
 def _pragmas(sync: str) -> dict[str, Any]:
@@ -1787,7 +1782,6 @@ class _Store:
         # and see only what is committed.
         self._writer: Any = None  # opened by the first write
         self._group: _Group | None = None  # the open transaction, until its commit
-        self._depth = 0  # > 0 inside a write
         self._writing: Any = None  # the greenlet inside a write (on PostgreSQL others run meanwhile)
 
     @contextlib.contextmanager
@@ -1808,11 +1802,10 @@ class _Store:
             group.end()
             return
         with self._lock:
-            if self._depth:
+            if self._writing is not None:  # the lock is ours: a write inside a write
                 yield self._group
                 return
             group = self._group or self._open_group()
-            self._depth += 1
             self._writing = gevent.getcurrent()
             try:
                 with self._on_writer():
@@ -1824,7 +1817,6 @@ class _Store:
                         raise
                     self.db.execute_sql("RELEASE w")
             finally:
-                self._depth -= 1
                 self._writing = None
         group.wait()
 
@@ -2410,6 +2402,15 @@ def _send(method: str, url: str, data: bytes | None, headers: dict, timeout: flo
     import http.client
 
     address, path = _address(url)
+
+    def exchange(conn: Any) -> tuple[Any, Any, tuple]:
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            return conn, conn.getresponse(), address
+        except BaseException:
+            conn.close()
+            raise
+
     idle, now = _idle_connections.get(address, []), time.monotonic()
     while idle:
         since, conn = idle.pop()
@@ -2418,23 +2419,11 @@ def _send(method: str, url: str, data: bytes | None, headers: dict, timeout: flo
             continue
         conn.timeout = timeout
         conn.sock.settimeout(timeout)
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            return conn, conn.getresponse(), address
-        except ConnectionError:  # closed by the server while idle (reset, broken pipe, no answer)
-            conn.close()
-        except BaseException:
-            conn.close()
-            raise
+        with contextlib.suppress(ConnectionError):  # closed by the server while idle (reset, broken pipe)
+            return exchange(conn)
     scheme, host, port = address
     kind = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-    conn = kind(host, port, timeout=timeout)
-    try:
-        conn.request(method, path, body=data, headers=headers)
-        return conn, conn.getresponse(), address
-    except BaseException:
-        conn.close()
-        raise
+    return exchange(kind(host, port, timeout=timeout))
 
 
 def _keep(address: tuple, conn: Any, response: Any) -> None:
@@ -3662,9 +3651,9 @@ def _checked_reply(reply: LLMReply) -> LLMReply:
     return reply
 
 
-def _run_tool(tool: _Tool, arguments: dict, tctx: _ToolContext, timeout: float | None = None) -> tuple[Any, bool]:
+def _run_tool(tool: _Tool, arguments: dict, tctx: _ToolContext) -> tuple[Any, bool]:
     """Validate the arguments, run the tool with a timeout (TOOL_TIMEOUT_S): (result, is_error)."""
-    timeout = TOOL_TIMEOUT_S if timeout is None else timeout
+    timeout = TOOL_TIMEOUT_S
     if "_unparsed_arguments" in arguments:
         return {"error": "the arguments are not a JSON object that can be read (or are too large)"}, True
     try:

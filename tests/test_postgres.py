@@ -45,7 +45,6 @@ def slow_tool(monkeypatch):
     capability = everruns.CAPABILITIES["test_math"]
     tools = tuple(dataclasses.replace(t, run=sleep_in_a_query) if t.name == "add" else t for t in capability.tools)
     monkeypatch.setitem(everruns.CAPABILITIES, "test_math", dataclasses.replace(capability, tools=tools))
-    monkeypatch.setattr(everruns, "TOOL_TIMEOUT_S", 0.5)
     return calls
 
 
@@ -54,10 +53,7 @@ def test_turns_stopped_mid_query_leave_the_database_usable(api, client, db_path,
     outcomes = []
     for i in range(12):
         how = ("cancel", "delete", "timeout")[i % 3]
-        if how != "timeout":
-            monkeypatch.setattr(everruns, "TOOL_TIMEOUT_S", 60)
-        else:
-            monkeypatch.setattr(everruns, "TOOL_TIMEOUT_S", 0.5)
+        monkeypatch.setattr(everruns, "TOOL_TIMEOUT_S", 0.5 if how == "timeout" else 60)
         session = api.session(agent["id"])["id"]
         api.message(session, 'add {"a": 2, "b": 3}', status=201)
         wait_for(lambda: running_sleeps(db_path) == 1)
@@ -77,7 +73,6 @@ def test_turns_stopped_mid_query_leave_the_database_usable(api, client, db_path,
     assert outcomes == ["cancelled", "completed"] * 4
     assert len(slow_tool) == 12
     # every later request is served: writes, reads, turns
-    monkeypatch.setitem(everruns.CAPABILITIES, "test_math", everruns.CAPABILITIES["test_math"])
     sessions = [api.session(agent["id"])["id"] for _ in range(20)]
     for session in sessions:
         api.message(session, "hello", status=201)
