@@ -1345,6 +1345,13 @@ _MIGRATIONS: list[list[str]] = [
             size_bytes INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
             PRIMARY KEY (session_id, path))""",
     ],
+    [  # 3: several processes on one database (PostgreSQL): who runs each turn, who is alive
+        "ALTER TABLE turn ADD COLUMN owner TEXT",
+        "CREATE INDEX turn_running ON turn (owner) WHERE status = 'running'",
+        """CREATE TABLE instance (
+            id TEXT PRIMARY KEY, lock_key INTEGER NOT NULL, heartbeat INTEGER NOT NULL,
+            started_at TEXT NOT NULL)""",
+    ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -1424,6 +1431,7 @@ class _TurnTable(pw.Model):
     iterations = pw.IntegerField(default=0)
     started_at = pw.TextField()
     ended_at = pw.TextField(null=True)
+    owner = pw.TextField(null=True)  # the lease of the process that runs it
 
     class Meta:
         table_name = "turn"
@@ -1740,6 +1748,7 @@ class _Group:
         self.error: Exception | None = None
         self.after: list[Callable[[], None]] = []
         self.failed: list[Callable[[], None]] = []
+        self.locks: set[str] = set()  # the sessions whose advisory locks it holds (PostgreSQL)
 
     def end(self, error: Exception | None = None) -> None:
         self.error = error
@@ -1752,6 +1761,32 @@ class _Group:
         self.done.wait()
         if self.error is not None:
             raise type(self.error)(*self.error.args)  # a fresh exception for each writer
+
+
+NOTIFY_CHANNEL = "everruns"  # where the processes sharing a PostgreSQL database tell each other what changed
+NOTIFY_BYTES = 7900  # a notification's payload (PostgreSQL takes up to 7,999 bytes)
+DELTA_PIECE = 1000  # characters of streamed text per notified piece (at most 6 bytes each as JSON)
+_LEASES = itertools.count()
+
+
+def _lease_id() -> str:
+    """The id this app's turns are stored under: the process's instance id (a second app in
+    the process, or a lease taken again after losing one, gets a suffix)."""
+    n = next(_LEASES)
+    return INSTANCE if n == 0 else f"{INSTANCE}-{n}"
+
+
+def _payloads(sender: str, items: list[list]) -> list[str]:
+    """Notification payloads for `items`: as few as fit NOTIFY_BYTES, in order."""
+    payloads, batch, size = [], [], 0
+    for text in map(_dumps, items):
+        if batch and size + len(text.encode()) > NOTIFY_BYTES - 64:
+            payloads.append(batch)
+            batch, size = [], 0
+        batch.append(text)
+        size += len(text.encode()) + 1
+    payloads.append(batch)
+    return [f'{{"from":{_dumps(sender)},"items":[{",".join(batch)}]}}' for batch in payloads if batch]
 
 
 class _Store:
@@ -1783,9 +1818,14 @@ class _Store:
         self._writer: Any = None  # opened by the first write
         self._group: _Group | None = None  # the open transaction, until its commit
         self._writing: Any = None  # the greenlet inside a write (on PostgreSQL others run meanwhile)
+        # Several processes (PostgreSQL): the id this app's turns are stored under, and what
+        # the other processes are told with the next commit (see _notes).
+        self.lease = _lease_id()
+        self.outbox: list[list] = []
+        self.deltas: dict[tuple[str, str, str], list[str]] = {}  # streamed text, by (session, turn, message)
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[_Group]:
+    def write(self, session_id: str | None = None) -> Iterator[_Group]:
         """The one write path: a process-wide lock, then a savepoint in the open group
         transaction (BEGIN IMMEDIATE on SQLite, BEGIN on PostgreSQL, when there is none);
         on leaving, wait for its commit.
@@ -1794,6 +1834,10 @@ class _Store:
         the lock is held meanwhile. On SQLite nothing inside yields to other greenlets; on
         PostgreSQL each statement does, and they wait for the lock. A write inside a write
         is part of it.
+
+        ``session_id`` names the session whose rows the write changes: on PostgreSQL the
+        write holds that session's advisory lock until the commit, so that writers in other
+        processes take turns with it (see _lock_session).
         """
         if self.memory:  # one shared connection: a transaction of its own
             group = _Group()
@@ -1803,12 +1847,20 @@ class _Store:
             return
         with self._lock:
             if self._writing is not None:  # the lock is ours: a write inside a write
+                if session_id is not None and self.postgres:
+                    self._lock_session(self._group, session_id, wait=True)
                 yield self._group
                 return
             group = self._group or self._open_group()
             self._writing = gevent.getcurrent()
             try:
                 with self._on_writer():
+                    if session_id is not None and self.postgres:  # before the savepoint (a rollback to it frees it)
+                        try:
+                            group = self._lock_session(group, session_id)
+                        except BaseException as e:  # stopped while waiting: the transaction cannot go on
+                            self._abandon(self._group, e)
+                            raise
                     self.db.execute_sql("SAVEPOINT w")
                     try:
                         yield group
@@ -1819,6 +1871,27 @@ class _Store:
             finally:
                 self._writing = None
         group.wait()
+
+    def _lock_session(self, group: _Group, session_id: str, wait: bool = False) -> _Group:
+        """Hold a session's advisory lock until `group` commits; the group to write in.
+
+        A group that holds locks already does not wait for another (a group of another
+        process could be waiting for one of ours): when the lock is taken, this group
+        commits now, and a new one, holding nothing, waits for it. (A write inside a write
+        cannot commit midway: it waits.)
+        """
+        key = (session_id,)
+        if session_id in group.locks:
+            return group
+        if group.locks and not wait:
+            if self.db.execute_sql("SELECT pg_try_advisory_xact_lock(hashtext(%s))", key).fetchone()[0]:
+                group.locks.add(session_id)
+                return group
+            self._commit(group)
+            group = self._open_group()
+        self.db.execute_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", key)
+        group.locks.add(session_id)
+        return group
 
     def _open_group(self) -> _Group:
         with self._on_writer():
@@ -1836,11 +1909,19 @@ class _Store:
             self.db.execute_sql("ROLLBACK TO w")
             self.db.execute_sql("RELEASE w")
             return
+        self._abandon(group, error, state)
+
+    def _abandon(self, group: _Group | None, error: BaseException, state: str | None = None) -> None:
+        """The group's transaction cannot go on: roll it back; every write of the group fails."""
+        state = state or self._writer_state()
+        if state == "transaction":
+            with contextlib.suppress(Exception):
+                self.db.execute_sql("ROLLBACK")
         if state == "broken":  # stopped mid-query and not cancelled: the connection cannot go on
             with contextlib.suppress(Exception):
                 self._writer.close()
             self._writer = None
-        if self._group is group:
+        if group is not None and self._group is group:
             self._group = None
             group.end(error if isinstance(error, pw.DatabaseError) else pw.OperationalError(str(error)))
 
@@ -1851,6 +1932,8 @@ class _Store:
             self._group = None
             try:
                 with self._on_writer():
+                    if self.postgres:
+                        self._notify()
                     self.db.execute_sql("COMMIT")
             except pw.DatabaseError as e:
                 with contextlib.suppress(Exception), self._on_writer():
@@ -1858,6 +1941,35 @@ class _Store:
                 group.end(e)
             else:
                 group.end()
+
+    def _notify(self) -> None:
+        """Tell the other processes what waits in the outbox (on the writer: in the open
+        transaction, delivered with its commit). Streamed text goes first: it was produced
+        before the events committed with it."""
+        items = [["delta", *key, text[i : i + DELTA_PIECE]] for key, texts in self.deltas.items()
+                 for text in ["".join(texts)] for i in range(0, len(text), DELTA_PIECE)]  # fmt: skip
+        items += self.outbox
+        self.deltas, self.outbox = {}, []
+        for payload in _payloads(self.lease, items):
+            self.db.execute_sql("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
+
+    def tell(self, *item: Any) -> None:
+        """Tell the other processes something now (with the open group's commit if there is
+        one); nothing on SQLite."""
+        if self.postgres:
+            self.outbox.append(list(item))
+            self.send_notes()
+
+    def send_notes(self) -> None:
+        """Send what waits in the outbox, unless an open group's commit will."""
+        with self._lock:
+            if self._group is not None or not (self.outbox or self.deltas):
+                return
+            try:
+                with self._on_writer():
+                    self._notify()
+            except pw.DatabaseError as e:
+                _log.warning("could not notify the other processes: %s", e)
 
     def _writer_state(self) -> str:
         """ "transaction" (open, maybe failed: a savepoint rollback recovers it), "idle" (the
@@ -2007,15 +2119,16 @@ _SQL = {
     " ORDER BY id LIMIT 1",
     "settled": "SELECT status = 'idle' AND NOT EXISTS (SELECT 1 FROM message m WHERE m.session_id = s.id"
     " AND m.role = 'user' AND m.turn_id IS NULL) AS settled FROM session s WHERE s.id = ?",
-    "turn_setup": "SELECT s.provider_id AS session_provider, s.model AS session_model, a.provider_id AS agent_provider,"
-    " a.model AS agent_model, a.system_prompt, a.capabilities, a.max_iterations"
+    "turn_setup": "SELECT s.status, s.provider_id AS session_provider, s.model AS session_model,"
+    " a.provider_id AS agent_provider, a.model AS agent_model, a.system_prompt, a.capabilities, a.max_iterations"
     " FROM session s JOIN agent a ON a.id = s.agent_id WHERE s.id = ?",
     "provider": "SELECT id, provider_type, base_url, default_model, api_key, settings FROM provider"
     " WHERE id = ? OR (CAST(? AS TEXT) IS NULL AND is_default)",
     "transcript": "SELECT role, content, turn_id FROM message WHERE session_id = ? AND turn_id IS NOT NULL"
     " ORDER BY turn_id DESC, role != 'user' DESC, id DESC",
-    "insert_turn": "INSERT INTO turn (id, session_id, status, provider_id, model, started_at)"
-    " VALUES (?, ?, 'running', ?, ?, ?)",
+    "insert_turn": "INSERT INTO turn (id, session_id, status, provider_id, model, started_at, owner)"
+    " VALUES (?, ?, 'running', ?, ?, ?, ?)",
+    "turn_owned": "SELECT 1 FROM turn WHERE id = ? AND status = 'running' AND owner = ?",
     "claim_message": "UPDATE message SET turn_id = ? WHERE id = ?",
     "start_session": "UPDATE session SET status = 'running', last_turn = ? WHERE id = ?",
     "close_turn": "UPDATE turn SET status = ?, error = ?, iterations = ?, input_tokens = ?, output_tokens = ?,"
@@ -2049,6 +2162,7 @@ def _sql_row(m: Any, name: str, *params: Any) -> dict | None:
 class _TurnSetup:
     """What a turn needs of its session and agent."""
 
+    status: str
     session_provider: str | None
     session_model: str | None
     agent_provider: str | None
@@ -2209,13 +2323,40 @@ class _Subscriber:
 
 
 class _Bus:
-    """Fan-out of committed events to the live streams of each session."""
+    """Fan-out of committed events to the live streams of each session.
 
-    def __init__(self) -> None:
+    Where several processes write one database, ``reader`` reads stored events
+    (session id, after seq) and the bus publishes each watched session strictly in
+    seq order: an event that arrives ahead of others (written elsewhere, not yet
+    heard of) has the missing ones read first. ``share``, when set, takes streamed
+    text for the streams of the other processes.
+    """
+
+    def __init__(self, reader: Callable[[str, int], list[tuple[int, str, str]]] | None = None) -> None:
         self._subscribers: dict[str, set[_Subscriber]] = {}
         # The newest published seq of each session: it stamps deltas, and spares
         # the journal a query per event (publishing follows each commit at once).
         self.last_seq: dict[str, int] = {}
+        self.reader = reader
+        self.share: Callable[[str, str, str, str], None] | None = None
+
+    def watched(self, session_id: str) -> bool:
+        return session_id in self._subscribers
+
+    def baseline(self, session_id: str, seq: int) -> None:
+        """A new subscriber read that the session's newest stored event is `seq` (ordered
+        publishing continues from there; its replay sends what came before)."""
+        if self.reader is not None:
+            self.last_seq[session_id] = max(self.last_seq.get(session_id, 0), seq)
+
+    def catch_up(self, session_id: str) -> None:
+        """Publish the stored events after the last published one (in order)."""
+        for seq, type_, text in self.reader(session_id, self.last_seq.get(session_id, 0)):
+            last = self.last_seq.get(session_id, 0)  # reading yields: others may have published meanwhile
+            if seq == last + 1:
+                self._publish(session_id, seq, type_, text)
+            elif seq > last + 1:
+                return
 
     def subscribe(self, session_id: str) -> _Subscriber:
         sub = _Subscriber(session_id)
@@ -2230,15 +2371,28 @@ class _Bus:
                 del self._subscribers[sub.session_id]
 
     def publish(self, session_id: str, seq: int, type_: str, text: str) -> None:
-        """Hand a committed event (as JSON text) to every subscriber; never blocks."""
+        """Hand a committed event (as JSON text) to every subscriber; never blocks (but where
+        several processes write and events are missing before it: it reads them first)."""
+        if self.reader is not None and session_id in self._subscribers:
+            last = self.last_seq.get(session_id, 0)
+            if seq != last + 1:
+                if seq > last:
+                    self.catch_up(session_id)
+                return
+        self._publish(session_id, seq, type_, text)
+
+    def _publish(self, session_id: str, seq: int, type_: str, text: str) -> None:
         self.last_seq[session_id] = seq
         subs = self._subscribers.get(session_id)
         if subs:
             self._fan_out(subs, _Published(seq, type_, _sse_frame(seq, type_, text), seq))
 
-    def publish_delta(self, session_id: str, turn_id: str, message_id: str, delta: str) -> None:
+    def publish_delta(self, session_id: str, turn_id: str, message_id: str, delta: str, shared: bool = True) -> None:
         """Hand a piece of assistant text to the session's subscribers, if it has any
-        (the event's JSON is written here directly: it is the one sent most often)."""
+        (the event's JSON is written here directly: it is the one sent most often), and
+        to the other processes' (unless it comes from one)."""
+        if shared and self.share is not None:
+            self.share(session_id, turn_id, message_id, delta)
         subs = self._subscribers.get(session_id)
         if subs:
             text = (f'{{"id":null,"seq":null,"type":"message.delta","session_id":"{session_id}",'
@@ -2295,12 +2449,19 @@ class _Tx:
         return event
 
 
+class _Lost(BaseException):
+    """A turn's write found the turn no longer this process's to write (another process
+    closed it, or its session was deleted): the turn stops without writing."""
+
+
 class _Journal:
     """The write path for everything that produces events: commit, then publish.
 
-    A transaction starts from the last seq its group wrote for the session, else
-    the bus's last published seq, which moves only after a commit: a rolled-back
-    transaction leaves no gap.
+    On SQLite (one process) a transaction starts from the last seq its group wrote
+    for the session, else the bus's last published seq, which moves only after a
+    commit: a rolled-back transaction leaves no gap. On PostgreSQL other processes
+    write too: the last seq is read under the session's lock, and the commit tells
+    them the new range.
     """
 
     def __init__(self, store: _Store, bus: _Bus) -> None:
@@ -2308,14 +2469,22 @@ class _Journal:
         self._pending: dict[str, int] = {}  # the last seq written by a group not yet committed
 
     @contextlib.contextmanager
-    def tx(self, session_id: str) -> Iterator[_Tx]:
-        with self.store.write() as group:  # the last seq is read under the lock
-            if self.store.postgres:  # and under the session's lock, until the commit, whoever else writes
-                self.store.db.execute_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (session_id,))
-            last = self._pending.get(session_id)
-            tx = _Tx(self.store.m, session_id, self.bus.last_seq.get(session_id) if last is None else last)
+    def tx(self, session_id: str, turn_id: str | None = None) -> Iterator[_Tx]:
+        """A write of the session's journal; with `turn_id`, a write of that running turn,
+        which goes ahead only while this process owns the turn (else _Lost, on PostgreSQL)."""
+        store = self.store
+        with store.write(session_id) as group:  # the last seq is read under the lock
+            if store.postgres:
+                if turn_id is not None and _sql(store.m, "turn_owned", turn_id, store.lease).fetchone() is None:
+                    raise _Lost
+                tx = _Tx(store.m, session_id, None)
+            else:
+                last = self._pending.get(session_id)
+                tx = _Tx(store.m, session_id, self.bus.last_seq.get(session_id) if last is None else last)
             yield tx
-            if tx.events:
+            if tx.events and store.postgres:
+                store.outbox.append(["events", session_id, tx.events[0][0]["seq"], tx.last_seq])
+            elif tx.events:
                 self._pending[session_id] = tx.last_seq
                 group.failed.append(self._pending.clear)
             group.after.append(functools.partial(self._publish, tx))
@@ -2324,7 +2493,7 @@ class _Journal:
         """After the commit: the transaction's events to the live streams, in order."""
         for event, text in tx.events:
             self.bus.publish(tx.session_id, event["seq"], event["type"], text)
-        if self._pending.get(tx.session_id) == tx.last_seq:
+        if tx.session_id in self._pending and self._pending[tx.session_id] == tx.last_seq:
             del self._pending[tx.session_id]
         for callback in tx.after:
             callback()
@@ -3204,7 +3373,7 @@ class _Vfs:
         if len(data) > MAX_FILE_BYTES:
             raise _PayloadTooLarge(f"a file holds at most {MAX_FILE_BYTES} bytes")
         ts = _now_iso()
-        with self.store.write():
+        with self.store.write(self.session_id):
             row = self._row(path)
             if row is not None and row.type == "directory":
                 raise _Conflict(f"{path} is a directory")
@@ -3224,7 +3393,7 @@ class _Vfs:
         if path == "/":
             return False
         ts = _now_iso()
-        with self.store.write():
+        with self.store.write(self.session_id):
             row = self._row(path)
             if row is not None:
                 if row.type != "directory":
@@ -3239,7 +3408,7 @@ class _Vfs:
         """Delete a file, or a directory (non-empty only when recursive); how many entries went."""
         if path == "/":
             raise _Conflict("the root directory cannot be deleted")
-        with self.store.write():
+        with self.store.write(self.session_id):
             row = self._need(path)
             below = self.m.File.select(self.m.File.path).where(self._below(path))
             if row.type == "directory" and below.exists() and not recursive:
@@ -3618,8 +3787,9 @@ class _Interrupted(BaseException):
     """Ends a turn at its next wait: the shutdown grace is over."""
 
 
-class _Gone(BaseException):
-    """Ends a turn at its next wait without writing anything: its session is being deleted."""
+class _Gone(_Lost):
+    """Ends a turn at its next wait without writing anything: its session is being deleted
+    (or another process closes the turn: this one lost its lease)."""
 
 
 class _TurnFailed(EverrunsError):
@@ -3839,10 +4009,43 @@ class _Runner:
         (it may have ended otherwise: finished before it next waited, for example)."""
         turn = self._turns.get(session_id)
         if turn is None:
-            return None
+            return self._cancel_elsewhere(session_id, timeout) if self.store.postgres else None
         turn.halt(_Cancelled)
         turn.ended.wait(timeout)
         return turn.id
+
+    def _cancel_elsewhere(self, session_id: str, timeout: float) -> str | None:
+        """Ask the process that runs the session's turn to cancel it, and wait (on the
+        session's events) until the turn is closed; the turn's id."""
+        m = self.m
+        running = m.Turn.select(m.Turn.id).where(m.Turn.session_id == session_id, m.Turn.status == "running")
+        turn = running.first()
+        if turn is None:
+            return None
+        sub = self.bus.subscribe(session_id)
+        try:
+            self.bus.baseline(session_id, _last_seq(m, session_id))
+            self.store.tell("cancel", session_id, turn.id)
+            deadline = time.monotonic() + timeout
+            while running.where(m.Turn.id == turn.id).exists() and not sub.dropped:
+                self.store.release()
+                sub.take(max(0.0, deadline - time.monotonic()))
+        except gevent.queue.Empty:
+            pass  # not closed in time: the answer shows the turn as it is
+        finally:
+            self.bus.unsubscribe(sub)
+            if not self.busy(session_id):
+                self.bus.forget(session_id)
+        return turn.id
+
+    def halt(self, session_id: str, turn_id: str, reason: type[BaseException]) -> None:
+        """Stop a turn this process runs, if it does, at its next wait."""
+        turn = self._turns.get(session_id)
+        if turn is not None and turn.id == turn_id:
+            turn.halt(reason)
+
+    def running(self) -> list[_Turn]:
+        return list(self._turns.values())
 
     def stop(self, session_id: str) -> None:
         """Stop a session's worker without writing anything, and start none until forget()."""
@@ -3905,10 +4108,10 @@ class _Runner:
         with self.journal.tx(session_id) as tx:
             owed = _first_owed(m, session_id)
             setup = owed and _turn_setup(m, session_id)
-            if not owed or setup is None:
+            if not owed or setup is None or setup.status == "running":  # running: in another process, which goes on
                 return None
             turn = self._prepare(session_id, setup, *owed)
-            _sql(m, "insert_turn", turn.id, session_id, turn.provider_id, turn.model, _now_iso())
+            _sql(m, "insert_turn", turn.id, session_id, turn.provider_id, turn.model, _now_iso(), self.store.lease)
             _sql(m, "claim_message", turn.id, owed[0])
             _sql(m, "start_session", _dumps({"id": turn.id, "status": "running", "error": None}), session_id)
             tx.emit("session.started", {"turn_id": turn.id, "input_message_ids": turn.input_ids}, turn.id)
@@ -3944,6 +4147,8 @@ class _Runner:
             outcome = self._outcome(turn)
             if outcome is not None:
                 self._finish(turn, *outcome)
+        except _Lost:
+            pass  # closed by another process (or its session deleted): nothing more to write
         finally:
             self._closed(turn)
             turn.ended.set()
@@ -3953,7 +4158,7 @@ class _Runner:
         try:
             self._loop(turn)
             return None
-        except _Gone:
+        except _Lost:
             return None
         except _Cancelled:
             return "cancelled", None
@@ -4017,14 +4222,14 @@ class _Runner:
         tctx = _ToolContext(turn.session_id, self.store, self.config)
         pending: tuple[dict, Any, bool, int] | None = None
         for i, call in enumerate(reply.tool_calls):
-            with self.journal.tx(turn.session_id) as tx:
+            with self.journal.tx(turn.session_id, turn.id) as tx:
                 if i == 0:
                     self._assistant_message(tx, turn, message_id, reply.text, reply.tool_calls)
                 if pending:
                     _store_tool_message(tx, turn.id, *pending)
                 tx.emit("tool.call", {"tool_call": call}, turn.id)
             pending = (call, *self._execute(turn, call, tctx))
-        with self.journal.tx(turn.session_id) as tx:
+        with self.journal.tx(turn.session_id, turn.id) as tx:
             _store_tool_message(tx, turn.id, *pending)
 
     def _execute(self, turn: _Turn, call: dict, tctx: _ToolContext) -> tuple[Any, bool, int]:
@@ -4042,7 +4247,7 @@ class _Runner:
         reason = {"cancelled": "cancelled before the tool ran"}.get(status, "the turn ended before the tool ran")
         duration_ms = int((time.monotonic() - turn.started) * 1000)
         try:
-            with self.journal.tx(turn.session_id) as tx:
+            with self.journal.tx(turn.session_id, turn.id) as tx:
                 if answer is not None:
                     self._assistant_message(tx, turn, answer[0], answer[1], [])
                 _close_turn(tx, turn, status, error, duration_ms, reason)
@@ -4050,7 +4255,7 @@ class _Runner:
         except Exception:
             _log.exception("turn %s: storing its end failed; closing it as failed", turn.id)
             error = {"code": "INTERNAL_ERROR", "message": "internal error while ending the turn"}
-            with self.journal.tx(turn.session_id) as tx:
+            with self.journal.tx(turn.session_id, turn.id) as tx:
                 _close_turn(tx, turn, "failed", error, duration_ms, "the turn ended before the tool ran")
                 tx.after.append(functools.partial(self._closed, turn))
 
@@ -4061,14 +4266,22 @@ class _Runner:
 
     # ---- recovery -------------------------------------------------------------
 
-    def close_interrupted(self, session_id: str | None = None, reason: str = "interrupted by a restart") -> None:
-        """Close the turns left running with no greenlet (a crash, or a delete that failed) as INTERRUPTED."""
+    def close_interrupted(self, session_id: str | None = None, reason: str = "interrupted by a restart",
+                          mine: bool = False) -> None:  # fmt: skip
+        """Close as INTERRUPTED the turns left running with no greenlet: a crash, or (several
+        processes) a process that died; with `mine`, this process's stopped ones too (a delete
+        that failed)."""
         m = self.m
         error = {"code": "INTERRUPTED", "message": "the server stopped during the turn"}
-        query = m.Turn.select().where(m.Turn.status == "running")
+        dead = "owner IS NULL OR owner NOT IN (SELECT id FROM instance)"  # no live process has its lease
+        orphaned = pw.SQL(f"({dead} OR owner = {m.db.param})", [self.store.lease]) if mine else pw.SQL(f"({dead})")
+        query = m.Turn.select().where(m.Turn.status == "running", orphaned)
         for turn in list(query if session_id is None else query.where(m.Turn.session_id == session_id)):
+            if self._turns.get(turn.session_id) is not None:
+                continue  # running here
             with self.journal.tx(turn.session_id) as tx:
-                _close_turn(tx, turn, "failed", error, 0, reason)
+                if query.where(m.Turn.id == turn.id).exists():  # still: read again under the session's lock
+                    _close_turn(tx, turn, "failed", error, 0, reason)
 
     def recover(self) -> list[str]:
         """Close turns a crash left running; answer owed messages. Returns the owed sessions."""
@@ -4155,6 +4368,7 @@ class _Ctx:
     runner: _Runner
     ping_s: float = 15.0  # seconds between `: ping` comments on idle streams
     log_filter: logging.Filter | None = None
+    cluster: Any = None  # this process among others on one PostgreSQL database (section 13)
 
     @property
     def bus(self) -> _Bus:
@@ -4490,7 +4704,7 @@ def _check_provider(ctx: _Ctx, provider_id: str | None, loc: list) -> None:
 
 def _patch(ctx: _Ctx, model: Any, id_: str, what: str, changes: dict[str, Any]) -> Any:
     """Apply a PATCH to an agent or a session (a named provider must exist); the updated row."""
-    with ctx.store.write():
+    with ctx.store.write(id_ if model is ctx.store.m.Session else None):
         _get(model, id_, what)
         _check_provider(ctx, changes.get("provider_id"), ["provider_id"])
         if changes:
@@ -4510,12 +4724,13 @@ def _sessions_going(ctx: _Ctx, session_ids: list[str]) -> Iterator[None]:
         for session_id in session_ids:
             ctx.runner.forget(session_id)
             with contextlib.suppress(Exception):
-                ctx.runner.close_interrupted(session_id, "the turn was stopped for a delete that failed")
+                ctx.runner.close_interrupted(session_id, "the turn was stopped for a delete that failed", mine=True)
             ctx.runner.kick(session_id)
         raise
     for session_id in session_ids:
         ctx.bus.close(session_id)
         ctx.runner.forget(session_id)
+        ctx.store.tell("gone", session_id)  # the other processes stop its turn and end its streams
 
 
 def _changes(body: BaseModel) -> dict[str, Any]:
@@ -4723,6 +4938,9 @@ def _delete_agent(ctx: _Ctx, call: _Call, agent_id: str) -> None:
     agent = _get(m.Agent, agent_id, "agent")
     sessions = [s.id for s in m.Session.select(m.Session.id).where(m.Session.agent_id == agent_id)]
     with _sessions_going(ctx, sessions), ctx.store.write():
+        for session_id in sorted(sessions):  # the sessions' locks, in one order (see _Store._lock_session)
+            with ctx.store.write(session_id):
+                pass
         agent.delete_instance()
 
 
@@ -4795,7 +5013,7 @@ def _update_session(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
 )
 def _delete_session(ctx: _Ctx, call: _Call, session_id: str) -> None:
     session = _get(ctx.store.m.Session, session_id, "session")
-    with _sessions_going(ctx, [session_id]), ctx.store.write():
+    with _sessions_going(ctx, [session_id]), ctx.store.write(session_id):
         session.delete_instance()
 
 
@@ -4964,7 +5182,9 @@ def _sse(ctx: _Ctx, session_id: str, cursor: int, wanted: Callable[[str], bool],
     committed meanwhile is in one or both; seq tells which were sent already.
     """
     m, sub = ctx.store.m, ctx.bus.subscribe(session_id)
-    known = min(cursor, _last_seq(m, session_id))  # the newest stored event the client has
+    newest = _last_seq(m, session_id)
+    ctx.bus.baseline(session_id, newest)
+    known = min(cursor, newest)  # the newest stored event the client has
     try:
         yield SSE_START
         for seq, type_, text in _stored_events(m, session_id, cursor):
@@ -5921,6 +6141,218 @@ def _apply_default_provider(store: _Store, wanted: str | None) -> None:
         _make_default(m, match.id)
 
 
+# ---- several processes on one PostgreSQL database -----------------------------
+
+HEARTBEAT_S = 5.0  # how often a process renews its lease and looks for dead processes
+LEASE_S = 15.0  # a lease not renewed this long is dead (a process whose connection closed: at once)
+DELTA_FLUSH_S = 0.05  # streamed text for the other processes' streams is sent at most this often
+_NOW_MS = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"  # the database's clock: one for all
+_INSTANCES = f"""SELECT i.id, i.heartbeat < {_NOW_MS} - %s AS stale, NOT EXISTS (
+    SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    AND l.classid = (i.lock_key >> 32)::oid AND l.objid = (i.lock_key & 4294967295)::oid) AS unlocked
+FROM instance i WHERE i.id <> %s"""  # the other leases: not renewed in time? their lock free (process gone)?
+
+
+def _lock_key(lease: str) -> int:
+    """A lease's liveness lock: a 64-bit advisory key, above the 32-bit keys of the session locks."""
+    return int(hashlib.sha256(lease.encode()).hexdigest()[:14], 16) | (1 << 60)
+
+
+def _event_reader(store: _Store) -> Callable[[str, int], list[tuple[int, str, str]]]:
+    """The bus's reader: a session's stored events after a seq (the connection returned after)."""
+
+    def read(session_id: str, after: int) -> list[tuple[int, str, str]]:
+        try:
+            return list(_stored_events(store.m, session_id, after))
+        finally:
+            store.release()
+
+    return read
+
+
+class _Cluster:
+    """This process among the processes that serve one PostgreSQL database.
+
+    * A lease: a row of `instance` renewed every HEARTBEAT_S, and an advisory lock
+      that the listening connection holds for as long as the process lives. A lease
+      not renewed for LEASE_S, or whose lock is free (its process died and its
+      connection closed), is dead: any process deletes it, closes the turns it ran as
+      INTERRUPTED (tools are never run again) and kicks the owed sessions; each owed
+      turn is claimed by one process (_start_turn, under the session's lock).
+    * Commits notify NOTIFY_CHANNEL of what they stored (_Store._notify). The listening
+      connection hears the others: stored events of sessions streamed here are read and
+      published in seq order, streamed text is published as it comes, and cancels and
+      deletes reach the turns that run here.
+    """
+
+    def __init__(self, store: _Store, bus: _Bus, runner: _Runner) -> None:
+        self.store, self.bus, self.runner = store, bus, runner
+        self.listener: Any = None  # the listening connection; it holds the lease's lock
+        self.peers = 0  # the other live processes, as last heard
+        self.due = gevent.event.Event()  # set when streamed text waits to be sent
+        self.greenlets: list[Any] = []
+        self._reaping: Any = None
+
+    def start(self) -> None:
+        """Take a lease, close the turns of dead processes, start the owed ones, listen."""
+        self._register()
+        self.reap()
+        self.greenlets = [gevent.spawn(self._listen), gevent.spawn(self._send_deltas)]
+
+    def stop(self) -> None:
+        """Leave (after the runner's shutdown): the lease goes, and the others start what is owed."""
+        greenlets = [*self.greenlets, *([self._reaping] if self._reaping else [])]
+        for greenlet in greenlets:  # a greenlet that never ran is dropped; a running one stopped (see _Stop)
+            greenlet.kill(_Stop if greenlet.gr_frame is not None else gevent.GreenletExit, block=False)
+        gevent.joinall(greenlets, timeout=2)
+        with contextlib.suppress(pw.DatabaseError), self.store.write():
+            self.store.db.execute_sql("DELETE FROM instance WHERE id = %s", (self.store.lease,))
+            self.store.outbox.append(["bye"])
+        with contextlib.suppress(Exception):
+            self.listener.close()
+
+    def _register(self) -> None:
+        """Take the lease: listen and hold its lock first, then store it and say hello."""
+        store, key = self.store, _lock_key(self.store.lease)
+        with pw.__exception_wrapper__:
+            listener = pw.PostgresqlDatabase._connect(store.db)
+            listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            listener.execute("SELECT pg_advisory_lock(%s)", (key,))
+        self.listener = listener
+        with store.write():
+            sql = f"INSERT INTO instance (id, lock_key, heartbeat, started_at) VALUES (%s, %s, {_NOW_MS}, %s)"
+            store.db.execute_sql(sql, (store.lease, key, _now_iso()))
+            store.outbox.append(["hello"])
+        store.release()
+
+    def _listen(self) -> None:
+        """Hear the other processes; renew the lease between notifications."""
+        beat = time.monotonic() + HEARTBEAT_S
+        while True:
+            try:
+                for note in self.listener.notifies(timeout=max(0.0, beat - time.monotonic())):
+                    self._heard(note.payload)
+                if time.monotonic() >= beat:
+                    beat = time.monotonic() + HEARTBEAT_S
+                    self._renew()
+            except _Stop:
+                return
+            except Exception as e:  # the connection failed (or the database went away)
+                self._take_new_lease(f"its connection failed: {' '.join(str(e).split())}")
+
+    def _heard(self, payload: str) -> None:
+        note = json.loads(payload)
+        if note["from"] == self.store.lease:
+            return
+        for kind, *args in note["items"]:
+            try:
+                self._apply(kind, args)
+            except Exception:
+                _log.exception("could not apply a notification (%s)", kind)
+
+    def _apply(self, kind: str, args: list) -> None:
+        if kind == "events":  # (session, first seq, last seq): read them if they are streamed here
+            session_id, last = args[0], args[2]
+            if self.bus.watched(session_id) and self.bus.last_seq.get(session_id, 0) < last:
+                self.bus.catch_up(session_id)
+        elif kind == "delta":  # (session, turn, message, text)
+            self.bus.publish_delta(*args, shared=False)
+        elif kind == "cancel":  # (session, turn)
+            self.runner.halt(args[0], args[1], _Cancelled)
+        elif kind == "gone":  # (session): deleted
+            gevent.spawn(self._gone, args[0])
+        elif kind == "hello":
+            self._count(self.peers + 1)
+        elif kind == "bye":  # what it owed is answered here (or by another: one claims each)
+            self._count(self.peers - 1)
+            self._reap_soon()
+
+    def _gone(self, session_id: str) -> None:
+        self.runner.stop(session_id)
+        self.bus.close(session_id)
+        self.runner.forget(session_id)
+
+    def _count(self, peers: int) -> None:
+        """Streamed text is shared only while there is another process to stream it."""
+        self.peers = max(0, peers)
+        self.bus.share = self._share if self.peers else None
+
+    def _share(self, session_id: str, turn_id: str, message_id: str, text: str) -> None:
+        self.store.deltas.setdefault((session_id, turn_id, message_id), []).append(text)
+        self.due.set()
+
+    def _send_deltas(self) -> None:
+        """Streamed text goes with the next commit, or after DELTA_FLUSH_S (coalesced)."""
+        try:
+            while True:
+                self.due.wait()
+                gevent.sleep(DELTA_FLUSH_S)
+                self.due.clear()
+                self.store.send_notes()
+        except _Stop:
+            return
+
+    def _renew(self) -> None:
+        store = self.store
+        try:
+            with store.write():
+                sql = f"UPDATE instance SET heartbeat = {_NOW_MS} WHERE id = %s"
+                cursor = store.db.execute_sql(sql, (store.lease,))
+            if cursor.rowcount == 0:
+                self._take_new_lease("another process found it dead")
+            self._reap_soon()
+        except pw.DatabaseError as e:
+            _log.warning("could not renew this process's lease: %s", e)
+        finally:
+            store.release()
+
+    def _take_new_lease(self, why: str) -> None:
+        """The lease is lost: its turns stop here (another process closes them), a new one is taken."""
+        _log.warning("this process lost its lease (%s): its running turns stop and it takes a new one", why)
+        for turn in self.runner.running():
+            turn.halt(_Gone)
+        with contextlib.suppress(Exception):
+            self.listener.close()
+        old, self.store.lease = self.store.lease, _lease_id()
+        while True:
+            try:
+                self._register()
+                break
+            except pw.DatabaseError as e:
+                _log.warning("could not take a new lease (trying again in %g s): %s", HEARTBEAT_S, e)
+                gevent.sleep(HEARTBEAT_S)
+        with contextlib.suppress(pw.DatabaseError), self.store.write():  # its turns are closed at the next look
+            self.store.db.execute_sql("DELETE FROM instance WHERE id = %s", (old,))
+
+    def _reap_soon(self) -> None:
+        if self._reaping is None or self._reaping.ready():
+            self._reaping = gevent.spawn(self._reap_quietly)
+
+    def _reap_quietly(self) -> None:
+        try:
+            self.reap()
+        except _Stop:
+            pass
+        except Exception:
+            _log.exception("looking for dead processes failed")
+
+    def reap(self) -> None:
+        """Delete dead leases, close the turns no live process runs, start the owed ones."""
+        store = self.store
+        try:
+            rows = store.db.execute_sql(_INSTANCES, (int(LEASE_S * 1000), store.lease)).fetchall()
+            dead = [lease for lease, stale, unlocked in rows if stale or unlocked]
+            self._count(len(rows) - len(dead))
+            if dead:
+                _log.warning("process lease(s) %s ended: closing their turns", ", ".join(dead))
+                with store.write():
+                    store.db.execute_sql("DELETE FROM instance WHERE id = ANY(%s)", (dead,))
+            self.runner.recover()
+        finally:
+            store.release()
+
+
 def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None, **options: Any) -> bottle.Bottle:
     """A WSGI application with its own database.
 
@@ -5945,11 +6377,15 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
         store.close()
         raise
     store.release()
-    journal = _Journal(store, _Bus())
+    journal = _Journal(store, _Bus(_event_reader(store) if store.postgres else None))
     runner = _Runner(journal, config)
-    runner.recover()  # before the first request: interrupted turns closed, owed ones started
+    cluster = _Cluster(store, journal.bus, runner) if store.postgres else None
+    if cluster is not None:
+        cluster.start()  # before the first request: dead processes' turns closed, owed ones started
+    else:
+        runner.recover()  # before the first request: interrupted turns closed, owed ones started
     store.release()
-    ctx = _Ctx(store=store, config=config, journal=journal, runner=runner)
+    ctx = _Ctx(store=store, config=config, journal=journal, runner=runner, cluster=cluster)
     ctx.log_filter = _RedactingFilter(lambda: (*store.secrets.known, config["api_key"]))
     _log.addFilter(ctx.log_filter)
     app = _App()
@@ -5965,6 +6401,8 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
 def _close(ctx: _Ctx) -> None:
     """Give running turns the grace period, interrupt the rest, end the streams, close the database."""
     ctx.runner.shutdown(float(ctx.config["shutdown_grace"]))
+    if ctx.cluster is not None:
+        ctx.cluster.stop()
     ctx.bus.close()
     ctx.store.close()
     _log.removeFilter(ctx.log_filter)
