@@ -5,6 +5,7 @@ elsewhere; cancel and delete reach a turn in another process; a process killed
 with SIGKILL has its turns closed as INTERRUPTED and what it owed answered by
 the others, and no tool runs twice."""
 
+import dataclasses
 import json
 import random
 import signal
@@ -13,7 +14,10 @@ import time
 import gevent
 import gevent.event
 import pytest
-from conftest import SSEStream, another_connection, http
+import webtest
+from conftest import Api, SSEStream, another_connection, http
+
+import everruns
 
 pytestmark = pytest.mark.postgresql
 
@@ -89,6 +93,10 @@ def all_stored(server, session_id):
         if not page["has_more"]:
             return events
         after = events[-1]["seq"]
+
+
+def events_in(client, session_id):
+    return client.get(f"/v1/sessions/{session_id}/events?format=json&limit=100").json["data"]
 
 
 def settled(server, session_id):
@@ -209,3 +217,44 @@ def test_three_processes_share_one_database(postgres, start_server):
         stream.sse.close()
     db_conn.close()
     target.server.stop(timeout=0)
+
+
+def test_a_process_that_stops_renewing_its_lease_loses_its_turns(make_app, monkeypatch):
+    """Two apps on one database in this process: the first stops renewing its lease (its
+    connection, and so its lock, stay: a machine cut off, say). The second closes its turn
+    once the lease is LEASE_S old; the first then finds its lease gone, stops the turn
+    without writing, takes a new lease and runs turns again. The tool ran once."""
+    monkeypatch.setattr(everruns, "HEARTBEAT_S", 0.1)
+    monkeypatch.setattr(everruns, "LEASE_S", 0.5)
+    ran, release = [], gevent.event.Event()
+
+    def slow_add(args, tctx):
+        ran.append(1)
+        release.wait(30)
+        return {"result": args.a + args.b}
+
+    capability = everruns.CAPABILITIES["test_math"]
+    tools = tuple(dataclasses.replace(t, run=slow_add) if t.name == "add" else t for t in capability.tools)
+    monkeypatch.setitem(everruns.CAPABILITIES, "test_math", dataclasses.replace(capability, tools=tools))
+    first, second = make_app(), make_app()
+    one, two = webtest.TestApp(first), webtest.TestApp(second)
+    api = Api(one)
+    session = api.session(api.agent(capabilities=["test_math"])["id"])["id"]
+    api.message(session, 'add {"a": 1, "b": 2}')
+    wait_until(lambda: ran, 10, "the tool running")
+
+    cluster, lease = first.everruns.cluster, first.everruns.store.lease
+    cluster.greenlets[0].kill(everruns._Stop)  # it listens and renews: now it does neither
+    wait_until(lambda: two.get(f"/v1/sessions/{session}").json["status"] == "idle", 10, "the turn closed")
+    closed = [e for e in events_in(two, session) if e["type"] == "session.completed"]
+    assert [(e["data"]["status"], e["data"]["error"]["code"]) for e in closed] == [("failed", "INTERRUPTED")]
+
+    cluster.greenlets[0] = gevent.spawn(cluster._listen)  # renewing again: the lease is gone
+    wait_until(lambda: first.everruns.store.lease != lease and not first.everruns.runner.running(), 10, "new lease")
+    release.set()
+    api.message(session, "still there?")
+    wait_until(lambda: len(one.get(f"/v1/sessions/{session}/messages").json["data"]) == 5, 10, "the answer")
+    events = events_in(one, session)
+    assert [e["data"]["status"] for e in events if e["type"] == "session.completed"] == ["failed", "completed"]
+    results = [e["data"] for e in events if e["type"] == "tool.result"]
+    assert len(results) == 1 and results[0]["is_error"] and len(ran) == 1
