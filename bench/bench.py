@@ -18,6 +18,7 @@ one table; run it from the repository root:
     python bench/bench.py --scenario sim --sync full
     python bench/bench.py --server-arg=--foo --server-arg=bar   # extra server options
     python bench/bench.py --postgres postgresql://postgres@127.0.0.1:5432/postgres  # on PostgreSQL
+    python bench/bench.py --postgres URL --processes 1,2,4    # several processes on one database
 
 Per scenario: server CPU per turn and turns/s with 1, 20 and 100 concurrent
 conversations (each a session of 10 turns, then a new session; the median of
@@ -25,6 +26,12 @@ conversations (each a session of 10 turns, then a new session; the median of
 `message.delta` and POST → `session.completed` over SSE, commit → client
 (from the stored event's `ts`, 1 ms resolution), cold start to the first
 `/health`, RSS idle, after the turns and with 2,000 idle open streams, and the blocking monitor's reports (over 100 ms).
+
+With --processes, instead: turns/s of the simulator with 1, 2, 4 ... server processes on one
+PostgreSQL database, 40 conversations spread as a load balancer would (each POST and each
+stream to a process picked at random: most streams watch turns that run elsewhere), the
+CPU per turn of the servers and of the PostgreSQL processes of this machine, and how long a
+cancel sent to one process takes to stop a turn that runs in another.
 """
 
 from gevent import monkey
@@ -37,6 +44,7 @@ import http.client  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import random  # noqa: E402
 import resource  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -153,13 +161,16 @@ def _admin(url, sql):
 class Server:
     """`python everruns.py` on a fresh database, with the blocking monitor on."""
 
-    def __init__(self, workdir, args, postgres=None):
+    def __init__(self, workdir, args, postgres=None, beside=None):
         port = free_port()
         self.postgres, db = postgres, str(Path(workdir) / f"bench-{port}.db")
-        if postgres:  # a database of its own on that server, dropped at the end
+        if beside is not None:  # another process on that server's database (which that server drops)
+            self.postgres, db = None, beside.db
+        elif postgres:  # a database of its own on that server, dropped at the end
             self.database = f"everruns_bench_{port}"
             _admin(postgres, f"CREATE DATABASE {self.database}")
             db = postgres.rsplit("/", 1)[0] + "/" + self.database
+        self.db = db
         env = {**os.environ, "GEVENT_MONITOR_THREAD_ENABLE": "1", "GEVENT_MAX_BLOCKING_TIME": "0.1"}
         env.pop("PYTHONDONTWRITEBYTECODE", None)  # as Python runs by default: with the bytecode cache
         self.log = open(Path(workdir) / f"server-{port}.log", "w+")
@@ -227,19 +238,21 @@ def latency(url, agent_id, turns):
     return timing
 
 
-def throughput(url, agent_id, sessions, seconds):
+def throughput(urls, agent_id, sessions, seconds):
     """Turns completed, and the seconds taken, with `sessions` conversations posting back to
-    back; each conversation is a session of TURNS_PER_SESSION turns, then a new one."""
+    back; each conversation is a session of TURNS_PER_SESSION turns, then a new one. With
+    several servers, each call and each stream goes to one picked at random."""
     count = [0]
     deadline = time.perf_counter() + seconds
 
-    def worker():
-        client = Client(url)
+    def worker(seed):
+        pick = random.Random(seed).choice
+        clients = {url: Client(url) for url in urls}
         while time.perf_counter() < deadline:
-            sid = new_session(client, agent_id)
-            stream = Stream(url, sid)
+            sid = new_session(clients[pick(urls)], agent_id)
+            stream = Stream(pick(urls), sid)
             for _ in range(TURNS_PER_SESSION):
-                client.call("POST", f"/v1/sessions/{sid}/messages", {"content": MESSAGE})
+                clients[pick(urls)].call("POST", f"/v1/sessions/{sid}/messages", {"content": MESSAGE})
                 stream.turn(0)
                 count[0] += 1
                 if time.perf_counter() >= deadline:
@@ -247,7 +260,7 @@ def throughput(url, agent_id, sessions, seconds):
             stream.close()
 
     started = time.perf_counter()
-    gevent.joinall([gevent.spawn(worker) for _ in range(sessions)], raise_error=True)
+    gevent.joinall([gevent.spawn(worker, seed) for seed in range(sessions)], raise_error=True)
     return count[0], time.perf_counter() - started
 
 
@@ -339,7 +352,7 @@ def run(scenario, sync, upstream, quick, extra_args, profile=False, postgres=Non
                                             "--rate", "1000", "--nonblocking", "-o", f"{workdir}/profile.txt"],
                                            stdout=subprocess.DEVNULL)  # fmt: skip
                 cpu, mine = cpu_seconds(server.pid), own_cpu()
-                count, wall = throughput(server.url, agent_id, n, seconds)
+                count, wall = throughput([server.url], agent_id, n, seconds)
                 done += count
                 server_cpu = cpu_seconds(server.pid) - cpu
                 rates.append(count / wall)
@@ -358,6 +371,76 @@ def run(scenario, sync, upstream, quick, extra_args, profile=False, postgres=Non
     finally:
         out["blocking reports (> 100 ms)"] = str(server.stop())
     return out
+
+
+def postgres_cpu_seconds():
+    """CPU time of every PostgreSQL process of this machine (the database the servers share)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # ended meanwhile
+        if text.split(" (", 1)[1].startswith("postgres)"):
+            fields = text.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def cancel_elsewhere(servers, agent_id, times):
+    """Milliseconds from POST /cancel on one process to its answer, for a turn that streams
+    in another (the answer comes once the turn is closed)."""
+    here, there = Client(servers[0].url), Client(servers[1].url)
+    took = []
+    for _ in range(times):
+        sid = new_session(here, agent_id)
+        stream = Stream(servers[0].url, sid)
+        here.call("POST", f"/v1/sessions/{sid}/messages", {"content": MESSAGE})  # its turn runs on servers[0]
+        while stream.response.readline() != b"event: message.delta\n":
+            pass
+        started = time.perf_counter()
+        answer = there.call("POST", f"/v1/sessions/{sid}/cancel")
+        took.append((time.perf_counter() - started) * 1000)
+        assert answer["cancelled_turn"]["status"] == "cancelled", answer
+        stream.close()
+    return took
+
+
+def scale(postgres, counts, quick):
+    """One column per process count: turns/s and CPU per turn with N processes on one database."""
+    seconds, sessions, columns = (2 if quick else 5), 40, []
+    for n in counts:
+        workdir = tempfile.mkdtemp(prefix="everruns-bench-")
+        servers = [Server(workdir, [], postgres)]
+        servers += [Server(workdir, [], postgres, beside=servers[0]) for _ in range(n - 1)]
+        out = {"scenario": f"{n} process{'es' * (n > 1)}"}
+        try:
+            client = Client(servers[0].url)
+            agent_id = client.call("POST", "/v1/agents", {"name": "bench"})["id"]
+            urls = [s.url for s in servers]
+            throughput(urls, agent_id, sessions, 1)  # warm-up
+            rates, costs, db_costs = [], [], []
+            for _ in range(1 if quick else ROUNDS):
+                cpu, db_cpu = sum(cpu_seconds(s.pid) for s in servers), postgres_cpu_seconds()
+                count, wall = throughput(urls, agent_id, sessions, seconds)
+                rates.append(count / wall)
+                costs.append(1000 * (sum(cpu_seconds(s.pid) for s in servers) - cpu) / max(count, 1))
+                db_costs.append(1000 * (postgres_cpu_seconds() - db_cpu) / max(count, 1))
+            spread = f"{min(rates):.0f} to {max(rates):.0f}"
+            out[f"turns/s, {sessions} sessions"] = f"{statistics.median(rates):.0f} ({spread})"
+            out["servers' CPU per turn"] = f"{statistics.median(costs):.2f} ms"
+            out["PostgreSQL's CPU per turn"] = f"{statistics.median(db_costs):.2f} ms"
+            if n > 1:
+                slow = client.call("POST", "/v1/llm-providers", {"name": "slow", "provider_type": "llmsim",
+                                                                 "settings": {"token_delay_ms": 20}})  # fmt: skip
+                slow_agent = client.call("POST", "/v1/agents", {"name": "slow", "provider_id": slow["id"]})["id"]
+                took = cancel_elsewhere(servers, slow_agent, 10 if quick else 30)
+                out["cancel from another process p50 / max"] = f"{pct(took, 50):.1f} / {max(took):.1f} ms"
+        finally:
+            reports = sum(s.stop() for s in reversed(servers))  # the one that drops the database last
+            out["blocking reports (> 100 ms)"] = str(reports)
+        columns.append(out)
+    return columns
 
 
 def table(columns):
@@ -405,10 +488,21 @@ def main():
         help="run on this PostgreSQL server instead of SQLite (postgresql://user@host:port/db of a user who "
         "may create databases: each scenario gets a new one, dropped after it)",
     )
+    parser.add_argument(
+        "--processes",
+        metavar="N,N,...",
+        help="with --postgres: turns/s with this many server processes on one database (e.g. 1,2,4)",
+    )
     args = parser.parse_args()
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
     # The bytecode cache, as any earlier start leaves it (the first server would otherwise write it).
     subprocess.run([sys.executable, "-m", "py_compile", str(ROOT / "everruns.py")], check=True)
+    if args.processes:
+        if not args.postgres:
+            parser.error("--processes needs --postgres")
+        print(table(scale(args.postgres, [int(n) for n in args.processes.split(",")], args.quick)))
+        print(f"\n`python bench/bench.py --postgres URL --processes {args.processes}` on {machine()}")
+        return
     upstream = Upstream()
     try:
         syncs = args.sync or (["full"] if args.postgres else ["full", "normal"])  # --sync is SQLite's
