@@ -1535,6 +1535,7 @@ def _pragmas(sync: str) -> dict[str, Any]:
 
 POSTGRES_POOL = 32  # connections of the pool (the writer has its own): greenlets hold one only while querying
 POSTGRES_POOL_WAIT_S = 30  # how long a greenlet waits for one when all are in use
+POSTGRES_RECHECK_S = 5  # a pooled connection idle this long is checked (a round trip) before it is used again
 
 
 def _postgres_database(url: str) -> pw.Database:
@@ -1552,9 +1553,19 @@ def _postgres_database(url: str) -> pw.Database:
             "psycopg was imported before gevent patched the process: every query would block the "
             "server. Call gevent.monkey.patch_all() before importing everruns (or peewee, or psycopg)."
         )
+    class Pool(PooledPostgresqlDatabase):
+        """peewee's pool checks each connection it hands out with a round trip (SELECT 1):
+        one more for every query of a request or a turn. Here only a connection idle for
+        POSTGRES_RECHECK_S is checked so; a busy one is known to work."""
+
+        def _is_closed(self, conn: Any) -> bool:
+            idle = time.monotonic() - getattr(conn, "everruns_used", 0.0)
+            conn.everruns_used = time.monotonic()
+            return conn.closed or conn.broken or (idle > POSTGRES_RECHECK_S and super()._is_closed(conn))
+
     params = parse(url.replace("postgres://", "postgresql://", 1))
-    return PooledPostgresqlDatabase(prefer_psycopg3=True, max_connections=POSTGRES_POOL, timeout=POSTGRES_POOL_WAIT_S,
-                                    stale_timeout=300, **params)  # fmt: skip
+    return Pool(prefer_psycopg3=True, max_connections=POSTGRES_POOL, timeout=POSTGRES_POOL_WAIT_S, stale_timeout=300,
+                **params)  # fmt: skip
 
 
 def _postgres_ddl(sql: str) -> str:
