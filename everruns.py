@@ -2016,8 +2016,8 @@ class _Store:
     def migrate(self) -> int:
         """Bring the schema to SCHEMA_VERSION in place; returns the version found."""
         with self.write():
+            self.starting()
             if self.postgres:  # the version is a row of `meta` (none before the first migration)
-                self.db.execute_sql("SELECT pg_advisory_xact_lock(0)")  # one migrating process at a time
                 found = 0
                 if self.db.execute_sql("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]:
                     row = self.db.execute_sql("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -2038,6 +2038,12 @@ class _Store:
             if found == 0:
                 self._seed_simulator()
         return found
+
+    def starting(self) -> None:
+        """Inside a write at start-up: on PostgreSQL, wait for other processes starting on the
+        same database (one migrates, seeds and sets defaults at a time; held until the commit)."""
+        if self.postgres:
+            self.db.execute_sql("SELECT pg_advisory_xact_lock(0)")
 
     def _seed_simulator(self) -> None:
         self.add_provider("Built-in simulator", "llmsim", is_default=True)
@@ -6127,6 +6133,7 @@ def _seed_env_providers(store: _Store, env: Mapping[str, str]) -> None:
         if not env.get(var):
             continue
         with store.write():
+            store.starting()
             if m.Meta.get_or_none(m.Meta.key == f"env_provider:{kind}") is not None:
                 continue
             row = store.add_provider(name, kind, api_key=env[var])
@@ -6140,6 +6147,7 @@ def _apply_default_provider(store: _Store, wanted: str | None) -> None:
         return
     m = store.m
     with store.write():
+        store.starting()
         match = (
             m.Provider.select()
             .where((m.Provider.id == wanted) | (m.Provider.name == wanted) | (m.Provider.provider_type == wanted))
@@ -6377,6 +6385,7 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
     try:
         store.migrate()
         with store.write():
+            store.starting()
             store.secrets.load(store.m)
         _seed_env_providers(store, env)
         _apply_default_provider(store, config["default_provider"] or env.get("EVERRUNS_DEFAULT_PROVIDER"))

@@ -407,40 +407,44 @@ def cancel_elsewhere(servers, agent_id, times):
 
 
 def scale(postgres, counts, quick):
-    """One column per process count: turns/s and CPU per turn with N processes on one database."""
-    seconds, sessions, columns = (2 if quick else 5), 40, []
-    for n in counts:
-        workdir = tempfile.mkdtemp(prefix="everruns-bench-")
-        servers = [Server(workdir, [], postgres)]
-        servers += [Server(workdir, [], postgres, beside=servers[0]) for _ in range(n - 1)]
-        out = {"scenario": f"{n} process{'es' * (n > 1)}"}
-        try:
-            client = Client(servers[0].url)
-            agent_id = client.call("POST", "/v1/agents", {"name": "bench"})["id"]
-            urls = [s.url for s in servers]
-            throughput(urls, agent_id, sessions, 1)  # warm-up
-            rates, costs, db_costs = [], [], []
-            for _ in range(1 if quick else ROUNDS):
+    """One column per process count: turns/s and CPU per turn with N processes on one database.
+    Every count has its servers (and database) from the start and the rounds take turns, so
+    that this machine's changing speed (a shared VM) weighs on every count alike."""
+    seconds, sessions, rounds = (2 if quick else 5), 40, (1 if quick else ROUNDS)
+    workdir, setups = tempfile.mkdtemp(prefix="everruns-bench-"), []
+    try:
+        for n in counts:
+            servers = [Server(workdir, [], postgres)]
+            servers += [Server(workdir, [], postgres, beside=servers[0]) for _ in range(n - 1)]
+            out = {"scenario": f"{n} process{'es' * (n > 1)}"}
+            setups.append({"servers": servers, "out": out, "rates": [], "costs": [], "db_costs": []})
+            setups[-1]["agent"] = Client(servers[0].url).call("POST", "/v1/agents", {"name": "bench"})["id"]
+            throughput([s.url for s in servers], setups[-1]["agent"], sessions, 1)  # warm-up
+        for _ in range(rounds):
+            for setup in setups:
+                servers = setup["servers"]
                 cpu, db_cpu = sum(cpu_seconds(s.pid) for s in servers), postgres_cpu_seconds()
-                count, wall = throughput(urls, agent_id, sessions, seconds)
-                rates.append(count / wall)
-                costs.append(1000 * (sum(cpu_seconds(s.pid) for s in servers) - cpu) / max(count, 1))
-                db_costs.append(1000 * (postgres_cpu_seconds() - db_cpu) / max(count, 1))
+                count, wall = throughput([s.url for s in servers], setup["agent"], sessions, seconds)
+                setup["rates"].append(count / wall)
+                setup["costs"].append(1000 * (sum(cpu_seconds(s.pid) for s in servers) - cpu) / max(count, 1))
+                setup["db_costs"].append(1000 * (postgres_cpu_seconds() - db_cpu) / max(count, 1))
+        for setup in setups:
+            servers, rates, out = setup["servers"], setup["rates"], setup["out"]
             spread = f"{min(rates):.0f} to {max(rates):.0f}"
             out[f"turns/s, {sessions} sessions"] = f"{statistics.median(rates):.0f} ({spread})"
-            out["servers' CPU per turn"] = f"{statistics.median(costs):.2f} ms"
-            out["PostgreSQL's CPU per turn"] = f"{statistics.median(db_costs):.2f} ms"
-            if n > 1:
+            out["servers' CPU per turn"] = f"{statistics.median(setup['costs']):.2f} ms"
+            out["PostgreSQL's CPU per turn"] = f"{statistics.median(setup['db_costs']):.2f} ms"
+            if len(servers) > 1:
+                client = Client(servers[0].url)
                 slow = client.call("POST", "/v1/llm-providers", {"name": "slow", "provider_type": "llmsim",
                                                                  "settings": {"token_delay_ms": 20}})  # fmt: skip
                 slow_agent = client.call("POST", "/v1/agents", {"name": "slow", "provider_id": slow["id"]})["id"]
                 took = cancel_elsewhere(servers, slow_agent, 10 if quick else 30)
                 out["cancel from another process p50 / max"] = f"{pct(took, 50):.1f} / {max(took):.1f} ms"
-        finally:
-            reports = sum(s.stop() for s in reversed(servers))  # the one that drops the database last
-            out["blocking reports (> 100 ms)"] = str(reports)
-        columns.append(out)
-    return columns
+    finally:
+        for setup in setups:  # the first server of each drops its database: stopped last
+            setup["out"]["blocking reports (> 100 ms)"] = str(sum(s.stop() for s in reversed(setup["servers"])))
+    return [setup["out"] for setup in setups]
 
 
 def table(columns):
