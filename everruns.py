@@ -1830,7 +1830,7 @@ class _Store:
         self._group: _Group | None = None  # the open transaction, until its commit
         self._writing: Any = None  # the greenlet inside a write (on PostgreSQL others run meanwhile)
         # Several processes (PostgreSQL): the id this app's turns are stored under, and what
-        # the other processes are told with the next commit (see _notes).
+        # the other processes are told with the next commit (see _notify).
         self.lease = _lease_id()
         self.outbox: list[list] = []
         self.deltas: dict[tuple[str, str, str], list[str]] = {}  # streamed text, by (session, turn, message)

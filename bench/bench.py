@@ -31,7 +31,9 @@ With --processes, instead: turns/s of the simulator with 1, 2, 4 ... server proc
 PostgreSQL database, 40 conversations spread as a load balancer would (each POST and each
 stream to a process picked at random: most streams watch turns that run elsewhere), the
 CPU per turn of the servers and of the PostgreSQL processes of this machine, and how long a
-cancel sent to one process takes to stop a turn that runs in another.
+cancel sent to one process takes to stop a turn that runs in another. Each server process
+opens up to 34 connections: PostgreSQL's max_connections must allow 34 per process started
+(7 for --processes 1,2,4: `-c max_connections=400`).
 """
 
 from gevent import monkey
