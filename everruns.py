@@ -1553,6 +1553,7 @@ def _postgres_database(url: str) -> pw.Database:
             "psycopg was imported before gevent patched the process: every query would block the "
             "server. Call gevent.monkey.patch_all() before importing everruns (or peewee, or psycopg)."
         )
+
     class Pool(PooledPostgresqlDatabase):
         """peewee's pool checks each connection it hands out with a round trip (SELECT 1):
         one more for every query of a request or a turn. Here only a connection idle for
