@@ -121,6 +121,7 @@ import gevent.queue
 import peewee as pw
 from playhouse.pool import PooledSqliteDatabase
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -172,6 +173,8 @@ EVENT_TYPES = (
     "message.created",
     "message.delta",
     "tool.call",
+    "tool.approval_requested",
+    "tool.approval_resolved",
     "tool.result",
     "session.completed",
 )
@@ -456,6 +459,12 @@ def _uuid7() -> str:
 _clock = [(-1, "")]  # the last second formatted, and its text: most calls fall in the same second
 
 
+def _since(iso: str) -> int:
+    """Milliseconds from a stored timestamp to now."""
+    then = datetime.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return max(0, int((datetime.datetime.now(datetime.UTC) - then).total_seconds() * 1000))
+
+
 def _now_iso() -> str:
     """The current UTC time as ISO 8601 with milliseconds and a Z."""
     ms = time.time_ns() // 1_000_000
@@ -617,6 +626,46 @@ ApiKey = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 Title = Annotated[str, StringConstraints(max_length=MAX_NAME)]
 MaxIterations = Annotated[JsonInt, Field(ge=1, le=50)]
 CapabilityList = Annotated[list[CapabilityId], Field(max_length=MAX_CAPABILITIES)]
+ToolName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+def _object_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A client tool's parameters: a JSON Schema of an object, as the providers take them."""
+    if schema.get("type") != "object":
+        raise ValueError('must be a JSON Schema of an object ("type": "object")')
+    properties = schema.get("properties", {})
+    if not isinstance(properties, dict) or not all(isinstance(p, dict) for p in properties.values()):
+        raise ValueError('"properties" must map each name to a JSON Schema (an object)')
+    if not isinstance(schema.get("required", []), list):
+        raise ValueError('"required" must be a list of property names')
+    if len(_dumps(schema)) > MAX_DESCRIPTION:
+        raise ValueError(f"is larger than {MAX_DESCRIPTION} bytes")
+    return schema
+
+
+class ClientToolIn(_In):
+    """A tool the client runs: the model calls it, the client posts its result."""
+
+    name: ToolName
+    description: Description = ""
+    parameters: Annotated[dict[str, Any], AfterValidator(_object_schema)] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+
+
+class ToolSpec(_Out):
+    """A tool the model may call: its name, description and JSON-schema parameters."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+ClientToolList = Annotated[list[ClientToolIn], Field(max_length=64)]
+ApprovalList = Annotated[
+    list[Annotated[str, StringConstraints(min_length=1, max_length=64)]],
+    Field(max_length=64, description='Tools a person must approve before they run: tool names, or "*" for all.'),
+]
 
 
 _PICKED_TAGS: set[str] = set()  # left out of error locations
@@ -842,6 +891,8 @@ class AgentCreate(_In):
     model: ModelName | None = None
     tags: Tags = []
     max_iterations: MaxIterations = 10
+    require_approval: ApprovalList = []
+    client_tools: ClientToolList = []
 
 
 class AgentUpdate(_In):
@@ -855,6 +906,8 @@ class AgentUpdate(_In):
     model: ModelName | None = None
     tags: Tags = None
     max_iterations: MaxIterations = None
+    require_approval: ApprovalList = None
+    client_tools: ClientToolList = None
 
 
 class Agent(_Out):
@@ -869,6 +922,8 @@ class Agent(_Out):
     model: str | None
     tags: list[str]
     max_iterations: int
+    require_approval: list[str]
+    client_tools: list[ToolSpec]
     created_at: Timestamp
     updated_at: Timestamp
 
@@ -902,7 +957,7 @@ class LastTurn(_Out):
     """The latest turn of a session."""
 
     id: str
-    status: Literal["running", "completed", "failed", "cancelled"]
+    status: Literal["running", "waiting", "completed", "failed", "cancelled"]
     error: TurnError | None
 
 
@@ -922,7 +977,10 @@ class Session(_Out):
     tags: list[str]
     provider_id: str | None
     model: str | None
-    status: Literal["idle", "running"]
+    status: Literal["idle", "running", "waiting"] = Field(
+        description="idle: waiting for input; running: a turn is in progress; waiting: a turn is paused on a tool "
+        "approval or a client tool"
+    )
     created_at: Timestamp
     updated_at: Timestamp
     last_turn: LastTurn | None
@@ -1064,12 +1122,23 @@ def MessagePost() -> type[BaseModel]:
     return MessagePost
 
 
-class ToolSpec(_Out):
-    """A tool a capability adds: its name, description and JSON-schema parameters."""
+class ApprovalDecision(_In):
+    """Body of POST /v1/sessions/{id}/tool-calls/{tool_call_id}/approval."""
 
-    name: str
-    description: str
-    parameters: dict[str, Any]
+    model_config = _examples({"approved": False, "reason": "not that file"})
+
+    approved: bool
+    reason: str | None = Field(None, max_length=MAX_NAME, description="Why (a denied call's result says it).")
+
+
+class ToolResultPost(_In):
+    """Body of POST /v1/sessions/{id}/tool-results: a client tool's result."""
+
+    model_config = _examples({"tool_call_id": "call_abc123", "result": {"city": "Lisbon"}})
+
+    tool_call_id: Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
+    result: Any = Field(description="Any JSON value (up to 256 KiB).")
+    is_error: bool = False
 
 
 class Capability(_Out):
@@ -1352,6 +1421,10 @@ _MIGRATIONS: list[list[str]] = [
             id TEXT PRIMARY KEY, lock_key INTEGER NOT NULL, heartbeat INTEGER NOT NULL,
             started_at TEXT NOT NULL)""",
     ],
+    [  # 4: people in the loop: tools that wait for an approval, tools the client runs
+        "ALTER TABLE agent ADD COLUMN require_approval TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE agent ADD COLUMN client_tools TEXT NOT NULL DEFAULT '[]'",
+    ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -1394,6 +1467,8 @@ class _AgentTable(pw.Model):
     model = pw.TextField(null=True)
     tags = _JSONField()
     max_iterations = pw.IntegerField()
+    require_approval = _JSONField(default=list)
+    client_tools = _JSONField(default=list)
     created_at = pw.TextField()
     updated_at = pw.TextField()
 
@@ -2138,7 +2213,8 @@ _SQL = {
     "settled": "SELECT status = 'idle' AND NOT EXISTS (SELECT 1 FROM message m WHERE m.session_id = s.id"
     " AND m.role = 'user' AND m.turn_id IS NULL) AS settled FROM session s WHERE s.id = ?",
     "turn_setup": "SELECT s.status, s.provider_id AS session_provider, s.model AS session_model,"
-    " a.provider_id AS agent_provider, a.model AS agent_model, a.system_prompt, a.capabilities, a.max_iterations"
+    " a.provider_id AS agent_provider, a.model AS agent_model, a.system_prompt, a.capabilities, a.max_iterations,"
+    " a.require_approval, a.client_tools"
     " FROM session s JOIN agent a ON a.id = s.agent_id WHERE s.id = ?",
     "provider": "SELECT id, provider_type, base_url, default_model, api_key, settings FROM provider"
     " WHERE id = ? OR (CAST(? AS TEXT) IS NULL AND is_default)",
@@ -2148,6 +2224,10 @@ _SQL = {
     " VALUES (?, ?, 'running', ?, ?, ?, ?)",
     "turn_owned": "SELECT 1 FROM turn WHERE id = ? AND status = 'running' AND owner = ?",
     "claim_message": "UPDATE message SET turn_id = ? WHERE id = ?",
+    "pause_turn": "UPDATE turn SET status = 'waiting', iterations = ?, input_tokens = ?, output_tokens = ?"
+    " WHERE id = ?",
+    "pause_session": "UPDATE session SET status = 'waiting', last_turn = ? WHERE id = ?",
+    "resume_turn": "UPDATE turn SET status = 'running', owner = ? WHERE id = ?",
     "start_session": "UPDATE session SET status = 'running', last_turn = ? WHERE id = ?",
     "close_turn": "UPDATE turn SET status = ?, error = ?, iterations = ?, input_tokens = ?, output_tokens = ?,"
     " ended_at = ? WHERE id = ?",
@@ -2188,6 +2268,8 @@ class _TurnSetup:
     system_prompt: str
     capabilities: list[str]
     max_iterations: int
+    require_approval: list[str]
+    client_tools: list[dict]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2264,7 +2346,10 @@ def _settled(m: Any, session_id: str) -> bool:
 def _turn_setup(m: Any, session_id: str) -> _TurnSetup | None:
     """What a turn needs of its session and agent (None if the session is gone)."""
     row = _sql_row(m, "turn_setup", session_id)
-    return None if row is None else _TurnSetup(**{**row, "capabilities": json.loads(row["capabilities"])})
+    if row is None:
+        return None
+    parsed = {k: json.loads(row[k]) for k in ("capabilities", "require_approval", "client_tools")}
+    return _TurnSetup(**{**row, **parsed})
 
 
 def _provider_row(m: Any, provider_id: str | None) -> _ProviderSpec | None:
@@ -3801,6 +3886,10 @@ class _Cancelled(BaseException):
     """Ends a turn at its next wait: POST /cancel."""
 
 
+class _Paused(BaseException):
+    """Ends a turn's greenlet once the turn waits for people (its state is stored: it holds nothing)."""
+
+
 class _Interrupted(BaseException):
     """Ends a turn at its next wait: the shutdown grace is over."""
 
@@ -3885,6 +3974,9 @@ class _Turn:
     input_tokens: int = 0
     output_tokens: int = 0
     iterations: int = 0
+    approval: frozenset[str] = frozenset()  # tools a person must approve ("*": all)
+    client: dict[str, ToolSpec] = dataclasses.field(default_factory=dict)  # tools the client runs
+    resumed: bool = False  # taken up again after waiting: approved calls run first
 
     def halt(self, reason: type[BaseException]) -> None:
         """Ask the turn to stop at its next wait (the first reason given wins)."""
@@ -3939,6 +4031,34 @@ def _dangling_calls(m: Any, turn_id: str) -> list[dict]:
     answered = {p["tool_call_id"] for r in rows for p in r.content if p["type"] == "tool_result"}
     calls = [p for r in rows if r.role == "assistant" for p in r.content if p["type"] == "tool_call"]
     return [c for c in calls if c["id"] not in answered]
+
+
+WAITING_CALLS = ("approval", "client")  # the states of a call a turn waits for (see _tool_calls)
+
+
+def _tool_calls(m: Any, session_id: str, turn_id: str) -> dict[str, dict]:
+    """A turn's tool calls by id, in order, each with its `call` (id, name, arguments) and
+    `state`: "approval" (waits for a person), "client" (waits for the client's result),
+    "approved" (to run), "denied", "done" (has its result) or "stored" (no result yet)."""
+    Event = m.Event
+    rows = (Event.select(Event.type, Event.data, Event.ts)
+            .where(Event.session_id == session_id, Event.turn_id == turn_id,
+                   Event.type.in_(("tool.call", "tool.approval_resolved", "tool.result")))
+            .order_by(Event.seq))  # fmt: skip
+    calls: dict[str, dict] = {}
+    for row in rows:
+        if row.type == "tool.call":
+            call = row.data["tool_call"]
+            state = {"pending": "approval"}.get(call.get("approval"), "client" if call.get("executor") else "stored")
+            calls[call["id"]] = {
+                "call": {k: call[k] for k in ("id", "name", "arguments")},
+                "state": state,
+                "at": row.ts,
+            }
+        elif row.data["tool_call_id"] in calls:
+            resolved = "approved" if row.data.get("approved") else "denied"
+            calls[row.data["tool_call_id"]]["state"] = "done" if row.type == "tool.result" else resolved
+    return calls
 
 
 def _store_tool_message(tx: _Tx, turn_id: str, call: dict, result: Any, is_error: bool, duration_ms: int) -> None:
@@ -4007,7 +4127,7 @@ class _Runner:
     def _work(self, session_id: str) -> None:
         try:
             while not self.closing and session_id not in self._gone:
-                turn = self._start_turn(session_id)
+                turn = self._resume_turn(session_id) or self._start_turn(session_id)
                 if turn is None:
                     return
                 self._run_turn(turn)
@@ -4027,10 +4147,25 @@ class _Runner:
         (it may have ended otherwise: finished before it next waited, for example)."""
         turn = self._turns.get(session_id)
         if turn is None:
-            return self._cancel_elsewhere(session_id, timeout) if self.store.postgres else None
+            waited = self._cancel_waiting(session_id)
+            if waited is not None or not self.store.postgres:
+                return waited
+            return self._cancel_elsewhere(session_id, timeout)
         turn.halt(_Cancelled)
         turn.ended.wait(timeout)
         return turn.id
+
+    def _cancel_waiting(self, session_id: str) -> str | None:
+        """Close a turn that waits for people as cancelled (its waiting calls get error
+        results); its id, or None when the session has no waiting turn."""
+        m = self.m
+        with self.journal.tx(session_id) as tx:
+            row = m.Turn.get_or_none(m.Turn.session_id == session_id, m.Turn.status == "waiting")
+            if row is None:
+                return None
+            _close_turn(tx, row, "cancelled", None, _since(row.started_at), "cancelled before the tool ran")
+        self.kick(session_id)  # what was posted meanwhile
+        return row.id
 
     def _cancel_elsewhere(self, session_id: str, timeout: float) -> str | None:
         """Ask the process that runs the session's turn to cancel it, and wait (on the
@@ -4126,13 +4261,35 @@ class _Runner:
         with self.journal.tx(session_id) as tx:
             owed = _first_owed(m, session_id)
             setup = owed and _turn_setup(m, session_id)
-            if not owed or setup is None or setup.status == "running":  # running: in another process, which goes on
+            if not owed or setup is None or setup.status != "idle":  # a turn runs (maybe elsewhere) or waits
                 return None
             turn = self._prepare(session_id, setup, *owed)
             _sql(m, "insert_turn", turn.id, session_id, turn.provider_id, turn.model, _now_iso(), self.store.lease)
             _sql(m, "claim_message", turn.id, owed[0])
             _sql(m, "start_session", _dumps({"id": turn.id, "status": "running", "error": None}), session_id)
             tx.emit("session.started", {"turn_id": turn.id, "input_message_ids": turn.input_ids}, turn.id)
+        turn.ended, turn.wake = gevent.event.Event(), gevent.event.Event()
+        self._turns[session_id] = turn
+        return turn
+
+    def _resume_turn(self, session_id: str) -> _Turn | None:
+        """Take up the session's waiting turn once nothing of it waits any more (one transaction)."""
+        m = self.m
+        with self.journal.tx(session_id):
+            row = m.Turn.get_or_none(m.Turn.session_id == session_id, m.Turn.status == "waiting")
+            calls = _tool_calls(m, session_id, row.id) if row is not None else {}
+            setup = row and _turn_setup(m, session_id)
+            if setup is None or any(c["state"] in WAITING_CALLS for c in calls.values()):
+                return None
+            message = m.Message.get(m.Message.turn_id == row.id, m.Message.role == "user")
+            turn = self._prepare(session_id, setup, message.id, message.controls or {})
+            turn = dataclasses.replace(
+                turn, id=row.id, provider=_provider_row(m, row.provider_id), provider_id=row.provider_id,
+                model=row.model, iterations=row.iterations, input_tokens=row.input_tokens, resumed=True,
+                output_tokens=row.output_tokens, started=time.monotonic() - _since(row.started_at) / 1000,
+            )  # fmt: skip
+            _sql(m, "resume_turn", self.store.lease, row.id)
+            _sql(m, "start_session", _dumps({"id": row.id, "status": "running", "error": None}), session_id)
         turn.ended, turn.wake = gevent.event.Event(), gevent.event.Event()
         self._turns[session_id] = turn
         return turn
@@ -4157,6 +4314,8 @@ class _Runner:
             model=model or (provider.default_model if provider else ""),
             max_iterations=controls.get("max_iterations") or setup.max_iterations,
             temperature=controls.get("temperature"),
+            approval=frozenset(setup.require_approval),
+            client={t["name"]: ToolSpec(**t) for t in setup.client_tools},
         )
 
     def _run_turn(self, turn: _Turn) -> None:
@@ -4176,7 +4335,7 @@ class _Runner:
         try:
             self._loop(turn)
             return None
-        except _Lost:
+        except (_Lost, _Paused):
             return None
         except _Cancelled:
             return "cancelled", None
@@ -4189,7 +4348,9 @@ class _Runner:
             return "failed", {"code": "INTERNAL_ERROR", "message": "internal error while running the turn"}
 
     def _loop(self, turn: _Turn) -> None:
-        for _ in range(turn.max_iterations):
+        if turn.resumed:
+            self._run_approved(turn)
+        while turn.iterations < turn.max_iterations:
             turn.iterations += 1
             message_id, reply = self._call_model(turn)
             if not reply.tool_calls:
@@ -4212,7 +4373,7 @@ class _Runner:
             model=turn.model,
             system=turn.system,
             messages=_transcript(self.m, turn.session_id, self.config["context_budget"]),
-            tools=[t.spec for t in turn.tools.values()],
+            tools=[*(t.spec for t in turn.tools.values()), *turn.client.values()],
             temperature=turn.temperature,
         )
         self.store.release()  # no connection is held across a slow network call
@@ -4236,19 +4397,46 @@ class _Runner:
         tx.emit("message.created", {"message": message}, turn.id)
 
     def _run_tools(self, turn: _Turn, message_id: str, reply: LLMReply) -> None:
-        """Store each tool.call before its tool runs; each result with the next call."""
+        """Store each tool.call before its tool runs; each result with the next call. A call
+        that needs a person's approval is stored as pending and asked for, a call of a client
+        tool is stored for the client to run; once the other calls have run, the turn waits
+        for the answers (_Paused), holding nothing."""
         tctx = _ToolContext(turn.session_id, self.store, self.config)
         pending: tuple[dict, Any, bool, int] | None = None
+        waits = False
         for i, call in enumerate(reply.tool_calls):
+            asks = call["name"] in turn.tools and bool({"*", call["name"]} & turn.approval)
+            marker = {"approval": "pending"} if asks else {"executor": "client"} if call["name"] in turn.client else {}
             with self.journal.tx(turn.session_id, turn.id) as tx:
                 if i == 0:
                     self._assistant_message(tx, turn, message_id, reply.text, reply.tool_calls)
                 if pending:
                     _store_tool_message(tx, turn.id, *pending)
-                tx.emit("tool.call", {"tool_call": call}, turn.id)
-            pending = (call, *self._execute(turn, call, tctx))
+                    pending = None
+                tx.emit("tool.call", {"tool_call": {**call, **marker}}, turn.id)
+                if asks:
+                    tx.emit("tool.approval_requested", {"tool_call": call}, turn.id)
+            waits = waits or bool(marker)
+            if not marker:
+                pending = (call, *self._execute(turn, call, tctx))
         with self.journal.tx(turn.session_id, turn.id) as tx:
-            _store_tool_message(tx, turn.id, *pending)
+            if pending:
+                _store_tool_message(tx, turn.id, *pending)
+            if waits:
+                _sql(tx.m, "pause_turn", turn.iterations, turn.input_tokens, turn.output_tokens, turn.id)
+                last_turn = _dumps({"id": turn.id, "status": "waiting", "error": None})
+                _sql(tx.m, "pause_session", last_turn, turn.session_id)
+        if waits:
+            raise _Paused
+
+    def _run_approved(self, turn: _Turn) -> None:
+        """A resumed turn first runs the calls a person approved (their tool.call is stored)."""
+        tctx = _ToolContext(turn.session_id, self.store, self.config)
+        for entry in _tool_calls(self.m, turn.session_id, turn.id).values():
+            if entry["state"] == "approved":
+                result = self._execute(turn, entry["call"], tctx)
+                with self.journal.tx(turn.session_id, turn.id) as tx:
+                    _store_tool_message(tx, turn.id, entry["call"], *result)
 
     def _execute(self, turn: _Turn, call: dict, tctx: _ToolContext) -> tuple[Any, bool, int]:
         started = time.monotonic()
@@ -4310,7 +4498,8 @@ class _Runner:
             .where(m.Message.role == "user", m.Message.turn_id.is_null())
             .distinct()
         )
-        sessions = [row.session_id for row in owed]
+        waiting = m.Turn.select(m.Turn.session_id).where(m.Turn.status == "waiting")  # it may have its answers
+        sessions = list(dict.fromkeys([*(row.session_id for row in owed), *(row.session_id for row in waiting)]))
         for session_id in sessions:
             self.kick(session_id)
         return sessions
@@ -4916,12 +5105,34 @@ def _dedupe(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+def _check_client_tools(client_tools: list[dict], capabilities: list[str]) -> None:
+    """Client tool names: each once, none a tool of the agent's capabilities; 400 otherwise."""
+    tools, seen = _agent_tools(capabilities), set()
+    for i, tool in enumerate(client_tools):
+        if tool["name"] in tools:
+            raise _invalid(["client_tools", i, "name"], f"{tool['name']!r} is a tool of one of its capabilities")
+        if tool["name"] in seen:
+            raise _invalid(["client_tools", i, "name"], f"{tool['name']!r} is named twice")
+        seen.add(tool["name"])
+
+
+def _approvals(names: list[str], capabilities: list[str]) -> list[str]:
+    """An agent's require_approval, each name one of its tools (or "*"); 400 otherwise."""
+    tools = _agent_tools(capabilities)
+    for i, name in enumerate(names):
+        if name != "*" and name not in tools:
+            raise _invalid(["require_approval", i], f"{name!r} is not a tool of this agent's capabilities")
+    return _dedupe(names)
+
+
 @_route("POST", "/v1/agents", "Create an agent", "agents", body=AgentCreate, response=Agent, status=201)
 def _create_agent(ctx: _Ctx, call: _Call) -> BaseModel:
     body: AgentCreate = call.body
     m, ts = ctx.store.m, _now_iso()
     fields = body.model_dump()
     fields["capabilities"] = _dedupe(fields["capabilities"])
+    fields["require_approval"] = _approvals(fields["require_approval"], fields["capabilities"])
+    _check_client_tools(fields["client_tools"], fields["capabilities"])
     with ctx.store.write():
         _check_provider(ctx, body.provider_id, ["provider_id"])
         row = m.Agent.create(id=_uuid7(), created_at=ts, updated_at=ts, **fields)
@@ -4947,6 +5158,15 @@ def _update_agent(ctx: _Ctx, call: _Call, agent_id: str) -> BaseModel:
     changes = _changes(call.body)
     if "capabilities" in changes:
         changes["capabilities"] = _dedupe(changes["capabilities"])
+    if "client_tools" in changes:
+        changes["client_tools"] = [tool.model_dump() for tool in changes["client_tools"]]
+    if changes.keys() & {"require_approval", "capabilities", "client_tools"}:  # checked against its tools-to-be
+        agent = _get(m.Agent, agent_id, "agent")
+        capabilities = changes.get("capabilities", agent.capabilities)
+        checked = _approvals(changes.get("require_approval", agent.require_approval), capabilities)
+        if "require_approval" in changes:
+            changes["require_approval"] = checked
+        _check_client_tools(changes.get("client_tools", agent.client_tools), capabilities)
     return _agent_out(_patch(ctx, m.Agent, agent_id, "agent", changes))
 
 
@@ -5053,6 +5273,66 @@ def _cancel_session(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
     return CancelResult(**session.model_dump(), cancelled_turn=cancelled)
 
 
+@_route(
+    "POST",
+    "/v1/sessions/<session_id>/tool-calls/<tool_call_id>/approval",
+    "Approve or deny a tool call that waits for a person",
+    "sessions",
+    body=ApprovalDecision,
+    response=Session,
+    errors=(404, 409),
+)
+def _decide(ctx: _Ctx, call: _Call, session_id: str, tool_call_id: str) -> BaseModel:
+    m, decision = ctx.store.m, call.body
+    with ctx.journal.tx(session_id) as tx:
+        _need_session(m, session_id)
+        # a call asked for while the other calls of its answer still run may be answered at once
+        turn = m.Turn.get_or_none(m.Turn.session_id == session_id, m.Turn.status.in_(("waiting", "running")))
+        entry = (_tool_calls(m, session_id, turn.id) if turn else {}).get(tool_call_id)
+        if entry is None and not _has_tool_call(m, session_id, tool_call_id):
+            raise _NotFound(f"no tool call {tool_call_id} in this session")
+        if entry is None or entry["state"] != "approval":
+            raise _Conflict("this tool call is not waiting for an approval")
+        data = {"tool_call_id": tool_call_id, "approved": decision.approved, "reason": decision.reason}
+        tx.emit("tool.approval_resolved", data, turn.id)
+        if not decision.approved:
+            denied = "denied by the user" + (f": {decision.reason}" if decision.reason else "")
+            _store_tool_message(tx, turn.id, entry["call"], {"error": denied}, True, 0)
+    ctx.runner.kick(session_id)  # the turn goes on once none of its calls waits
+    return _session_out(_get(m.Session, session_id, "session"))
+
+
+@_route(
+    "POST",
+    "/v1/sessions/<session_id>/tool-results",
+    "Post the result of a client tool's call",
+    "sessions",
+    body=ToolResultPost,
+    response=Session,
+    errors=(404, 409, 413),
+)
+def _post_tool_result(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
+    m, posted = ctx.store.m, call.body
+    if len(_dumps(posted.result).encode()) > MAX_TOOL_OUTPUT:
+        raise _PayloadTooLarge(f"a tool result holds at most {MAX_TOOL_OUTPUT} bytes of JSON")
+    with ctx.journal.tx(session_id) as tx:
+        _need_session(m, session_id)
+        turn = m.Turn.get_or_none(m.Turn.session_id == session_id, m.Turn.status.in_(("waiting", "running")))
+        entry = (_tool_calls(m, session_id, turn.id) if turn else {}).get(posted.tool_call_id)
+        if entry is None and not _has_tool_call(m, session_id, posted.tool_call_id):
+            raise _NotFound(f"no tool call {posted.tool_call_id} in this session")
+        if entry is None or entry["state"] != "client":
+            raise _Conflict("this tool call is not waiting for the client's result")
+        _store_tool_message(tx, turn.id, entry["call"], posted.result, posted.is_error, _since(entry["at"]))
+    ctx.runner.kick(session_id)  # the turn goes on once none of its calls waits
+    return _session_out(_get(m.Session, session_id, "session"))
+
+
+def _has_tool_call(m: Any, session_id: str, tool_call_id: str) -> bool:
+    calls = m.Event.select(m.Event.data).where(m.Event.session_id == session_id, m.Event.type == "tool.call")
+    return any(row.data["tool_call"]["id"] == tool_call_id for row in calls)
+
+
 # ---- messages ---------------------------------------------------------------
 
 # The order a conversation happened in, as the model sees it: turn by turn, each turn's
@@ -5078,7 +5358,7 @@ def _list_messages(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
     m = ctx.store.m
     session = _get(m.Session, session_id, "session")
     query = m.Message.select().where(m.Message.session_id == session_id)
-    if session.status == "running":  # a waiting message joins the list when its turn starts: pages stay stable
+    if session.status != "idle":  # a waiting message joins the list when its turn starts: pages stay stable
         query = query.where(m.Message.turn_id.is_null(False))
     if call.query.after and m.Message.get_or_none(m.Message.id == call.query.after, m.Message.session_id == session_id):
         param = m.db.param  # ? or %s
