@@ -2208,8 +2208,9 @@ _SQL = {
     " WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?",
     "insert_message": "INSERT INTO message (id, session_id, role, content, turn_id, controls, provider_id, model,"
     " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    "owed": "SELECT id, controls FROM message WHERE session_id = ? AND role = 'user' AND turn_id IS NULL"
-    " ORDER BY id LIMIT 1",
+    "next_work": "SELECT s.status, m.id, m.controls FROM session s LEFT JOIN message m ON m.id ="
+    " (SELECT id FROM message WHERE session_id = s.id AND role = 'user' AND turn_id IS NULL ORDER BY id LIMIT 1)"
+    " WHERE s.id = ?",
     "settled": "SELECT status = 'idle' AND NOT EXISTS (SELECT 1 FROM message m WHERE m.session_id = s.id"
     " AND m.role = 'user' AND m.turn_id IS NULL) AS settled FROM session s WHERE s.id = ?",
     "turn_setup": "SELECT s.status, s.provider_id AS session_provider, s.model AS session_model,"
@@ -2331,10 +2332,13 @@ def _insert_message(m: Any, session_id: str, role: str, content: list, turn_id: 
     return message
 
 
-def _first_owed(m: Any, session_id: str) -> tuple[str, dict] | None:
-    """The oldest user message no turn has answered yet: (id, controls)."""
-    row = _sql_row(m, "owed", session_id)
-    return (row["id"], json.loads(row["controls"]) if row["controls"] else {}) if row else None
+def _next_work(m: Any, session_id: str) -> tuple[str, tuple[str, dict] | None] | None:
+    """The session's status and its oldest user message no turn has answered yet (id,
+    controls), or None; None when the session is gone."""
+    row = _sql_row(m, "next_work", session_id)
+    if row is None:
+        return None
+    return row["status"], (row["id"], json.loads(row["controls"]) if row["controls"] else {}) if row["id"] else None
 
 
 def _settled(m: Any, session_id: str) -> bool:
@@ -4127,7 +4131,7 @@ class _Runner:
     def _work(self, session_id: str) -> None:
         try:
             while not self.closing and session_id not in self._gone:
-                turn = self._resume_turn(session_id) or self._start_turn(session_id)
+                turn = self._start_turn(session_id)
                 if turn is None:
                     return
                 self._run_turn(turn)
@@ -4256,43 +4260,43 @@ class _Runner:
     # ---- a turn ---------------------------------------------------------------
 
     def _start_turn(self, session_id: str) -> _Turn | None:
-        """Claim the oldest owed message for a new turn (one transaction)."""
+        """Take up the session's waiting turn once none of its calls waits any more, or claim
+        the oldest owed message for a new turn (one transaction); None: nothing to do here."""
         m = self.m
         with self.journal.tx(session_id) as tx:
-            owed = _first_owed(m, session_id)
-            setup = owed and _turn_setup(m, session_id)
-            if not owed or setup is None or setup.status != "idle":  # a turn runs (maybe elsewhere) or waits
+            status, owed = _next_work(m, session_id) or ("gone", None)
+            if status == "waiting":
+                turn = self._resumed(session_id)
+            elif status != "idle" or owed is None or (setup := _turn_setup(m, session_id)) is None:
+                return None  # a turn runs (maybe in another process), or nothing is owed
+            else:
+                turn = self._prepare(session_id, setup, *owed)
+                _sql(m, "insert_turn", turn.id, session_id, turn.provider_id, turn.model, _now_iso(), self.store.lease)
+                _sql(m, "claim_message", turn.id, owed[0])
+                tx.emit("session.started", {"turn_id": turn.id, "input_message_ids": turn.input_ids}, turn.id)
+            if turn is None:
                 return None
-            turn = self._prepare(session_id, setup, *owed)
-            _sql(m, "insert_turn", turn.id, session_id, turn.provider_id, turn.model, _now_iso(), self.store.lease)
-            _sql(m, "claim_message", turn.id, owed[0])
             _sql(m, "start_session", _dumps({"id": turn.id, "status": "running", "error": None}), session_id)
-            tx.emit("session.started", {"turn_id": turn.id, "input_message_ids": turn.input_ids}, turn.id)
         turn.ended, turn.wake = gevent.event.Event(), gevent.event.Event()
         self._turns[session_id] = turn
         return turn
 
-    def _resume_turn(self, session_id: str) -> _Turn | None:
-        """Take up the session's waiting turn once nothing of it waits any more (one transaction)."""
+    def _resumed(self, session_id: str) -> _Turn | None:
+        """The session's waiting turn, taken up again, unless one of its calls still waits."""
         m = self.m
-        with self.journal.tx(session_id):
-            row = m.Turn.get_or_none(m.Turn.session_id == session_id, m.Turn.status == "waiting")
-            calls = _tool_calls(m, session_id, row.id) if row is not None else {}
-            setup = row and _turn_setup(m, session_id)
-            if setup is None or any(c["state"] in WAITING_CALLS for c in calls.values()):
-                return None
-            message = m.Message.get(m.Message.turn_id == row.id, m.Message.role == "user")
-            turn = self._prepare(session_id, setup, message.id, message.controls or {})
-            turn = dataclasses.replace(
-                turn, id=row.id, provider=_provider_row(m, row.provider_id), provider_id=row.provider_id,
-                model=row.model, iterations=row.iterations, input_tokens=row.input_tokens, resumed=True,
-                output_tokens=row.output_tokens, started=time.monotonic() - _since(row.started_at) / 1000,
-            )  # fmt: skip
-            _sql(m, "resume_turn", self.store.lease, row.id)
-            _sql(m, "start_session", _dumps({"id": row.id, "status": "running", "error": None}), session_id)
-        turn.ended, turn.wake = gevent.event.Event(), gevent.event.Event()
-        self._turns[session_id] = turn
-        return turn
+        row = m.Turn.get_or_none(m.Turn.session_id == session_id, m.Turn.status == "waiting")
+        calls = _tool_calls(m, session_id, row.id) if row is not None else {}
+        setup = row and _turn_setup(m, session_id)
+        if setup is None or any(c["state"] in WAITING_CALLS for c in calls.values()):
+            return None
+        message = m.Message.get(m.Message.turn_id == row.id, m.Message.role == "user")
+        turn = self._prepare(session_id, setup, message.id, message.controls or {})
+        _sql(m, "resume_turn", self.store.lease, row.id)
+        return dataclasses.replace(
+            turn, id=row.id, provider=_provider_row(m, row.provider_id), provider_id=row.provider_id,
+            model=row.model, iterations=row.iterations, input_tokens=row.input_tokens, resumed=True,
+            output_tokens=row.output_tokens, started=time.monotonic() - _since(row.started_at) / 1000,
+        )  # fmt: skip
 
     def _prepare(self, session_id: str, setup: Any, message_id: str, controls: dict) -> _Turn:
         """Resolve the provider, model and limits for a turn: message controls, then session, then agent."""
@@ -5282,7 +5286,7 @@ def _cancel_session(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
     response=Session,
     errors=(404, 409),
 )
-def _decide(ctx: _Ctx, call: _Call, session_id: str, tool_call_id: str) -> BaseModel:
+def _decide_tool_call(ctx: _Ctx, call: _Call, session_id: str, tool_call_id: str) -> BaseModel:
     m, decision = ctx.store.m, call.body
     with ctx.journal.tx(session_id) as tx:
         _need_session(m, session_id)
@@ -6000,6 +6004,7 @@ li > button.pick[aria-current=true] { background: var(--user); }
 .card pre, #file-view, #models-view { margin: .2rem 0; white-space: pre-wrap; overflow-wrap: anywhere;
   font: 13px/1.4 ui-monospace, monospace; }
 .note { color: var(--muted); font-size: .9em; }
+.decide { display: flex; gap: .5rem; align-items: center; margin-top: .3rem; }
 .note.failed { color: var(--danger); }
 #status { padding: 0 1rem; color: var(--danger); min-height: 1.2em; }
 #key-form { max-width: 24rem; margin: 1rem auto; }
@@ -6216,7 +6221,7 @@ async function openSession(session) {
   $("empty").hidden = true; $("conversation").hidden = false; $("files-panel").hidden = false;
   $("session-title").textContent = session.title || "Untitled session";
   $("log").replaceChildren();
-  running(session.status === "running");
+  running(session.status !== "idle");  // running, or waiting for a person or the client
   follow(session.id);  // first: nothing below may keep the live view from starting
   await loadSessions();
   await loadFiles();
@@ -6285,6 +6290,20 @@ function show(event) {
     const call = data.tool_call;
     $("log").append(el("div", { class: "card", "data-call": call.id },
       el("strong", {}, `Tool: ${call.name}`), el("pre", {}, JSON.stringify(call.arguments, null, 2))));
+    const waits = call.executor === "client" ? "Waiting for the client's result" : "";
+    if (waits) card(call.id).append(el("div", { class: "note" }, waits));
+  } else if (event.type === "tool.approval_requested") {
+    const call = data.tool_call;
+    const decide = (approved) => guard(async () => {
+      await api("POST", `/v1/sessions/${state.session.id}/tool-calls/${encodeURIComponent(call.id)}/approval`,
+        { approved, reason: approved ? null : "denied in the console" });
+    });
+    card(call.id).append(el("div", { class: "decide" }, el("span", { class: "note" }, "Run this tool?"),
+      el("button", { type: "button", onclick: decide(true) }, "Approve"),
+      el("button", { type: "button", onclick: decide(false) }, "Deny")));
+  } else if (event.type === "tool.approval_resolved") {
+    const asked = card(data.tool_call_id).querySelector(".decide");
+    if (asked) asked.replaceChildren(el("span", { class: "note" }, data.approved ? "Approved" : "Denied"));
   } else if (event.type === "tool.result") {
     const card = document.querySelector(`[data-call="${CSS.escape(data.tool_call_id)}"]`) ||
       $("log").appendChild(el("div", { class: "card" }, el("strong", {}, `Tool: ${data.name}`)));
@@ -6302,6 +6321,11 @@ function show(event) {
     loadFiles().catch(() => {});
   }
   scrolled();
+}
+
+function card(callId) {
+  return document.querySelector(`[data-call="${CSS.escape(callId)}"]`) ||
+    $("log").appendChild(el("div", { class: "card", "data-call": callId }));
 }
 
 function running(yes) {

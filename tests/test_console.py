@@ -177,3 +177,21 @@ def test_screenshots_in_the_readme_exist():
     text = (ROOT / "README.md").read_text()
     for name in ("console.png", "console-phone.png"):
         assert f"docs/{name}" in text and (ROOT / "docs" / name).stat().st_size > 10_000
+
+
+def test_a_tool_call_waits_for_approve_or_deny(console):
+    ui = console()
+    ui.server.call("POST", "/v1/agents", {"name": "Careful", "capabilities": ["test_math"],
+                                          "require_approval": ["add", "multiply"]})  # fmt: skip
+    page = ui.open()
+    page.get_by_role("button", name="New session").click()
+    ui.send('add {"a": 2, "b": 3}')
+    log = page.get_by_role("log")
+    log.get_by_role("button", name="Approve").click()
+    log.get_by_text("Tool results: add returned").wait_for()
+    assert "Approved" in log.inner_text() and '"result": 5' in log.inner_text()
+    ui.send('multiply {"a": 2, "b": 3}')
+    log.get_by_role("button", name="Deny").click()
+    log.get_by_text("Tool results: multiply failed with").wait_for()
+    assert "Denied" in log.inner_text() and "denied in the console" in log.inner_text()
+    ui.clean()

@@ -4,7 +4,9 @@ import json
 import re
 import subprocess
 import sys
+import time
 
+import gevent
 import jsonschema
 import pytest
 import webtest
@@ -92,6 +94,32 @@ def test_real_responses_match_their_documented_schemas(client, api, doc):
     call("GET", events, f"/v1/sessions/{sid}/events?format=json")
     call("GET", events, f"/v1/sessions/{sid}/events?until=completed")
     call("POST", "/v1/sessions/{session_id}/cancel", f"/v1/sessions/{sid}/cancel")
+    careful = call("POST", "/v1/agents", "/v1/agents", params={"name": "c", "capabilities": ["test_math"],
+                   "require_approval": ["add"], "client_tools": [{"name": "ping"}]}).json  # fmt: skip
+    wid = call("POST", "/v1/agents/{agent_id}/sessions", f"/v1/agents/{careful['id']}/sessions", params={}).json["id"]
+    call("POST", messages, f"/v1/sessions/{wid}/messages", params={"content": 'add and ping {"a": 1, "b": 2}'})
+    deadline = time.monotonic() + 10
+    while client.get(f"/v1/sessions/{wid}").json["status"] != "waiting":
+        assert time.monotonic() < deadline
+        gevent.sleep(0.02)
+    calls = {
+        e["data"]["tool_call"]["name"]: e["data"]["tool_call"]["id"]
+        for e in client.get(f"/v1/sessions/{wid}/events?format=json").json["data"]
+        if e["type"] == "tool.call"
+    }
+
+    def decide(call_id):  # unknown, waiting, decided already
+        template = "/v1/sessions/{session_id}/tool-calls/{tool_call_id}/approval"
+        call("POST", template, f"/v1/sessions/{wid}/tool-calls/{call_id}/approval", params={"approved": True})
+
+    def post_result(call_id, result):  # unknown, too large, waiting, answered already
+        template = "/v1/sessions/{session_id}/tool-results"
+        call("POST", template, f"/v1/sessions/{wid}/tool-results", params={"tool_call_id": call_id, "result": result})
+
+    for call_id in ("nope", calls["add"], calls["add"]):
+        decide(call_id)
+    for call_id, result in (("nope", 1), (calls["ping"], "x" * 300_000), (calls["ping"], "pong"), (calls["ping"], 2)):
+        post_result(call_id, result)
     fs, base = "/v1/sessions/{session_id}/fs/{path}", f"/v1/sessions/{sid}/fs"
     call("PUT", fs, f"{base}/notes/a.txt", params={"content": "hi"})
     call("PUT", fs, f"{base}/notes/a.txt", params={"content": "aGk=", "encoding": "base64"})

@@ -4,7 +4,9 @@ A fixed seed and a bounded number of examples keep the runs repeatable and
 short. Operations whose body may name a provider accept a 400 for schema-valid
 data: a random provider id is well-formed but does not exist (SPEC: 400), and
 provider settings depend on the provider's type, which the path does not show;
-a file path may climb out of the root with "..", which no pattern can rule out.
+a file path may climb out of the root with "..", which no pattern can rule out;
+a text with the NUL character is refused (400) wherever it is, a tool result's
+arbitrary JSON included.
 
 Two runs, so that no request ever leaves 127.0.0.1: providers created with
 fuzzed base URLs are never called (the provider run posts no messages and
@@ -20,7 +22,8 @@ import pytest
 CONFIG = """
 [[operations]]
 include-operation-id = ["create_agent", "update_agent", "create_session", "update_session",
-                        "post_message", "update_provider", "fs_get", "fs_put", "fs_delete"]
+                        "post_message", "update_provider", "fs_get", "fs_put", "fs_delete",
+                        "decide_tool_call", "post_tool_result"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409"]
 """
 
