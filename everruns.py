@@ -179,18 +179,10 @@ EVENT_TYPES = (
     "session.completed",
 )
 
-# The built-in capabilities, in the order GET /v1/capabilities lists them.
-# Section 9 defines them; the schemas of section 5 need the ids to validate
-# an agent's capability list.
-CAPABILITY_IDS = (
-    "current_time",
-    "test_math",
-    "test_weather",
-    "session_file_system",
-    "web_fetch",
-    "stateless_todo_list",
-    "noop",
-)
+# The registry of capabilities, by id, in the order GET /v1/capabilities lists
+# them: section 9 adds the built-in ones; more may appear while the server runs.
+# An agent's capability ids are checked against it when a request comes in.
+CAPABILITIES: dict[str, Any] = {}
 
 PROVIDER_DEFAULTS = {
     "openai": ("https://api.openai.com/v1", "gpt-4o-mini"),
@@ -616,7 +608,18 @@ Tags = Annotated[list[TagText], Field(max_length=MAX_TAGS)]
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
 Id = Annotated[str, StringConstraints(pattern=UUID_PATTERN)]
 Timestamp = Annotated[str, Field(examples=["2026-01-01T12:00:00.000Z"])]
-CapabilityId = Literal[CAPABILITY_IDS]
+
+
+def _known_capability(capability_id: str) -> str:
+    if capability_id not in CAPABILITIES:
+        raise ValueError(f"unknown capability {capability_id!r} (GET /v1/capabilities lists them)")
+    return capability_id
+
+
+CapabilityId = Annotated[
+    str, StringConstraints(max_length=MAX_NAME), AfterValidator(_known_capability),
+    Field(description="The id of a capability (GET /v1/capabilities lists them)."),
+]  # fmt: skip
 ProviderType = Literal["openai", "anthropic", "llmsim"]
 HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,128}$")]
 # What HTTP can carry in a header value: visible ASCII, spaces and tabs.
@@ -1266,7 +1269,9 @@ class ListQuery(BaseModel):
 class CapabilityListQuery(ListQuery):
     """Pagination of the capability list (keyed by capability id)."""
 
-    after: CapabilityId | None = Field(None, description="The id of the last item of the previous page.")
+    after: Annotated[str, StringConstraints(max_length=MAX_NAME)] | None = Field(
+        None, description="The id of the last item of the previous page."
+    )
 
 
 class ModelListQuery(ListQuery):
@@ -3787,8 +3792,8 @@ _MATH = tuple(
     )
 )
 
-CAPABILITIES: dict[str, _Capability] = {
-    c.id: c
+CAPABILITIES.update(
+    (c.id, c)
     for c in (
         _Capability(
             "current_time",
@@ -3864,8 +3869,7 @@ CAPABILITIES: dict[str, _Capability] = {
         ),
         _Capability("noop", "No-op", "Adds nothing; useful for testing.", "testing", ""),
     )
-}
-assert tuple(CAPABILITIES) == CAPABILITY_IDS
+)
 
 # =============================================================================
 # 10. Turn engine
@@ -7165,7 +7169,7 @@ class _Chat:
             after = f"&after={page['next_after']}"
         if wanted is not None:
             raise _ChatError(f"no agent named {wanted!r}")
-        return self.api.call("POST", "/v1/agents", {"name": CHAT_AGENT, "capabilities": list(CAPABILITY_IDS[:4])})
+        return self.api.call("POST", "/v1/agents", {"name": CHAT_AGENT, "capabilities": list(CAPABILITIES)[:4]})
 
     def _last_seq(self, session_id: str) -> int:
         after = 0
