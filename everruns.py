@@ -115,6 +115,7 @@ from typing import Annotated, Any, Literal
 import bottle
 import gevent
 import gevent.event
+import gevent.lock
 import gevent.pool
 import gevent.pywsgi
 import gevent.queue
@@ -345,6 +346,14 @@ SETTINGS = (
         "EVERRUNS_DEFAULT_PROVIDER",
         None,
         "Provider (id, name or type) to make the default at start-up.",
+    ),
+    Setting(
+        "mcp_config",
+        "--mcp-config",
+        "EVERRUNS_MCP_CONFIG",
+        None,
+        "A JSON file of MCP servers in the common mcpServers format (stdio and Streamable HTTP): "
+        "each is a capability mcp:NAME that agents can enable.",
     ),
     Setting(
         "allow_private_fetch",
@@ -1145,12 +1154,14 @@ class ToolResultPost(_In):
 
 
 class Capability(_Out):
-    """A built-in capability: tools plus system-prompt text."""
+    """A capability: tools plus system-prompt text (built in, or an MCP server's tools)."""
 
     id: str
     name: str
     description: str
-    status: Literal["available"]
+    status: Literal["available", "unavailable"] = Field(
+        description="unavailable: an MCP server that cannot be reached now (it has no tools meanwhile)"
+    )
     category: str
     system_prompt: str
     tools: list[ToolSpec]
@@ -3209,12 +3220,15 @@ class _Tool:
 
     name: str
     description: str
-    args: type[_In]
+    args: type[BaseModel]
     run: Callable[[Any, Any], Any] | None = None
+    schema: dict | None = None  # the parameters' JSON Schema, when the argument model does not say it
 
     @functools.cached_property
     def spec(self) -> ToolSpec:
         """Name, description and JSON-schema parameters, built once (turns send them with every call)."""
+        if self.schema is not None:
+            return ToolSpec(name=self.name, description=self.description, parameters=self.schema)
         schema = self.args.model_json_schema()
         schema.pop("title", None)
         schema.pop("description", None)
@@ -3871,6 +3885,324 @@ CAPABILITIES.update(
     )
 )
 
+# ---- tools from MCP servers ------------------------------------------------------
+# A Model Context Protocol server is a capability `mcp:NAME`: its tools, listed on
+# first use, reach the model as NAME__TOOL. The client is JSON-RPC over a program's
+# stdin/stdout or over Streamable HTTP, written here on gevent (no thread per call,
+# no asyncio loop): the official SDK is asyncio.
+
+MCP_PROTOCOL = "2025-06-18"  # the version asked for; a server answers the one it speaks
+MCP_START_S = 10.0  # to start a server, initialize it and list its tools
+MCP_CALL_S = 30.0  # for one tool call (and the turn's tool timeout bounds it too)
+MCP_MESSAGE_BYTES = 16 * 1024 * 1024  # a larger message from a server is refused
+MCP_TOOLS_MAX = 512  # tools listed per server (pages are read until then)
+MCP_NAME = r"^[A-Za-z0-9_-]{1,32}$"  # a server's name (NAME__TOOL must fit a provider's 64 characters)
+
+
+class _McpFailed(ToolFailed):
+    """An MCP server could not answer (not started, exited, timed out, broke the protocol)."""
+
+
+class _AnyArgs(BaseModel):
+    """The arguments of an MCP tool: the server checks them against its own schema."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class _McpStdio:
+    """A program that speaks MCP on its stdin and stdout (one JSON-RPC message per line),
+    started on first use and again after it exits; what it writes to stderr is logged."""
+
+    def __init__(self, name: str, command: str, args: list[str], env: dict[str, str]) -> None:
+        self.name, self.argv, self.env = name, [command, *args], env
+        self.proc: Any = None
+        self.pending: dict[int, Any] = {}  # request id -> AsyncResult
+        self.ids = itertools.count(1)
+
+    def ready(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        import gevent.subprocess
+
+        try:
+            self.proc = gevent.subprocess.Popen(
+                self.argv, stdin=gevent.subprocess.PIPE, stdout=gevent.subprocess.PIPE,
+                stderr=gevent.subprocess.PIPE, env={**os.environ, **self.env},
+            )  # fmt: skip
+        except OSError as e:
+            raise _McpFailed(f"MCP server {self.name} could not be started: {e.strerror or e}") from None
+        gevent.spawn(self._read, self.proc)
+        gevent.spawn(self._stderr, self.proc)
+
+    def _read(self, proc: Any) -> None:
+        try:
+            while line := proc.stdout.readline(MCP_MESSAGE_BYTES + 1):
+                if len(line) > MCP_MESSAGE_BYTES:
+                    _log.warning("MCP server %s sent a message over %d bytes: stopped", self.name, MCP_MESSAGE_BYTES)
+                    proc.kill()
+                    break
+                self._received(line)
+        finally:
+            failed = _McpFailed(f"MCP server {self.name} exited")
+            for waiter in self.pending.values():
+                waiter.set_exception(failed)
+            self.pending.clear()
+
+    def _stderr(self, proc: Any) -> None:
+        while line := proc.stderr.readline(65536):
+            _log.info("MCP server %s: %s", self.name, _clean_text(line.decode(errors="replace").rstrip()))
+
+    def _received(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            _log.warning("MCP server %s wrote a line that is not JSON-RPC", self.name)
+            return
+        if not isinstance(message, dict):
+            return
+        if "method" in message and "id" in message:  # a request of the server: ping is answered, no other
+            known = message["method"] == "ping"
+            answer = {"result": {}} if known else {"error": {"code": -32601, "message": "method not supported"}}
+            self.send({"jsonrpc": "2.0", "id": message["id"], **answer})
+        elif (waiter := self.pending.pop(message.get("id"), None)) is not None:
+            waiter.set(message)
+
+    def send(self, message: dict) -> None:
+        try:
+            self.proc.stdin.write(_dumps(message).encode() + b"\n")
+            self.proc.stdin.flush()
+        except OSError:
+            raise _McpFailed(f"MCP server {self.name} exited") from None
+
+    def request(self, method: str, params: dict, timeout: float) -> dict:
+        waiter, request_id = gevent.event.AsyncResult(), next(self.ids)
+        self.pending[request_id] = waiter
+        try:
+            self.send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+            return waiter.get(timeout=timeout)
+        except gevent.Timeout:
+            raise _McpFailed(f"MCP server {self.name} did not answer {method} within {timeout:g} s") from None
+        finally:
+            self.pending.pop(request_id, None)
+
+    def notify(self, method: str) -> None:
+        self.send({"jsonrpc": "2.0", "method": method})
+
+    def close(self) -> None:
+        if self.ready():
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=2)
+            except Exception:  # still running (TimeoutExpired)
+                self.proc.kill()
+
+
+class _McpHttp:
+    """An MCP server over Streamable HTTP: each message is a POST; the answer is JSON or an
+    event stream that carries it; the session id the server gives is sent back."""
+
+    def __init__(self, name: str, url: str, headers: dict[str, str]) -> None:
+        self.name, self.url, self.headers = name, url, headers
+        self.session: str | None = None
+        self.protocol: str | None = None
+        self.initialized = False
+        self.ids = itertools.count(1)
+
+    def ready(self) -> bool:
+        return self.initialized
+
+    def start(self) -> None:
+        self.session, self.protocol, self.initialized = None, None, False
+
+    def _post(self, message: dict, timeout: float) -> tuple[Any, Any, tuple]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream", **self.headers}
+        if self.session:
+            headers["Mcp-Session-Id"] = self.session
+        if self.protocol:
+            headers["MCP-Protocol-Version"] = self.protocol
+        try:
+            return _send("POST", self.url, _dumps(message).encode(), headers, timeout)
+        except OSError as e:
+            raise _McpFailed(f"MCP server {self.name} cannot be reached: {e.strerror or type(e).__name__}") from None
+
+    def request(self, method: str, params: dict, timeout: float) -> dict:
+        request_id = next(self.ids)
+        message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+        conn, response, _ = self._post(message, timeout)
+        try:
+            if response.status == 404 and self.session:  # the server forgot the session: start again
+                self.initialized = False
+                raise _McpFailed(f"MCP server {self.name} ended its session")
+            if response.status != 200:
+                raise _McpFailed(f"MCP server {self.name} answered {method} with HTTP {response.status}")
+            if method == "initialize":
+                self.session = response.getheader("Mcp-Session-Id") or None
+            kind = (response.getheader("Content-Type") or "").split(";")[0].strip()
+            if kind == "text/event-stream":
+                for _event, data in _sse_events(response, timeout):
+                    message = json.loads(data) if data.startswith("{") else {}
+                    if message.get("id") == request_id and ("result" in message or "error" in message):
+                        return message
+                raise _McpFailed(f"MCP server {self.name} ended the stream without answering {method}")
+            raw = response.read(MCP_MESSAGE_BYTES + 1)
+            if len(raw) > MCP_MESSAGE_BYTES:
+                raise _McpFailed(f"MCP server {self.name} sent a message over {MCP_MESSAGE_BYTES} bytes")
+            return json.loads(raw)
+        except (ValueError, ProviderError) as e:
+            raise _McpFailed(f"MCP server {self.name} broke the protocol ({e})") from None
+        finally:
+            conn.close()
+
+    def notify(self, method: str) -> None:
+        conn, response, _ = self._post({"jsonrpc": "2.0", "method": method}, MCP_START_S)
+        response.read()
+        conn.close()
+
+    def close(self) -> None:
+        self.initialized = False
+
+
+class _McpServer:
+    """An MCP server as a capability (`mcp:NAME`): its tools are listed on first use (the
+    program started, the session opened) and again after the server was lost."""
+
+    category = "mcp"
+    system_prompt = ""
+
+    def __init__(self, name: str, transport: Any, source: str) -> None:
+        self.name, self.transport, self.source = name, transport, source
+        self.id, self.description = f"mcp:{name}", f"Tools of the MCP server {name} ({source})."
+        self.status, self.error = "not started", None
+        self._tools: tuple[_Tool, ...] = ()
+        self._lock = gevent.lock.Semaphore()
+
+    @property
+    def tools(self) -> tuple[_Tool, ...]:
+        """Its tools (listed first if need be); none while it cannot be reached (`error` says why)."""
+        with contextlib.suppress(_McpFailed):
+            self._ensure()
+        return self._tools
+
+    def _ensure(self) -> None:
+        with self._lock:
+            if self.transport.ready():
+                return
+            try:
+                late = _McpFailed(f"MCP server {self.name} did not start within {MCP_START_S:g} s")
+                with gevent.Timeout(MCP_START_S, late):
+                    self._start()
+            except _McpFailed as e:
+                self.status, self.error = "unavailable", str(e)
+                self.transport.close()
+                raise
+
+    def _start(self) -> None:
+        transport = self.transport
+        transport.start()
+        hello = {"protocolVersion": MCP_PROTOCOL, "capabilities": {},
+                 "clientInfo": {"name": "everruns", "version": __version__}}  # fmt: skip
+        answer = _mcp_result(self.name, transport.request("initialize", hello, MCP_START_S))
+        transport.protocol = answer.get("protocolVersion") if isinstance(answer.get("protocolVersion"), str) else None
+        transport.notify("notifications/initialized")
+        listed, cursor = [], None
+        while len(listed) < MCP_TOOLS_MAX:
+            params = {"cursor": cursor} if cursor else {}
+            page = _mcp_result(self.name, transport.request("tools/list", params, MCP_START_S))
+            listed += [t for t in page.get("tools") or [] if isinstance(t, dict)]
+            cursor = page.get("nextCursor")
+            if not isinstance(cursor, str) or not cursor:
+                break
+        transport.initialized = True
+        self._tools = tuple(tool for t in listed[:MCP_TOOLS_MAX] if (tool := self._tool(t)) is not None)
+        self.status, self.error = "ready", None
+
+    def _tool(self, listed: dict) -> _Tool | None:
+        """A listed tool as the model sees it, or None (a name no provider takes)."""
+        name = listed.get("name")
+        fits = isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", name) and len(self.name) + 2 + len(name) <= 64
+        if not fits:
+            _log.warning("MCP server %s: tool %r skipped (its name cannot reach a model)", self.name, name)
+            return None
+        schema = listed.get("inputSchema")
+        schema = schema if isinstance(schema, dict) and schema.get("type") == "object" else {"type": "object"}
+        description = str(listed.get("description") or "")[:MAX_DESCRIPTION]
+        return _Tool(f"{self.name}__{name.replace('.', '_')}", description, _AnyArgs,
+                     functools.partial(self._call, name), schema)  # fmt: skip
+
+    def _call(self, tool: str, args: _AnyArgs, tctx: Any) -> Any:
+        self._ensure()  # a server that exited is started again
+        params = {"name": tool, "arguments": args.model_dump()}
+        return _mcp_tool_result(_mcp_result(self.name, self.transport.request("tools/call", params, MCP_CALL_S)))
+
+    def out(self) -> Capability:
+        tools = self.tools
+        return Capability(id=self.id, name=self.name, description=self.description, category=self.category,
+                          status="available" if self.status == "ready" else "unavailable",
+                          system_prompt="", tools=[t.spec for t in tools])  # fmt: skip
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def _mcp_result(name: str, message: Any) -> dict:
+    """The result of a JSON-RPC answer; _McpFailed for an error or anything else."""
+    if not isinstance(message, dict):
+        raise _McpFailed(f"MCP server {name} sent something that is not JSON-RPC")
+    if isinstance(message.get("error"), dict):
+        raise _McpFailed(f"MCP server {name}: {str(message['error'].get('message', 'error'))[:1000]}")
+    if not isinstance(message.get("result"), dict):
+        raise _McpFailed(f"MCP server {name} sent an answer without a result")
+    return message["result"]
+
+
+def _mcp_tool_result(result: dict) -> Any:
+    """A tools/call result as a tool result: its structured content if any, else its text
+    (other content described); isError raises ToolFailed with the text."""
+    parts = [p for p in result.get("content") or [] if isinstance(p, dict)]
+    text = "\n".join(str(p.get("text", "")) for p in parts if p.get("type") == "text")
+    if result.get("isError"):
+        raise ToolFailed(text[:4000] or "the MCP tool reported an error")
+    if "structuredContent" in result:
+        return result["structuredContent"]
+    other = [{k: p[k] for k in ("type", "mimeType", "uri") if k in p} for p in parts if p.get("type") != "text"]
+    return {"text": text, **({"other_content": other} if other else {})}
+
+
+def _mcp_servers(path: str | None) -> list[_McpServer]:
+    """The servers of an `mcpServers` JSON file (--mcp-config): stdio ones (command, args,
+    env) and Streamable HTTP ones (url, headers). StartupError for a file that is not one."""
+    if not path:
+        return []
+    try:
+        with open(path, encoding="utf-8") as f:
+            servers = json.load(f).get("mcpServers")
+    except (OSError, ValueError, AttributeError) as e:
+        raise StartupError(f"--mcp-config: {path} cannot be read as an mcpServers JSON file ({e})", 2) from None
+    if not isinstance(servers, dict):
+        raise StartupError(f'--mcp-config: {path} has no "mcpServers" object', 2)
+    found = []
+    for name, spec in servers.items():
+        where = f"--mcp-config: server {name!r}"
+        if not re.fullmatch(MCP_NAME, name) or not isinstance(spec, dict):
+            raise StartupError(f"{where}: a name is 1 to 32 letters, digits, - or _, and a server an object", 2)
+        if isinstance(spec.get("command"), str):
+            args, env = spec.get("args", []), spec.get("env", {})
+            if not (isinstance(args, list) and all(isinstance(a, str) for a in args)):
+                raise StartupError(f'{where}: "args" must be a list of strings', 2)
+            if not (isinstance(env, dict) and all(isinstance(v, str) for v in env.values())):
+                raise StartupError(f'{where}: "env" must map names to strings', 2)
+            found.append(_McpServer(name, _McpStdio(name, spec["command"], args, env), "stdio"))
+        elif isinstance(spec.get("url"), str) and re.match(r"^https?://", spec["url"]):
+            headers = spec.get("headers", {})
+            if not (isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values())):
+                raise StartupError(f'{where}: "headers" must map names to strings', 2)
+            found.append(_McpServer(name, _McpHttp(name, spec["url"], headers), "Streamable HTTP"))
+        else:
+            raise StartupError(f'{where}: give "command" (stdio) or an http(s) "url" (Streamable HTTP)', 2)
+    return found
+
+
 # =============================================================================
 # 10. Turn engine
 # =============================================================================
@@ -3969,7 +4301,8 @@ class _Turn:
     session_id: str
     input_ids: list[str]
     system: str
-    tools: dict[str, _Tool]
+    capabilities: list[str]
+    tools: dict[str, _Tool]  # those of its capabilities: resolved when it starts to run (an MCP server may start)
     provider: Any
     model: str
     max_iterations: int
@@ -4316,7 +4649,8 @@ class _Runner:
             session_id=session_id,
             input_ids=[message_id],
             system=_system_prompt(setup),
-            tools=_agent_tools(setup.capabilities),
+            capabilities=setup.capabilities,
+            tools={},
             provider=provider,
             provider_id=provider.id if provider else None,
             model=model or (provider.default_model if provider else ""),
@@ -4356,6 +4690,7 @@ class _Runner:
             return "failed", {"code": "INTERNAL_ERROR", "message": "internal error while running the turn"}
 
     def _loop(self, turn: _Turn) -> None:
+        turn.tools = self._wait(turn, _agent_tools, turn.capabilities)  # outside any write: MCP servers may start
         if turn.resumed:
             self._run_approved(turn)
         while turn.iterations < turn.max_iterations:
@@ -4584,6 +4919,7 @@ class _Ctx:
     ping_s: float = 15.0  # seconds between `: ping` comments on idle streams
     log_filter: logging.Filter | None = None
     cluster: Any = None  # this process among others on one PostgreSQL database (section 13)
+    mcp: list = dataclasses.field(default_factory=list)  # its MCP servers (capabilities mcp:NAME)
 
     @property
     def bus(self) -> _Bus:
@@ -6690,6 +7026,7 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
     """
     env = os.environ if env is None else env
     config = {**_settings(options), "db": db}
+    mcp = _mcp_servers(config["mcp_config"])  # checked before anything is opened
     store = _Store(db, config["sync"], config["secret_key"] or env.get("EVERRUNS_SECRET_KEY"))
     try:
         store.migrate()
@@ -6714,7 +7051,8 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
     else:
         runner.recover()  # before the first request: interrupted turns closed, owed ones started
     store.release()
-    ctx = _Ctx(store=store, config=config, journal=journal, runner=runner, cluster=cluster)
+    ctx = _Ctx(store=store, config=config, journal=journal, runner=runner, cluster=cluster, mcp=mcp)
+    CAPABILITIES.update((server.id, server) for server in mcp)  # started on first use
     ctx.log_filter = _RedactingFilter(lambda: (*store.secrets.known, config["api_key"]))
     _log.addFilter(ctx.log_filter)
     app = _App()
@@ -6732,6 +7070,10 @@ def _close(ctx: _Ctx) -> None:
     ctx.runner.shutdown(float(ctx.config["shutdown_grace"]))
     if ctx.cluster is not None:
         ctx.cluster.stop()
+    for server in ctx.mcp:  # their programs stop
+        server.close()
+        if CAPABILITIES.get(server.id) is server:
+            del CAPABILITIES[server.id]
     ctx.bus.close()
     ctx.store.close()
     _log.removeFilter(ctx.log_filter)
