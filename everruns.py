@@ -184,6 +184,7 @@ EVENT_TYPES = (
 # them: section 9 adds the built-in ones; more may appear while the server runs.
 # An agent's capability ids are checked against it when a request comes in.
 CAPABILITIES: dict[str, Any] = {}
+MCP_NAME = r"^[a-z0-9_-]{1,32}$"  # an MCP server's name (NAME__TOOL must fit a provider's 64 characters)
 
 PROVIDER_DEFAULTS = {
     "openai": ("https://api.openai.com/v1", "gpt-4o-mini"),
@@ -1167,6 +1168,45 @@ class Capability(_Out):
     tools: list[ToolSpec]
 
 
+McpServerName = Annotated[str, StringConstraints(pattern=MCP_NAME)]
+McpHeaders = Annotated[
+    dict[HeaderName, HeaderValue], Field(max_length=32, description="Sent with every request; never shown again.")
+]
+
+
+class McpServerCreate(_In):
+    """Body of POST /v1/mcp-servers: a Streamable HTTP server (stdio ones come only from
+    --mcp-config: the API never starts programs)."""
+
+    model_config = _examples({"name": "tickets", "url": "http://127.0.0.1:8000/mcp"})
+
+    name: McpServerName
+    url: BaseUrl
+    headers: McpHeaders = {}
+
+
+class McpServerUpdate(_In):
+    """Body of PATCH /v1/mcp-servers/{id}: only the fields present change."""
+
+    name: McpServerName = None
+    url: BaseUrl = None
+    headers: McpHeaders = None
+
+
+class McpServer(_Out):
+    """An MCP server: its tools are the capability mcp:NAME (headers are never shown)."""
+
+    id: str
+    name: str
+    transport: Literal["stdio", "http"]
+    url: str | None
+    status: Literal["not_started", "ready", "unavailable"]
+    tools_count: int
+    error: str | None
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
 class ModelInfo(_Out):
     """A model a provider offers."""
 
@@ -1355,6 +1395,7 @@ AgentPage = _page_model(Agent)
 SessionPage = _page_model(Session)
 MessagePage = _page_model(Message)
 CapabilityPage = _page_model(Capability)
+McpServerPage = _page_model(McpServer)
 ModelPage = _page_model(ModelInfo)
 EventPage = _page_model(Event)
 
@@ -1440,6 +1481,11 @@ _MIGRATIONS: list[list[str]] = [
     [  # 4: people in the loop: tools that wait for an approval, tools the client runs
         "ALTER TABLE agent ADD COLUMN require_approval TEXT NOT NULL DEFAULT '[]'",
         "ALTER TABLE agent ADD COLUMN client_tools TEXT NOT NULL DEFAULT '[]'",
+    ],
+    [  # 5: MCP servers added through the API (Streamable HTTP)
+        """CREATE TABLE mcp_server (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, url TEXT NOT NULL, headers TEXT NOT NULL,
+            created_at TEXT NOT NULL, updated_at TEXT NOT NULL)""",
     ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -1583,6 +1629,18 @@ class _FileTable(pw.Model):
         primary_key = pw.CompositeKey("session_id", "path")
 
 
+class _McpServerTable(pw.Model):
+    id = pw.TextField(primary_key=True)
+    name = pw.TextField(unique=True)
+    url = pw.TextField()
+    headers = _JSONField()  # values sealed like provider keys
+    created_at = pw.TextField()
+    updated_at = pw.TextField()
+
+    class Meta:
+        table_name = "mcp_server"
+
+
 @dataclasses.dataclass(frozen=True)
 class _Models:
     """One app's tables, bound to its database, and the per-turn SQL in its dialect."""
@@ -1598,6 +1656,7 @@ class _Models:
     Event: type[_EventTable]
     IdempotencyKey: type[_IdempotencyKeyTable]
     File: type[_FileTable]
+    McpServer: type[_McpServerTable]
 
 
 def _build_models(db: pw.Database) -> _Models:
@@ -3896,7 +3955,6 @@ MCP_START_S = 10.0  # to start a server, initialize it and list its tools
 MCP_CALL_S = 30.0  # for one tool call (and the turn's tool timeout bounds it too)
 MCP_MESSAGE_BYTES = 16 * 1024 * 1024  # a larger message from a server is refused
 MCP_TOOLS_MAX = 512  # tools listed per server (pages are read until then)
-MCP_NAME = r"^[A-Za-z0-9_-]{1,32}$"  # a server's name (NAME__TOOL must fit a provider's 64 characters)
 
 
 class _McpFailed(ToolFailed):
@@ -4070,8 +4128,11 @@ class _McpServer:
     category = "mcp"
     system_prompt = ""
 
-    def __init__(self, name: str, transport: Any, source: str) -> None:
-        self.name, self.transport, self.source = name, transport, source
+    def __init__(self, name: str, transport: Any, resource_id: str, created_at: str, updated_at: str) -> None:
+        self.name, self.transport = name, transport
+        self.resource_id, self.created_at, self.updated_at = resource_id, created_at, updated_at  # GET /v1/mcp-servers
+        self.kind = "http" if isinstance(transport, _McpHttp) else "stdio"
+        source = {"http": "Streamable HTTP", "stdio": "stdio"}[self.kind]
         self.id, self.description = f"mcp:{name}", f"Tools of the MCP server {name} ({source})."
         self.status, self.error = "not started", None
         self._tools: tuple[_Tool, ...] = ()
@@ -4141,6 +4202,13 @@ class _McpServer:
                           status="available" if self.status == "ready" else "unavailable",
                           system_prompt="", tools=[t.spec for t in tools])  # fmt: skip
 
+    def resource(self) -> McpServer:
+        status = {"ready": "ready", "unavailable": "unavailable"}.get(self.status, "not_started")
+        url = self.transport.url if self.kind == "http" else None
+        return McpServer(id=self.resource_id, name=self.name, transport=self.kind, url=url, status=status,
+                         tools_count=len(self._tools), error=self.error, created_at=self.created_at,
+                         updated_at=self.updated_at)  # fmt: skip
+
     def close(self) -> None:
         self.transport.close()
 
@@ -4158,15 +4226,13 @@ def _mcp_result(name: str, message: Any) -> dict:
 
 def _mcp_tool_result(result: dict) -> Any:
     """A tools/call result as a tool result: its structured content if any, else its text
-    (other content described); isError raises ToolFailed with the text."""
+    parts (other parts named, not passed on); isError raises ToolFailed with the text."""
     parts = [p for p in result.get("content") or [] if isinstance(p, dict)]
-    text = "\n".join(str(p.get("text", "")) for p in parts if p.get("type") == "text")
+    texts = [str(p.get("text", "")) if p.get("type") == "text" else f"[{p.get('type')} content not shown]"
+             for p in parts]  # fmt: skip
     if result.get("isError"):
-        raise ToolFailed(text[:4000] or "the MCP tool reported an error")
-    if "structuredContent" in result:
-        return result["structuredContent"]
-    other = [{k: p[k] for k in ("type", "mimeType", "uri") if k in p} for p in parts if p.get("type") != "text"]
-    return {"text": text, **({"other_content": other} if other else {})}
+        raise ToolFailed("\n".join(texts)[:4000] or "the MCP tool reported an error")
+    return result["structuredContent"] if "structuredContent" in result else "\n".join(texts)
 
 
 def _mcp_servers(path: str | None) -> list[_McpServer]:
@@ -4181,25 +4247,26 @@ def _mcp_servers(path: str | None) -> list[_McpServer]:
         raise StartupError(f"--mcp-config: {path} cannot be read as an mcpServers JSON file ({e})", 2) from None
     if not isinstance(servers, dict):
         raise StartupError(f'--mcp-config: {path} has no "mcpServers" object', 2)
-    found = []
+    found, started = [], _now_iso()
     for name, spec in servers.items():
         where = f"--mcp-config: server {name!r}"
         if not re.fullmatch(MCP_NAME, name) or not isinstance(spec, dict):
-            raise StartupError(f"{where}: a name is 1 to 32 letters, digits, - or _, and a server an object", 2)
+            raise StartupError(f"{where}: a name is 1 to 32 of a-z, 0-9, - and _, and a server an object", 2)
         if isinstance(spec.get("command"), str):
             args, env = spec.get("args", []), spec.get("env", {})
             if not (isinstance(args, list) and all(isinstance(a, str) for a in args)):
                 raise StartupError(f'{where}: "args" must be a list of strings', 2)
             if not (isinstance(env, dict) and all(isinstance(v, str) for v in env.values())):
                 raise StartupError(f'{where}: "env" must map names to strings', 2)
-            found.append(_McpServer(name, _McpStdio(name, spec["command"], args, env), "stdio"))
+            transport: Any = _McpStdio(name, spec["command"], args, env)
         elif isinstance(spec.get("url"), str) and re.match(r"^https?://", spec["url"]):
             headers = spec.get("headers", {})
             if not (isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values())):
                 raise StartupError(f'{where}: "headers" must map names to strings', 2)
-            found.append(_McpServer(name, _McpHttp(name, spec["url"], headers), "Streamable HTTP"))
+            transport = _McpHttp(name, spec["url"], headers)
         else:
             raise StartupError(f'{where}: give "command" (stdio) or an http(s) "url" (Streamable HTTP)', 2)
+        found.append(_McpServer(name, transport, f"config-{name}", started, started))
     return found
 
 
@@ -4919,7 +4986,8 @@ class _Ctx:
     ping_s: float = 15.0  # seconds between `: ping` comments on idle streams
     log_filter: logging.Filter | None = None
     cluster: Any = None  # this process among others on one PostgreSQL database (section 13)
-    mcp: list = dataclasses.field(default_factory=list)  # its MCP servers (capabilities mcp:NAME)
+    mcp: list = dataclasses.field(default_factory=list)  # the MCP servers of --mcp-config (capabilities mcp:NAME)
+    mcp_api: dict = dataclasses.field(default_factory=dict)  # those added through the API, by id
 
     @property
     def bus(self) -> _Bus:
@@ -5973,6 +6041,124 @@ def _get_capability(ctx: _Ctx, call: _Call, capability_id: str) -> BaseModel:
     return CAPABILITIES[capability_id].out()
 
 
+# ---- MCP servers ----------------------------------------------------------------
+
+
+def _sync_mcp(ctx: _Ctx) -> None:
+    """Bring this process's MCP servers of the API in line with the stored ones: new ones
+    registered as capabilities, changed ones replaced, removed ones closed."""
+    m, secrets = ctx.store.m, ctx.store.secrets
+    rows = {row.id: row for row in m.McpServer.select()}
+    ctx.store.release()
+    for resource_id, server in list(ctx.mcp_api.items()):
+        row = rows.get(resource_id)
+        if row is None or row.updated_at != server.updated_at:
+            server.close()
+            if CAPABILITIES.get(server.id) is server:
+                del CAPABILITIES[server.id]
+            del ctx.mcp_api[resource_id]
+    for resource_id, row in rows.items():
+        if resource_id not in ctx.mcp_api:
+            headers = {name: secrets.open(value) or "" for name, value in row.headers.items()}
+            server = _McpServer(row.name, _McpHttp(row.name, row.url, headers), row.id, row.created_at, row.updated_at)
+            ctx.mcp_api[resource_id] = CAPABILITIES[server.id] = server
+
+
+def _mcp_servers_of(ctx: _Ctx) -> dict[str, Any]:
+    """Every MCP server, by resource id, in name order: --mcp-config's and the API's."""
+    return {s.resource_id: s for s in sorted([*ctx.mcp, *ctx.mcp_api.values()], key=lambda s: s.name)}
+
+
+def _mcp_server(ctx: _Ctx, server_id: str, changing: bool = False) -> Any:
+    server = _mcp_servers_of(ctx).get(server_id)
+    if server is None:
+        raise _NotFound(f"MCP server {server_id} not found")
+    if changing and server_id not in ctx.mcp_api:
+        raise _Conflict("this MCP server comes from --mcp-config: change the file (and restart) instead")
+    return server
+
+
+def _check_mcp_name(ctx: _Ctx, name: str, server_id: str | None = None) -> None:
+    if any(s.name == name and s.resource_id != server_id for s in _mcp_servers_of(ctx).values()):
+        raise _Conflict(f"there is an MCP server named {name} already")
+
+
+def _mcp_written(ctx: _Ctx, server_id: str | None) -> Any:
+    """After a change: this process in line, the others told; the server as it is now."""
+    _sync_mcp(ctx)
+    ctx.store.tell("mcp")
+    return ctx.mcp_api[server_id].resource() if server_id else None
+
+
+@_route("GET", "/v1/mcp-servers", "List MCP servers", "mcp-servers", response=McpServerPage, query=ListQuery)
+def _list_mcp_servers(ctx: _Ctx, call: _Call) -> BaseModel:
+    servers = _mcp_servers_of(ctx)
+    page = _names_page(list(servers), call.query)
+    return McpServerPage(**{**page, "data": [servers[i].resource() for i in page["data"]]})
+
+
+@_route(
+    "POST",
+    "/v1/mcp-servers",
+    "Add a Streamable HTTP MCP server (its tools become the capability mcp:NAME)",
+    "mcp-servers",
+    body=McpServerCreate,
+    response=McpServer,
+    status=201,
+    errors=(409,),
+)
+def _create_mcp_server(ctx: _Ctx, call: _Call) -> BaseModel:
+    body, m, ts = call.body, ctx.store.m, _now_iso()
+    _check_mcp_name(ctx, body.name)
+    headers = {name: ctx.store.secrets.seal(value) for name, value in body.headers.items()}
+    try:
+        with ctx.store.write():
+            row = m.McpServer.create(id=_uuid7(), name=body.name, url=body.url, headers=headers, created_at=ts,
+                                     updated_at=ts)  # fmt: skip
+    except pw.IntegrityError:  # another process took the name meanwhile
+        raise _Conflict(f"there is an MCP server named {body.name} already") from None
+    return _mcp_written(ctx, row.id)
+
+
+@_route("GET", "/v1/mcp-servers/<server_id>", "Get an MCP server", "mcp-servers", response=McpServer, errors=(404,))
+def _get_mcp_server(ctx: _Ctx, call: _Call, server_id: str) -> BaseModel:
+    return _mcp_server(ctx, server_id).resource()
+
+
+@_route(
+    "PATCH",
+    "/v1/mcp-servers/<server_id>",
+    "Change an MCP server added through the API",
+    "mcp-servers",
+    body=McpServerUpdate,
+    response=McpServer,
+    errors=(404, 409),
+)
+def _update_mcp_server(ctx: _Ctx, call: _Call, server_id: str) -> BaseModel:
+    m, changes = ctx.store.m, _changes(call.body)
+    _mcp_server(ctx, server_id, changing=True)
+    if "name" in changes:
+        _check_mcp_name(ctx, changes["name"], server_id)
+    if "headers" in changes:
+        changes["headers"] = {name: ctx.store.secrets.seal(value) for name, value in changes["headers"].items()}
+    try:
+        with ctx.store.write():
+            m.McpServer.update(**changes, updated_at=_now_iso()).where(m.McpServer.id == server_id).execute()
+    except pw.IntegrityError:
+        raise _Conflict(f"there is an MCP server named {changes.get('name')} already") from None
+    return _mcp_written(ctx, server_id)
+
+
+@_route("DELETE", "/v1/mcp-servers/<server_id>", "Remove an MCP server added through the API", "mcp-servers",
+        status=204, errors=(404, 409))  # fmt: skip
+def _delete_mcp_server(ctx: _Ctx, call: _Call, server_id: str) -> None:
+    m = ctx.store.m
+    _mcp_server(ctx, server_id, changing=True)
+    with ctx.store.write():
+        m.McpServer.delete().where(m.McpServer.id == server_id).execute()
+    _mcp_written(ctx, None)
+
+
 # =============================================================================
 # 12. OpenAPI and pages
 # =============================================================================
@@ -6857,6 +7043,7 @@ class _Cluster:
         self.due = gevent.event.Event()  # set when streamed text waits to be sent
         self.greenlets: list[Any] = []
         self._reaping: Any = None
+        self.on_mcp: Callable[[], None] = lambda: None
 
     def start(self) -> None:
         """Take a lease, close the turns of dead processes, start the owed ones, listen."""
@@ -6926,6 +7113,8 @@ class _Cluster:
             self.runner.halt(args[0], args[1], _Cancelled)
         elif kind == "gone":  # (session): deleted
             gevent.spawn(self._gone, args[0])
+        elif kind == "mcp":  # its MCP servers changed
+            self.on_mcp()
         elif kind == "hello":
             self._count(self.peers + 1)
         elif kind == "bye":  # what it owed is answered here (or by another: one claims each)
@@ -7053,6 +7242,9 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
     store.release()
     ctx = _Ctx(store=store, config=config, journal=journal, runner=runner, cluster=cluster, mcp=mcp)
     CAPABILITIES.update((server.id, server) for server in mcp)  # started on first use
+    _sync_mcp(ctx)
+    if cluster is not None:
+        cluster.on_mcp = functools.partial(_sync_mcp, ctx)  # another process changed them
     ctx.log_filter = _RedactingFilter(lambda: (*store.secrets.known, config["api_key"]))
     _log.addFilter(ctx.log_filter)
     app = _App()
@@ -7070,7 +7262,7 @@ def _close(ctx: _Ctx) -> None:
     ctx.runner.shutdown(float(ctx.config["shutdown_grace"]))
     if ctx.cluster is not None:
         ctx.cluster.stop()
-    for server in ctx.mcp:  # their programs stop
+    for server in [*ctx.mcp, *ctx.mcp_api.values()]:  # their programs stop
         server.close()
         if CAPABILITIES.get(server.id) is server:
             del CAPABILITIES[server.id]

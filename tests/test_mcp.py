@@ -48,7 +48,11 @@ def mcp(request, tmp_path, make_app):
 
 
 def run(api, client, text):
-    session = api.session(api.agent(capabilities=["mcp:t"])["id"])["id"]
+    return run_on(api, client, "mcp:t", text)
+
+
+def run_on(api, client, capability, text):
+    session = api.session(api.agent(capabilities=[capability])["id"])["id"]
     api.message(session, text)
     events = finish(client, session)
     results = [e["data"] for e in events if e["type"] == "tool.result"]
@@ -73,7 +77,7 @@ def test_an_agent_calls_its_tools_through_the_simulator(mcp):
     answer = [e for e in events if e["type"] == "message.created"][-1]["data"]["message"]["content"][0]["text"]
     assert answer == 'Tool results: t__add returned {"sum":5}.' and events[-1]["data"]["status"] == "completed"
     _, results = run(api, client, 't__echo {"text": "hello there"}')
-    assert results[0]["result"] == {"text": "hello there"}
+    assert results[0]["result"] == "hello there"
 
 
 def test_an_error_result(mcp):
@@ -89,7 +93,7 @@ def test_a_server_that_hangs_times_out_and_the_turn_goes_on(mcp, monkeypatch):
     assert results[0]["is_error"] is True and "timed out" in results[0]["result"]["error"]
     assert events[-1]["data"]["status"] == "completed"
     _, results = run(api, client, 't__echo {"text": "still here"}')  # the server still answers
-    assert results[0]["result"] == {"text": "still here"}
+    assert results[0]["result"] == "still here"
 
 
 @pytest.mark.parametrize("mcp", ["stdio"], indirect=True)  # an HTTP server's program is not ours to start
@@ -98,14 +102,14 @@ def test_a_stdio_server_that_crashes_mid_call_is_started_again(mcp):
     _, results = run(api, client, "t__exit_server")
     assert results[0]["is_error"] is True and "exited" in results[0]["result"]["error"]
     _, results = run(api, client, 't__echo {"text": "back again"}')
-    assert results[0]["result"] == {"text": "back again"} and results[0]["is_error"] is False
+    assert results[0]["result"] == "back again" and results[0]["is_error"] is False
 
 
 def test_nothing_in_an_answer_injects_events_or_escapes_the_cap(mcp):
     client, api, _ = mcp
     events, results = run(api, client, "t__inject")
     assert [e["type"] for e in events].count("session.completed") == 1
-    assert "event: session.completed" in results[0]["result"]["text"]  # data, nothing more
+    assert "event: session.completed" in results[0]["result"]  # data, nothing more
     stream = client.get(f"/v1/sessions/{events[0]['session_id']}/events?until=completed").text
     assert stream.split("\n").count("event: session.completed") == 1  # a line of its own: the one event
     _, results = run(api, client, "t__flood")
@@ -133,3 +137,43 @@ def test_a_config_that_is_not_one_is_refused_at_start(tmp_path):
         result = subprocess.run([sys.executable, str(ROOT / "everruns.py"), "--db", str(tmp_path / "x.db"),
                                  "--mcp-config", str(bad)], capture_output=True, text=True, timeout=30)  # fmt: skip
         assert result.returncode == 2 and says in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_http_server_added_through_the_api(make_app, http_server, tmp_path):
+    config = tmp_path / "mcp.json"
+    config.write_text(json.dumps({"mcpServers": {"local": {"command": sys.executable, "args": [SERVER, "stdio"]}}}))
+    client = webtest.TestApp(make_app(mcp_config=str(config)))
+    api = Api(client)
+    body = {"name": "remote", "url": http_server, "headers": {"Authorization": "Bearer s3cret-header"}}
+    created = client.post_json("/v1/mcp-servers", body, status=201).json
+    assert {k: created[k] for k in ("name", "transport", "url", "status", "tools_count", "error")} == {
+        "name": "remote", "transport": "http", "url": http_server, "status": "not_started", "tools_count": 0,
+        "error": None}  # fmt: skip
+    assert "headers" not in created
+    assert len(client.get("/v1/capabilities/mcp:remote").json["tools"]) == 7  # listed on first use
+    shown = client.get(f"/v1/mcp-servers/{created['id']}").json
+    assert (shown["status"], shown["tools_count"]) == ("ready", 7)
+    listed = client.get("/v1/mcp-servers").json["data"]
+    assert [(s["name"], s["transport"]) for s in listed] == [("local", "stdio"), ("remote", "http")]
+    assert "s3cret-header" not in json.dumps(listed)
+    _, results = run_on(api, client, "mcp:remote", 'remote__add {"a": 1, "b": 1}')
+    assert results[0]["result"] == {"sum": 2}
+
+    client.post_json("/v1/mcp-servers", {**body, "name": "local"}, status=409)  # the file's name
+    client.post_json("/v1/mcp-servers", {**body, "name": "Remote"}, status=400)
+    client.post_json("/v1/mcp-servers", {"name": "prog", "command": "rm"}, status=400)  # the API starts no program
+    stdio = next(s for s in listed if s["transport"] == "stdio")
+    client.patch_json(f"/v1/mcp-servers/{stdio['id']}", {"url": http_server}, status=409)
+    client.delete(f"/v1/mcp-servers/{stdio['id']}", status=409)
+
+    dead = f"http://127.0.0.1:{free_port()}/mcp"
+    client.patch_json(f"/v1/mcp-servers/{created['id']}", {"url": dead})
+    assert client.get("/v1/capabilities/mcp:remote").json["status"] == "unavailable"
+    broken = client.get(f"/v1/mcp-servers/{created['id']}").json
+    assert broken["status"] == "unavailable" and "cannot be reached" in broken["error"]
+    _, results = run_on(api, client, "mcp:remote", "remote__add")  # no tools: the model cannot call it
+    assert results == []
+    client.delete(f"/v1/mcp-servers/{created['id']}", status=204)
+    client.get(f"/v1/mcp-servers/{created['id']}", status=404)
+    client.get("/v1/capabilities/mcp:remote", status=404)
+    client.post_json("/v1/agents", {"name": "a", "capabilities": ["mcp:remote"]}, status=400)

@@ -131,6 +131,15 @@ def test_real_responses_match_their_documented_schemas(client, api, doc):
     call("GET", fs, f"{base}/nothing")
     call("DELETE", fs, f"{base}/notes")
     call("DELETE", fs, f"{base}/notes?recursive=true")
+    mcp, one = "/v1/mcp-servers", "/v1/mcp-servers/{server_id}"
+    dead = {"name": "dead", "url": "http://127.0.0.1:9/mcp"}  # nothing listens there: it is never started here
+    server = call("POST", mcp, mcp, params=dead).json
+    call("POST", mcp, mcp, params=dead)
+    call("GET", mcp, mcp)
+    call("GET", one, f"{mcp}/{server['id']}")
+    call("PATCH", one, f"{mcp}/{server['id']}", params={"name": "gone"})
+    call("DELETE", one, f"{mcp}/{server['id']}")
+    call("DELETE", one, f"{mcp}/{server['id']}")
     call("GET", "/v1/capabilities", "/v1/capabilities")
     call("GET", "/v1/capabilities/{capability_id}", "/v1/capabilities/test_math")
     call("GET", "/v1/capabilities/{capability_id}", "/v1/capabilities/none")

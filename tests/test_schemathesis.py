@@ -6,12 +6,13 @@ data: a random provider id is well-formed but does not exist (SPEC: 400), and
 provider settings depend on the provider's type, which the path does not show;
 a file path may climb out of the root with "..", which no pattern can rule out;
 a text with the NUL character is refused (400) wherever it is, a tool result's
-arbitrary JSON included.
+arbitrary JSON included; a header name must be a token, which a schema of a
+map's keys does not make the fuzzer respect.
 
-Two runs, so that no request ever leaves 127.0.0.1: providers created with
-fuzzed base URLs are never called (the provider run posts no messages and
-lists no models), and the run that posts messages has only the offline
-simulator to call.
+Two runs, so that no request ever leaves 127.0.0.1: providers and MCP
+servers created with fuzzed URLs are never called (that run posts no
+messages and lists no models or capabilities), and the run that posts
+messages has only the offline simulator to call.
 """
 
 import subprocess
@@ -23,12 +24,17 @@ CONFIG = """
 [[operations]]
 include-operation-id = ["create_agent", "update_agent", "create_session", "update_session",
                         "post_message", "update_provider", "fs_get", "fs_put", "fs_delete",
-                        "decide_tool_call", "post_tool_result"]
+                        "decide_tool_call", "post_tool_result", "create_mcp_server", "update_mcp_server"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409"]
 """
 
-PROVIDER_WRITES = "^(create_provider|update_provider|events)$"  # the SSE route would hang the run
-PROVIDERS_ONLY = "^(create_provider|update_provider|get_provider|list_providers|delete_provider)$"
+# Providers and MCP servers take URLs: fuzzed ones are written only in a run that never
+# calls them (no message posted, no model or capability listed); the SSE route would hang.
+PROVIDER_WRITES = "^(create_provider|update_provider|create_mcp_server|update_mcp_server|events)$"
+PROVIDERS_ONLY = (
+    "^(create_provider|update_provider|get_provider|list_providers|delete_provider"
+    "|create_mcp_server|update_mcp_server|get_mcp_server|list_mcp_servers|delete_mcp_server)$"
+)
 
 
 def schemathesis(server, tmp_path, *filters):
