@@ -2859,11 +2859,14 @@ def _http(
     _keep(address, conn, response)
 
 
+SSE_EVENT_BYTES = 16 * 1024 * 1024  # a streamed event (a line, or its data lines together) larger than this is refused
+
+
 def _sse_events(response: Any, timeout: float) -> Iterator[tuple[str, str]]:
     """(event, data) pairs of a streamed response; ProviderError if the stream breaks."""
     import http.client
 
-    event, data, rest = "", [], b""
+    event, data, partial, size = "", [], [], 0  # partial: the pieces of a line still arriving
     while True:
         try:
             block = response.read1(65536)  # what has arrived: lines are split here (readline costs twice as much)
@@ -2873,7 +2876,14 @@ def _sse_events(response: Any, timeout: float) -> Iterator[tuple[str, str]]:
             raise ProviderError("the connection to the provider broke mid-stream", "PROVIDER_STREAM_ERROR") from None
         if not block:
             return  # an unfinished last event is not an event
-        *lines, rest = (rest + block).split(b"\n")
+        size += len(block) if b"\n" not in block else 0
+        if size > SSE_EVENT_BYTES or sum(map(len, data)) > SSE_EVENT_BYTES:
+            raise ProviderError(f"the provider sent an event over {SSE_EVENT_BYTES} bytes", "PROVIDER_STREAM_ERROR")
+        if b"\n" not in block:  # a long line: kept in pieces, joined once (not copied at every block)
+            partial.append(block)
+            continue
+        *lines, rest = b"".join([*partial, block]).split(b"\n")
+        partial, size = [rest], len(rest)
         for line in lines:
             text = line.decode("utf-8", errors="replace").removesuffix("\r")
             if not text:
@@ -3954,6 +3964,7 @@ MCP_PROTOCOL = "2025-06-18"  # the version asked for; a server answers the one i
 MCP_START_S = 10.0  # to start a server, initialize it and list its tools
 MCP_CALL_S = 30.0  # for one tool call (and the turn's tool timeout bounds it too)
 MCP_MESSAGE_BYTES = 16 * 1024 * 1024  # a larger message from a server is refused
+MCP_INHERITED_ENV = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "TMPDIR")  # all else: its `env`
 MCP_TOOLS_MAX = 512  # tools listed per server (pages are read until then)
 
 
@@ -3974,63 +3985,73 @@ class _McpStdio:
     def __init__(self, name: str, command: str, args: list[str], env: dict[str, str]) -> None:
         self.name, self.argv, self.env = name, [command, *args], env
         self.proc: Any = None
-        self.pending: dict[int, Any] = {}  # request id -> AsyncResult
+        self.pending: dict[int, Any] = {}  # request id -> AsyncResult, of the running program
         self.ids = itertools.count(1)
+        self.initialized = False
+        self.writing = gevent.lock.Semaphore()  # one message at a time on its stdin
 
     def ready(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.initialized and self.proc is not None and self.proc.poll() is None
 
     def start(self) -> None:
         import gevent.subprocess
 
+        self.close()
+        inherited = {k: v for k, v in os.environ.items() if k in MCP_INHERITED_ENV}  # no keys of ours
         try:
             self.proc = gevent.subprocess.Popen(
                 self.argv, stdin=gevent.subprocess.PIPE, stdout=gevent.subprocess.PIPE,
-                stderr=gevent.subprocess.PIPE, env={**os.environ, **self.env},
+                stderr=gevent.subprocess.PIPE, env={**inherited, **self.env}, start_new_session=True,
             )  # fmt: skip
         except OSError as e:
             raise _McpFailed(f"MCP server {self.name} could not be started: {e.strerror or e}") from None
-        gevent.spawn(self._read, self.proc)
+        self.pending, self.initialized = {}, False
+        gevent.spawn(self._read, self.proc, self.pending)
         gevent.spawn(self._stderr, self.proc)
 
-    def _read(self, proc: Any) -> None:
+    def _read(self, proc: Any, pending: dict) -> None:
         try:
             while line := proc.stdout.readline(MCP_MESSAGE_BYTES + 1):
                 if len(line) > MCP_MESSAGE_BYTES:
                     _log.warning("MCP server %s sent a message over %d bytes: stopped", self.name, MCP_MESSAGE_BYTES)
-                    proc.kill()
                     break
-                self._received(line)
+                try:
+                    self._received(line, pending)
+                except Exception:  # nothing a server writes stops the reading (RecursionError included)
+                    _log.warning("MCP server %s wrote a message that cannot be read", self.name)
         finally:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)  # deaf without its reader: it goes
             failed = _McpFailed(f"MCP server {self.name} exited")
-            for waiter in self.pending.values():
+            for waiter in pending.values():
                 waiter.set_exception(failed)
-            self.pending.clear()
+            pending.clear()
 
     def _stderr(self, proc: Any) -> None:
         while line := proc.stderr.readline(65536):
             _log.info("MCP server %s: %s", self.name, _clean_text(line.decode(errors="replace").rstrip()))
 
-    def _received(self, line: bytes) -> None:
+    def _received(self, line: bytes, pending: dict) -> None:
         try:
             message = json.loads(line)
         except ValueError:
             _log.warning("MCP server %s wrote a line that is not JSON-RPC", self.name)
             return
-        if not isinstance(message, dict):
+        if not isinstance(message, dict) or not isinstance(message.get("id"), (int, str, type(None))):
             return
         if "method" in message and "id" in message:  # a request of the server: ping is answered, no other
             known = message["method"] == "ping"
             answer = {"result": {}} if known else {"error": {"code": -32601, "message": "method not supported"}}
             self.send({"jsonrpc": "2.0", "id": message["id"], **answer})
-        elif (waiter := self.pending.pop(message.get("id"), None)) is not None:
+        elif (waiter := pending.pop(message.get("id"), None)) is not None:
             waiter.set(message)
 
     def send(self, message: dict) -> None:
         try:
-            self.proc.stdin.write(_dumps(message).encode() + b"\n")
-            self.proc.stdin.flush()
-        except OSError:
+            with self.writing:
+                self.proc.stdin.write(_dumps(message).encode() + b"\n")
+                self.proc.stdin.flush()
+        except (OSError, ValueError):  # exited (a closed pipe)
             raise _McpFailed(f"MCP server {self.name} exited") from None
 
     def request(self, method: str, params: dict, timeout: float) -> dict:
@@ -4048,12 +4069,20 @@ class _McpStdio:
         self.send({"jsonrpc": "2.0", "method": method})
 
     def close(self) -> None:
-        if self.ready():
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=2)
-            except Exception:  # still running (TimeoutExpired)
-                self.proc.kill()
+        """Stop the program and what it started (its process group)."""
+        proc, self.proc, self.initialized = self.proc, None, False
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=2)
+        except Exception:  # still running (TimeoutExpired)
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            with contextlib.suppress(Exception):
+                pipe.close()
 
 
 class _McpHttp:
@@ -4079,12 +4108,17 @@ class _McpHttp:
             headers["Mcp-Session-Id"] = self.session
         if self.protocol:
             headers["MCP-Protocol-Version"] = self.protocol
+        import http.client
+
         try:
             return _send("POST", self.url, _dumps(message).encode(), headers, timeout)
-        except OSError as e:
-            raise _McpFailed(f"MCP server {self.name} cannot be reached: {e.strerror or type(e).__name__}") from None
+        except (OSError, http.client.HTTPException) as e:
+            reason = getattr(e, "strerror", None) or type(e).__name__
+            raise _McpFailed(f"MCP server {self.name} cannot be reached: {reason}") from None
 
     def request(self, method: str, params: dict, timeout: float) -> dict:
+        import http.client
+
         request_id = next(self.ids)
         message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
         conn, response, _ = self._post(message, timeout)
@@ -4107,15 +4141,19 @@ class _McpHttp:
             if len(raw) > MCP_MESSAGE_BYTES:
                 raise _McpFailed(f"MCP server {self.name} sent a message over {MCP_MESSAGE_BYTES} bytes")
             return json.loads(raw)
-        except (ValueError, ProviderError) as e:
-            raise _McpFailed(f"MCP server {self.name} broke the protocol ({e})") from None
+        except (ValueError, RecursionError, ProviderError, OSError, http.client.HTTPException) as e:
+            raise _McpFailed(f"MCP server {self.name} broke the protocol ({type(e).__name__})") from None
         finally:
             conn.close()
 
     def notify(self, method: str) -> None:
         conn, response, _ = self._post({"jsonrpc": "2.0", "method": method}, MCP_START_S)
-        response.read()
-        conn.close()
+        try:
+            response.read(65536)
+        except OSError:
+            pass  # a notification has no answer to wait for
+        finally:
+            conn.close()
 
     def close(self) -> None:
         self.initialized = False
@@ -4153,8 +4191,9 @@ class _McpServer:
                 late = _McpFailed(f"MCP server {self.name} did not start within {MCP_START_S:g} s")
                 with gevent.Timeout(MCP_START_S, late):
                     self._start()
-            except _McpFailed as e:
-                self.status, self.error = "unavailable", str(e)
+            except BaseException as e:  # failed, or stopped meanwhile (a cancelled turn): started again next time
+                if isinstance(e, _McpFailed):
+                    self.status, self.error = "unavailable", str(e)
                 self.transport.close()
                 raise
 
@@ -4561,6 +4600,7 @@ class _Runner:
             return self._cancel_elsewhere(session_id, timeout)
         turn.halt(_Cancelled)
         turn.ended.wait(timeout)
+        self._cancel_waiting(session_id)  # it paused (waiting for people) before it saw the cancel
         return turn.id
 
     def _cancel_waiting(self, session_id: str) -> str | None:
@@ -4666,23 +4706,29 @@ class _Runner:
     def _start_turn(self, session_id: str) -> _Turn | None:
         """Take up the session's waiting turn once none of its calls waits any more, or claim
         the oldest owed message for a new turn (one transaction); None: nothing to do here."""
-        m = self.m
-        with self.journal.tx(session_id) as tx:
-            status, owed = _next_work(m, session_id) or ("gone", None)
-            if status == "waiting":
-                turn = self._resumed(session_id)
-            elif status != "idle" or owed is None or (setup := _turn_setup(m, session_id)) is None:
-                return None  # a turn runs (maybe in another process), or nothing is owed
-            else:
-                turn = self._prepare(session_id, setup, *owed)
-                _sql(m, "insert_turn", turn.id, session_id, turn.provider_id, turn.model, _now_iso(), self.store.lease)
-                _sql(m, "claim_message", turn.id, owed[0])
-                tx.emit("session.started", {"turn_id": turn.id, "input_message_ids": turn.input_ids}, turn.id)
-            if turn is None:
-                return None
-            _sql(m, "start_session", _dumps({"id": turn.id, "status": "running", "error": None}), session_id)
-        turn.ended, turn.wake = gevent.event.Event(), gevent.event.Event()
-        self._turns[session_id] = turn
+        m, registered = self.m, None
+        try:
+            with self.journal.tx(session_id) as tx:
+                status, owed = _next_work(m, session_id) or ("gone", None)
+                if status == "waiting":
+                    turn = self._resumed(session_id)
+                elif status != "idle" or owed is None or (setup := _turn_setup(m, session_id)) is None:
+                    return None  # a turn runs (maybe in another process), or nothing is owed
+                else:
+                    turn = self._prepare(session_id, setup, *owed)
+                    _sql(m, "insert_turn", turn.id, session_id, turn.provider_id, turn.model, _now_iso(),
+                         self.store.lease)  # fmt: skip
+                    _sql(m, "claim_message", turn.id, owed[0])
+                    tx.emit("session.started", {"turn_id": turn.id, "input_message_ids": turn.input_ids}, turn.id)
+                if turn is None:
+                    return None
+                _sql(m, "start_session", _dumps({"id": turn.id, "status": "running", "error": None}), session_id)
+                turn.ended, turn.wake = gevent.event.Event(), gevent.event.Event()
+                self._turns[session_id] = registered = turn  # before the commit: a cancel meanwhile reaches it
+        except BaseException:
+            if registered is not None and self._turns.get(session_id) is registered:
+                del self._turns[session_id]  # not started after all
+            raise
         return turn
 
     def _resumed(self, session_id: str) -> _Turn | None:

@@ -68,6 +68,12 @@ def inject() -> str:
 
 
 @mcp.tool(structured_output=False)
+def getenv(name: str) -> str:
+    """An environment variable of this server ("" when it has none)."""
+    return os.environ.get(name, "")
+
+
+@mcp.tool(structured_output=False)
 def flood() -> str:
     """Answer with a megabyte of text."""
     return "y" * (1024 * 1024)

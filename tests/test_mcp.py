@@ -38,7 +38,7 @@ def http_server():
 def mcp(request, tmp_path, make_app):
     """An app with the test server as `mcp:t`, over one transport; (client, Api, transport)."""
     if request.param == "stdio":
-        server = {"command": sys.executable, "args": [SERVER, "stdio"]}
+        server = {"command": sys.executable, "args": [SERVER, "stdio"], "env": {"GREETING": "hi"}}
     else:
         server = {"url": request.getfixturevalue("http_server")}
     config = tmp_path / "mcp.json"
@@ -63,7 +63,8 @@ def test_its_tools_are_listed_as_a_capability(mcp):
     client, _, _ = mcp
     capability = client.get("/v1/capabilities/mcp:t").json
     names = [t["name"] for t in capability["tools"]]
-    assert names == ["t__echo", "t__add", "t__fail", "t__sleep", "t__exit_server", "t__inject", "t__flood"]  # 4 pages
+    assert names == ["t__echo", "t__add", "t__fail", "t__sleep", "t__exit_server", "t__inject", "t__getenv",
+                     "t__flood"]  # 4 pages  # fmt: skip
     assert capability["status"] == "available" and capability["category"] == "mcp"
     echo = capability["tools"][0]
     assert echo["description"] == "Say the text back." and echo["parameters"]["properties"]["text"]["type"] == "string"
@@ -150,9 +151,9 @@ def test_an_http_server_added_through_the_api(make_app, http_server, tmp_path):
         "name": "remote", "transport": "http", "url": http_server, "status": "not_started", "tools_count": 0,
         "error": None}  # fmt: skip
     assert "headers" not in created
-    assert len(client.get("/v1/capabilities/mcp:remote").json["tools"]) == 7  # listed on first use
+    assert len(client.get("/v1/capabilities/mcp:remote").json["tools"]) == 8  # listed on first use
     shown = client.get(f"/v1/mcp-servers/{created['id']}").json
-    assert (shown["status"], shown["tools_count"]) == ("ready", 7)
+    assert (shown["status"], shown["tools_count"]) == ("ready", 8)
     listed = client.get("/v1/mcp-servers").json["data"]
     assert [(s["name"], s["transport"]) for s in listed] == [("local", "stdio"), ("remote", "http")]
     assert "s3cret-header" not in json.dumps(listed)
@@ -177,3 +178,17 @@ def test_an_http_server_added_through_the_api(make_app, http_server, tmp_path):
     client.get(f"/v1/mcp-servers/{created['id']}", status=404)
     client.get("/v1/capabilities/mcp:remote", status=404)
     client.post_json("/v1/agents", {"name": "a", "capabilities": ["mcp:remote"]}, status=400)
+
+
+@pytest.mark.parametrize("mcp", ["stdio"], indirect=True)
+def test_a_stdio_server_gets_its_env_and_none_of_our_keys(mcp, monkeypatch):
+    client, api, _ = mcp
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-for-mcp-servers")
+    monkeypatch.setenv("EVERRUNS_SECRET_KEY", "not-for-them-either")
+    client.app.everruns.mcp[0].close()  # started again, with this environment
+    _, results = run(api, client, 't__getenv {"name": "OPENAI_API_KEY"}')
+    assert results[0]["result"] == ""
+    _, results = run(api, client, 't__getenv {"name": "EVERRUNS_SECRET_KEY"}')
+    assert results[0]["result"] == ""
+    _, results = run(api, client, 't__getenv {"name": "GREETING"}')
+    assert results[0]["result"] == "hi"

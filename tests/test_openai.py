@@ -161,3 +161,17 @@ def test_models_come_from_the_upstream(api, client, upstream):
     assert [m["id"] for m in page["data"]] == ["gpt-4o", "gpt-4o-mini"]
     assert upstream.requests[0]["path"] == "/v1/models"
     assert upstream.requests[0]["headers"]["authorization"] == f"Bearer {CANARY_KEY}"
+
+
+def test_an_event_too_large_to_be_one_fails_the_turn_at_once(api, client, upstream, monkeypatch):
+    """A stream whose line never ends is refused once it passes the limit (read in pieces,
+    never copied again at each piece: a slow read would stall every other request)."""
+    import everruns
+
+    monkeypatch.setattr(everruns, "SSE_EVENT_BYTES", 256 * 1024)
+    session = remote_session(api, upstream, "openai")
+    upstream.sse([text_answer("ok")[0], b"data: " + b"x" * (1024 * 1024)])
+    api.message(session["id"], "Say hello", status=201)
+    done = finish(client, session["id"])[-1]["data"]
+    assert done["status"] == "failed" and done["error"]["code"] == "PROVIDER_STREAM_ERROR"
+    assert "over 262144 bytes" in done["error"]["message"]
