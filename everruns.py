@@ -94,6 +94,7 @@ import datetime
 import functools
 import hashlib
 import hmac
+import html
 import ipaddress
 import itertools
 import json
@@ -185,12 +186,6 @@ EVENT_TYPES = (
 # An agent's capability ids are checked against it when a request comes in.
 CAPABILITIES: dict[str, Any] = {}
 MCP_NAME = r"^[a-z0-9_-]{1,32}$"  # an MCP server's name (NAME__TOOL must fit a provider's 64 characters)
-
-PROVIDER_DEFAULTS = {
-    "openai": ("https://api.openai.com/v1", "gpt-4o-mini"),
-    "anthropic": ("https://api.anthropic.com", "claude-sonnet-4-5"),
-    "llmsim": (None, "llmsim"),
-}
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # What an HTML form (or a fetch without a CORS preflight) can send across sites.
@@ -630,7 +625,6 @@ CapabilityId = Annotated[
     str, StringConstraints(max_length=MAX_NAME), AfterValidator(_known_capability),
     Field(description="The id of a capability (GET /v1/capabilities lists them)."),
 ]  # fmt: skip
-ProviderType = Literal["openai", "anthropic", "llmsim"]
 HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,128}$")]
 # What HTTP can carry in a header value: visible ASCII, spaces and tabs.
 HeaderValue = Annotated[str, StringConstraints(pattern=r"^[\x20-\x7e\t]*$", max_length=4096)]
@@ -757,11 +751,41 @@ class RemoteSettings(_In):
     )
 
 
-SETTINGS_MODELS: dict[str, type[_In]] = {
-    "llmsim": LlmsimSettings,
-    "openai": RemoteSettings,
-    "anthropic": RemoteSettings,
-}
+@dataclasses.dataclass(frozen=True)
+class _ProviderKind:
+    """A provider type: its schemas are built from this entry (NAMEProviderCreate and
+    NAMEProvider), and its adapter class is ADAPTERS' entry of the same type (section 8)."""
+
+    type: str
+    schema_name: str
+    title: str  # "an OpenAI-compatible provider": in its schemas' descriptions
+    label: str  # in the console's list of types
+    default_url: str | None
+    default_model: str
+    settings: type[_In]
+    example: dict
+
+
+# The provider types: one entry each (plus an adapter in section 8).
+PROVIDER_KINDS: dict[str, _ProviderKind] = {
+    kind.type: kind
+    for kind in (
+        _ProviderKind("llmsim", "Llmsim", "a simulator provider", "Built-in simulator", None, "llmsim", LlmsimSettings,
+                      {"name": "Slow simulator", "provider_type": "llmsim", "settings": {"token_delay_ms": 150}}),
+        _ProviderKind("openai", "OpenAI", "an OpenAI-compatible provider",
+                      "OpenAI-compatible (OpenAI, Ollama, vLLM, llama.cpp)", "https://api.openai.com/v1", "gpt-4o-mini",
+                      RemoteSettings, {"name": "Ollama", "provider_type": "openai",
+                                       "base_url": "http://localhost:11434/v1", "default_model": "llama3.2"}),
+        _ProviderKind("anthropic", "Anthropic", "an Anthropic provider", "Anthropic", "https://api.anthropic.com",
+                      "claude-sonnet-4-5", RemoteSettings,
+                      {"name": "Claude", "provider_type": "anthropic", "api_key": "sk-ant-...",
+                       "default_model": "claude-sonnet-4-5"}),
+    )
+}  # fmt: skip
+PROVIDER_DEFAULTS = {kind.type: (kind.default_url, kind.default_model) for kind in PROVIDER_KINDS.values()}
+SETTINGS_MODELS: dict[str, type[_In]] = {kind.type: kind.settings for kind in PROVIDER_KINDS.values()}
+ProviderType = Literal[tuple(PROVIDER_KINDS)]
+AnySettings = typing.Union[tuple(dict.fromkeys(SETTINGS_MODELS.values()))]  # noqa: UP007 (built from the registry)
 
 
 class _ProviderCreateCommon(_In):
@@ -772,45 +796,17 @@ class _ProviderCreateCommon(_In):
     is_default: bool = False
 
 
-class LlmsimProviderCreate(_ProviderCreateCommon):
-    """Create a simulator provider."""
-
-    model_config = _examples({"name": "Slow simulator", "provider_type": "llmsim", "settings": {"token_delay_ms": 150}})
-
-    provider_type: Literal["llmsim"]
-    settings: LlmsimSettings = Field(default_factory=LlmsimSettings)
+def _kind_model(base: type[BaseModel], name: str, doc: str, kind: _ProviderKind, **namespace: Any) -> type[BaseModel]:
+    """One provider type's schema: `base` with its provider_type and its settings."""
+    annotations = {"provider_type": Literal[kind.type], "settings": kind.settings}
+    return type(name, (base,), {"__doc__": doc, "__annotations__": annotations, "__module__": __name__, **namespace})
 
 
-class OpenAIProviderCreate(_ProviderCreateCommon):
-    """Create an OpenAI-compatible provider."""
-
-    model_config = _examples(
-        {
-            "name": "Ollama",
-            "provider_type": "openai",
-            "base_url": "http://localhost:11434/v1",
-            "default_model": "llama3.2",
-        }
-    )
-
-    provider_type: Literal["openai"]
-    settings: RemoteSettings = Field(default_factory=RemoteSettings)
-
-
-class AnthropicProviderCreate(_ProviderCreateCommon):
-    """Create an Anthropic provider."""
-
-    model_config = _examples(
-        {
-            "name": "Claude",
-            "provider_type": "anthropic",
-            "api_key": "sk-ant-...",
-            "default_model": "claude-sonnet-4-5",
-        }
-    )
-
-    provider_type: Literal["anthropic"]
-    settings: RemoteSettings = Field(default_factory=RemoteSettings)
+_PROVIDER_CREATES = [
+    _kind_model(_ProviderCreateCommon, f"{kind.schema_name}ProviderCreate", f"Create {kind.title}.", kind,
+                settings=Field(default_factory=kind.settings), model_config=_examples(kind.example))
+    for kind in PROVIDER_KINDS.values()
+]  # fmt: skip
 
 
 @_LazyModel
@@ -821,10 +817,7 @@ def ProviderCreate() -> type[BaseModel]:
         """Body of POST /v1/llm-providers: one shape per provider_type."""
 
         model_config = ConfigDict(strict=True, defer_build=True)
-        root: Annotated[
-            LlmsimProviderCreate | OpenAIProviderCreate | AnthropicProviderCreate,
-            Field(discriminator="provider_type"),
-        ]
+        root: Annotated[typing.Union[tuple(_PROVIDER_CREATES)], Field(discriminator="provider_type")]  # noqa: UP007
 
     return ProviderCreate
 
@@ -837,7 +830,7 @@ class ProviderUpdate(_In):
     default_model: ModelName = None
     api_key: ApiKey | None = None
     is_default: bool = None
-    settings: LlmsimSettings | RemoteSettings = None
+    settings: AnySettings = None
 
 
 class _ProviderOut(_Out):
@@ -848,30 +841,15 @@ class _ProviderOut(_Out):
     default_model: str
     api_key_set: bool
     is_default: bool
-    settings: LlmsimSettings | RemoteSettings
+    settings: AnySettings
     created_at: Timestamp
     updated_at: Timestamp
 
 
-class LlmsimProvider(_ProviderOut):
-    """The built-in simulator as a provider."""
-
-    provider_type: Literal["llmsim"]
-    settings: LlmsimSettings
-
-
-class OpenAIProvider(_ProviderOut):
-    """An OpenAI-compatible provider."""
-
-    provider_type: Literal["openai"]
-    settings: RemoteSettings
-
-
-class AnthropicProvider(_ProviderOut):
-    """An Anthropic provider."""
-
-    provider_type: Literal["anthropic"]
-    settings: RemoteSettings
+_PROVIDERS = [
+    _kind_model(_ProviderOut, f"{kind.schema_name}Provider", f"{kind.title[0].upper()}{kind.title[1:]}.", kind)
+    for kind in PROVIDER_KINDS.values()
+]
 
 
 @_LazyModel
@@ -884,7 +862,7 @@ def Provider() -> type[BaseModel]:
 
         model_config = ConfigDict(defer_build=True)
 
-        root: Annotated[LlmsimProvider | OpenAIProvider | AnthropicProvider, Field(discriminator="provider_type")]
+        root: Annotated[typing.Union[tuple(_PROVIDERS)], Field(discriminator="provider_type")]  # noqa: UP007
 
     return Provider
 
@@ -3214,11 +3192,13 @@ class _Llmsim(_Adapter):
         return [PROVIDER_DEFAULTS["llmsim"][1]]
 
 
+# The adapter of each provider type of PROVIDER_KINDS (section 5), which builds its schemas.
 ADAPTERS: dict[str, _Adapter] = {
     "openai": _OpenAI(),
     "anthropic": _Anthropic(),
     "llmsim": _Llmsim(),
 }
+assert ADAPTERS.keys() == PROVIDER_KINDS.keys(), "a provider type needs an entry and an adapter"
 
 
 # =============================================================================
@@ -6514,9 +6494,7 @@ _CONSOLE_HTML = r"""<!doctype html>
     <h2>Add a provider</h2>
     <label>Provider name <input id="provider-name" required></label>
     <label>Type <select id="provider-type">
-      <option value="llmsim">Built-in simulator</option>
-      <option value="openai">OpenAI-compatible (OpenAI, Ollama, vLLM, llama.cpp)</option>
-      <option value="anthropic">Anthropic</option>
+      <!-- the provider types -->
     </select></label>
     <label>Base URL <input id="provider-url" placeholder="e.g. http://127.0.0.1:11434/v1 for Ollama"></label>
     <label>Default model <input id="provider-model"></label>
@@ -6527,6 +6505,11 @@ _CONSOLE_HTML = r"""<!doctype html>
 </body>
 </html>
 """
+
+_CONSOLE_HTML = _CONSOLE_HTML.replace(
+    "<!-- the provider types -->",
+    "\n      ".join(f'<option value="{k.type}">{html.escape(k.label)}</option>' for k in PROVIDER_KINDS.values()),
+)
 
 _CONSOLE_CSS = r""":root { color-scheme: light dark; --bg: #f7f7f8; --panel: #fff; --text: #1d1d1f; --muted: #6b6b76;
   --line: #dcdce0; --accent: #2f5bd3; --on-accent: #fff; --danger: #b3261e; --user: #e6edff; --tool: #f1f1f4;

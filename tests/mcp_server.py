@@ -1,6 +1,7 @@
 """A real MCP server for the tests, built with the official `mcp` SDK (a test-only
-dependency): `python tests/mcp_server.py stdio`, or `http PORT` (Streamable HTTP on
-127.0.0.1, endpoint /mcp). tools/list answers two tools per page."""
+dependency): `python tests/mcp_server.py stdio`, or `http PORT [json]` (Streamable HTTP
+on 127.0.0.1, endpoint /mcp; answers as event streams, or with `json` as plain JSON).
+tools/list answers two tools per page."""
 
 import base64
 import os
@@ -83,4 +84,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "stdio":
         mcp.run("stdio")
     else:
-        mcp.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]), streamable_http_path="/mcp")
+        json_answers = sys.argv[3:] == ["json"]  # plain JSON answers instead of event streams
+        mcp.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]), streamable_http_path="/mcp",
+                json_response=json_answers)  # fmt: skip

@@ -15,32 +15,48 @@ import everruns
 SERVER = str(ROOT / "tests" / "mcp_server.py")
 
 
-@pytest.fixture(scope="module")
-def http_server():
-    """The test server over Streamable HTTP, for the module."""
+def serve_http(*answers):
+    """The test server over Streamable HTTP; its endpoint's URL, and how to stop it."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, SERVER, "http", str(port)], stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, SERVER, "http", str(port), *answers], stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/mcp"
     deadline = time.monotonic() + 20
     while True:
         try:
             http("GET", url, timeout=1)
-            break
+            return url, proc
         except OSError:
             assert proc.poll() is None and time.monotonic() < deadline, "the MCP test server did not start"
             time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def http_server():
+    """Answering with event streams, for the module."""
+    url, proc = serve_http()
     yield url
     proc.kill()
     proc.wait()
 
 
-@pytest.fixture(params=["stdio", "http"])
+@pytest.fixture(scope="module")
+def json_http_server():
+    """Answering with plain JSON bodies (a server may do either), for the module."""
+    url, proc = serve_http("json")
+    yield url
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture(params=["stdio", "http", "http-json"])
 def mcp(request, tmp_path, make_app):
     """An app with the test server as `mcp:t`, over one transport; (client, Api, transport)."""
     if request.param == "stdio":
         server = {"command": sys.executable, "args": [SERVER, "stdio"], "env": {"GREETING": "hi"}}
     else:
-        server = {"url": request.getfixturevalue("http_server")}
+        server = {
+            "url": request.getfixturevalue({"http": "http_server", "http-json": "json_http_server"}[request.param])
+        }
     config = tmp_path / "mcp.json"
     config.write_text(json.dumps({"mcpServers": {"t": server}}))
     client = webtest.TestApp(make_app(mcp_config=str(config)))
