@@ -4783,7 +4783,9 @@ class _Runner:
             return "failed", {"code": "INTERNAL_ERROR", "message": "internal error while running the turn"}
 
     def _loop(self, turn: _Turn) -> None:
-        turn.tools = self._wait(turn, _agent_tools, turn.capabilities)  # outside any write: MCP servers may start
+        ids = turn.capabilities  # an MCP server may have to start to list its tools: a step that can be stopped
+        slow = any(isinstance(CAPABILITIES.get(c), _McpServer) for c in ids)
+        turn.tools = self._wait(turn, _agent_tools, ids) if slow else _agent_tools(ids)
         if turn.resumed:
             self._run_approved(turn)
         while turn.iterations < turn.max_iterations:
@@ -5721,23 +5723,14 @@ def _cancel_session(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
     errors=(404, 409),
 )
 def _decide_tool_call(ctx: _Ctx, call: _Call, session_id: str, tool_call_id: str) -> BaseModel:
-    m, decision = ctx.store.m, call.body
-    with ctx.journal.tx(session_id) as tx:
-        _need_session(m, session_id)
-        # a call asked for while the other calls of its answer still run may be answered at once
-        turn = m.Turn.get_or_none(m.Turn.session_id == session_id, m.Turn.status.in_(("waiting", "running")))
-        entry = (_tool_calls(m, session_id, turn.id) if turn else {}).get(tool_call_id)
-        if entry is None and not _has_tool_call(m, session_id, tool_call_id):
-            raise _NotFound(f"no tool call {tool_call_id} in this session")
-        if entry is None or entry["state"] != "approval":
-            raise _Conflict("this tool call is not waiting for an approval")
+    decision = call.body
+    with _answering(ctx, session_id, tool_call_id, "approval", "an approval") as (tx, turn_id, entry):
         data = {"tool_call_id": tool_call_id, "approved": decision.approved, "reason": decision.reason}
-        tx.emit("tool.approval_resolved", data, turn.id)
+        tx.emit("tool.approval_resolved", data, turn_id)
         if not decision.approved:
             denied = "denied by the user" + (f": {decision.reason}" if decision.reason else "")
-            _store_tool_message(tx, turn.id, entry["call"], {"error": denied}, True, 0)
-    ctx.runner.kick(session_id)  # the turn goes on once none of its calls waits
-    return _session_out(_get(m.Session, session_id, "session"))
+            _store_tool_message(tx, turn_id, entry["call"], {"error": denied}, True, 0)
+    return _session_out(_get(ctx.store.m.Session, session_id, "session"))
 
 
 @_route(
@@ -5750,20 +5743,31 @@ def _decide_tool_call(ctx: _Ctx, call: _Call, session_id: str, tool_call_id: str
     errors=(404, 409, 413),
 )
 def _post_tool_result(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
-    m, posted = ctx.store.m, call.body
+    posted = call.body
     if len(_dumps(posted.result).encode()) > MAX_TOOL_OUTPUT:
         raise _PayloadTooLarge(f"a tool result holds at most {MAX_TOOL_OUTPUT} bytes of JSON")
+    with _answering(ctx, session_id, posted.tool_call_id, "client", "the client's result") as (tx, turn_id, entry):
+        _store_tool_message(tx, turn_id, entry["call"], posted.result, posted.is_error, _since(entry["at"]))
+    return _session_out(_get(ctx.store.m.Session, session_id, "session"))
+
+
+@contextlib.contextmanager
+def _answering(ctx: _Ctx, session_id: str, tool_call_id: str, state: str, what: str) -> Iterator[tuple]:
+    """Around answering a call its turn waits for, under the session's lock: (tx, turn id,
+    the call's entry of _tool_calls). 404 for a call the session never had, 409 for one not
+    in `state`; the turn is kicked after (it goes on once none of its calls waits)."""
+    m = ctx.store.m
     with ctx.journal.tx(session_id) as tx:
         _need_session(m, session_id)
+        # a call asked for while the other calls of its answer still run may be answered at once
         turn = m.Turn.get_or_none(m.Turn.session_id == session_id, m.Turn.status.in_(("waiting", "running")))
-        entry = (_tool_calls(m, session_id, turn.id) if turn else {}).get(posted.tool_call_id)
-        if entry is None and not _has_tool_call(m, session_id, posted.tool_call_id):
-            raise _NotFound(f"no tool call {posted.tool_call_id} in this session")
-        if entry is None or entry["state"] != "client":
-            raise _Conflict("this tool call is not waiting for the client's result")
-        _store_tool_message(tx, turn.id, entry["call"], posted.result, posted.is_error, _since(entry["at"]))
-    ctx.runner.kick(session_id)  # the turn goes on once none of its calls waits
-    return _session_out(_get(m.Session, session_id, "session"))
+        entry = (_tool_calls(m, session_id, turn.id) if turn else {}).get(tool_call_id)
+        if entry is None and not _has_tool_call(m, session_id, tool_call_id):
+            raise _NotFound(f"no tool call {tool_call_id} in this session")
+        if entry is None or entry["state"] != state:
+            raise _Conflict(f"this tool call is not waiting for {what}")
+        yield tx, turn.id, entry
+    ctx.runner.kick(session_id)
 
 
 def _has_tool_call(m: Any, session_id: str, tool_call_id: str) -> bool:
