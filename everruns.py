@@ -38,6 +38,19 @@ Sections (each starts with a banner ``# N. Name`` between rules; grep for it):
 import os as _os
 import sys as _sys
 
+# A run as a script outside the environment it was installed into: one line that
+# says what to install, not a traceback from the first import that fails.
+_REQUIRED = ("bottle", "gevent", "peewee", "pydantic")
+if __name__ == "__main__":
+    import importlib.util as _util
+
+    _missing = [name for name in _REQUIRED if _util.find_spec(name) is None]
+    if _missing:
+        _sys.exit(
+            f"everruns: missing Python packages: {', '.join(_missing)} "
+            f"(pip install everruns, or pip install {' '.join(_REQUIRED)} openapi-ui-bundles)"
+        )
+
 # `python everruns.py` compiles this file from source at every start, and the
 # compiler's leftovers stay in the process (about 12 MB, a quarter of its idle
 # memory). So a script run starts again at once as an import of the module,
@@ -166,8 +179,10 @@ ERROR_CODES = {
     415: "UNSUPPORTED_MEDIA_TYPE",
     431: "HEADERS_TOO_LARGE",
     500: "INTERNAL_ERROR",
+    501: "NOT_IMPLEMENTED",
     502: "BAD_GATEWAY",
-    503: "SERVICE_UNAVAILABLE",
+    503: "UNAVAILABLE",
+    507: "INSUFFICIENT_STORAGE",
 }
 
 EVENT_TYPES = (
@@ -448,7 +463,7 @@ def _uuid7() -> str:
         else:
             seq = 0
         _uuid_state["ms"], _uuid_state["seq"] = ms, seq
-    rand = int.from_bytes(os.urandom(8)) & ((1 << 62) - 1)
+    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
     h = f"{(ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
@@ -459,7 +474,7 @@ _clock = [(-1, "")]  # the last second formatted, and its text: most calls fall 
 def _since(iso: str) -> int:
     """Milliseconds from a stored timestamp to now."""
     then = datetime.datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    return max(0, int((datetime.datetime.now(datetime.UTC) - then).total_seconds() * 1000))
+    return max(0, int((datetime.datetime.now(datetime.timezone.utc) - then).total_seconds() * 1000))
 
 
 def _now_iso() -> str:
@@ -558,6 +573,8 @@ class ToolFailed(EverrunsError):
 
 
 _ServiceUnavailable = _error_class("_ServiceUnavailable", 503)
+_InsufficientStorage = _error_class("_InsufficientStorage", 507)
+RETRY_AFTER_S = 2  # what a 503 tells a client to wait before it tries again
 
 
 class StartupError(Exception):
@@ -1263,9 +1280,9 @@ def FsPut() -> type[BaseModel]:
 class Health(_Out):
     """Liveness and database status, and which process answered."""
 
-    status: Literal["ok"]
+    status: Literal["ok", "unavailable"] = Field(description="unavailable (503): the database cannot be used now")
     version: str
-    database: Literal["ok"]
+    database: Literal["ok", "unavailable"]
     backend: Literal["sqlite", "postgresql"]
     instance: str = Field(description="The answering server process (an id chosen when it starts).")
 
@@ -1465,6 +1482,9 @@ _MIGRATIONS: list[list[str]] = [
             id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, url TEXT NOT NULL, headers TEXT NOT NULL,
             created_at TEXT NOT NULL, updated_at TEXT NOT NULL)""",
     ],
+    [  # 6: the order messages were written in (their message.created's seq; see CONVERSATION_ORDER)
+        "ALTER TABLE message ADD COLUMN seq INTEGER",
+    ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -1562,6 +1582,7 @@ class _MessageTable(pw.Model):
     provider_id = pw.TextField(null=True)
     model = pw.TextField(null=True)
     created_at = pw.TextField()
+    seq = pw.IntegerField(null=True)  # its message.created event's (null: stored before version 6)
 
     class Meta:
         table_name = "message"
@@ -1875,6 +1896,53 @@ def _check_database_path(path: str) -> None:
         raise StartupError(f"--db: {path} cannot be written (check its permissions and its folder's)")
 
 
+def _claim_database_file(path: str) -> int | None:
+    """Create the SQLite file if need be (owner-only: it may hold API keys) and hold it for
+    this app: an exclusive flock on `<path>-lock`, which names the holding process. A file
+    another app serves, in this process or another, is refused in one line; the lock goes
+    with the app (or the process: kill -9 frees it). Not the database file itself: SQLite
+    locks it with fcntl locks, which closing any descriptor of it would drop."""
+    real = os.path.realpath(path)
+    try:
+        if not os.path.exists(real):
+            os.close(os.open(real, os.O_CREAT | os.O_WRONLY, 0o600))
+        fd = os.open(real + "-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise StartupError(f"--db: {path} cannot be used as a database file: {e.strerror or e}") from None
+    if os.name != "posix":
+        return fd
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        who = "this process (another app)" if holder == str(os.getpid()) else f"process {holder or '?'}"
+        raise StartupError(
+            f"--db: {path} is already served by {who}: one server per SQLite file "
+            "(several processes share a database only on PostgreSQL)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _db_fault(error: BaseException) -> EverrunsError | None:
+    """A database error that is a fault around the server, not a bug: the database cannot be
+    reached or written (503), or its disk is full (507); None for anything else."""
+    from playhouse.pool import MaxConnectionsExceeded
+
+    text = " ".join(str(error).split())
+    if isinstance(error, pw.IntegrityError) or not isinstance(error, (pw.DatabaseError, MaxConnectionsExceeded)):
+        return None
+    if "database or disk is full" in text or "No space left on device" in text or "disk full" in text:
+        return _InsufficientStorage(f"the database's storage is full: {text}")
+    if isinstance(error, (pw.OperationalError, pw.InterfaceError, MaxConnectionsExceeded)):
+        return _ServiceUnavailable(f"the database cannot be reached or written now: {text}")
+    return None
+
+
 class _Group:
     """Writes that share one transaction (a group commit): the writes that are
     ready in the same turn of the event loop commit together, with one fsync.
@@ -1938,6 +2006,7 @@ class _Store:
         self.memory = path == ":memory:"
         self.postgres = _is_postgres(path)
         self.secrets = _Secrets(secret_key)
+        self.claim: int | None = None  # the lock that holds a SQLite file for this app
         if self.postgres:
             self.db = _postgres_database(path)
         elif self.memory:
@@ -1945,8 +2014,7 @@ class _Store:
             self.db = pw.SqliteDatabase(path, pragmas=_pragmas(sync), thread_safe=False)
         else:
             _check_greenlet_local()
-            if not os.path.exists(path):  # owner-only: it may hold API keys
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            self.claim = _claim_database_file(path)
             # One connection per greenlet, from a pool: requests skip connect + pragmas,
             # and the last close never triggers SQLite's checkpoint-on-close mid-serving.
             self.db = PooledSqliteDatabase(path, pragmas=_pragmas(sync), max_connections=None)
@@ -1963,6 +2031,39 @@ class _Store:
         self.lease = _lease_id()
         self.outbox: list[list] = []
         self.deltas: dict[tuple[str, str, str], list[str]] = {}  # streamed text, by (session, turn, message)
+        self.fault: EverrunsError | None = None  # why the database cannot be used now (see noticed)
+        self._probed = 0.0  # when /health last tried a write while the database was at fault
+
+    def noticed(self, error: BaseException) -> EverrunsError | None:
+        """Note a database error: a fault (see _db_fault) is logged once, when the database goes
+        from usable to not, and idle connections are dropped (they may all be dead); the fault."""
+        fault = _db_fault(error)
+        if fault is not None:
+            if self.fault is None:
+                _log.warning("database unavailable: %s", fault.message)
+            self.fault = fault
+            if not self.memory:
+                with contextlib.suppress(Exception):
+                    self.db.close_idle()
+        return fault
+
+    def _usable(self) -> None:
+        """A write committed: the database works (logged once, after a fault)."""
+        if self.fault is not None:
+            self.fault = None
+            _log.warning("database available again")
+
+    def check(self) -> None:
+        """For /health: a read, and while the database is at fault a write (at most once a second,
+        else the fault is raised again); the database error when it cannot be used."""
+        if self.fault is not None:
+            if time.monotonic() - self._probed < 1.0:
+                raise pw.OperationalError(self.fault.message)
+            self._probed = time.monotonic()
+            with self.write():  # a row written and taken back: pages written all the same
+                self.db.execute_sql(f"INSERT INTO meta (key, value) VALUES ('health', {self.db.param})", (_now_iso(),))
+                self.db.execute_sql("DELETE FROM meta WHERE key = 'health'")
+        self.db.execute_sql("SELECT 1").fetchone()
 
     @contextlib.contextmanager
     def write(self, session_id: str | None = None) -> Iterator[_Group]:
@@ -2034,8 +2135,12 @@ class _Store:
         return group
 
     def _open_group(self) -> _Group:
-        with self._on_writer():
-            self.db.execute_sql("BEGIN" if self.postgres else "BEGIN IMMEDIATE")
+        try:
+            with self._on_writer():
+                self.db.execute_sql("BEGIN" if self.postgres else "BEGIN IMMEDIATE")
+        except BaseException:
+            self._drop_writer_if_broken()
+            raise
         self._group = _Group()
         gevent.spawn(self._commit, self._group)  # runs once this greenlet yields: after the writes ready now
         return self._group
@@ -2078,9 +2183,20 @@ class _Store:
             except pw.DatabaseError as e:
                 with contextlib.suppress(Exception), self._on_writer():
                     self.db.execute_sql("ROLLBACK")
+                self._drop_writer_if_broken()
                 group.end(e)
             else:
+                self._usable()
                 group.end()
+
+    def _drop_writer_if_broken(self) -> None:
+        """A writer connection that the database side closed (a restart, a terminated backend,
+        a network cut) is dropped: the next write opens a new one."""
+        writer = self._writer
+        if self.postgres and writer is not None and (writer.closed or writer.broken):
+            with contextlib.suppress(Exception):
+                writer.close()
+            self._writer = None
 
     def _notify(self) -> None:
         """Tell the other processes what waits in the outbox (on the writer: in the open
@@ -2206,6 +2322,9 @@ class _Store:
         self.db.close_all()
         if self._writer is not None:
             self._writer.close()
+        if self.claim is not None:  # the last: another server may take the file from now on
+            os.close(self.claim)
+            self.claim = None
 
 
 def _provider_out(row: Any) -> Provider:
@@ -2260,7 +2379,7 @@ _SQL = {
     "events_after": "SELECT id, seq, type, session_id, turn_id, ts, data FROM event"
     " WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?",
     "insert_message": "INSERT INTO message (id, session_id, role, content, turn_id, controls, provider_id, model,"
-    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    " created_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "next_work": "SELECT s.status, m.id, m.controls FROM session s LEFT JOIN message m ON m.id ="
     " (SELECT id FROM message WHERE session_id = s.id AND role = 'user' AND turn_id IS NULL ORDER BY id LIMIT 1)"
     " WHERE s.id = ?",
@@ -2360,28 +2479,36 @@ def _event_text(head: dict, data_text: str) -> str:
     return f'{_dumps(head)[:-1]},"data":{data_text}}}'
 
 
-def _stored_events(m: Any, session_id: str, after: int, batch: int = 100) -> Iterator[tuple[int, str, str]]:
-    """Stored events with seq > after, oldest first, read in batches: (seq, type, the event as
-    JSON text, built around the stored data text rather than parsed and encoded again)."""
+def _stored_batches(m: Any, session_id: str, after: int, batch: int = 100) -> Iterator[list[tuple[int, str, str]]]:
+    """Stored events with seq > after, oldest first, a batch (one query) at a time: (seq, type,
+    the event as JSON text, built around the stored data text rather than parsed and encoded again)."""
     while True:
         rows = list(_rows(_sql(m, "events_after", session_id, after, batch)))
+        events = []
         for row in rows:
             data = row.pop("data")  # the rest is the event's head, in the order of the statement
-            yield row["seq"], row["type"], _event_text(row, data)
+            events.append((row["seq"], row["type"], _event_text(row, data)))
+        if events:
+            yield events
         if len(rows) < batch:
             return
         after = rows[-1]["seq"]
 
 
-def _insert_message(m: Any, session_id: str, role: str, content: list, turn_id: str | None = None,
+def _stored_events(m: Any, session_id: str, after: int) -> Iterator[tuple[int, str, str]]:
+    """The same, one event at a time."""
+    return itertools.chain.from_iterable(_stored_batches(m, session_id, after))
+
+
+def _insert_message(m: Any, session_id: str, seq: int, role: str, content: list, turn_id: str | None = None,
                     controls: dict | None = None, provider_id: str | None = None, model: str | None = None,
                     message_id: str | None = None) -> dict:  # fmt: skip
-    """Store a message; its public form (as in `message.created`)."""
+    """Store a message (`seq`: its message.created event's); its public form (as in that event)."""
     message = {"id": message_id or _uuid7(), "session_id": session_id, "role": role, "content": content}
     message.update(turn_id=turn_id, provider_id=provider_id, model=model, created_at=_now_iso())
     controls_json = None if controls is None else _dumps(controls)
     _sql(m, "insert_message", message["id"], session_id, role, _dumps(content), turn_id, controls_json,
-         provider_id, model, message["created_at"])  # fmt: skip
+         provider_id, model, message["created_at"], seq)  # fmt: skip
     return message
 
 
@@ -2599,6 +2726,14 @@ class _Tx:
     def __init__(self, m: Any, session_id: str, last_seq: int | None) -> None:
         self.m, self.session_id, self.last_seq, self.events = m, session_id, last_seq, []
         self.after: list[Callable[[], None]] = []  # run once committed, after publishing
+
+    def add_message(self, role: str, content: list, turn_id: str | None = None, **fields: Any) -> dict:
+        """Store a message and its message.created event; the message (it keeps that event's seq)."""
+        if self.last_seq is None:
+            self.last_seq = _last_seq(self.m, self.session_id)
+        message = _insert_message(self.m, self.session_id, self.last_seq + 1, role, content, turn_id, **fields)
+        self.emit("message.created", {"message": message}, turn_id)
+        return message
 
     def emit(self, type_: str, data: dict, turn_id: str | None = None) -> dict:
         if self.last_seq is None:
@@ -4492,8 +4627,7 @@ def _store_tool_message(tx: _Tx, turn_id: str, call: dict, result: Any, is_error
     part = {"type": "tool_result", "tool_call_id": call["id"], "name": call["name"], "result": result}
     part["is_error"] = is_error
     tx.emit("tool.result", {**{k: part[k] for k in part if k != "type"}, "duration_ms": duration_ms}, turn_id)
-    message = _insert_message(tx.m, tx.session_id, "tool", [part], turn_id)
-    tx.emit("message.created", {"message": message}, turn_id)
+    tx.add_message("tool", [part], turn_id)
 
 
 def _close_turn(tx: _Tx, turn: Any, status: str, error: dict | None, duration_ms: int, reason: str) -> None:
@@ -4524,6 +4658,7 @@ def _close_turn(tx: _Tx, turn: Any, status: str, error: dict | None, duration_ms
     tx.emit("session.completed", data, turn_id)
 
 
+FAULT_RETRY_S, FAULT_RETRY_MAX_S = 0.5, 5.0  # while the database cannot be used: retries, further and further apart
 DELTAS_PER_YIELD = 64  # deltas published before the streams get a turn to send them (QUEUE_LIMIT is far above)
 
 
@@ -4552,11 +4687,20 @@ class _Runner:
         self._workers[session_id] = gevent.spawn(self._work, session_id)
 
     def _work(self, session_id: str) -> None:
+        delay = FAULT_RETRY_S
         try:
             while not self.closing and session_id not in self._gone:
-                turn = self._start_turn(session_id)
+                try:
+                    turn = self._start_turn(session_id)
+                except Exception as e:  # the database cannot be used: try again, later and later
+                    if self.store.noticed(e) is None:
+                        raise
+                    gevent.sleep(delay)
+                    delay = min(delay * 2, FAULT_RETRY_MAX_S)
+                    continue
                 if turn is None:
                     return
+                delay = FAULT_RETRY_S
                 self._run_turn(turn)
         except _Stop:
             pass  # killed (a greenlet must not end with a SystemExit: gevent would stop the process)
@@ -4778,7 +4922,10 @@ class _Runner:
             return "failed", {"code": "INTERRUPTED", "message": "the server stopped during the turn"}
         except EverrunsError as e:
             return "failed", {"code": e.code, "message": e.message}
-        except Exception:
+        except Exception as e:
+            fault = self.store.noticed(e)  # the database went away mid-turn: logged once
+            if fault is not None:
+                return "failed", {"code": fault.code, "message": f"the turn could not be stored: {fault.message}"}
             _log.exception("turn %s failed", turn.id)
             return "failed", {"code": "INTERNAL_ERROR", "message": "internal error while running the turn"}
 
@@ -4830,9 +4977,8 @@ class _Runner:
 
     def _assistant_message(self, tx: _Tx, turn: _Turn, message_id: str, text: str, calls: list[dict]) -> None:
         content = ([{"type": "text", "text": text}] if text else []) + [{"type": "tool_call", **c} for c in calls]
-        message = _insert_message(tx.m, turn.session_id, "assistant", content, turn.id, None, turn.provider_id,
-                                  turn.model, message_id)  # fmt: skip
-        tx.emit("message.created", {"message": message}, turn.id)
+        tx.add_message("assistant", content, turn.id, provider_id=turn.provider_id, model=turn.model,
+                       message_id=message_id)  # fmt: skip
 
     def _run_tools(self, turn: _Turn, message_id: str, reply: LLMReply) -> None:
         """Store each tool.call before its tool runs; each result with the next call. A call
@@ -4887,21 +5033,39 @@ class _Runner:
 
     def _finish(self, turn: _Turn, status: str, error: dict | None, answer: tuple[str, str] | None = None) -> None:
         """Store the final answer (if any) and close the turn in one transaction. If that
-        write fails, close it as failed without the answer, so the session never stays running."""
-        reason = {"cancelled": "cancelled before the tool ran"}.get(status, "the turn ended before the tool ran")
+        write fails, close it as failed without the answer, so the session never stays running:
+        while the database cannot be written, as soon as it can (or, if the server stops
+        first, at the next start, as interrupted)."""
         duration_ms = int((time.monotonic() - turn.started) * 1000)
         try:
-            with self.journal.tx(turn.session_id, turn.id) as tx:
-                if answer is not None:
-                    self._assistant_message(tx, turn, answer[0], answer[1], [])
-                _close_turn(tx, turn, status, error, duration_ms, reason)
-                tx.after.append(functools.partial(self._closed, turn))
-        except Exception:
-            _log.exception("turn %s: storing its end failed; closing it as failed", turn.id)
+            return self._close(turn, status, error, duration_ms, answer)
+        except Exception as e:
+            fault = self.store.noticed(e)
             error = {"code": "INTERNAL_ERROR", "message": "internal error while ending the turn"}
-            with self.journal.tx(turn.session_id, turn.id) as tx:
-                _close_turn(tx, turn, "failed", error, duration_ms, "the turn ended before the tool ran")
-                tx.after.append(functools.partial(self._closed, turn))
+            if fault is None:
+                _log.exception("turn %s: storing its end failed; closing it as failed", turn.id)
+            else:
+                error = {"code": fault.code, "message": f"the turn's end could not be stored: {fault.message}"}
+        delay = FAULT_RETRY_S
+        while True:
+            try:
+                return self._close(turn, "failed", error, duration_ms)
+            except Exception as e:
+                if self.store.noticed(e) is None:
+                    raise
+                if self.closing:
+                    return
+                gevent.sleep(delay)
+                delay = min(delay * 2, FAULT_RETRY_MAX_S)
+
+    def _close(self, turn: _Turn, status: str, error: dict | None, duration_ms: int,
+               answer: tuple[str, str] | None = None) -> None:  # fmt: skip
+        reason = {"cancelled": "cancelled before the tool ran"}.get(status, "the turn ended before the tool ran")
+        with self.journal.tx(turn.session_id, turn.id) as tx:
+            if answer is not None:
+                self._assistant_message(tx, turn, answer[0], answer[1], [])
+            _close_turn(tx, turn, status, error, duration_ms, reason)
+            tx.after.append(functools.partial(self._closed, turn))
 
     def _closed(self, turn: _Turn) -> None:
         """The turn's end is committed: from now on the session has no running turn to cancel."""
@@ -5016,6 +5180,7 @@ class _Ctx:
     cluster: Any = None  # this process among others on one PostgreSQL database (section 13)
     mcp: list = dataclasses.field(default_factory=list)  # the MCP servers of --mcp-config (capabilities mcp:NAME)
     mcp_api: dict = dataclasses.field(default_factory=dict)  # those added through the API, by id
+    watermarks: dict[str, int] = dataclasses.field(default_factory=dict)  # see CONVERSATION_ORDER
 
     @property
     def bus(self) -> _Bus:
@@ -5083,9 +5248,11 @@ def _refuse_nul(text: str | bytes, where: list) -> None:
 def _parse_body(environ: dict, spec: _Route, deadline: float) -> Any:
     """Read and validate a JSON body: 413, 415, 400 as SPEC section 2 says."""
     ctype = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+    if spec.method not in STATE_CHANGING:
+        return None
     if ctype in FORM_TYPES:  # even without a body: a cross-site form post must fail
         raise _UnsupportedMediaType("the request body must be application/json")
-    if spec.method not in ("POST", "PUT", "PATCH"):
+    if spec.method == "DELETE":
         return None
     model, raw = spec.body, _read_body(environ, deadline)
     if not raw:
@@ -5119,7 +5286,10 @@ def _json_response(status: int, body: str | bytes) -> bottle.HTTPResponse:
 
 
 def _error_response(error: EverrunsError) -> bottle.HTTPResponse:
-    return _json_response(error.status, _error_body(error.status, error.message, error.code, error.details))
+    response = _json_response(error.status, _error_body(error.status, error.message, error.code, error.details))
+    if error.status == 503:
+        response.set_header("Retry-After", str(RETRY_AFTER_S))
+    return response
 
 
 def _render(spec: _Route, result: Any) -> Any:
@@ -5155,11 +5325,14 @@ def _callback(ctx: _Ctx, spec: _Route) -> Callable:
             return _error_response(_Conflict("the request conflicts with the current state"))
         except bottle.HTTPResponse:
             raise
-        except Exception:
-            _log.exception("unhandled error on %s %s", spec.method, spec.path)
-            return _error_response(EverrunsError("internal server error"))
+        except Exception as e:
+            fault = ctx.store.noticed(e)  # the database cannot be used now: 503 (or 507), logged once
+            if fault is None:
+                _log.exception("unhandled error on %s %s", spec.method, spec.path)
+            return _error_response(fault or EverrunsError("internal server error"))
         finally:
-            ctx.store.release()
+            with contextlib.suppress(Exception):  # a connection the database closed is dropped here
+                ctx.store.release()
 
     return callback
 
@@ -5388,14 +5561,24 @@ def _changes(body: BaseModel) -> dict[str, Any]:
 # ---- health -----------------------------------------------------------------
 
 
-@_route("GET", "/health", "Liveness and database status", "health", response=Health, raw=True)
+@_route("GET", "/health", "Liveness and database status (503 while the database cannot be used)", "health",
+        response=Health, also=(503,), raw=True)  # fmt: skip
 def _health(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
-    ctx.store.db.execute_sql("SELECT 1").fetchone()
+    try:
+        ctx.store.check()
+        state = "ok"
+    except Exception as e:  # the database cannot be used (anything else is a fault of its own)
+        if ctx.store.noticed(e) is None:
+            raise
+        state = "unavailable"
     # Written out, not through Health: monitors poll this, and a server no client has
     # called yet has built no validator (see _LazyModel).
     backend = "postgresql" if ctx.store.postgres else "sqlite"
-    health = {"status": "ok", "version": __version__, "database": "ok", "backend": backend, "instance": INSTANCE}
-    return _json_response(200, _dumps(health))
+    health = {"status": state, "version": __version__, "database": state, "backend": backend, "instance": INSTANCE}
+    response = _json_response(200 if state == "ok" else 503, _dumps(health))
+    if state != "ok":
+        response.set_header("Retry-After", str(RETRY_AFTER_S))
+    return response
 
 
 # ---- LLM providers ----------------------------------------------------------
@@ -5780,9 +5963,14 @@ def _has_tool_call(m: Any, session_id: str, tool_call_id: str) -> bool:
 # The order a conversation happened in, as the model sees it: turn by turn, each turn's
 # user message first; messages no turn has answered yet come last. (By id alone, a
 # message posted while a turn runs would sit between that turn's tool call and result.)
-# While a turn runs, the messages waiting for theirs are left out, so that what the turn
-# still writes never lands before a cursor a client already holds.
+# A message is listed as soon as it is stored. So what a running turn writes next lands
+# before the messages that wait for the next turn, which a client may have listed
+# already: when a page ends with a waiting message, how far the session's messages went
+# then is remembered (a watermark: the newest message's seq, read by the same statement),
+# and a page after that message also has what was written since. Nothing is missed,
+# nothing comes twice.
 CONVERSATION_ORDER = "COALESCE(turn_id, '~'), role != 'user', id"
+WATERMARKS = 4096  # pages ending with a waiting message, remembered per app (the oldest forgotten first)
 
 _IDEMPOTENCY = _Header("Idempotency-Key", "Makes a retried POST safe: the same key returns the first message.", 255)
 
@@ -5797,19 +5985,26 @@ _IDEMPOTENCY = _Header("Idempotency-Key", "Makes a retried POST safe: the same k
     errors=(404,),
 )
 def _list_messages(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
-    m = ctx.store.m
-    session = _get(m.Session, session_id, "session")
-    query = m.Message.select().where(m.Message.session_id == session_id)
-    if session.status != "idle":  # a waiting message joins the list when its turn starts: pages stay stable
-        query = query.where(m.Message.turn_id.is_null(False))
-    if call.query.after and m.Message.get_or_none(m.Message.id == call.query.after, m.Message.session_id == session_id):
-        param = m.db.param  # ? or %s
-        after = f"({CONVERSATION_ORDER}) > (SELECT {CONVERSATION_ORDER} FROM message WHERE id = {param})"
-        query = query.where(pw.SQL(after, [call.query.after]))
-    elif call.query.after:  # not a message of this session: positioned by id, as every list's cursor is
-        query = query.where(m.Message.id > call.query.after)
-    query = query.order_by(pw.SQL(CONVERSATION_ORDER))
-    return MessagePage(**_page(query, call.query.limit, lambda r: r.id, _message_out))
+    m, after, param = ctx.store.m, call.query.after, ctx.store.m.db.param  # ? or %s
+    _need_session(m, session_id)
+    newest = pw.SQL(f"(SELECT MAX(seq) FROM message WHERE session_id = {param})", [session_id])
+    query = m.Message.select(m.Message, newest.alias("newest")).where(m.Message.session_id == session_id)
+    if after and m.Message.get_or_none(m.Message.id == after, m.Message.session_id == session_id):
+        later = f"({CONVERSATION_ORDER}) > (SELECT {CONVERSATION_ORDER} FROM message WHERE id = {param})"
+        mark = ctx.watermarks.get(after)  # a page ended with it while it waited for its turn
+        since = [] if mark is None else [mark]
+        query = query.where(pw.SQL(f"({later}{f' OR seq > {param}' if since else ''})", [after, *since]))
+    elif after:  # not a message of this session: positioned by id, as every list's cursor is
+        query = query.where(m.Message.id > after)
+    rows = list(query.order_by(pw.SQL(CONVERSATION_ORDER)).limit(call.query.limit + 1))
+    has_more, rows = len(rows) > call.query.limit, rows[: call.query.limit]
+    if rows and rows[-1].turn_id is None and rows[-1].newest is not None:  # it waits for its turn
+        ctx.watermarks.pop(rows[-1].id, None)
+        ctx.watermarks[rows[-1].id] = rows[-1].newest
+        while len(ctx.watermarks) > WATERMARKS:
+            del ctx.watermarks[next(iter(ctx.watermarks))]
+    return MessagePage(data=[_message_out(r) for r in rows], has_more=has_more,
+                       next_after=rows[-1].id if has_more else None)  # fmt: skip
 
 
 def _idempotency_key(call: _Call) -> str | None:
@@ -5857,7 +6052,7 @@ def _post_message(ctx: _Ctx, call: _Call, session_id: str) -> Any:
             _check_provider(ctx, controls.get("provider_id"), ["controls", "provider_id"])
         if key is not None and (first := _replay(m, session_id, key, request_hash)) is not None:
             return 200, _message_out(first)
-        message = _insert_message(m, session_id, "user", parts, controls=controls)
+        message = tx.add_message("user", parts, controls=controls)
         if key is not None:
             m.IdempotencyKey.create(
                 session_id=session_id,
@@ -5866,7 +6061,6 @@ def _post_message(ctx: _Ctx, call: _Call, session_id: str) -> Any:
                 message_id=message["id"],
                 created_at=message["created_at"],
             )
-        tx.emit("message.created", {"message": message})
     ctx.runner.kick(session_id)
     return 201, Message(**message)
 
@@ -5922,15 +6116,17 @@ def _sse(ctx: _Ctx, session_id: str, cursor: int, wanted: Callable[[str], bool],
     committed meanwhile is in one or both; seq tells which were sent already.
     """
     m, sub = ctx.store.m, ctx.bus.subscribe(session_id)
-    newest = _last_seq(m, session_id)
-    ctx.bus.baseline(session_id, newest)
-    known = min(cursor, newest)  # the newest stored event the client has
     try:
+        newest = _last_seq(m, session_id)
+        ctx.bus.baseline(session_id, newest)
+        known = min(cursor, newest)  # the newest stored event the client has
         yield SSE_START
-        for seq, type_, text in _stored_events(m, session_id, cursor):
-            known = seq
-            if wanted(type_):
-                yield _sse_frame(seq, type_, text)
+        for batch in _stored_batches(m, session_id, cursor):  # a write per batch, then the others' turn
+            known = batch[-1][0]
+            frames = [_sse_frame(seq, type_, text) for seq, type_, text in batch if wanted(type_)]
+            if frames:
+                yield b"".join(frames)
+            gevent.sleep(0)
         if until and _settled(m, session_id):
             yield SSE_DONE
             return
@@ -5960,6 +6156,9 @@ def _sse(ctx: _Ctx, session_id: str, cursor: int, wanted: Callable[[str], bool],
                 yield b"".join(frames)
             if ended:
                 return
+    except Exception as e:  # the database went away: the stream ends (the client resumes with Last-Event-ID)
+        if ctx.store.noticed(e) is None:
+            raise
     finally:
         ctx.bus.unsubscribe(sub)
         if not ctx.runner.busy(session_id):
@@ -6237,6 +6436,8 @@ _ANY_ROUTE_ERRORS = {400, 405, 408, 414, 431, 500, 503}
 
 def _error_statuses(spec: _Route, auth: bool) -> list[int]:
     statuses = {*_ANY_ROUTE_ERRORS, *spec.errors}
+    if spec.method in STATE_CHANGING:  # a form's content type (415); a full disk (507)
+        statuses |= {415, 507}
     if spec.body is not None:
         statuses |= {413, 415}
     if auth and spec.path.startswith("/v1/"):
@@ -6279,7 +6480,7 @@ def _operation(spec: _Route, refs: dict, auth: bool) -> dict:
                 content["text/event-stream"] = {"schema": {"type": "string", "description": "Server-Sent Events"}}
             op["responses"][str(status)] = {"description": spec.summary, "content": content}
     error_ref = refs[(ErrorBody, "serialization")]
-    for status in _error_statuses(spec, auth):
+    for status in (s for s in _error_statuses(spec, auth) if s not in spec.also):
         op["responses"][str(status)] = {
             "description": ERROR_CODES[status],
             "content": {"application/json": {"schema": error_ref}},
@@ -7019,8 +7220,7 @@ def _apply_default_provider(store: _Store, wanted: str | None) -> None:
             .first()
         )
         if match is None:
-            _log.warning("default provider %r not found; keeping the current default", wanted)
-            return
+            raise StartupError(f"--default-provider: no provider has the id, name or type {wanted!r}", 2)
         _make_default(m, match.id)
 
 
@@ -7339,6 +7539,10 @@ def _check_bind(host: str, api_key: str | None, insecure: bool) -> None:
 # connections that never stops the server from answering.
 
 
+DRAIN_BYTES = 64 * 1024  # a refused body up to this size is read and dropped: the connection stays open
+DRAIN_S_MAX = 5.0  # and it has this long to arrive (or --request-timeout, if shorter)
+
+
 def _raw_error(error: EverrunsError, *headers: tuple[str, str]) -> bytes:
     """A whole HTTP/1.1 error response with the envelope, closing the connection."""
     body = _error_body(error.status, error.message, error.code).encode()
@@ -7384,10 +7588,43 @@ def _client_error(error: BaseException) -> EverrunsError:
 
 class _Input(gevent.pywsgi.Input):
     """A request body. What the app left unread is never waited for: the handler
-    closes the connection instead (a slow or bad body cannot hold it)."""
+    drops a small rest before it answers, or closes the connection (see
+    _Handler.start_response), so that no body is ever read as a request."""
 
     def _discard(self) -> None:
         pass
+
+    def drop_rest(self, deadline: float) -> bool:
+        """Read and drop what the app left of a small body (never asking for a body the
+        client holds back for a 100 Continue); False when the connection must close instead."""
+        left = (self.content_length or 0) - self.position
+        if left <= 0 and not self.chunked_input:
+            return True
+        if self.chunked_input or left > DRAIN_BYTES or self.socket is not None:  # socket: 100 Continue unsent
+            return False
+        try:
+            with gevent.Timeout(deadline):
+                while self.read(16384):
+                    pass
+        except (gevent.Timeout, OSError, ValueError):
+            return False
+        return True
+
+
+class _StrictLines:
+    """The request's header lines as http.client reads them, refused unless each ends
+    with CRLF and holds no NUL: what two HTTP parsers could read differently."""
+
+    def __init__(self, rfile: Any) -> None:
+        self.rfile = rfile
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = self.rfile.readline(limit)
+        if b"\x00" in line:
+            raise _BadRequest("malformed HTTP request: a NUL byte in a header")
+        if line and not line.endswith(b"\r\n") and (limit < 0 or len(line) < limit):
+            raise _BadRequest("malformed HTTP request: a header line that does not end with CRLF")
+        return line
 
 
 class _Handler(gevent.pywsgi.WSGIHandler):
@@ -7411,9 +7648,14 @@ class _Handler(gevent.pywsgi.WSGIHandler):
         return super().read_requestline()
 
     def read_request(self, raw_requestline: str) -> bool:
-        """Parse the request line and headers, within the deadline."""
+        """Parse the request line and headers, within the deadline; strictly (see _StrictLines)."""
         try:
-            return super().read_request(raw_requestline)
+            if not raw_requestline.endswith("\r\n") or "\x00" in raw_requestline:
+                raise _BadRequest("malformed HTTP request: a request line that does not end with CRLF")
+            parsed = super().read_request(raw_requestline)
+            if self.request_version != "HTTP/1.1" and "transfer-encoding" in self.headers:
+                raise _BadRequest(f"malformed HTTP request: Transfer-Encoding in an {self.request_version} request")
+            return parsed
         finally:
             self._deadline.cancel()
 
@@ -7432,10 +7674,13 @@ class _Handler(gevent.pywsgi.WSGIHandler):
             result = (result[0], _raw_error(error))
         return result
 
-    def MessageClass(self, *args: Any) -> Any:
+    def MessageClass(self, rfile: Any, *args: Any) -> Any:
         """The request headers, refused when their framing is ambiguous."""
-        headers = super().MessageClass(*args)
-        if getattr(headers, "defects", None):  # a line that is no header, like "Content-Length : 12"
+        import email.errors
+
+        headers = super().MessageClass(_StrictLines(rfile), *args)
+        unreadable = (email.errors.MissingHeaderBodySeparatorDefect, email.errors.FirstHeaderLineIsContinuationDefect)
+        if any(isinstance(d, unreadable) for d in getattr(headers, "defects", ())):  # "Content-Length : 12"
             raise _BadRequest("malformed HTTP request: a header line that cannot be read")
         _check_framing(list(getattr(headers, "_headers", ())))
         return headers
@@ -7457,6 +7702,13 @@ class _Handler(gevent.pywsgi.WSGIHandler):
                 chunked_input=self.wsgi_input.chunked_input,
             )
         return environ
+
+    def start_response(self, status: str, headers: list, exc_info: Any = None) -> Any:
+        """pywsgi's, once what the app left of the body is dropped, or with Connection: close."""
+        if not self.wsgi_input.drop_rest(min(self.server.request_timeout, DRAIN_S_MAX)):
+            self.close_connection = True
+            headers = [*(h for h in headers if h[0].lower() != "connection"), ("Connection", "close")]
+        return super().start_response(status, headers, exc_info)
 
     def handle_one_response(self) -> None:
         """Run the app; close the connection if it left part of the body unread."""
@@ -7921,8 +8173,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def ready() -> None:
         print(f"Everruns {__version__} listening on {url}", flush=True)
-        print(f"  API:  {url}/v1/   database: {_shown_db(db)}", flush=True)
-        print(f"  Docs: {url}/swagger-ui/  ({url}/api-doc/openapi.json)", flush=True)
+        print(f"  Console: {url}/", flush=True)
+        print(f"  API:     {url}/v1/   database: {_shown_db(db)}", flush=True)
+        print(f"  Docs:    {url}/swagger-ui/  ({url}/api-doc/openapi.json)", flush=True)
 
     try:
         _require_patched()

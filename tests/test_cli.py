@@ -37,7 +37,7 @@ def test_bad_option_values_are_refused():
     assert run("everruns.py", "--port", "ninety").returncode == 2
 
 
-def test_server_prints_urls_and_answers(start_server):
+def test_server_prints_urls_and_answers(start_server, tmp_path):
     server = start_server()
     status, _, body = server.call("GET", "/v1/capabilities")
     assert status == 200 and len(body["data"]) == 7
@@ -45,7 +45,7 @@ def test_server_prints_urls_and_answers(start_server):
     status, _, health = server.call("GET", "/health")
     assert health == {"status": "ok", "version": everruns.__version__, "database": "ok", "backend": "sqlite",
                       "instance": health["instance"]}  # fmt: skip
-    again = start_server()
+    again = start_server(str(tmp_path / "again.db"))
     assert again.call("GET", "/health")[2]["instance"] not in ("", health["instance"])  # one per process
 
 

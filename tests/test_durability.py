@@ -174,7 +174,7 @@ def test_a_failed_commit_fails_every_write_that_shared_it_and_publishes_nothing(
     posts = [gevent.spawn(client.post_json, f"/v1/sessions/{sid}/messages", {"content": "lost"}, status="*")
              for sid in (one, two)]  # fmt: skip
     gevent.joinall(posts, raise_error=True)
-    assert failed and [p.value.status_int for p in posts] == [500, 500]  # neither was told it is stored
+    assert failed and [p.value.status_int for p in posts] == [503, 503]  # neither was told it is stored
     for sid in (one, two):
         assert client.get(f"/v1/sessions/{sid}/messages").json["data"] == []
     again = api.message(one, "kept", status=201)
@@ -187,16 +187,16 @@ def test_a_failed_write_rolls_back_alone_and_the_others_of_its_group_commit(app,
     one, two = api.session()["id"], api.session()["id"]
     original = everruns._insert_message
 
-    def refuse_bad(m, session_id, role, content, *args, **kwargs):
+    def refuse_bad(m, session_id, seq, role, content, *args, **kwargs):
         if content == [{"type": "text", "text": "bad"}]:
             raise everruns.pw.OperationalError("this one fails")
-        return original(m, session_id, role, content, *args, **kwargs)
+        return original(m, session_id, seq, role, content, *args, **kwargs)
 
     monkeypatch.setattr(everruns, "_insert_message", refuse_bad)
     posts = [gevent.spawn(client.post_json, f"/v1/sessions/{sid}/messages", {"content": text}, status="*")
              for sid, text in ((one, "bad"), (two, "good"))]  # fmt: skip
     gevent.joinall(posts, raise_error=True)
-    assert [p.value.status_int for p in posts] == [500, 201]
+    assert [p.value.status_int for p in posts] == [503, 201]
     assert client.get(f"/v1/sessions/{one}/messages").json["data"] == []
     assert [e["seq"] for e in finish(client, two) if e["seq"]] == [1, 2, 3, 4]
     assert client.get(f"/v1/sessions/{one}/events?format=json").json["data"] == []

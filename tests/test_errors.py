@@ -137,9 +137,9 @@ def test_bad_pagination_is_400(client, query):
     error_of(client.get(f"/v1/agents?{query}", status="*"), 400, "VALIDATION_ERROR")
 
 
-def test_every_error_status_has_the_same_shape(client, make_app, api):
+def test_every_error_status_has_the_same_shape(client, make_app, api, tmp_path):
     """One envelope for 400, 401, 404, 405, 409, 413, 415 and 500 alike."""
-    secured = webtest.TestApp(make_app(api_key="k"))
+    secured = webtest.TestApp(make_app(str(tmp_path / "secured.db"), api_key="k"))
     responses = [
         client.post("/v1/agents", b"{", content_type="application/json", status="*"),
         client.post_json("/v1/agents", {}, status="*"),

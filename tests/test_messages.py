@@ -1,5 +1,7 @@
 """Messages: both body forms, limits, Idempotency-Key, pagination."""
 
+import time
+
 import gevent
 import pytest
 from conftest import error_of, finish
@@ -154,17 +156,28 @@ def test_messages_are_listed_in_the_order_of_the_conversation(api, client):
     assert [m["content"][0].get("text") for page in pages for m in page["data"]][4] == "and then?"
 
 
-def test_message_pages_are_stable_while_a_turn_runs(api, client):
+def wait_for(condition, timeout=10.0):
+    """Let the app's greenlets run until `condition()` is true."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "gave up waiting"
+        gevent.sleep(0.005)
+
+
+def test_a_posted_message_is_listed_at_once_and_pages_miss_nothing(api, client):
     session = api.session(api.agent(provider_id=api.provider(provider_type="llmsim", name="slow",
                                                              settings={"token_delay_ms": 30})["id"])["id"])  # fmt: skip
-    api.message(session["id"], "one two three", status=201)
-    gevent.sleep(0.03)  # the turn runs
-    api.message(session["id"], "waiting", status=201)
     url = f"/v1/sessions/{session['id']}/messages"
+    api.message(session["id"], "one two three", status=201)
+    wait_for(lambda: client.get(f"/v1/sessions/{session['id']}").json["status"] == "running")
+    waiting = api.message(session["id"], "waiting", status=201)
     during = client.get(url).json["data"]
-    assert [m["content"][0]["text"] for m in during] == ["one two three"]  # the waiting one joins with its turn
+    assert [m["content"][0]["text"] for m in during] == ["one two three", "waiting"]  # read your writes
+    assert during[-1]["id"] == waiting["id"]  # waiting for its turn: listed last
     finish(client, session["id"])
-    later = client.get(f"{url}?after={during[-1]['id']}").json["data"]
-    assert [m["content"][0]["text"] for m in later] == ["You said: one two three", "waiting", "You said: waiting"]
+    later = client.get(f"{url}?after={during[-1]['id']}").json["data"]  # the running turn's answer came after
+    assert [m["content"][0]["text"] for m in later] == ["You said: one two three", "You said: waiting"]
+    whole = [m["content"][0]["text"] for m in client.get(url).json["data"]]
+    assert whole == ["one two three", "You said: one two three", "waiting", "You said: waiting"]
     other = api.session()
     assert client.get(f"/v1/sessions/{other['id']}/messages?after={during[-1]['id']}").json["data"] == []

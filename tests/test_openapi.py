@@ -179,7 +179,9 @@ def test_the_document_validates_as_openapi_3_1(make_app):
     from openapi_spec_validator import validate
 
     for options in ({}, {"api_key": "k"}):
-        doc = webtest.TestApp(make_app(**options)).get("/api-doc/openapi.json").json
+        app = make_app(**options)
+        doc = webtest.TestApp(app).get("/api-doc/openapi.json").json
+        app.close()
         validate(doc)
         text = json.dumps(doc)
         assert '"ge"' not in text and '"le"' not in text

@@ -109,14 +109,15 @@ def test_a_provider_in_use_cannot_be_deleted(api, client):
 
 def test_providers_from_environment_keys_are_created_once(make_app, db_path):
     env = {"OPENAI_API_KEY": CANARY, "ANTHROPIC_API_KEY": CANARY + "-a"}
-    client = webtest.TestApp(make_app(env=env))
-    first = client.get("/v1/llm-providers").json["data"]
+    app = make_app(env=env)
+    first = webtest.TestApp(app).get("/v1/llm-providers").json["data"]
     assert [(p["provider_type"], p["api_key_set"], p["is_default"]) for p in first] == [
         ("llmsim", False, True),
         ("openai", True, False),
         ("anthropic", True, False),
     ]
     assert CANARY not in str(first)
+    app.close()  # a restart
     again = webtest.TestApp(make_app(env=env)).get("/v1/llm-providers").json["data"]
     assert [p["id"] for p in again] == [p["id"] for p in first]
 

@@ -216,7 +216,7 @@ def test_a_long_history_never_blocks_the_server(db_path, start_server):
         for _ in range(200):
             turn_id = everruns._uuid7()
             for role in ("user", "assistant"):
-                everruns._insert_message(m, sid, role, [{"type": "text", "text": words}], turn_id)
+                everruns._insert_message(m, sid, None, role, [{"type": "text", "text": words}], turn_id)
     app.close()
     server = start_server(db_path, "--sync", "normal", env=MONITOR)
     server.call("POST", f"/v1/sessions/{sid}/messages", {"content": "and now?"})
@@ -264,7 +264,7 @@ def test_a_failed_final_write_still_closes_the_turn(api, client, monkeypatch, ca
     def flaky(tx, turn, status, *args):
         calls.append(status)
         if len(calls) == 1:
-            raise everruns.pw.OperationalError("disk I/O error")
+            raise RuntimeError("a bug")
         return original(tx, turn, status, *args)
 
     monkeypatch.setattr(everruns, "_close_turn", flaky)
@@ -275,6 +275,28 @@ def test_a_failed_final_write_still_closes_the_turn(api, client, monkeypatch, ca
     after = client.get(f"/v1/sessions/{session['id']}").json
     assert after["status"] == "idle" and after["last_turn"]["error"]["code"] == "INTERNAL_ERROR"
     assert client.post(f"/v1/sessions/{session['id']}/cancel").json["cancelled_turn"] is None
+
+
+def test_a_turn_whose_end_cannot_be_written_ends_failed_once_it_can(api, client, monkeypatch, caplog):
+    import everruns
+
+    original, calls = everruns._close_turn, []
+
+    def database_away(tx, turn, status, *args):
+        calls.append(status)
+        if len(calls) <= 3:
+            raise everruns.pw.OperationalError("disk I/O error")
+        return original(tx, turn, status, *args)
+
+    monkeypatch.setattr(everruns, "_close_turn", database_away)
+    session = api.session()
+    api.message(session["id"], "hello", status=201)
+    done = [e["data"] for e in finish(client, session["id"]) if e["type"] == "session.completed"]
+    assert [(d["status"], d["error"]["code"]) for d in done] == [("failed", "UNAVAILABLE")]
+    assert calls == ["completed", "failed", "failed", "failed"]  # tried again until it could be written
+    lines = [r.getMessage() for r in caplog.records]  # each change of state once, no traceback
+    down, up = (sum(text in line for line in lines) for text in ("database unavailable", "available again"))
+    assert down == up >= 1 and not any(r.exc_info for r in caplog.records)
 
 
 def test_no_turn_starts_on_a_session_being_deleted(app, api, client, monkeypatch, caplog):
@@ -318,14 +340,15 @@ def test_deeply_nested_json_in_a_message_does_not_break_the_simulator(api, clien
 def test_a_failed_delete_closes_the_turn_it_stopped_and_the_session_goes_on(app, api, client, monkeypatch):
     session = api.session(api.agent(provider_id=simulator(api, token_delay_ms=50))["id"])
     api.message(session["id"], "one two three four five", status=201)
-    gevent.sleep(0.02)  # the turn is running
+    running = app.everruns.bus.subscribe(session["id"])
+    assert running.take(10)[0].type == "session.started"  # the turn is running
     m = app.everruns.store.m
 
     def fail(self, *args, **kwargs):
         raise everruns_pw().OperationalError("database is locked")
 
     monkeypatch.setattr(m.Session, "delete_instance", fail)
-    client.delete(f"/v1/sessions/{session['id']}", status=500)
+    client.delete(f"/v1/sessions/{session['id']}", status=503)
     monkeypatch.undo()
     api.message(session["id"], "still there?", status=201)
     done = [e["data"] for e in finish(client, session["id"]) if e["type"] == "session.completed"]

@@ -310,7 +310,7 @@ def test_a_full_house_of_busy_connections_answers_503_at_once(start_server):
     streams = [SSEStream(server.url, f"/v1/sessions/{sid}/events", timeout=5) for _ in range(3)]
     try:
         start = time.monotonic()
-        envelope(raw(server, request(), timeout=2), 503, "SERVICE_UNAVAILABLE")
+        envelope(raw(server, request(), timeout=2), 503, "UNAVAILABLE")
         assert time.monotonic() - start < 2
     finally:
         for stream in streams:
@@ -329,7 +329,7 @@ def test_connections_that_ended_free_their_place_at_the_cap(start_server):
     try:
         for stream in streams:
             next(iter(stream))  # both places are busy
-        envelope(raw(server, request(), timeout=2), 503, "SERVICE_UNAVAILABLE")
+        envelope(raw(server, request(), timeout=2), 503, "UNAVAILABLE")
     finally:
         for stream in streams:
             stream.close()
