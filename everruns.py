@@ -145,6 +145,7 @@ from pydantic import (
     StringConstraints,
     Tag,
     ValidationError,
+    model_validator,
 )
 
 _log = logging.getLogger("everruns")
@@ -375,6 +376,15 @@ SETTINGS = (
         _flag,
     ),
     Setting(
+        "allow_private_mcp",
+        "--allow-private-mcp",
+        "EVERRUNS_ALLOW_PRIVATE_MCP",
+        False,
+        "Let MCP servers added through the API be on private and loopback addresses (link-local and "
+        "metadata addresses stay refused; servers of --mcp-config are never restricted).",
+        _flag,
+    ),
+    Setting(
         "log_level",
         "--log-level",
         "EVERRUNS_LOG_LEVEL",
@@ -498,11 +508,30 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+_KEY_SHAPES = re.compile(r"\b(sk|pk|rk)-[A-Za-z0-9_\-]{8,}|\bBearer\s+\S+")
+
+
+@functools.lru_cache(maxsize=64)
+def _secrets_pattern(secrets: tuple[str, ...]) -> re.Pattern | None:
+    """One pattern for a set of secrets, matched in any case: a long one also where an echo
+    cut its end off (down to three quarters of it), a short one only as a word of its own."""
+    parts = []
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if len(secret) >= 8:
+            keep = max(8, len(secret) * 3 // 4)
+            optional = "".join(f"(?:{re.escape(c)}" for c in secret[keep:]) + ")?" * (len(secret) - keep)
+            parts.append(re.escape(secret[:keep]) + optional)
+        else:
+            parts.append(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])")
+    return re.compile("|".join(parts), re.IGNORECASE) if parts else None
+
+
 def _redact(text: str, *secrets: str | None) -> str:
-    """Text with the given secrets and anything shaped like an API key blanked out."""
-    for secret in sorted(filter(None, secrets), key=len, reverse=True):
-        text = text.replace(secret, "[redacted]")
-    return re.sub(r"\b(sk|pk|rk)-[A-Za-z0-9_\-]{8,}|\bBearer\s+\S+", "[redacted]", text)
+    """Text with the given secrets (see _secrets_pattern) and anything shaped like an API key blanked out."""
+    pattern = _secrets_pattern(tuple(sorted(filter(None, secrets))))
+    if pattern is not None:
+        text = pattern.sub("[redacted]", text)
+    return _KEY_SHAPES.sub("[redacted]", text)
 
 
 def _clean_text(text: str) -> str:
@@ -519,6 +548,37 @@ def _looks_like_credential(header_name: str) -> bool:
     """True for header names that usually carry a secret."""
     name = header_name.lower()
     return any(word in name for word in ("auth", "key", "token", "secret", "cookie", "password"))
+
+
+def _header_secrets(headers: Mapping[str, str], every: bool = False) -> tuple[str, ...]:
+    """The header values to blank out of text: a credential's whatever its length; with
+    `every` (write-only headers, as an MCP server's), any other of 8 characters or more."""
+    return tuple(v for k, v in headers.items() if v and (_looks_like_credential(k) or (every and len(v) >= 8)))
+
+
+def _url_problem(url: str) -> str | None:
+    """Why a URL cannot be used to reach an HTTP server, or None."""
+    from urllib.parse import urlsplit
+
+    if not url.isascii() or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        return "must be ASCII, without spaces or control characters (percent-encode the rest)"
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError as e:
+        return f"is not a valid URL ({e})"
+    if parts.scheme not in ("http", "https") or not host:
+        return "must be an http:// or https:// URL with a host"
+    return "has port 0" if port == 0 else None
+
+
+def _literal_address(host: str) -> str | None:
+    """The address a host written as an IP address means, in any of its forms (127.1,
+    2130706433, 0x7f000001, ::1), without a DNS look-up; None for a name."""
+    try:
+        return socket.getaddrinfo(host, None, flags=socket.AI_NUMERICHOST)[0][4][0]
+    except (OSError, UnicodeError, ValueError):
+        return None
 
 
 # =============================================================================
@@ -599,6 +659,19 @@ def _error_body(status: int, message: str, code: str | None = None, details: lis
     return _dumps({"error": error})
 
 
+class _Stop(SystemExit):
+    """Kills a turn's greenlet, or a step's. A SystemExit: a PostgreSQL query it waits
+    on is then cancelled on the server and its connection stays usable (psycopg cancels
+    on SystemExit; gevent's GreenletExit would leave the query running and the connection
+    stuck). The greenlet catches it: one that ends with a SystemExit stops the process."""
+
+
+def _stop_soon(greenlet: Any) -> None:
+    """Stop a greenlet without waiting: a running one with _Stop (see there), one that never
+    ran is dropped (a SystemExit thrown into a greenlet that never started would reach the hub)."""
+    greenlet.kill(_Stop if greenlet.gr_frame is not None else gevent.GreenletExit, block=False)
+
+
 # =============================================================================
 # 5. Schemas
 # =============================================================================
@@ -645,7 +718,17 @@ CapabilityId = Annotated[
 HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,128}$")]
 # What HTTP can carry in a header value: visible ASCII, spaces and tabs.
 HeaderValue = Annotated[str, StringConstraints(pattern=r"^[\x20-\x7e\t]*$", max_length=4096)]
-BaseUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2048)]
+
+
+# An http(s) URL that can be used: printable ASCII, a host (a name, or an IPv6 address in
+# brackets), a port from 1 to 65535 if any. What the server enforces, the document says.
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+_H16 = "[0-9A-Fa-f]{1,4}"
+_IPV6 = "|".join([f"(?:{_H16}:){{7}}{_H16}", f"(?:{_H16}:){{1,7}}:", f":(?::{_H16}){{1,7}}", "::"]
+                 + [f"(?:{_H16}:){{1,{n}}}(?::{_H16}){{1,{7 - n}}}" for n in range(1, 7)])  # fmt: skip
+URL_PATTERN = (rf"^https?://(?:[A-Za-z0-9._~%!$&'()*+,;=:-]*@)?(?:\[(?:{_IPV6})\]|[A-Za-z0-9._~%!$&'()*+,;=-]+)"
+               rf"(?::{_PORT})?(?:[/?#][\x21-\x7e]*)?$")  # fmt: skip
+BaseUrl = Annotated[str, StringConstraints(pattern=URL_PATTERN, max_length=2048)]
 ApiKey = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 Title = Annotated[str, StringConstraints(max_length=MAX_NAME)]
 MaxIterations = Annotated[JsonInt, Field(ge=1, le=50)]
@@ -761,7 +844,8 @@ class LlmsimSettings(_In):
 class RemoteSettings(_In):
     """Settings of an OpenAI-compatible or Anthropic provider."""
 
-    timeout_s: float = Field(60, gt=0, le=3600)
+    timeout_s: float = Field(60, gt=0, le=3600, description="The longest wait for progress (a connection, new text).")
+    max_call_s: float = Field(1800, gt=0, le=86400, description="The longest a model call may take in all.")
     max_tokens: JsonInt = Field(4096, ge=1, le=1_000_000)
     extra_headers: dict[HeaderName, HeaderValue] = Field(
         default_factory=dict, max_length=32, json_schema_extra=_names_and_values
@@ -1155,8 +1239,9 @@ class Capability(_Out):
     id: str
     name: str
     description: str
-    status: Literal["available", "unavailable"] = Field(
-        description="unavailable: an MCP server that cannot be reached now (it has no tools meanwhile)"
+    status: Literal["available", "starting", "unavailable"] = Field(
+        description="starting: an MCP server that has not listed its tools yet; unavailable: one that cannot be "
+        "reached now (it has no tools meanwhile; it is tried again later and later)"
     )
     category: str
     system_prompt: str
@@ -1165,7 +1250,10 @@ class Capability(_Out):
 
 McpServerName = Annotated[str, StringConstraints(pattern=MCP_NAME)]
 McpHeaders = Annotated[
-    dict[HeaderName, HeaderValue], Field(max_length=32, description="Sent with every request; never shown again.")
+    dict[HeaderName, HeaderValue],
+    Field(
+        max_length=32, json_schema_extra=_names_and_values, description="Sent with every request; never shown again."
+    ),
 ]
 
 
@@ -1173,11 +1261,19 @@ class McpServerCreate(_In):
     """Body of POST /v1/mcp-servers: a Streamable HTTP server (stdio ones come only from
     --mcp-config: the API never starts programs)."""
 
-    model_config = _examples({"name": "tickets", "url": "http://127.0.0.1:8000/mcp"})
+    model_config = _examples({"name": "tickets", "url": "https://mcp.example.com/mcp"})
 
     name: McpServerName
     url: BaseUrl
     headers: McpHeaders = {}
+    transport: Literal["http"] = Field("http", description="Streamable HTTP (stdio servers come from --mcp-config).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_stdio(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("transport") == "stdio":
+            raise ValueError("stdio MCP servers come only from the --mcp-config file: the API never starts programs")
+        return data
 
 
 class McpServerUpdate(_In):
@@ -1193,9 +1289,9 @@ class McpServer(_Out):
 
     id: str
     name: str
-    transport: Literal["stdio", "http"]
+    transport: Literal["stdio", "http", "sse"]
     url: str | None
-    status: Literal["not_started", "ready", "unavailable"]
+    status: Literal["not_started", "starting", "ready", "unavailable"]
     tools_count: int
     error: str | None
     created_at: Timestamp
@@ -1767,8 +1863,6 @@ class _Secrets:
             # Any string works as the secret: it is stretched to a Fernet key.
             self.fernet = Fernet(base64.urlsafe_b64encode(hashlib.sha256(secret_key.encode()).digest()))
 
-    MIN_HEADER_SECRET = 8  # shorter header values are not blanked out of text (a "2" would garble it)
-
     def _seal(self, value: str | None) -> str | None:
         if value is None or value.startswith(self.PREFIX) or self.fernet is None:
             return value  # a sealed value is kept as it is
@@ -1808,7 +1902,7 @@ class _Secrets:
         return {**settings, "extra_headers": changed}
 
     def _redactable(self, value: str | None) -> bool:
-        return bool(value) and len(value) >= self.MIN_HEADER_SECRET and not value.startswith(self.PREFIX)
+        return bool(value) and not value.startswith(self.PREFIX)
 
     def seal_settings(self, settings: dict) -> dict:
         """Provider settings as stored: credential-like extra_headers sealed like API keys."""
@@ -2933,6 +3027,61 @@ def _retry_after(response: Any, attempt: int) -> float:
     return RETRY_DELAYS[attempt]
 
 
+UPSTREAM_BODY_BYTES = 4 * 1024 * 1024  # a body that is not the answer itself (a model list, an MCP message)
+ERROR_BODY_BYTES = 64 * 1024  # what is read of an error body (the rest goes with the connection)
+YIELD_S = 0.005  # a reader of a fast upstream lets the other greenlets run at least this often
+
+
+class _Clock:
+    """The time limits of one upstream exchange: `idle_s` without progress (the reader says
+    what progress is: not empty chunks, keep-alive comments or white space) and `total_s`
+    in all. check() also lets the other greenlets run now and then: a socket whose data
+    has arrived already returns it at once, without switching."""
+
+    def __init__(self, idle_s: float, total_s: float | None = None, what: str = "the provider") -> None:
+        self.idle_s, self.total_s, self.what = idle_s, idle_s if total_s is None else total_s, what
+        self.started = self.last = self.switched = time.monotonic()
+
+    def progress(self) -> None:
+        self.last = time.monotonic()
+
+    def check(self) -> None:
+        """ProviderError (PROVIDER_TIMEOUT) once a limit is past."""
+        now = time.monotonic()
+        if now - self.started > self.total_s:
+            raise ProviderError(f"{self.what} took longer than {self.total_s:g} s in all", "PROVIDER_TIMEOUT")
+        if now - self.last > self.idle_s:
+            raise ProviderError(f"{self.what} sent nothing new for {self.idle_s:g} s", "PROVIDER_TIMEOUT")
+        if now - self.switched > YIELD_S:
+            gevent.sleep(0)
+            self.switched = time.monotonic()
+
+
+def _read_upstream(response: Any, cap: int, clock: _Clock, partial: bool = False) -> bytes:
+    """A response body of at most `cap` bytes, read within the clock's limits (any byte is
+    progress); beyond either: ProviderError, or with `partial` what has arrived by then."""
+    import http.client
+
+    pieces, size = [], 0
+    try:
+        while size <= cap:
+            clock.check()
+            piece = response.read1(65536)
+            if not piece:
+                return b"".join(pieces)
+            clock.progress()
+            pieces.append(piece)
+            size += len(piece)
+    except (ProviderError, OSError, http.client.HTTPException) as e:
+        if not partial:
+            if isinstance(e, ProviderError):
+                raise
+            raise ProviderError(f"the connection to {clock.what} broke", "PROVIDER_STREAM_ERROR") from None
+    if not partial and size > cap:
+        raise ProviderError(f"{clock.what} sent a body larger than {cap} bytes", "PROVIDER_ERROR")
+    return b"".join(pieces)[:cap]
+
+
 @contextlib.contextmanager
 def _http(
     method: str, url: str, headers: dict, body: dict | None, timeout: float, secrets: Iterable[str]
@@ -2951,7 +3100,7 @@ def _http(
             conn, response, address = _send(method, url, data, headers, timeout)
             if response.status == 200:
                 break
-            raw = response.read()
+            raw = _read_upstream(response, ERROR_BODY_BYTES, _Clock(timeout), partial=True)
             conn.close()
             if response.status not in RETRY_STATUSES or attempt == len(RETRY_DELAYS):
                 raise _status_error(response.status, raw, secrets)
@@ -2975,23 +3124,27 @@ def _http(
 SSE_EVENT_BYTES = 16 * 1024 * 1024  # a streamed event (a line, or its data lines together) larger than this is refused
 
 
-def _sse_events(response: Any, timeout: float) -> Iterator[tuple[str, str]]:
-    """(event, data) pairs of a streamed response; ProviderError if the stream breaks."""
+def _sse_events(response: Any, clock: _Clock, limit: int | None = None) -> Iterator[tuple[str, str]]:
+    """(event, data) pairs of a streamed response, read within the clock's limits (the
+    caller marks progress); ProviderError if the stream breaks or an event is over `limit`
+    (SSE_EVENT_BYTES unless given)."""
     import http.client
 
+    limit = SSE_EVENT_BYTES if limit is None else limit
     event, data, partial, size = "", [], [], 0  # partial: the pieces of a line still arriving
     while True:
+        clock.check()
         try:
             block = response.read1(65536)  # what has arrived: lines are split here (readline costs twice as much)
         except TimeoutError:
-            raise ProviderError(f"the provider stopped sending for {timeout:g} s", "PROVIDER_TIMEOUT") from None
+            raise ProviderError(f"{clock.what} stopped sending for {clock.idle_s:g} s", "PROVIDER_TIMEOUT") from None
         except (OSError, http.client.HTTPException):
-            raise ProviderError("the connection to the provider broke mid-stream", "PROVIDER_STREAM_ERROR") from None
+            raise ProviderError(f"the connection to {clock.what} broke mid-stream", "PROVIDER_STREAM_ERROR") from None
         if not block:
             return  # an unfinished last event is not an event
         size += len(block) if b"\n" not in block else 0
-        if size > SSE_EVENT_BYTES or sum(map(len, data)) > SSE_EVENT_BYTES:
-            raise ProviderError(f"the provider sent an event over {SSE_EVENT_BYTES} bytes", "PROVIDER_STREAM_ERROR")
+        if size > limit or sum(map(len, data)) > limit:
+            raise ProviderError(f"{clock.what} sent an event over {limit} bytes", "PROVIDER_STREAM_ERROR")
         if b"\n" not in block:  # a long line: kept in pieces, joined once (not copied at every block)
             partial.append(block)
             continue
@@ -3063,6 +3216,9 @@ class _RemoteAdapter(_Adapter):
     def _timeout(self, request: LLMRequest) -> float:
         return float(request.settings.get("timeout_s", 60))
 
+    def _clock(self, request: LLMRequest) -> _Clock:
+        return _Clock(self._timeout(request), float(request.settings.get("max_call_s", 1800)))
+
     def _call(self, request: LLMRequest, method: str, path: str, body: dict | None = None) -> Any:
         """A context manager: the response of status 200 (see _http)."""
         url = (request.base_url or PROVIDER_DEFAULTS[self.kind][0]).rstrip("/") + path
@@ -3087,7 +3243,8 @@ class _RemoteAdapter(_Adapter):
 
     def models(self, request: LLMRequest) -> list[str]:
         with self._call(request, "GET", self.models_path) as response:
-            listing = _json_chunk(response.read().decode(errors="replace"))
+            clock = _Clock(self._timeout(request), self._timeout(request), "the provider's model list")
+            listing = _json_chunk(_read_upstream(response, UPSTREAM_BODY_BYTES, clock).decode(errors="replace"))
         return [m["id"] for m in listing.get("data", []) if isinstance(m, dict) and "id" in m]
 
 
@@ -3133,8 +3290,8 @@ class _OpenAI(_RemoteAdapter):
         return body
 
     def _read(self, response: Any, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
-        reply, calls, finished = LLMReply(), {}, False
-        for _event, data in _sse_events(response, self._timeout(request)):
+        reply, calls, finished, clock = LLMReply(), {}, False, self._clock(request)
+        for _event, data in _sse_events(response, clock):
             if data.strip() == "[DONE]":
                 finished = True
                 break
@@ -3144,8 +3301,10 @@ class _OpenAI(_RemoteAdapter):
             usage = chunk.get("usage") or {}
             reply.input_tokens = usage.get("prompt_tokens", reply.input_tokens)
             reply.output_tokens = usage.get("completion_tokens", reply.output_tokens)
+            if usage:
+                clock.progress()
             for choice in chunk.get("choices") or []:
-                finished = self._apply(choice, reply, calls, on_text) or finished
+                finished = self._apply(choice, reply, calls, on_text, clock) or finished
         if not finished:
             raise ProviderError("the provider's stream ended before the answer did", "PROVIDER_STREAM_ERROR")
         reply.tool_calls = [
@@ -3154,9 +3313,12 @@ class _OpenAI(_RemoteAdapter):
         ]
         return reply
 
-    def _apply(self, choice: dict, reply: LLMReply, calls: dict, on_text: Callable[[str], None]) -> bool:
+    def _apply(self, choice: dict, reply: LLMReply, calls: dict, on_text: Callable[[str], None],
+               clock: _Clock) -> bool:  # fmt: skip
         """Fold one streamed choice into the reply; True once it has a finish_reason."""
         delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("tool_calls") or choice.get("finish_reason"):
+            clock.progress()  # (a chunk with nothing in it is not)
         if delta.get("content"):
             reply.text += delta["content"]
             on_text(delta["content"])
@@ -3214,10 +3376,12 @@ class _Anthropic(_RemoteAdapter):
         return "assistant", blocks
 
     def _read(self, response: Any, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
-        reply, blocks, finished = LLMReply(), {}, False
-        for event, data in _sse_events(response, self._timeout(request)):
+        reply, blocks, finished, clock = LLMReply(), {}, False, self._clock(request)
+        for event, data in _sse_events(response, clock):
             chunk = _json_chunk(data)
             kind = chunk.get("type", event)
+            if kind != "ping":
+                clock.progress()
             if kind == "error":
                 raise self._failure(data, request)
             if kind == "message_stop":
@@ -3524,13 +3688,18 @@ GREP_MAX_MATCHES = 200
 GREP_MAX_SECONDS = 2.0
 GREP_MAX_LINE = 4096
 # Python's `re` backtracks and cannot be interrupted: one pattern like (.*a){20}b
-# can run for hours inside a C call, with every greenlet frozen. So the search
-# runs in a child process that is killed at the deadline.
+# can run for hours inside a C call, with every greenlet frozen (and compiling a long
+# pattern of wide classes takes a second). So the pattern is compiled and the search
+# run in a child process that is killed at the deadline.
 _GREP_CHILD = """
 import json, os, re, sys
 os.nice(10)  # the server comes first
 job = json.load(sys.stdin)
-regex, matches = re.compile(job["pattern"]), []
+try:
+    regex, matches = re.compile(job["pattern"]), []
+except (re.error, RecursionError, OverflowError) as e:
+    json.dump({"invalid": str(e)}, sys.stdout)
+    sys.exit(0)
 def search():
     for path, text in job["files"]:
         for number, line in enumerate(text.splitlines(), 1):
@@ -3562,7 +3731,10 @@ def _grep_away(pattern: str, files: list[tuple[str, str]]) -> list[dict]:
             child.wait()
     if child.returncode != 0:
         raise ToolFailed("the search failed")
-    return json.loads(out)
+    found = json.loads(out)
+    if isinstance(found, dict):
+        raise _invalid(["pattern"], f"is not a valid regular expression: {found['invalid']}")
+    return found
 
 
 def _normalize_path(path: str) -> str:
@@ -3731,16 +3903,12 @@ class _Vfs:
 
     def grep(self, pattern: str, path: str = "/") -> dict:
         """Lines matching a regular expression in the text files under a path (or in one file)."""
-        try:
-            re.compile(pattern)
-        except (re.error, RecursionError, OverflowError) as e:
-            raise _invalid(["pattern"], f"is not a valid regular expression: {e}") from None
         row = self._need(path)
         rows = [row] if row is not None and row.type == "file" else [r for r in self._under(path) if r.type == "file"]
         self.store.release()  # no connection is held while the child searches
         files = [(r.path, bytes(r.content or b"").decode()) for r in sorted(rows, key=lambda r: r.path)
                  if r.encoding == "text"]  # fmt: skip
-        matches = _grep_away(pattern, files) if files else []
+        matches = _grep_away(pattern, files)  # the pattern is checked there too, even with no files
         truncated = len(matches) > GREP_MAX_MATCHES
         return {"pattern": pattern, "matches": matches[:GREP_MAX_MATCHES], "truncated": truncated}
 
@@ -3833,18 +4001,18 @@ def _connect(address: str, port: int, timeout: float) -> socket.socket:
     return socket.create_connection((address, port), timeout=timeout)
 
 
-def _pinned_connection(scheme: str, host: str, port: int, address: str) -> Any:
+def _pinned_connection(scheme: str, host: str, port: int, address: str, timeout: float = FETCH_TIMEOUT_S) -> Any:
     """An HTTP(S) connection to `address` that still speaks to `host` (Host header, SNI, certificate)."""
     import http.client
     import ssl
 
     class Pinned(http.client.HTTPConnection):
         def connect(self) -> None:
-            self.sock = _connect(address, port, FETCH_TIMEOUT_S)
+            self.sock = _connect(address, port, timeout)
             if scheme == "https":
                 self.sock = ssl.create_default_context().wrap_socket(self.sock, server_hostname=host)
 
-    return Pinned(host, port, timeout=FETCH_TIMEOUT_S)
+    return Pinned(host, port, timeout=timeout)
 
 
 def _fetch_once(url: str, allow_private: bool) -> tuple[Any, bytes, bool]:
@@ -4072,15 +4240,27 @@ CAPABILITIES.update(
 # ---- tools from MCP servers ------------------------------------------------------
 # A Model Context Protocol server is a capability `mcp:NAME`: its tools, listed on
 # first use, reach the model as NAME__TOOL. The client is JSON-RPC over a program's
-# stdin/stdout or over Streamable HTTP, written here on gevent (no thread per call,
-# no asyncio loop): the official SDK is asyncio.
+# stdin/stdout, over Streamable HTTP or over the older HTTP+SSE transport, written
+# here on gevent (no thread per call, no asyncio loop): the official SDK is asyncio.
+# Listing capabilities never waits on a server: one that is not ready is started in
+# the background (status "starting"), and one that failed is tried again later and
+# later (1 s doubling to 5 min). Every read is bounded in bytes and in time.
 
 MCP_PROTOCOL = "2025-06-18"  # the version asked for; a server answers the one it speaks
+MCP_SSE_PROTOCOL = "2024-11-05"  # the version of the older HTTP+SSE transport
 MCP_START_S = 10.0  # to start a server, initialize it and list its tools
-MCP_CALL_S = 30.0  # for one tool call (and the turn's tool timeout bounds it too)
-MCP_MESSAGE_BYTES = 16 * 1024 * 1024  # a larger message from a server is refused
+MCP_CALL_S = 30.0  # for one tool call, in all (the turn's tool timeout bounds it too)
+MCP_MESSAGE_BYTES = 4 * 1024 * 1024  # a larger message from a server is refused
+MCP_LIST_BYTES = 8 * 1024 * 1024  # the pages of one tools/list together
+MCP_SCHEMA_BYTES = 64 * 1024  # a tool whose input schema is larger is left out
 MCP_INHERITED_ENV = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "TMPDIR")  # all else: its `env`
 MCP_TOOLS_MAX = 512  # tools listed per server (pages are read until then)
+MCP_RETRY_S, MCP_RETRY_MAX_S = 1.0, 300.0  # a server that failed to start is tried again after this, doubling
+# Refused for servers added through the API whatever --allow-private-mcp says: link-local
+# addresses and the cloud metadata services' (a server's own credentials live there).
+METADATA_NETWORKS = tuple(
+    ipaddress.ip_network(n) for n in ("169.254.0.0/16", "fe80::/10", "100.100.100.200/32", "fd00:ec2::254/128")
+)
 
 
 class _McpFailed(ToolFailed):
@@ -4093,16 +4273,80 @@ class _AnyArgs(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+def _mcp_name(name: str) -> str:
+    """A server's name in a config file as its capability id takes it: lower case, and any
+    character but a-z, 0-9, - and _ as a '-' (a file written for another MCP host works)."""
+    return re.sub(r"[^a-z0-9_-]", "-", name.lower())
+
+
+def _mcp_address_refusal(address: str, allow_private: bool) -> str | None:
+    """Why a server added through the API may not be reached at an address, or None."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    ip = ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
+    if any(ip in n for n in METADATA_NETWORKS if n.version == ip.version):
+        return "its host is a link-local or cloud metadata address, which is always refused"
+    if not allow_private and not _address_allowed(str(ip)):
+        return "its host is a private, loopback or reserved address (the server allows them with --allow-private-mcp)"
+    return None
+
+
+class _McpCalls:
+    """Requests waiting for their answers on a channel that delivers them on its own (a
+    program's stdout, an event stream), by JSON-RPC id."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.pending, self.ids = name, {}, itertools.count(1)
+
+    def received(self, raw: str | bytes, reply: Callable[[dict], None]) -> None:
+        """Hand a message to the request it answers (a ping of the server's is answered)."""
+        try:
+            message = json.loads(raw)
+        except (ValueError, RecursionError):  # its request fails at once rather than at its timeout
+            _log.warning("MCP server %s wrote a message that cannot be read", self.name)
+            head = raw[:256] if isinstance(raw, bytes) else raw[:256].encode()
+            found = re.search(rb'"id"\s*:\s*([0-9]{1,18})\b', head)
+            waiter = self.pending.pop(int(found.group(1)), None) if found else None
+            if waiter is not None:
+                waiter.set_exception(_McpFailed(f"MCP server {self.name} sent an answer that cannot be read"))
+            return
+        if not isinstance(message, dict) or not isinstance(message.get("id"), (int, str, type(None))):
+            return
+        if "method" in message and "id" in message:  # a request of the server: ping is answered, no other
+            known = message["method"] == "ping"
+            answer = {"result": {}} if known else {"error": {"code": -32601, "message": "method not supported"}}
+            reply({"jsonrpc": "2.0", "id": message["id"], **answer})
+        elif (waiter := self.pending.pop(message.get("id"), None)) is not None:
+            waiter.set(message)
+
+    def request(self, method: str, params: dict, send: Callable[[dict], None], timeout: float) -> dict:
+        waiter, request_id = gevent.event.AsyncResult(), next(self.ids)
+        self.pending[request_id] = waiter
+        try:
+            send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+            return waiter.get(timeout=timeout)
+        except gevent.Timeout:
+            raise _McpFailed(f"MCP server {self.name} did not answer {method} within {timeout:g} s") from None
+        finally:
+            self.pending.pop(request_id, None)
+
+    def fail_all(self, why: str) -> None:
+        waiters, self.pending = list(self.pending.values()), {}
+        for waiter in waiters:
+            waiter.set_exception(_McpFailed(why))
+
+
 class _McpStdio:
     """A program that speaks MCP on its stdin and stdout (one JSON-RPC message per line),
     started on first use and again after it exits; what it writes to stderr is logged."""
 
+    protocol_asked = MCP_PROTOCOL
+
     def __init__(self, name: str, command: str, args: list[str], env: dict[str, str]) -> None:
         self.name, self.argv, self.env = name, [command, *args], env
         self.proc: Any = None
-        self.pending: dict[int, Any] = {}  # request id -> AsyncResult, of the running program
-        self.ids = itertools.count(1)
+        self.calls = _McpCalls(name)  # of the running program
         self.initialized = False
+        self.protocol: str | None = None
         self.writing = gevent.lock.Semaphore()  # one message at a time on its stdin
 
     def ready(self) -> bool:
@@ -4119,66 +4363,43 @@ class _McpStdio:
                 stderr=gevent.subprocess.PIPE, env={**inherited, **self.env}, start_new_session=True,
             )  # fmt: skip
         except OSError as e:
-            raise _McpFailed(f"MCP server {self.name} could not be started: {e.strerror or e}") from None
-        self.pending, self.initialized = {}, False
-        gevent.spawn(self._read, self.proc, self.pending)
+            reason = f"{self.argv[0]}: {e.strerror or e}"
+            raise _McpFailed(f"MCP server {self.name} could not be started: {reason}") from None
+        self.calls, self.initialized = _McpCalls(self.name), False
+        gevent.spawn(self._read, self.proc, self.calls)
         gevent.spawn(self._stderr, self.proc)
 
-    def _read(self, proc: Any, pending: dict) -> None:
+    def _read(self, proc: Any, calls: _McpCalls) -> None:
         try:
             while line := proc.stdout.readline(MCP_MESSAGE_BYTES + 1):
                 if len(line) > MCP_MESSAGE_BYTES:
                     _log.warning("MCP server %s sent a message over %d bytes: stopped", self.name, MCP_MESSAGE_BYTES)
                     break
                 try:
-                    self._received(line, pending)
-                except Exception:  # nothing a server writes stops the reading (RecursionError included)
+                    calls.received(line, self.send)
+                except Exception:  # nothing a server writes stops the reading
                     _log.warning("MCP server %s wrote a message that cannot be read", self.name)
+                gevent.sleep(0)  # a program that writes without end does not hold the server
         finally:
             with contextlib.suppress(OSError):
                 os.killpg(proc.pid, signal.SIGKILL)  # deaf without its reader: it goes
-            failed = _McpFailed(f"MCP server {self.name} exited")
-            for waiter in pending.values():
-                waiter.set_exception(failed)
-            pending.clear()
+            calls.fail_all(f"MCP server {self.name} exited")
 
     def _stderr(self, proc: Any) -> None:
         while line := proc.stderr.readline(65536):
             _log.info("MCP server %s: %s", self.name, _clean_text(line.decode(errors="replace").rstrip()))
-
-    def _received(self, line: bytes, pending: dict) -> None:
-        try:
-            message = json.loads(line)
-        except ValueError:
-            _log.warning("MCP server %s wrote a line that is not JSON-RPC", self.name)
-            return
-        if not isinstance(message, dict) or not isinstance(message.get("id"), (int, str, type(None))):
-            return
-        if "method" in message and "id" in message:  # a request of the server: ping is answered, no other
-            known = message["method"] == "ping"
-            answer = {"result": {}} if known else {"error": {"code": -32601, "message": "method not supported"}}
-            self.send({"jsonrpc": "2.0", "id": message["id"], **answer})
-        elif (waiter := pending.pop(message.get("id"), None)) is not None:
-            waiter.set(message)
+            gevent.sleep(0)
 
     def send(self, message: dict) -> None:
         try:
             with self.writing:
                 self.proc.stdin.write(_dumps(message).encode() + b"\n")
                 self.proc.stdin.flush()
-        except (OSError, ValueError):  # exited (a closed pipe)
+        except (OSError, ValueError, AttributeError):  # exited (a closed pipe)
             raise _McpFailed(f"MCP server {self.name} exited") from None
 
     def request(self, method: str, params: dict, timeout: float) -> dict:
-        waiter, request_id = gevent.event.AsyncResult(), next(self.ids)
-        self.pending[request_id] = waiter
-        try:
-            self.send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
-            return waiter.get(timeout=timeout)
-        except gevent.Timeout:
-            raise _McpFailed(f"MCP server {self.name} did not answer {method} within {timeout:g} s") from None
-        finally:
-            self.pending.pop(request_id, None)
+        return self.calls.request(method, params, self.send, timeout)
 
     def notify(self, method: str) -> None:
         self.send({"jsonrpc": "2.0", "method": method})
@@ -4202,10 +4423,19 @@ class _McpStdio:
 
 class _McpHttp:
     """An MCP server over Streamable HTTP: each message is a POST; the answer is JSON or an
-    event stream that carries it; the session id the server gives is sent back."""
+    event stream that carries it; the session id the server gives is sent back.
 
-    def __init__(self, name: str, url: str, headers: dict[str, str]) -> None:
+    A server added through the API (`guarded`) is reached only at an address its rules
+    allow (see _mcp_address_refusal), the one that was checked (no DNS rebinding in
+    between), and its failures to connect all read the same (no port scanning through it).
+    """
+
+    protocol_asked = MCP_PROTOCOL
+
+    def __init__(self, name: str, url: str, headers: dict[str, str], guarded: bool = False,
+                 allow_private: bool = False) -> None:  # fmt: skip
         self.name, self.url, self.headers = name, url, headers
+        self.guarded, self.allow_private = guarded, allow_private
         self.session: str | None = None
         self.protocol: str | None = None
         self.initialized = False
@@ -4215,28 +4445,59 @@ class _McpHttp:
         return self.initialized
 
     def start(self) -> None:
+        problem = _url_problem(self.url)
+        if problem:
+            raise _McpFailed(f"MCP server {self.name} cannot be used: its URL {problem}")
         self.session, self.protocol, self.initialized = None, None, False
 
-    def _post(self, message: dict, timeout: float) -> tuple[Any, Any, tuple]:
+    def _open(self, data: bytes, headers: dict, timeout: float) -> tuple[Any, Any]:
+        """POST to the server: (connection, response)."""
+        from urllib.parse import urlsplit
+
+        if not self.guarded:
+            conn, response, _ = _send("POST", self.url, data, headers, timeout)
+            return conn, response
+        parts = urlsplit(self.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            addresses = _resolve(parts.hostname, port)
+        except (OSError, UnicodeError):
+            addresses = []
+        refusals = [r for a in addresses if (r := _mcp_address_refusal(a, self.allow_private))]
+        if refusals:
+            raise _McpFailed(f"MCP server {self.name} is refused: {refusals[0]}")
+        if not addresses:
+            raise OSError("no address")
+        conn = _pinned_connection(parts.scheme, parts.hostname, port, addresses[0], timeout)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        try:
+            conn.request("POST", path, body=data, headers=headers)
+            return conn, conn.getresponse()
+        except BaseException:
+            conn.close()
+            raise
+
+    def _post(self, message: dict, timeout: float) -> tuple[Any, Any]:
+        import http.client
+
         headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream", **self.headers}
         if self.session:
             headers["Mcp-Session-Id"] = self.session
         if self.protocol:
             headers["MCP-Protocol-Version"] = self.protocol
-        import http.client
-
         try:
-            return _send("POST", self.url, _dumps(message).encode(), headers, timeout)
-        except (OSError, http.client.HTTPException) as e:
-            reason = getattr(e, "strerror", None) or type(e).__name__
-            raise _McpFailed(f"MCP server {self.name} cannot be reached: {reason}") from None
+            return self._open(_dumps(message).encode(), headers, timeout)
+        except (OSError, http.client.HTTPException, UnicodeError) as e:
+            reason = "" if self.guarded else f": {getattr(e, 'strerror', None) or type(e).__name__}"
+            raise _McpFailed(f"MCP server {self.name} cannot be reached{reason}") from None
 
     def request(self, method: str, params: dict, timeout: float) -> dict:
         import http.client
 
         request_id = next(self.ids)
         message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
-        conn, response, _ = self._post(message, timeout)
+        clock = _Clock(timeout, timeout, f"MCP server {self.name}")
+        conn, response = self._post(message, timeout)
         try:
             if response.status == 404 and self.session:  # the server forgot the session: start again
                 self.initialized = False
@@ -4247,26 +4508,24 @@ class _McpHttp:
                 self.session = response.getheader("Mcp-Session-Id") or None
             kind = (response.getheader("Content-Type") or "").split(";")[0].strip()
             if kind == "text/event-stream":
-                for _event, data in _sse_events(response, timeout):
+                for _event, data in _sse_events(response, clock, MCP_MESSAGE_BYTES):
                     message = json.loads(data) if data.startswith("{") else {}
                     if message.get("id") == request_id and ("result" in message or "error" in message):
                         return message
                 raise _McpFailed(f"MCP server {self.name} ended the stream without answering {method}")
-            raw = response.read(MCP_MESSAGE_BYTES + 1)
-            if len(raw) > MCP_MESSAGE_BYTES:
-                raise _McpFailed(f"MCP server {self.name} sent a message over {MCP_MESSAGE_BYTES} bytes")
-            return json.loads(raw)
-        except (ValueError, RecursionError, ProviderError, OSError, http.client.HTTPException) as e:
+            return json.loads(_read_upstream(response, MCP_MESSAGE_BYTES, clock))
+        except ProviderError as e:  # the bounds of _Clock and _read_upstream
+            raise _McpFailed(f"MCP server {self.name} did not answer {method} within {timeout:g} s"
+                             if e.code == "PROVIDER_TIMEOUT" else e.message) from None  # fmt: skip
+        except (ValueError, RecursionError, OSError, http.client.HTTPException) as e:
             raise _McpFailed(f"MCP server {self.name} broke the protocol ({type(e).__name__})") from None
         finally:
             conn.close()
 
     def notify(self, method: str) -> None:
-        conn, response, _ = self._post({"jsonrpc": "2.0", "method": method}, MCP_START_S)
+        conn, response = self._post({"jsonrpc": "2.0", "method": method}, MCP_START_S)
         try:
-            response.read(65536)
-        except OSError:
-            pass  # a notification has no answer to wait for
+            _read_upstream(response, 65536, _Clock(MCP_START_S), partial=True)  # no answer to wait for
         finally:
             conn.close()
 
@@ -4274,56 +4533,176 @@ class _McpHttp:
         self.initialized = False
 
 
+class _McpSse:
+    """An MCP server over the older HTTP+SSE transport (protocol 2024-11-05), which many
+    servers still speak: one GET event stream carries every answer, and its first event
+    (`endpoint`) names the URL that messages are POSTed to. Only from --mcp-config."""
+
+    protocol_asked = MCP_SSE_PROTOCOL
+
+    def __init__(self, name: str, url: str, headers: dict[str, str]) -> None:
+        self.name, self.url, self.headers = name, url, headers
+        self.calls = _McpCalls(name)
+        self.endpoint: str | None = None
+        self.reader: Any = None
+        self.protocol: str | None = None
+        self.initialized = False
+
+    def ready(self) -> bool:
+        return self.initialized and self.reader is not None and not self.reader.dead
+
+    def start(self) -> None:
+        import http.client
+        from urllib.parse import urljoin
+
+        self.close()
+        problem = _url_problem(self.url)
+        if problem:
+            raise _McpFailed(f"MCP server {self.name} cannot be used: its URL {problem}")
+        try:
+            conn, response, _ = _send("GET", self.url, None, {"Accept": "text/event-stream", **self.headers},
+                                      MCP_START_S)  # fmt: skip
+        except (OSError, http.client.HTTPException, UnicodeError) as e:
+            reason = getattr(e, "strerror", None) or type(e).__name__
+            raise _McpFailed(f"MCP server {self.name} cannot be reached: {reason}") from None
+        if response.status != 200:
+            conn.close()
+            raise _McpFailed(f"MCP server {self.name} answered its event stream with HTTP {response.status}")
+        conn.sock.settimeout(None)  # the stream may stay quiet between answers
+        endpoint, self.calls = gevent.event.AsyncResult(), _McpCalls(self.name)
+        self.reader = gevent.spawn(self._read, conn, response, endpoint, self.calls)
+        try:
+            self.endpoint = urljoin(self.url, endpoint.get(timeout=MCP_START_S))
+        except gevent.Timeout:
+            self.close()
+            raise _McpFailed(f"MCP server {self.name} did not name its message endpoint") from None
+
+    def _read(self, conn: Any, response: Any, endpoint: Any, calls: _McpCalls) -> None:
+        clock = _Clock(math.inf, math.inf, f"MCP server {self.name}")
+        try:
+            for event, data in _sse_events(response, clock, MCP_MESSAGE_BYTES):
+                if event == "endpoint":
+                    endpoint.set(data.strip())
+                elif event == "message":
+                    calls.received(data, self.send)
+        except (ProviderError, _Stop, gevent.GreenletExit):
+            pass
+        finally:
+            conn.close()
+            if not endpoint.ready():
+                endpoint.set_exception(_McpFailed(f"MCP server {self.name} ended its event stream"))
+            calls.fail_all(f"MCP server {self.name} ended its event stream")
+
+    def send(self, message: dict) -> None:
+        import http.client
+
+        headers = {"Content-Type": "application/json", **self.headers}
+        try:
+            conn, response, _ = _send("POST", self.endpoint or self.url, _dumps(message).encode(), headers, MCP_CALL_S)
+            try:
+                status = response.status
+                _read_upstream(response, 65536, _Clock(MCP_CALL_S), partial=True)
+            finally:
+                conn.close()
+        except (OSError, http.client.HTTPException, UnicodeError) as e:
+            reason = getattr(e, "strerror", None) or type(e).__name__
+            raise _McpFailed(f"MCP server {self.name} cannot be reached: {reason}") from None
+        if status not in (200, 202, 204):
+            raise _McpFailed(f"MCP server {self.name} refused a message with HTTP {status}")
+
+    def request(self, method: str, params: dict, timeout: float) -> dict:
+        return self.calls.request(method, params, self.send, timeout)
+
+    def notify(self, method: str) -> None:
+        self.send({"jsonrpc": "2.0", "method": method})
+
+    def close(self) -> None:
+        reader, self.reader, self.initialized = self.reader, None, False
+        if reader is not None:
+            _stop_soon(reader)
+
+
 class _McpServer:
-    """An MCP server as a capability (`mcp:NAME`): its tools are listed on first use (the
-    program started, the session opened) and again after the server was lost."""
+    """An MCP server as a capability (`mcp:NAME`): its tools are listed once it has started
+    (in the background when only a listing asked; see listed_tools and start_tools)."""
 
     category = "mcp"
     system_prompt = ""
 
-    def __init__(self, name: str, transport: Any, resource_id: str, created_at: str, updated_at: str) -> None:
-        self.name, self.transport = name, transport
+    def __init__(self, name: str, transport: Any, resource_id: str, created_at: str, updated_at: str,
+                 secrets: tuple[str, ...] = ()) -> None:  # fmt: skip
+        self.name, self.transport, self.secrets = name, transport, secrets  # secrets: its header values
         self.resource_id, self.created_at, self.updated_at = resource_id, created_at, updated_at  # GET /v1/mcp-servers
-        self.kind = "http" if isinstance(transport, _McpHttp) else "stdio"
-        source = {"http": "Streamable HTTP", "stdio": "stdio"}[self.kind]
+        self.kind = {_McpHttp: "http", _McpSse: "sse"}.get(type(transport), "stdio")
+        source = {"http": "Streamable HTTP", "sse": "HTTP+SSE", "stdio": "stdio"}[self.kind]
         self.id, self.description = f"mcp:{name}", f"Tools of the MCP server {name} ({source})."
-        self.status, self.error = "not started", None
+        self.status, self.error = "not_started", None  # not_started, starting, ready, unavailable
         self._tools: tuple[_Tool, ...] = ()
         self._lock = gevent.lock.Semaphore()
+        self._starting: Any = None  # the greenlet that starts it for a listing
+        self.retry_at, self.backoff = 0.0, 0.0
 
     @property
     def tools(self) -> tuple[_Tool, ...]:
-        """Its tools (listed first if need be); none while it cannot be reached (`error` says why)."""
-        with contextlib.suppress(_McpFailed):
-            self._ensure()
+        """Its tools as listed so far, without waiting (see listed_tools)."""
+        return self.listed_tools()
+
+    def listed_tools(self) -> tuple[_Tool, ...]:
+        """Its tools as listed so far; never waits: a server that is not ready (and not
+        waiting for its next try) is started in the background meanwhile."""
+        idle = self._starting is None or self._starting.dead
+        if idle and not self.transport.ready() and time.monotonic() >= self.retry_at:
+            self.status = "starting"
+            self._starting = gevent.spawn(self._start_quietly)
         return self._tools
 
-    def _ensure(self) -> None:
+    def _start_quietly(self) -> None:
+        with contextlib.suppress(_McpFailed, _Stop):  # its status and error say why
+            self.start_tools()
+
+    def start_tools(self) -> tuple[_Tool, ...]:
+        """Its tools, starting the server first if need be (a program, a session: up to
+        MCP_START_S, so call it from a step that can be stopped); _McpFailed while it is
+        unavailable."""
         with self._lock:
             if self.transport.ready():
-                return
+                return self._tools
+            if self.status == "unavailable" and time.monotonic() < self.retry_at:
+                raise _McpFailed(self.error or f"MCP server {self.name} is unavailable")
+            self.status = "starting"
             try:
                 late = _McpFailed(f"MCP server {self.name} did not start within {MCP_START_S:g} s")
                 with gevent.Timeout(MCP_START_S, late):
                     self._start()
-            except BaseException as e:  # failed, or stopped meanwhile (a cancelled turn): started again next time
-                if isinstance(e, _McpFailed):
-                    self.status, self.error = "unavailable", str(e)
+            except BaseException as e:  # failed (tried again later), or stopped meanwhile (a cancelled turn)
                 self.transport.close()
-                raise
+                if not isinstance(e, Exception):
+                    self.status = "not_started"
+                    raise
+                if not isinstance(e, _McpFailed):
+                    _log.exception("MCP server %s could not be started", self.name)
+                self.backoff = min(max(MCP_RETRY_S, self.backoff * 2), MCP_RETRY_MAX_S)
+                self.status, self.retry_at = "unavailable", time.monotonic() + self.backoff
+                self.error = _redact(str(e) if isinstance(e, _McpFailed) else f"{type(e).__name__}", *self.secrets)
+                raise _McpFailed(self.error) from None
+            self.backoff = 0.0
+            return self._tools
 
     def _start(self) -> None:
         transport = self.transport
         transport.start()
-        hello = {"protocolVersion": MCP_PROTOCOL, "capabilities": {},
+        hello = {"protocolVersion": transport.protocol_asked, "capabilities": {},
                  "clientInfo": {"name": "everruns", "version": __version__}}  # fmt: skip
         answer = _mcp_result(self.name, transport.request("initialize", hello, MCP_START_S))
         transport.protocol = answer.get("protocolVersion") if isinstance(answer.get("protocolVersion"), str) else None
         transport.notify("notifications/initialized")
-        listed, cursor = [], None
+        listed, cursor, size = [], None, 0
         while len(listed) < MCP_TOOLS_MAX:
             params = {"cursor": cursor} if cursor else {}
             page = _mcp_result(self.name, transport.request("tools/list", params, MCP_START_S))
+            size += len(_dumps(page))
+            if size > MCP_LIST_BYTES:
+                raise _McpFailed(f"MCP server {self.name} listed over {MCP_LIST_BYTES} bytes of tools")
             listed += [t for t in page.get("tools") or [] if isinstance(t, dict)]
             cursor = page.get("nextCursor")
             if not isinstance(cursor, str) or not cursor:
@@ -4333,38 +4712,59 @@ class _McpServer:
         self.status, self.error = "ready", None
 
     def _tool(self, listed: dict) -> _Tool | None:
-        """A listed tool as the model sees it, or None (a name no provider takes)."""
+        """A listed tool as the model sees it, or None (a name no provider takes, a huge schema)."""
         name = listed.get("name")
         fits = isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", name) and len(self.name) + 2 + len(name) <= 64
-        if not fits:
-            _log.warning("MCP server %s: tool %r skipped (its name cannot reach a model)", self.name, name)
-            return None
         schema = listed.get("inputSchema")
         schema = schema if isinstance(schema, dict) and schema.get("type") == "object" else {"type": "object"}
+        if not fits or len(_dumps(schema)) > MCP_SCHEMA_BYTES:
+            _log.warning("MCP server %s: tool %r left out (its name or its schema cannot reach a model)",
+                         self.name, str(name)[:100])  # fmt: skip
+            return None
         description = str(listed.get("description") or "")[:MAX_DESCRIPTION]
         return _Tool(f"{self.name}__{name.replace('.', '_')}", description, _AnyArgs,
                      functools.partial(self._call, name), schema)  # fmt: skip
 
     def _call(self, tool: str, args: _AnyArgs, tctx: Any) -> Any:
-        self._ensure()  # a server that exited is started again
-        params = {"name": tool, "arguments": args.model_dump()}
-        return _mcp_tool_result(_mcp_result(self.name, self.transport.request("tools/call", params, MCP_CALL_S)))
+        try:
+            self.start_tools()  # a server that exited is started again
+            params = {"name": tool, "arguments": args.model_dump()}
+            answer = self.transport.request("tools/call", params, MCP_CALL_S)
+            result = _mcp_tool_result(self.name, _mcp_result(self.name, answer))
+        except ToolFailed as e:  # what it said about its headers (credentials) is not passed on
+            raise type(e)(_redact(str(e), *self.secrets)) from None
+        return _redacted_value(result, self.secrets)
 
     def out(self) -> Capability:
-        tools = self.tools
+        tools = self.listed_tools()
+        status = {"ready": "available", "unavailable": "unavailable"}.get(self.status, "starting")
         return Capability(id=self.id, name=self.name, description=self.description, category=self.category,
-                          status="available" if self.status == "ready" else "unavailable",
-                          system_prompt="", tools=[t.spec for t in tools])  # fmt: skip
+                          status=status, system_prompt="", tools=[t.spec for t in tools])  # fmt: skip
 
     def resource(self) -> McpServer:
-        status = {"ready": "ready", "unavailable": "unavailable"}.get(self.status, "not_started")
-        url = self.transport.url if self.kind == "http" else None
-        return McpServer(id=self.resource_id, name=self.name, transport=self.kind, url=url, status=status,
+        url = getattr(self.transport, "url", None)
+        return McpServer(id=self.resource_id, name=self.name, transport=self.kind, url=url, status=self.status,
                          tools_count=len(self._tools), error=self.error, created_at=self.created_at,
                          updated_at=self.updated_at)  # fmt: skip
 
     def close(self) -> None:
+        if self._starting is not None:
+            _stop_soon(self._starting)
         self.transport.close()
+
+
+def _redacted_value(value: Any, secrets: tuple[str, ...]) -> Any:
+    """A JSON value with the given secrets blanked out of it."""
+    if not secrets:
+        return value
+    text = _dumps(value)
+    clean = _redact(text, *secrets)
+    if clean == text:
+        return value
+    try:
+        return json.loads(clean)
+    except ValueError:
+        return clean
 
 
 def _mcp_result(name: str, message: Any) -> dict:
@@ -4378,50 +4778,72 @@ def _mcp_result(name: str, message: Any) -> dict:
     return message["result"]
 
 
-def _mcp_tool_result(result: dict) -> Any:
+def _mcp_tool_result(name: str, result: dict) -> Any:
     """A tools/call result as a tool result: its structured content if any, else its text
-    parts (other parts named, not passed on); isError raises ToolFailed with the text."""
-    parts = [p for p in result.get("content") or [] if isinstance(p, dict)]
-    texts = [str(p.get("text", "")) if p.get("type") == "text" else f"[{p.get('type')} content not shown]"
-             for p in parts]  # fmt: skip
+    parts (other parts named, not passed on); isError raises ToolFailed with the text. A
+    result that breaks the MCP schema (content that is not a list of content blocks, or
+    neither content nor structured content) is _McpFailed."""
+    content = result.get("content")
+    blocks = isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in content)
+    if (content is not None and not blocks) or (content is None and "structuredContent" not in result):
+        raise _McpFailed(f"MCP server {name} answered with a result that breaks the MCP schema")
+    texts = [str(p.get("text", "")) if p["type"] == "text" else f"[{p['type']} content not shown]"
+             for p in content or []]  # fmt: skip
     if result.get("isError"):
         raise ToolFailed("\n".join(texts)[:4000] or "the MCP tool reported an error")
     return result["structuredContent"] if "structuredContent" in result else "\n".join(texts)
 
 
 def _mcp_servers(path: str | None) -> list[_McpServer]:
-    """The servers of an `mcpServers` JSON file (--mcp-config): stdio ones (command, args,
-    env) and Streamable HTTP ones (url, headers). StartupError for a file that is not one."""
+    """The servers of an `mcpServers` JSON file (--mcp-config), as other MCP hosts write it:
+    stdio ones (command, args, env), Streamable HTTP ones (url, headers; "type" "http" or
+    "streamable-http") and HTTP+SSE ones ("type": "sse"). StartupError, in one line, for a
+    file that is not one."""
     if not path:
         return []
     try:
         with open(path, encoding="utf-8") as f:
-            servers = json.load(f).get("mcpServers")
-    except (OSError, ValueError, AttributeError) as e:
+            config = json.load(f)
+    except (OSError, ValueError, RecursionError) as e:
         raise StartupError(f"--mcp-config: {path} cannot be read as an mcpServers JSON file ({e})", 2) from None
+    servers = config.get("mcpServers") if isinstance(config, dict) else None
     if not isinstance(servers, dict):
         raise StartupError(f'--mcp-config: {path} has no "mcpServers" object', 2)
-    found, started = [], _now_iso()
-    for name, spec in servers.items():
-        where = f"--mcp-config: server {name!r}"
+    found, started, names = [], _now_iso(), {}
+    for given, spec in servers.items():
+        name, where = _mcp_name(given), f"--mcp-config: server {given!r}"
         if not re.fullmatch(MCP_NAME, name) or not isinstance(spec, dict):
-            raise StartupError(f"{where}: a name is 1 to 32 of a-z, 0-9, - and _, and a server an object", 2)
-        if isinstance(spec.get("command"), str):
-            args, env = spec.get("args", []), spec.get("env", {})
-            if not (isinstance(args, list) and all(isinstance(a, str) for a in args)):
-                raise StartupError(f'{where}: "args" must be a list of strings', 2)
-            if not (isinstance(env, dict) and all(isinstance(v, str) for v in env.values())):
-                raise StartupError(f'{where}: "env" must map names to strings', 2)
-            transport: Any = _McpStdio(name, spec["command"], args, env)
-        elif isinstance(spec.get("url"), str) and re.match(r"^https?://", spec["url"]):
-            headers = spec.get("headers", {})
-            if not (isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values())):
-                raise StartupError(f'{where}: "headers" must map names to strings', 2)
-            transport = _McpHttp(name, spec["url"], headers)
-        else:
-            raise StartupError(f'{where}: give "command" (stdio) or an http(s) "url" (Streamable HTTP)', 2)
-        found.append(_McpServer(name, transport, f"config-{name}", started, started))
+            raise StartupError(f"{where}: a name is 1 to 32 characters, and a server an object", 2)
+        if name in names:
+            raise StartupError(f"{where} and {names[name]!r} would both be the capability mcp:{name}", 2)
+        names[name] = given
+        transport = _mcp_transport(name, spec, where)
+        secrets = _header_secrets(spec.get("headers") or {}, every=True)
+        found.append(_McpServer(name, transport, f"config-{name}", started, started, secrets))
     return found
+
+
+def _mcp_transport(name: str, spec: dict, where: str) -> Any:
+    """The transport a server's entry in the config file asks for."""
+    kind = spec.get("type")
+    if kind not in (None, "stdio", "http", "streamable-http", "streamableHttp", "sse"):
+        raise StartupError(f'{where}: "type" must be stdio, http, streamable-http or sse', 2)
+    if isinstance(spec.get("command"), str) and kind in (None, "stdio"):
+        args, env = spec.get("args", []), spec.get("env", {})
+        if not (isinstance(args, list) and all(isinstance(a, str) for a in args)):
+            raise StartupError(f'{where}: "args" must be a list of strings', 2)
+        if not (isinstance(env, dict) and all(isinstance(v, str) for v in env.values())):
+            raise StartupError(f'{where}: "env" must map names to strings', 2)
+        return _McpStdio(name, spec["command"], args, env)
+    url, headers = spec.get("url"), spec.get("headers", {})
+    if not isinstance(url, str) or kind == "stdio":
+        raise StartupError(f'{where}: give "command" (stdio) or an http(s) "url"', 2)
+    problem = _url_problem(url)
+    if problem:
+        raise StartupError(f'{where}: its "url" {problem}', 2)
+    if not (isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values())):
+        raise StartupError(f'{where}: "headers" must map names to strings', 2)
+    return _McpSse(name, url, headers) if kind == "sse" else _McpHttp(name, url, headers)
 
 
 # =============================================================================
@@ -4430,13 +4852,6 @@ def _mcp_servers(path: str | None) -> list[_McpServer]:
 
 TOOL_TIMEOUT_S = 30.0
 MAX_TOOL_OUTPUT = 256 * 1024
-
-
-class _Stop(SystemExit):
-    """Kills a turn's greenlet, or a step's. A SystemExit: a PostgreSQL query it waits
-    on is then cancelled on the server and its connection stays usable (psycopg cancels
-    on SystemExit; gevent's GreenletExit would leave the query running and the connection
-    stuck). The greenlet catches it: one that ends with a SystemExit stops the process."""
 
 
 class _ToolTimeout(SystemExit):
@@ -4468,8 +4883,12 @@ class _TurnFailed(EverrunsError):
 
 
 def _capped(result: Any) -> Any:
-    """A tool result, cut to MAX_TOOL_OUTPUT bytes of JSON when larger."""
+    """A tool result as it can be stored: text UTF-8 cannot carry (a lone surrogate, which a
+    JSON escape can make) as '?', cut to MAX_TOOL_OUTPUT bytes of JSON when larger."""
     text = _dumps(result)
+    clean = _clean_text(text)
+    if clean is not text:
+        result, text = json.loads(clean), clean
     if len(text.encode()) <= MAX_TOOL_OUTPUT:
         return result
     return {"truncated": True, "preview": text.encode()[:MAX_TOOL_OUTPUT].decode(errors="ignore")}
@@ -4508,7 +4927,7 @@ def _run_tool(tool: _Tool, arguments: dict, tctx: _ToolContext) -> tuple[Any, bo
     except _ToolTimeout:
         return {"error": f"{tool.name} timed out after {timeout:g} s"}, True
     except EverrunsError as e:
-        return {"error": str(e)}, True
+        return _capped({"error": str(e)}), True
     except Exception:
         _log.exception("tool %s failed", tool.name)
         return {"error": f"{tool.name} failed with an internal error"}, True
@@ -4547,8 +4966,17 @@ class _Turn:
             self.wake.set()
 
 
-def _agent_tools(capability_ids: list[str]) -> dict[str, _Tool]:
-    return {t.name: t for c in capability_ids if c in CAPABILITIES for t in CAPABILITIES[c].tools}
+def _agent_tools(capability_ids: list[str], start: bool = False) -> dict[str, _Tool]:
+    """The tools of some capabilities by name; with `start`, MCP servers are started first
+    (a turn's step that can be stopped), else what they have listed so far."""
+    tools = {}
+    for capability in (CAPABILITIES[c] for c in capability_ids if c in CAPABILITIES):
+        if start and isinstance(capability, _McpServer):
+            with contextlib.suppress(_McpFailed):  # unavailable: its tools are missing from this turn
+                tools.update((t.name, t) for t in capability.start_tools())
+        else:
+            tools.update((t.name, t) for t in capability.tools)
+    return tools
 
 
 def _system_prompt(agent: Any) -> str:
@@ -4932,7 +5360,7 @@ class _Runner:
     def _loop(self, turn: _Turn) -> None:
         ids = turn.capabilities  # an MCP server may have to start to list its tools: a step that can be stopped
         slow = any(isinstance(CAPABILITIES.get(c), _McpServer) for c in ids)
-        turn.tools = self._wait(turn, _agent_tools, ids) if slow else _agent_tools(ids)
+        turn.tools = self._wait(turn, _agent_tools, ids, True) if slow else _agent_tools(ids)
         if turn.resumed:
             self._run_approved(turn)
         while turn.iterations < turn.max_iterations:
@@ -5740,10 +6168,13 @@ def _check_client_tools(client_tools: list[dict], capabilities: list[str]) -> No
 
 
 def _approvals(names: list[str], capabilities: list[str]) -> list[str]:
-    """An agent's require_approval, each name one of its tools (or "*"); 400 otherwise."""
+    """An agent's require_approval, each name one of its tools (or "*"), or of an MCP server
+    that has not listed its tools yet (never waited for); 400 otherwise."""
     tools = _agent_tools(capabilities)
+    unlisted = tuple(f"{c.name}__" for i in capabilities if isinstance(c := CAPABILITIES.get(i), _McpServer)
+                     and c.status != "ready")  # fmt: skip
     for i, name in enumerate(names):
-        if name != "*" and name not in tools:
+        if name != "*" and name not in tools and not name.startswith(unlisted):
             raise _invalid(["require_approval", i], f"{name!r} is not a tool of this agent's capabilities")
     return _dedupe(names)
 
@@ -6253,7 +6684,18 @@ def _fs_delete(ctx: _Ctx, call: _Call, session_id: str, path: str) -> None:
 )
 def _list_capabilities(ctx: _Ctx, call: _Call) -> BaseModel:
     page = _names_page(list(CAPABILITIES), call.query)
-    return CapabilityPage(**{**page, "data": [CAPABILITIES[i].out() for i in page["data"]]})
+    return CapabilityPage(**{**page, "data": [_capability_out(CAPABILITIES[i]) for i in page["data"]]})
+
+
+def _capability_out(capability: Any) -> Capability:
+    """A capability as listed; one that cannot say what it is (a broken MCP server) is
+    listed as unavailable rather than failing the listing for everyone."""
+    try:
+        return capability.out()
+    except Exception:
+        _log.exception("capability %s cannot be listed", capability.id)
+        return Capability(id=capability.id, name=capability.name, description=capability.description,
+                          status="unavailable", category=capability.category, system_prompt="", tools=[])  # fmt: skip
 
 
 @_route(
@@ -6267,7 +6709,7 @@ def _list_capabilities(ctx: _Ctx, call: _Call) -> BaseModel:
 def _get_capability(ctx: _Ctx, call: _Call, capability_id: str) -> BaseModel:
     if capability_id not in CAPABILITIES:
         raise _NotFound(f"capability {capability_id} not found")
-    return CAPABILITIES[capability_id].out()
+    return _capability_out(CAPABILITIES[capability_id])
 
 
 # ---- MCP servers ----------------------------------------------------------------
@@ -6289,7 +6731,10 @@ def _sync_mcp(ctx: _Ctx) -> None:
     for resource_id, row in rows.items():
         if resource_id not in ctx.mcp_api:
             headers = {name: secrets.open(value) or "" for name, value in row.headers.items()}
-            server = _McpServer(row.name, _McpHttp(row.name, row.url, headers), row.id, row.created_at, row.updated_at)
+            allow_private = ctx.config["allow_private_mcp"]
+            transport = _McpHttp(row.name, row.url, headers, guarded=True, allow_private=allow_private)
+            server = _McpServer(row.name, transport, row.id, row.created_at, row.updated_at,
+                                _header_secrets(headers, every=True))  # fmt: skip
             ctx.mcp_api[resource_id] = CAPABILITIES[server.id] = server
 
 
@@ -6310,6 +6755,17 @@ def _mcp_server(ctx: _Ctx, server_id: str, changing: bool = False) -> Any:
 def _check_mcp_name(ctx: _Ctx, name: str, server_id: str | None = None) -> None:
     if any(s.name == name and s.resource_id != server_id for s in _mcp_servers_of(ctx).values()):
         raise _Conflict(f"there is an MCP server named {name} already")
+
+
+def _check_mcp_url(ctx: _Ctx, url: str) -> None:
+    """400 for a URL whose host is written as an address the API's servers may not reach
+    (a name is checked when the server is reached: see _McpHttp)."""
+    from urllib.parse import urlsplit
+
+    address = _literal_address(urlsplit(url).hostname or "")
+    refusal = address and _mcp_address_refusal(address, ctx.config["allow_private_mcp"])
+    if refusal:
+        raise _invalid(["url"], f"is refused: {refusal}")
 
 
 def _mcp_written(ctx: _Ctx, server_id: str | None) -> Any:
@@ -6339,6 +6795,7 @@ def _list_mcp_servers(ctx: _Ctx, call: _Call) -> BaseModel:
 def _create_mcp_server(ctx: _Ctx, call: _Call) -> BaseModel:
     body, m, ts = call.body, ctx.store.m, _now_iso()
     _check_mcp_name(ctx, body.name)
+    _check_mcp_url(ctx, body.url)
     headers = {name: ctx.store.secrets.seal(value) for name, value in body.headers.items()}
     try:
         with ctx.store.write():
@@ -6368,6 +6825,8 @@ def _update_mcp_server(ctx: _Ctx, call: _Call, server_id: str) -> BaseModel:
     _mcp_server(ctx, server_id, changing=True)
     if "name" in changes:
         _check_mcp_name(ctx, changes["name"], server_id)
+    if "url" in changes:
+        _check_mcp_url(ctx, changes["url"])
     if "headers" in changes:
         changes["headers"] = {name: ctx.store.secrets.seal(value) for name, value in changes["headers"].items()}
     try:
@@ -6519,9 +6978,13 @@ def _build_openapi(auth: bool = False) -> dict:
 _BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
 
 
+NO_NUL = r"^[^\x00]*$"  # no text may hold the NUL character (see _refuse_nul): the document says so
+
+
 def _json_schema_keywords(node: Any) -> Any:
     """The document with pydantic's leftovers made JSON Schema: bounds it could not place
-    (ge, le) as minimum/maximum, and no `"default": null` where null is not allowed."""
+    (ge, le) as minimum/maximum, no `"default": null` where null is not allowed, and the
+    NUL rule on every text that has no pattern of its own."""
     if isinstance(node, list):
         return [_json_schema_keywords(item) for item in node]
     if not isinstance(node, dict):
@@ -6529,6 +6992,8 @@ def _json_schema_keywords(node: Any) -> Any:
     out = {key: _json_schema_keywords(value) for key, value in node.items()}
     if out.get("type") in ("integer", "number"):
         out = {_BOUNDS.get(key, key): value for key, value in out.items()}
+    if out.get("type") == "string" and not out.keys() & {"pattern", "enum", "const", "format"}:
+        out["pattern"] = NO_NUL
     if "default" in out and out["default"] is None and not _allows_null(out):
         del out["default"]
     return out
@@ -7287,8 +7752,8 @@ class _Cluster:
     def stop(self) -> None:
         """Leave (after the runner's shutdown): the lease goes, and the others start what is owed."""
         greenlets = [*self.greenlets, *([self._reaping] if self._reaping else [])]
-        for greenlet in greenlets:  # a greenlet that never ran is dropped; a running one stopped (see _Stop)
-            greenlet.kill(_Stop if greenlet.gr_frame is not None else gevent.GreenletExit, block=False)
+        for greenlet in greenlets:
+            _stop_soon(greenlet)
         gevent.joinall(greenlets, timeout=2)
         with contextlib.suppress(pw.DatabaseError), self.store.write():
             self.store.db.execute_sql("DELETE FROM instance WHERE id = %s", (self.store.lease,))
@@ -8091,7 +8556,8 @@ def _read_line(prompt: str) -> str | None:
 def _chat_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="everruns chat", description="Chat with an agent in the terminal, over the HTTP API.")
     parser.add_argument("agent", nargs="?", help=f"An agent's name or id (default: {CHAT_AGENT}, created if missing).")
-    parser.add_argument("--url", help=f"The server (env: EVERRUNS_URL; default: {CHAT_URL}).")
+    parser.add_argument("--url", help=f"The server (env: EVERRUNS_URL; default: {CHAT_URL}, or the port "
+                        "EVERRUNS_PORT names: where `everruns` with the same environment listens).")  # fmt: skip
     parser.add_argument("--api-key", help="The server's API key (env: EVERRUNS_API_KEY).")
     parser.add_argument("--new", action="store_true", help="Start a new session (default: continue the newest).")
     return parser
@@ -8123,7 +8589,8 @@ def _chat(argv: list[str]) -> int:
     """`everruns chat`: see _chat_parser."""
     args = _chat_parser().parse_args(argv)
     gevent.get_hub().NOT_ERROR += (KeyboardInterrupt,)  # Ctrl-C cancels a turn: not an error to print
-    url = args.url or os.environ.get("EVERRUNS_URL") or CHAT_URL
+    port = os.environ.get("EVERRUNS_PORT", "").strip()
+    url = args.url or os.environ.get("EVERRUNS_URL") or (f"http://127.0.0.1:{port}" if port.isdigit() else CHAT_URL)
     api = _ApiClient(url, args.api_key or os.environ.get("EVERRUNS_API_KEY"))
     stop = None
     with contextlib.suppress(AttributeError, ValueError):

@@ -5,6 +5,7 @@ from gevent import monkey
 
 monkey.patch_all()  # as `python everruns.py` does: before everruns (and peewee) is imported
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def pytest_configure(config):
     config.addinivalue_line("markers", "sqlite: a test of SQLite itself (its file, pragmas or sqlite3): SQLite only")
     config.addinivalue_line("markers", "postgresql: a test of what only PostgreSQL does: PostgreSQL only")
+    config.addinivalue_line("markers", "slow: a fault test that takes long by design (run once, on one interpreter)")
 
 
 def pytest_generate_tests(metafunc):
@@ -59,9 +61,9 @@ class Postgres:
             subprocess.run(["chown", "-R", "postgres", str(folder)], check=True)
         self._run("initdb", "-D", f"{folder}/data", "-A", "trust", "--no-sync", "--no-locale", "-E", "UTF8",
                   "-U", "postgres")  # fmt: skip
-        options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -k {folder} -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=400")  # fmt: skip
-        self._run("pg_ctl", "-D", f"{folder}/data", "-l", f"{folder}/log", "-o", options, "-w", "start")
+        self.options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -k {folder} -c fsync=off "
+                        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=400")  # fmt: skip
+        self.start()
         self.base = f"postgresql://postgres@127.0.0.1:{self.port}/"
         self._names = itertools.count(1)
         self._admin("CREATE DATABASE everruns_template")
@@ -82,8 +84,35 @@ class Postgres:
         self._admin(f"CREATE DATABASE {name} TEMPLATE everruns_template")
         return self.base + name
 
-    def stop(self):
-        self._run("pg_ctl", "-D", f"{self.folder}/data", "-m", "immediate", "stop")
+    def start(self):
+        self._run("pg_ctl", "-D", f"{self.folder}/data", "-l", f"{self.folder}/log", "-o", self.options, "-w", "start")
+
+    def stop(self, mode="immediate"):
+        self._run("pg_ctl", "-D", f"{self.folder}/data", "-m", mode, "stop")
+
+    def restart(self):
+        """A restart as an operator makes one: every connection is closed."""
+        self._run("pg_ctl", "-D", f"{self.folder}/data", "-l", f"{self.folder}/log", "-o", self.options, "-m", "fast",
+                  "-w", "restart")  # fmt: skip
+
+    def terminate_backends(self, database):
+        """Close every connection to a database from the server's side (as an idle timeout or a firewall would)."""
+        self._admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}' "
+                    "AND pid <> pg_backend_pid()")  # fmt: skip
+
+
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL server for one test alone: to restart, stop and start again."""
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="everruns-postgres-")
+    server = Postgres(folder)
+    yield server
+    with contextlib.suppress(subprocess.CalledProcessError):
+        server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

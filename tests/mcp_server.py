@@ -1,6 +1,7 @@
 """A real MCP server for the tests, built with the official `mcp` SDK (a test-only
-dependency): `python tests/mcp_server.py stdio`, or `http PORT [json]` (Streamable HTTP
-on 127.0.0.1, endpoint /mcp; answers as event streams, or with `json` as plain JSON).
+dependency): `python tests/mcp_server.py stdio`, `http PORT [json]` (Streamable HTTP
+on 127.0.0.1, endpoint /mcp; answers as event streams, or with `json` as plain JSON), or
+`sse PORT` (the older HTTP+SSE transport, stream at /sse).
 tools/list answers two tools per page."""
 
 import base64
@@ -83,6 +84,8 @@ def flood() -> str:
 if __name__ == "__main__":
     if sys.argv[1] == "stdio":
         mcp.run("stdio")
+    elif sys.argv[1] == "sse":
+        mcp.run("sse", host="127.0.0.1", port=int(sys.argv[2]))
     else:
         json_answers = sys.argv[3:] == ["json"]  # plain JSON answers instead of event streams
         mcp.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]), streamable_http_path="/mcp",

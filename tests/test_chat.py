@@ -2,11 +2,10 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 
 CLEAN = {k: v for k, v in os.environ.items() if not k.startswith("EVERRUNS_") and not k.endswith("_API_KEY")}
 
@@ -79,11 +78,11 @@ def test_ctrl_c_cancels_the_running_turn(start_server):
 
 
 def test_with_nothing_at_the_default_url_it_serves_in_process(tmp_path):
-    with socket.socket() as probe:
-        assert probe.connect_ex(("127.0.0.1", 9000)) != 0, "port 9000 must be free for this test"
-    status, out, err = chat(text="hello\n", env={"EVERRUNS_DB": str(tmp_path / "local.db")}, cwd=tmp_path)
+    port = str(free_port())  # where `everruns` with this environment would listen (not 9000: it may be taken)
+    env = {"EVERRUNS_DB": str(tmp_path / "local.db"), "EVERRUNS_PORT": port}
+    status, out, err = chat(text="hello\n", env=env, cwd=tmp_path)
     assert status == 0 and out == "You said: hello\n"
-    assert err.count("\n") == 1 and "running one in this process" in err
+    assert err.count("\n") == 1 and "running one in this process" in err and f"127.0.0.1:{port}" in err
     assert (tmp_path / "local.db").exists()
 
 

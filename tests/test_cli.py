@@ -6,6 +6,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import ROOT, free_port
@@ -42,6 +43,7 @@ def test_server_prints_urls_and_answers(start_server, tmp_path):
     status, _, body = server.call("GET", "/v1/capabilities")
     assert status == 200 and len(body["data"]) == 7
     assert f"http://127.0.0.1:{server.port}/swagger-ui/" in server.output()
+    assert f"Console: http://127.0.0.1:{server.port}/\n" in server.output()
     status, _, health = server.call("GET", "/health")
     assert health == {"status": "ok", "version": everruns.__version__, "database": "ok", "backend": "sqlite",
                       "instance": health["instance"]}  # fmt: skip
@@ -87,6 +89,7 @@ BAD_SETTINGS = [
     ([], {"EVERRUNS_MAX_CONNECTIONS": "-1"}, "--max-connections (EVERRUNS_MAX_CONNECTIONS)"),
     ([], {"EVERRUNS_LOG_LEVEL": "loud"}, "--log-level (EVERRUNS_LOG_LEVEL)"),
     (["--api-key-file", "/nonexistent/key"], {}, "--api-key-file"),
+    (["--default-provider", "nosuch"], {}, "--default-provider"),
 ]
 
 
@@ -135,6 +138,8 @@ def test_a_port_in_use_is_one_line(tmp_path):
         (".", 2, "is a directory"),
         ("corrupt.db", 1, "cannot be used"),
         ("mysql://user@localhost/everruns", 2, "not supported"),
+        ("/proc/x.db", 1, "cannot be used"),
+        ("/sys/x.db", 1, "cannot be used"),
         ("postgresql://user:pw-canary-4471@127.0.0.1:1/everruns", 1, "cannot be used"),  # nobody listens there
     ],
 )
@@ -155,3 +160,41 @@ def test_postgresql_without_its_driver_is_one_line(monkeypatch):
 def test_an_unknown_log_level_is_one_line(tmp_path):
     status, said = start_failure(tmp_path, "--db", str(tmp_path / "x.db"), "--log-level", "loud")
     assert status == 2 and "--log-level" in said
+
+
+def test_without_its_packages_it_says_what_to_install_in_one_line():
+    result = run("-S", "everruns.py", "--version")  # no site-packages: none of its dependencies
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "pip install everruns" in result.stderr
+
+
+def test_a_second_server_on_one_sqlite_file_refuses_and_the_first_goes_on(start_server, tmp_path):
+    db = str(tmp_path / "one.db")
+    first = start_server(db)
+    slow = first.call("POST", "/v1/llm-providers", {"name": "slow", "provider_type": "llmsim",
+                                                     "settings": {"token_delay_ms": 100}})[2]  # fmt: skip
+    agent = first.call("POST", "/v1/agents", {"name": "a", "provider_id": slow["id"]})[2]
+    session = first.call("POST", f"/v1/agents/{agent['id']}/sessions", {})[2]["id"]
+    first.call("POST", f"/v1/sessions/{session}/messages", {"content": "one two three four five six seven"})
+    deadline = time.monotonic() + 10
+    while first.call("GET", f"/v1/sessions/{session}")[2]["status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    second = run("everruns.py", "--db", db, "--port", str(free_port()))
+    assert second.returncode == 1 and second.stdout == "" and len(second.stderr.strip().splitlines()) == 1
+    assert db in second.stderr and f"process {first.proc.pid}" in second.stderr
+    status, _, raw = first.call("GET", f"/v1/sessions/{session}/events?until=completed", timeout=30)
+    assert status == 200 and b'"status":"completed"' in raw and b"INTERRUPTED" not in raw
+    assert "Traceback" not in first.output() and "UNIQUE" not in first.output()
+
+
+@pytest.mark.sqlite
+def test_a_second_app_on_one_sqlite_file_in_one_process_is_refused(make_app, db_path):
+    import webtest
+
+    app = make_app(db_path)
+    with pytest.raises(everruns.StartupError, match="this process"):
+        everruns.create_app(db_path, env={})
+    assert webtest.TestApp(app).get("/health").json["status"] == "ok"  # the first one untouched
+    app.close()
+    everruns.create_app(db_path, env={}).close()  # free again once it is closed

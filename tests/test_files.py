@@ -178,9 +178,12 @@ def test_catastrophic_patterns_never_stall_the_server(start_server):
         )
     other = server.call("POST", f"/v1/agents/{agent['id']}/sessions", {})[2]["id"]
     server.call("POST", f"/v1/sessions/{other}/messages", {"content": "meanwhile"})
+    wide = server.call("POST", f"/v1/agents/{agent['id']}/sessions", {})[2]["id"]  # a second to compile
+    pattern = ("(?i)" + "[\u0100-\uffff]" * 300)[:1024]
+    server.call("POST", f"/v1/sessions/{wide}/messages", {"content": f"grep_files {json.dumps({'pattern': pattern})}"})
 
     def settled():
-        return all(server.call("GET", f"/v1/sessions/{s}")[2]["status"] == "idle" for s in [*sessions, other])
+        return all(server.call("GET", f"/v1/sessions/{s}")[2]["status"] == "idle" for s in [*sessions, other, wide])
 
     assert max(health_latencies(server, settled)) < 0.1
     for sid in sessions:

@@ -11,6 +11,8 @@ import jsonschema
 import pytest
 import webtest
 
+import everruns
+
 DOCS = {"/api-doc/openapi.json", "/swagger-ui/", "/swagger-ui/<name>", "/", "/console.css", "/console.js"}
 
 
@@ -132,7 +134,7 @@ def test_real_responses_match_their_documented_schemas(client, api, doc):
     call("DELETE", fs, f"{base}/notes")
     call("DELETE", fs, f"{base}/notes?recursive=true")
     mcp, one = "/v1/mcp-servers", "/v1/mcp-servers/{server_id}"
-    dead = {"name": "dead", "url": "http://127.0.0.1:9/mcp"}  # nothing listens there: it is never started here
+    dead = {"name": "dead", "url": "https://mcp.example.invalid/mcp"}  # deleted before any listing could start it
     server = call("POST", mcp, mcp, params=dead).json
     call("POST", mcp, mcp, params=dead)
     call("GET", mcp, mcp)
@@ -214,7 +216,8 @@ def test_a_generated_client_round_trips_a_remote_provider_and_lists_events(tmp_p
         created = create_provider.sync(client=client, body=body)
         again = get_provider.sync(client=client, provider_id=created.id)
         assert isinstance(again, OpenAIProvider)
-        assert again.settings.to_dict() == {"timeout_s": 30, "max_tokens": 100, "extra_headers": {"X-Team": "blue"}}
+        assert again.settings.to_dict() == {"timeout_s": 30, "max_call_s": 1800, "max_tokens": 100,
+                                            "extra_headers": {"X-Team": "blue"}}  # fmt: skip
         agent = server.call("POST", "/v1/agents", {"name": "a"})[2]
         sid = server.call("POST", f"/v1/agents/{agent['id']}/sessions", {})[2]["id"]
         server.call("POST", f"/v1/sessions/{sid}/messages", {"content": "hi"})
@@ -224,3 +227,16 @@ def test_a_generated_client_round_trips_a_remote_provider_and_lists_events(tmp_p
         sys.path.remove(str(tmp_path))
         for name in [m for m in sys.modules if m.startswith("everruns_client")]:
             del sys.modules[name]
+
+
+def test_the_document_says_what_the_server_enforces(client):
+    doc = client.get("/api-doc/openapi.json").json
+    cancel = doc["paths"]["/v1/sessions/{session_id}/cancel"]["post"]["responses"]
+    assert {"415", "507"} <= set(cancel)  # a form's content type; a full disk
+    schemas = doc["components"]["schemas"]
+    headers = schemas["McpServerCreate"]["properties"]["headers"]
+    assert headers["propertyNames"]["pattern"] == "^[A-Za-z0-9-]{1,128}$"
+    assert schemas["AgentCreate"]["properties"]["name"]["pattern"] == everruns.NO_NUL  # no NUL in any text
+    assert schemas["McpServerCreate"]["properties"]["url"]["pattern"] == everruns.URL_PATTERN
+    health = doc["paths"]["/health"]["get"]["responses"]["503"]["content"]["application/json"]["schema"]
+    assert health == {"$ref": "#/components/schemas/Health"}

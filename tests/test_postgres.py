@@ -2,8 +2,11 @@
 a tool's timeout) leave every connection usable and no query running on the server."""
 
 import dataclasses
+import itertools
+import time
 
 import gevent
+import gevent.event
 import pytest
 import webtest
 from conftest import Api, another_connection, finish
@@ -99,3 +102,93 @@ def test_a_small_pool_serves_many_concurrent_conversations(make_app, db_path, mo
     gevent.joinall([gevent.spawn(converse, s) for s in sessions], raise_error=True)
     assert len(client.get(f"/v1/agents/{agent['id']}/sessions?limit=100").json["data"]) == 30
     assert not app.everruns.store.db._in_use  # every connection is back in the pool
+
+
+# ---- faults: PostgreSQL restarted, its connections cut, stopped for a while -----------
+
+
+def post(server, session, text):
+    """POST a message: its id if it was stored (201), else None (503 while the database is away)."""
+    try:
+        status, headers, body = server.call("POST", f"/v1/sessions/{session}/messages", {"content": text}, timeout=10)
+    except OSError:
+        return None
+    if status == 503:
+        assert body["error"]["code"] == "UNAVAILABLE" and headers["Retry-After"]
+        return None
+    assert status == 201, body
+    return body["id"]
+
+
+def until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not (found := predicate()):
+        assert time.monotonic() < deadline, f"gave up waiting: {what}"
+        gevent.sleep(0.1)
+    return found
+
+
+def everything_stored(server, sessions, acked):
+    """Every message that got its 201 is there once the sessions settle."""
+    for session in sessions:
+        status, _, _ = server.call("GET", f"/v1/sessions/{session}/events?until=completed", timeout=60)
+        assert status == 200
+    listed = {m["id"] for s in sessions for m in server.call("GET", f"/v1/sessions/{s}/messages?limit=100")[2]["data"]}
+    assert set(acked) <= listed, f"lost: {set(acked) - listed}"
+
+
+@pytest.mark.slow
+def test_writes_come_back_after_postgresql_restarts_or_cuts_its_connections(own_postgres, start_server):
+    db = own_postgres.new_database()
+    server = start_server(db)
+    agent = server.call("POST", "/v1/agents", {"name": "a"})[2]
+    sessions = [server.call("POST", f"/v1/agents/{agent['id']}/sessions", {})[2]["id"] for _ in range(5)]
+    acked, refused, stop = [], [], gevent.event.Event()
+
+    def load():
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            message = post(server, sessions[i % 5], f"m{i}")
+            (acked if message else refused).append(message)
+            gevent.sleep(0.01)
+
+    loader = gevent.spawn(load)
+    for fault in (lambda: own_postgres.terminate_backends(db.rsplit("/", 1)[1]), own_postgres.restart):
+        until(lambda: len(acked) >= 20, 30, "messages stored before the fault")
+        fault()
+        before = len(acked)
+        until(lambda: len(acked) > before + 20, 60, "writes again, without restarting the server")  # noqa: B023
+    stop.set()
+    loader.join()
+    assert refused, "the fault was never seen"
+    everything_stored(server, sessions, acked)
+    assert server.call("GET", "/health")[2]["database"] == "ok"
+    assert "Traceback" not in server.output()
+
+
+@pytest.mark.slow
+def test_a_postgresql_outage_is_503_and_the_server_recovers_by_itself(own_postgres, start_server):
+    db = own_postgres.new_database()
+    server = start_server(db)
+    agent = server.call("POST", "/v1/agents", {"name": "a"})[2]
+    session = server.call("POST", f"/v1/agents/{agent['id']}/sessions", {})[2]["id"]
+    acked = [post(server, session, "before")]
+    own_postgres.stop("fast")
+    outage = time.monotonic()
+    while time.monotonic() - outage < 10:  # stopped for 10 s: every answer quick, and a 503
+        started = time.monotonic()
+        status, headers, health = server.call("GET", "/health", timeout=5)
+        assert (status, health["database"], headers["Retry-After"]) == (503, "unavailable", "2")
+        status, headers, body = server.call("GET", f"/v1/sessions/{session}/messages", timeout=5)
+        assert status == 503 and body["error"]["code"] == "UNAVAILABLE" and headers["Retry-After"]
+        assert post(server, session, "during") is None
+        assert time.monotonic() - started < 5
+        gevent.sleep(0.5)
+    own_postgres.start()
+    until(lambda: server.call("GET", "/health", timeout=5)[0] == 200, 30, "/health ok again")
+    acked.append(until(lambda: post(server, session, "after"), 30, "a message stored again"))
+    everything_stored(server, [session], acked)
+    log = server.output()
+    assert log.count("database unavailable") == 1 and log.count("database available again") == 1, log
+    assert "Traceback" not in log and len(log.splitlines()) < 40, log

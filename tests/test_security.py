@@ -327,3 +327,25 @@ def test_a_short_credential_header_is_still_never_shown(api, client):
     shown = client.get(f"/v1/llm-providers/{provider['id']}").json["settings"]["extra_headers"]
     assert shown == {"X-Api-Key": "[redacted]", "X-Auth-Version": "[redacted]"}
     assert "s3cr3t7" not in str(provider)
+
+
+def test_echoes_of_keys_and_short_credential_headers_are_redacted(api, client, upstream):
+    key, short = "canary-key-Zz9-plural-Z-alpha-0042", "SHRT123"
+    session = remote_session(api, upstream, "openai", extra_headers={"X-Key": short})
+    provider_id = provider_of(client, session)
+    client.patch_json(f"/v1/llm-providers/{provider_id}", {"api_key": key})
+    echo = f"bad key {key.upper()}, or was it {key[:-1]}... and x-key: {short.lower()}; keep THIS"
+    upstream.json(401, {"error": {"message": echo}})
+    client.post_json(f"/v1/sessions/{session['id']}/messages", {"content": "hi"}, status=201)
+    error = finish(client, session["id"])[-1]["data"]["error"]
+    assert error["code"] == "PROVIDER_AUTH" and "keep THIS" in error["message"]
+    stored = client.get(f"/v1/sessions/{session['id']}/events?format=json").text + str(
+        client.get(f"/v1/sessions/{session['id']}").json
+    )
+    for leaked in (key, key[:-1], short):
+        assert leaked.lower() not in error["message"].lower() and leaked.lower() not in stored.lower()
+
+
+def provider_of(client, session):
+    agent = client.get(f"/v1/agents/{session['agent_id']}").json
+    return agent["provider_id"]

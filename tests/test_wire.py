@@ -58,6 +58,27 @@ def answer(sock, timeout=5):
     return int(status_line.split()[1]), headers, body, closed
 
 
+def answers(sock, count, timeout=5):
+    """Read `count` answers that arrive one after the other on a kept-alive connection:
+    [(status, headers, body)]."""
+    sock.settimeout(timeout)
+    data, got = b"", []
+    while len(got) < count:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if sep:
+            status_line, *lines = head.decode("latin-1").split("\r\n")
+            headers = {n.strip().lower(): v.strip() for n, _, v in (h.partition(":") for h in lines)}
+            length = int(headers.get("content-length", 0))
+            if len(rest) >= length:
+                got.append((int(status_line.split()[1]), headers, rest[:length]))
+                data = rest[length:]
+                continue
+        chunk = _recv(sock)
+        assert chunk, f"the server hung up after {len(got)} answers"
+        data += chunk
+    return got
+
+
 def raw(server, data, timeout=5):
     """Send raw bytes on a new connection and read the answer (see `answer`)."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
@@ -170,6 +191,18 @@ PROTOCOL_ERRORS = {
     "folded-header": (request(headers=b"X-A: 1\r\n  continued\r\n"), 400, "BAD_REQUEST"),
     "negative-content-length": (post_agent(b"Content-Length: -1\r\n"), 400, "BAD_REQUEST"),
     "bad-chunk-size": (post_agent(b"Transfer-Encoding: chunked\r\n", b"zz\r\n{}\r\n0\r\n\r\n"), 400, "BAD_REQUEST"),
+    "bare-lf-request-line": (b"GET /health HTTP/1.1\n" + HOST + b"\r\n", 400, "BAD_REQUEST"),
+    "bare-lf-headers": (b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\nX-A: 1\n\n", 400, "BAD_REQUEST"),
+    "nul-in-a-header": (request(headers=b"X-A: a\x00b\r\n"), 400, "BAD_REQUEST"),
+    "chunked-on-http-1.0": (
+        request(
+            b"POST /v1/agents HTTP/1.0",
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n",
+            CHUNKED_AGENT,
+        ),
+        400,
+        "BAD_REQUEST",
+    ),
 }
 
 
@@ -197,6 +230,41 @@ def test_ambiguous_bodies_are_refused_and_nothing_is_created(start_server, heade
     body = CHUNKED_AGENT if b"chunked" in headers else AGENT
     envelope(raw(server, post_agent(headers, body)), 400, "BAD_REQUEST")
     assert server.call("GET", "/v1/agents")[2]["data"] == []
+    clean_log(server)
+
+
+FORM = b'--XX\r\nContent-Disposition: form-data; name="name"\r\n\r\nsneaky\r\n--XX--\r\n'
+
+
+@pytest.mark.parametrize("body", [FORM, b""], ids=["with-a-body", "without"])
+def test_a_multipart_form_post_is_415_and_the_next_request_is_its_own(start_server, body):
+    server = start_server()
+    form = request(b"POST /v1/agents HTTP/1.1", b"Content-Type: multipart/form-data; boundary=XX\r\n"
+                   b"Content-Length: %d\r\n" % len(body), body)  # fmt: skip
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(form + request())  # a second request right behind it, on the same connection
+        (refused, _, body), (health, _, _) = answers(sock, 2)
+        assert refused == 415 and json.loads(body)["error"]["code"] == "UNSUPPORTED_MEDIA_TYPE"
+        assert health == 200  # /health: read from its own first byte
+    assert server.call("GET", "/v1/agents")[2]["data"] == []
+    clean_log(server)
+
+
+def test_a_refused_body_is_never_read_as_a_request(start_server):
+    server = start_server()
+    inner = request(b"DELETE /v1/agents/x HTTP/1.1")  # a request hidden in a body the server refuses
+    refused = request(b"POST /v1/agents HTTP/1.1", b"Content-Type: text/plain\r\nContent-Length: %d\r\n" % len(inner),
+                      inner)  # fmt: skip
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(refused + request(b"GET /v1/agents HTTP/1.1"))
+        (status, _, _), (then, _, body) = answers(sock, 2)
+        assert (status, then, json.loads(body)["data"]) == (415, 200, [])  # not the hidden DELETE (404)
+    big = b"x" * (everruns.DRAIN_BYTES + 1)
+    refused = request(b"POST /v1/agents HTTP/1.1", b"Content-Type: text/plain\r\nContent-Length: %d\r\n" % len(big))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(refused)  # the body is held back: too large to read for nothing
+        status, headers, _, closed = answer(sock)
+        assert status == 415 and headers["connection"] == "close" and closed
     clean_log(server)
 
 
