@@ -66,8 +66,12 @@ class Postgres:
         self.start()
         self.base = f"postgresql://postgres@127.0.0.1:{self.port}/"
         self._names = itertools.count(1)
-        self._admin("CREATE DATABASE everruns_template")
-        everruns.create_app(self.base + "everruns_template", env={}).close()  # migrated once
+        try:
+            self._admin("CREATE DATABASE everruns_template")
+            everruns.create_app(self.base + "everruns_template", env={}).close()  # migrated once
+        except BaseException:  # the fixture never yields: stop the server here, or it outlives the run
+            self.stop()
+            raise
 
     def _run(self, tool, *args):
         subprocess.run([*self.as_owner, f"{self.bin}/{tool}", *args], check=True, capture_output=True)
