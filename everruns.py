@@ -101,6 +101,7 @@ __all__ = [
 
 import argparse
 import base64
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -145,6 +146,7 @@ from pydantic import (
     StringConstraints,
     Tag,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
 
@@ -186,20 +188,10 @@ ERROR_CODES = {
     507: "INSUFFICIENT_STORAGE",
 }
 
-EVENT_TYPES = (
-    "session.started",
-    "message.created",
-    "message.delta",
-    "tool.call",
-    "tool.approval_requested",
-    "tool.approval_resolved",
-    "tool.result",
-    "session.completed",
-)
-
-# The registry of capabilities, by id, in the order GET /v1/capabilities lists
-# them: section 9 adds the built-in ones; more may appear while the server runs.
-# An agent's capability ids are checked against it when a request comes in.
+# The built-in capabilities, by id, in the order GET /v1/capabilities lists them
+# (section 9 fills it at import; nothing changes it after). Each app has its own
+# registry on top of it (_Ctx.capabilities: its MCP servers, its Python tools), and
+# an agent's capability ids are checked against the app's when a request comes in.
 CAPABILITIES: dict[str, Any] = {}
 MCP_NAME = r"^[a-z0-9_-]{1,32}$"  # an MCP server's name (NAME__TOOL must fit a provider's 64 characters)
 
@@ -382,6 +374,15 @@ SETTINGS = (
         False,
         "Let MCP servers added through the API be on private and loopback addresses (link-local and "
         "metadata addresses stay refused; servers of --mcp-config are never restricted).",
+        _flag,
+    ),
+    Setting(
+        "check_events",
+        "--check-events",
+        "EVERRUNS_CHECK_EVENTS",
+        False,
+        "Check every event's data against its model (the OpenAPI document's) before it is stored, and log "
+        "any that does not match (slower: for development and tests).",
         _flag,
     ),
     Setting(
@@ -705,8 +706,10 @@ Id = Annotated[str, StringConstraints(pattern=UUID_PATTERN)]
 Timestamp = Annotated[str, Field(examples=["2026-01-01T12:00:00.000Z"])]
 
 
-def _known_capability(capability_id: str) -> str:
-    if capability_id not in CAPABILITIES:
+def _known_capability(capability_id: str, info: ValidationInfo) -> str:
+    """A capability id of the app's registry (the validation context's), else of the built-ins."""
+    registry = (info.context or {}).get("capabilities", CAPABILITIES)
+    if capability_id not in registry:
         raise ValueError(f"unknown capability {capability_id!r} (GET /v1/capabilities lists them)")
     return capability_id
 
@@ -1453,16 +1456,135 @@ def _validation_details(error: ValidationError) -> list[dict]:
     ]
 
 
-class Event(_Out):
-    """A session event; `message.delta` events are live only: their id and seq are null."""
+# ---- events: the registry ------------------------------------------------------
+# Every event type with the model of its `data`, in one table (EVENTS). Every emit goes
+# through it (_Tx.emit refuses a type it does not have; with --check-events, which the
+# tests use, each event's data is checked against its model before it is stored); the
+# OpenAPI document describes each event by it (Event: a union on `type`); the console,
+# the chat and the SDK's stream read the same names. A new event type: a data model,
+# one entry here, and its emit site.
 
-    id: str | None
-    seq: int | None
-    type: Literal[EVENT_TYPES]
+
+class _EventData(_Out):
+    """The `data` of one event type (a field added later has a default: older stored
+    events lack it)."""
+
+
+class SessionStartedData(_EventData):
+    turn_id: str
+    input_message_ids: list[str]
+
+
+class MessageCreatedData(_EventData):
+    message: Message
+
+
+class MessageDeltaData(_EventData):
+    message_id: str
+    delta: str = Field(description="A piece of the assistant's text, before that message's message.created.")
+
+
+class ToolCallInfo(_EventData):
+    """A tool call as the model made it."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+class ToolCallStored(ToolCallInfo):
+    """A tool call as stored: the server runs it, unless it waits for a person or the client."""
+
+    approval: Literal["pending"] = Field(None, description="It waits for a person's approval.")
+    executor: Literal["client"] = Field(None, description="The client runs it and posts its result.")
+
+
+class ToolCallData(_EventData):
+    tool_call: ToolCallStored
+
+
+class ToolApprovalRequestedData(_EventData):
+    tool_call: ToolCallInfo
+
+
+class ToolApprovalResolvedData(_EventData):
+    tool_call_id: str
+    approved: bool
+    reason: str | None
+
+
+class ToolResultData(_EventData):
+    tool_call_id: str
+    name: str
+    result: Any
+    is_error: bool
+    duration_ms: int
+
+
+class SessionCompletedData(_EventData):
+    turn_id: str
+    status: Literal["completed", "failed", "cancelled"]
+    error: TurnError | None
+    usage: Usage = Field(description="Summed over the turn's model calls.")
+    iterations: int
+    duration_ms: int
+    provider_id: str | None = None
+    model: str | None = None
+
+
+EVENTS: dict[str, type[_EventData]] = {
+    "session.started": SessionStartedData,
+    "message.created": MessageCreatedData,
+    "message.delta": MessageDeltaData,  # live only: never stored, its id and seq are null
+    "tool.call": ToolCallData,
+    "tool.approval_requested": ToolApprovalRequestedData,
+    "tool.approval_resolved": ToolApprovalResolvedData,
+    "tool.result": ToolResultData,
+    "session.completed": SessionCompletedData,
+}
+EVENT_TYPES = tuple(EVENTS)
+
+
+class _EventBase(_Out):
+    id: str | None = Field(description="null for message.delta (live only)")
+    seq: int | None = Field(description="1, 2, 3 ... per session; null for message.delta")
     session_id: str
     turn_id: str | None
     ts: Timestamp
-    data: dict[str, Any]
+
+
+def _event_model(type_: str, data: type[_EventData]) -> type[BaseModel]:
+    """The model of one event type: the envelope, its `type`, its data."""
+    name = "".join(word.capitalize() for word in re.split(r"[._]", type_)) + "Event"
+    annotations = {"type": Literal[type_], "data": data}
+    return type(name, (_EventBase,), {"__annotations__": annotations, "__module__": __name__,
+                                      "__doc__": f"The event {type_}."})  # fmt: skip
+
+
+_EVENT_MODELS = [_event_model(type_, data) for type_, data in EVENTS.items()]
+
+
+@_LazyModel
+def Event() -> type[BaseModel]:
+    from pydantic import RootModel
+
+    class Event(RootModel):
+        """A session event, its `data` shaped by its `type`."""
+
+        model_config = ConfigDict(defer_build=True)
+        root: Annotated[typing.Union[tuple(_EVENT_MODELS)], Field(discriminator="type")]  # noqa: UP007
+
+    return Event
+
+
+def _event_mismatch(type_: str, data: dict) -> str | None:
+    """What is wrong with an event's data, as its model says (None: nothing)."""
+    try:
+        EVENTS[type_].model_validate(data)
+        return None
+    except ValidationError as e:
+        return f"event {type_}: " + "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}"
+                                               for d in _validation_details(e))  # fmt: skip
 
 
 class EventsQuery(ListQuery):
@@ -1495,8 +1617,12 @@ EventPage = _page_model(Event)
 # =============================================================================
 
 
-# peewee logs every statement with its parameters at DEBUG, API keys included.
-logging.getLogger("peewee").setLevel(logging.INFO)
+class _NoStatements(logging.Filter):
+    """peewee logs every statement with its parameters at DEBUG, API keys included: an app
+    drops those records while it lives (its logger's level is left as it is)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
 
 
 class _JSONField(pw.TextField):
@@ -2817,9 +2943,11 @@ class _Tx:
     """One write transaction of a session's journal: events emitted here are
     published to live streams only after the commit."""
 
-    def __init__(self, m: Any, session_id: str, last_seq: int | None) -> None:
+    def __init__(self, m: _Models, session_id: str, last_seq: int | None,
+                 check: Callable[[str, dict], None] | None = None) -> None:  # fmt: skip
         self.m, self.session_id, self.last_seq, self.events = m, session_id, last_seq, []
         self.after: list[Callable[[], None]] = []  # run once committed, after publishing
+        self.check = check  # with --check-events: each event's data against its model
 
     def add_message(self, role: str, content: list, turn_id: str | None = None, **fields: Any) -> dict:
         """Store a message and its message.created event; the message (it keeps that event's seq)."""
@@ -2830,6 +2958,11 @@ class _Tx:
         return message
 
     def emit(self, type_: str, data: dict, turn_id: str | None = None) -> dict:
+        """Store an event of a type of EVENTS (KeyError for another); the event."""
+        if type_ not in EVENTS:
+            raise KeyError(f"{type_!r} is not an event type of EVENTS")
+        if self.check is not None:
+            self.check(type_, data)
         if self.last_seq is None:
             self.last_seq = _last_seq(self.m, self.session_id)
         self.last_seq += 1
@@ -2853,9 +2986,19 @@ class _Journal:
     them the new range.
     """
 
-    def __init__(self, store: _Store, bus: _Bus) -> None:
+    def __init__(self, store: _Store, bus: _Bus, check_events: bool = False) -> None:
         self.store, self.bus = store, bus
         self._pending: dict[str, int] = {}  # the last seq written by a group not yet committed
+        self.mismatches: list[str] = []  # with check_events: events whose data their model does not describe
+        self.check = self._check if check_events else None
+
+    def _check(self, type_: str, data: dict) -> None:
+        """--check-events: an event whose data its model (EVENTS) does not describe is logged
+        and kept in `mismatches` (it is stored all the same: what is checked is the code)."""
+        mismatch = _event_mismatch(type_, data)
+        if mismatch is not None:
+            _log.error("an event does not match its model: %s", mismatch)
+            self.mismatches.append(mismatch)
 
     @contextlib.contextmanager
     def tx(self, session_id: str, turn_id: str | None = None) -> Iterator[_Tx]:
@@ -2866,10 +3009,10 @@ class _Journal:
             if store.postgres:
                 if turn_id is not None and _sql(store.m, "turn_owned", turn_id, store.lease).fetchone() is None:
                     raise _Lost
-                tx = _Tx(store.m, session_id, None)
+                tx = _Tx(store.m, session_id, None, self.check)
             else:
                 last = self._pending.get(session_id)
-                tx = _Tx(store.m, session_id, self.bus.last_seq.get(session_id) if last is None else last)
+                tx = _Tx(store.m, session_id, self.bus.last_seq.get(session_id) if last is None else last, self.check)
             yield tx
             if tx.events and store.postgres:
                 store.outbox.append(["events", session_id, tx.events[0][0]["seq"], tx.last_seq])
@@ -3593,6 +3736,10 @@ class _Capability:
     category: str
     system_prompt: str
     tools: tuple[_Tool, ...] = ()
+
+    def listed_tools(self) -> tuple[_Tool, ...]:
+        """Its tools (an MCP server's may still be starting: see _McpServer)."""
+        return self.tools
 
     def out(self) -> Capability:
         return Capability(
@@ -4966,21 +5113,21 @@ class _Turn:
             self.wake.set()
 
 
-def _agent_tools(capability_ids: list[str], start: bool = False) -> dict[str, _Tool]:
-    """The tools of some capabilities by name; with `start`, MCP servers are started first
-    (a turn's step that can be stopped), else what they have listed so far."""
+def _agent_tools(registry: Mapping[str, Any], capability_ids: list[str], start: bool = False) -> dict[str, _Tool]:
+    """The tools of some capabilities of an app's registry, by name; with `start`, MCP servers
+    are started first (in a turn's step that can be stopped), else what they listed so far."""
     tools = {}
-    for capability in (CAPABILITIES[c] for c in capability_ids if c in CAPABILITIES):
+    for capability in (registry[c] for c in capability_ids if c in registry):
         if start and isinstance(capability, _McpServer):
             with contextlib.suppress(_McpFailed):  # unavailable: its tools are missing from this turn
                 tools.update((t.name, t) for t in capability.start_tools())
         else:
-            tools.update((t.name, t) for t in capability.tools)
+            tools.update((t.name, t) for t in capability.listed_tools())
     return tools
 
 
-def _system_prompt(agent: Any) -> str:
-    additions = [CAPABILITIES[c].system_prompt for c in agent.capabilities if c in CAPABILITIES]
+def _system_prompt(registry: Mapping[str, Any], agent: Any) -> str:
+    additions = [registry[c].system_prompt for c in agent.capabilities if c in registry]
     return "\n\n".join(p for p in [agent.system_prompt, *additions] if p)
 
 
@@ -5098,9 +5245,9 @@ class _Runner:
     stop reason there. So a cancel never lands in a write, or in the next turn.
     """
 
-    def __init__(self, journal: _Journal, config: dict) -> None:
+    def __init__(self, journal: _Journal, config: dict, capabilities: Mapping[str, Any]) -> None:
         self.journal, self.store, self.bus, self.config = journal, journal.store, journal.bus, config
-        self.m = self.store.m
+        self.m, self.capabilities = self.store.m, capabilities
         self._workers: dict[str, Any] = {}
         self._turns: dict[str, _Turn] = {}  # the running turn of each session
         self._gone: set[str] = set()  # sessions being deleted: no new turn starts
@@ -5313,7 +5460,7 @@ class _Runner:
             id=_uuid7(),
             session_id=session_id,
             input_ids=[message_id],
-            system=_system_prompt(setup),
+            system=_system_prompt(self.capabilities, setup),
             capabilities=setup.capabilities,
             tools={},
             provider=provider,
@@ -5359,8 +5506,9 @@ class _Runner:
 
     def _loop(self, turn: _Turn) -> None:
         ids = turn.capabilities  # an MCP server may have to start to list its tools: a step that can be stopped
-        slow = any(isinstance(CAPABILITIES.get(c), _McpServer) for c in ids)
-        turn.tools = self._wait(turn, _agent_tools, ids, True) if slow else _agent_tools(ids)
+        slow = any(isinstance(self.capabilities.get(c), _McpServer) for c in ids)
+        turn.tools = self._wait(turn, _agent_tools, self.capabilities, ids, True) if slow else \
+            _agent_tools(self.capabilities, ids)  # fmt: skip
         if turn.resumed:
             self._run_approved(turn)
         while turn.iterations < turn.max_iterations:
@@ -5391,9 +5539,11 @@ class _Runner:
         )
         self.store.release()  # no connection is held across a slow network call
 
-        published = itertools.count(1)
+        published, check = itertools.count(1), self.journal.check
 
         def on_text(delta: str) -> None:
+            if check is not None:
+                check("message.delta", {"message_id": message_id, "delta": delta})
             self.bus.publish_delta(turn.session_id, turn.id, message_id, _clean_text(delta))
             if next(published) % DELTAS_PER_YIELD == 0:  # a fast model must not fill the streams' queues
                 gevent.sleep(0)
@@ -5539,8 +5689,6 @@ class _Runner:
 # 11. HTTP layer
 # =============================================================================
 
-bottle.BaseRequest.MEMFILE_MAX = MAX_BODY_BYTES
-
 
 @dataclasses.dataclass(frozen=True)
 class _Header:
@@ -5603,8 +5751,10 @@ class _Ctx:
     config: dict[str, Any]
     journal: _Journal
     runner: _Runner
+    capabilities: collections.ChainMap  # this app's (MCP servers, ...) over the built-in CAPABILITIES
     ping_s: float = 15.0  # seconds between `: ping` comments on idle streams
     log_filter: logging.Filter | None = None
+    no_statements: logging.Filter = dataclasses.field(default_factory=_NoStatements)
     cluster: Any = None  # this process among others on one PostgreSQL database (section 13)
     mcp: list = dataclasses.field(default_factory=list)  # the MCP servers of --mcp-config (capabilities mcp:NAME)
     mcp_api: dict = dataclasses.field(default_factory=dict)  # those added through the API, by id
@@ -5613,6 +5763,11 @@ class _Ctx:
     @property
     def bus(self) -> _Bus:
         return self.journal.bus
+
+    @functools.cached_property
+    def validation(self) -> dict:
+        """What request validators may look up (see _known_capability)."""
+        return {"capabilities": self.capabilities}
 
 
 def _wsgi_text(value: str) -> str:
@@ -5673,8 +5828,9 @@ def _refuse_nul(text: str | bytes, where: list) -> None:
         raise _invalid(where, "text must not contain the NUL character (\\u0000)")
 
 
-def _parse_body(environ: dict, spec: _Route, deadline: float) -> Any:
-    """Read and validate a JSON body: 413, 415, 400 as SPEC section 2 says."""
+def _parse_body(environ: dict, spec: _Route, deadline: float, context: dict) -> Any:
+    """Read and validate a JSON body: 413, 415, 400 as SPEC section 2 says (`context`: what
+    validators may look up, the app's capabilities)."""
     ctype = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
     if spec.method not in STATE_CHANGING:
         return None
@@ -5686,12 +5842,12 @@ def _parse_body(environ: dict, spec: _Route, deadline: float) -> Any:
     if not raw:
         if model and spec.body_required:
             raise _BadRequest("this request needs a JSON body")
-        return model.model_validate({}) if model else None
+        return model.model_validate({}, context=context) if model else None
     if ctype != "application/json":
         raise _UnsupportedMediaType("the request body must be application/json")
     _refuse_nul(raw, ["body"])
     try:
-        return (model or _EmptyBody).model_validate_json(raw)
+        return (model or _EmptyBody).model_validate_json(raw, context=context)
     except ValidationError as e:
         if any(err["type"] == "json_invalid" for err in e.errors()):
             raise _BadRequest("the request body is not valid JSON") from None
@@ -5741,7 +5897,7 @@ def _callback(ctx: _Ctx, spec: _Route) -> Callable:
             if any("\x00" in v for k, v in params.items() if k.endswith("_id")):  # no id has one
                 raise _NotFound("no such resource")
             call = _Call(
-                body=_parse_body(request.environ, spec, ctx.config["request_timeout"]),
+                body=_parse_body(request.environ, spec, ctx.config["request_timeout"], ctx.validation),
                 query=_parse_query(request.query, spec.query),
                 headers=_request_headers(request.environ),
             )
@@ -6156,9 +6312,9 @@ def _dedupe(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _check_client_tools(client_tools: list[dict], capabilities: list[str]) -> None:
+def _check_client_tools(ctx: _Ctx, client_tools: list[dict], capabilities: list[str]) -> None:
     """Client tool names: each once, none a tool of the agent's capabilities; 400 otherwise."""
-    tools, seen = _agent_tools(capabilities), set()
+    tools, seen = _agent_tools(ctx.capabilities, capabilities), set()
     for i, tool in enumerate(client_tools):
         if tool["name"] in tools:
             raise _invalid(["client_tools", i, "name"], f"{tool['name']!r} is a tool of one of its capabilities")
@@ -6167,11 +6323,11 @@ def _check_client_tools(client_tools: list[dict], capabilities: list[str]) -> No
         seen.add(tool["name"])
 
 
-def _approvals(names: list[str], capabilities: list[str]) -> list[str]:
+def _approvals(ctx: _Ctx, names: list[str], capabilities: list[str]) -> list[str]:
     """An agent's require_approval, each name one of its tools (or "*"), or of an MCP server
     that has not listed its tools yet (never waited for); 400 otherwise."""
-    tools = _agent_tools(capabilities)
-    unlisted = tuple(f"{c.name}__" for i in capabilities if isinstance(c := CAPABILITIES.get(i), _McpServer)
+    tools = _agent_tools(ctx.capabilities, capabilities)
+    unlisted = tuple(f"{c.name}__" for i in capabilities if isinstance(c := ctx.capabilities.get(i), _McpServer)
                      and c.status != "ready")  # fmt: skip
     for i, name in enumerate(names):
         if name != "*" and name not in tools and not name.startswith(unlisted):
@@ -6185,8 +6341,8 @@ def _create_agent(ctx: _Ctx, call: _Call) -> BaseModel:
     m, ts = ctx.store.m, _now_iso()
     fields = body.model_dump()
     fields["capabilities"] = _dedupe(fields["capabilities"])
-    fields["require_approval"] = _approvals(fields["require_approval"], fields["capabilities"])
-    _check_client_tools(fields["client_tools"], fields["capabilities"])
+    fields["require_approval"] = _approvals(ctx, fields["require_approval"], fields["capabilities"])
+    _check_client_tools(ctx, fields["client_tools"], fields["capabilities"])
     with ctx.store.write():
         _check_provider(ctx, body.provider_id, ["provider_id"])
         row = m.Agent.create(id=_uuid7(), created_at=ts, updated_at=ts, **fields)
@@ -6217,10 +6373,10 @@ def _update_agent(ctx: _Ctx, call: _Call, agent_id: str) -> BaseModel:
     if changes.keys() & {"require_approval", "capabilities", "client_tools"}:  # checked against its tools-to-be
         agent = _get(m.Agent, agent_id, "agent")
         capabilities = changes.get("capabilities", agent.capabilities)
-        checked = _approvals(changes.get("require_approval", agent.require_approval), capabilities)
+        checked = _approvals(ctx, changes.get("require_approval", agent.require_approval), capabilities)
         if "require_approval" in changes:
             changes["require_approval"] = checked
-        _check_client_tools(changes.get("client_tools", agent.client_tools), capabilities)
+        _check_client_tools(ctx, changes.get("client_tools", agent.client_tools), capabilities)
     return _agent_out(_patch(ctx, m.Agent, agent_id, "agent", changes))
 
 
@@ -6627,7 +6783,7 @@ def _events(ctx: _Ctx, call: _Call, session_id: str) -> bottle.HTTPResponse:
             m.Event.type.in_([t for t in EVENT_TYPES if wanted(t)]),
         )
         page = EventPage(**_page(query.order_by(m.Event.seq), limit, lambda r: r.seq, _event_out))
-        return _json_response(200, page.model_dump_json())
+        return _json_response(200, page.model_dump_json(exclude_unset=True))  # each event's data as stored
     headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     stream = _sse(ctx, session_id, _cursor(call), wanted, call.query.until == "completed")
     return bottle.HTTPResponse(stream, 200, headers)
@@ -6683,8 +6839,8 @@ def _fs_delete(ctx: _Ctx, call: _Call, session_id: str, path: str) -> None:
     query=CapabilityListQuery,
 )
 def _list_capabilities(ctx: _Ctx, call: _Call) -> BaseModel:
-    page = _names_page(list(CAPABILITIES), call.query)
-    return CapabilityPage(**{**page, "data": [_capability_out(CAPABILITIES[i]) for i in page["data"]]})
+    page = _names_page(list(ctx.capabilities), call.query)
+    return CapabilityPage(**{**page, "data": [_capability_out(ctx.capabilities[i]) for i in page["data"]]})
 
 
 def _capability_out(capability: Any) -> Capability:
@@ -6707,9 +6863,9 @@ def _capability_out(capability: Any) -> Capability:
     errors=(404,),
 )
 def _get_capability(ctx: _Ctx, call: _Call, capability_id: str) -> BaseModel:
-    if capability_id not in CAPABILITIES:
+    if capability_id not in ctx.capabilities:
         raise _NotFound(f"capability {capability_id} not found")
-    return _capability_out(CAPABILITIES[capability_id])
+    return _capability_out(ctx.capabilities[capability_id])
 
 
 # ---- MCP servers ----------------------------------------------------------------
@@ -6725,8 +6881,7 @@ def _sync_mcp(ctx: _Ctx) -> None:
         row = rows.get(resource_id)
         if row is None or row.updated_at != server.updated_at:
             server.close()
-            if CAPABILITIES.get(server.id) is server:
-                del CAPABILITIES[server.id]
+            ctx.capabilities.maps[0].pop(server.id, None)
             del ctx.mcp_api[resource_id]
     for resource_id, row in rows.items():
         if resource_id not in ctx.mcp_api:
@@ -6735,7 +6890,7 @@ def _sync_mcp(ctx: _Ctx) -> None:
             transport = _McpHttp(row.name, row.url, headers, guarded=True, allow_private=allow_private)
             server = _McpServer(row.name, transport, row.id, row.created_at, row.updated_at,
                                 _header_secrets(headers, every=True))  # fmt: skip
-            ctx.mcp_api[resource_id] = CAPABILITIES[server.id] = server
+            ctx.mcp_api[resource_id] = ctx.capabilities.maps[0][server.id] = server
 
 
 def _mcp_servers_of(ctx: _Ctx) -> dict[str, Any]:
@@ -7930,21 +8085,21 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
         store.close()
         raise
     store.release()
-    journal = _Journal(store, _Bus(_event_reader(store) if store.postgres else None))
-    runner = _Runner(journal, config)
-    cluster = _Cluster(store, journal.bus, runner) if store.postgres else None
-    if cluster is not None:
-        cluster.start()  # before the first request: dead processes' turns closed, owed ones started
+    journal = _Journal(store, _Bus(_event_reader(store) if store.postgres else None), config["check_events"])
+    capabilities = collections.ChainMap({server.id: server for server in mcp}, CAPABILITIES)  # this app's on top
+    runner = _Runner(journal, config, capabilities)
+    ctx = _Ctx(store=store, config=config, journal=journal, runner=runner, capabilities=capabilities, mcp=mcp)
+    _sync_mcp(ctx)  # the MCP servers of the API too, before any turn may need them
+    ctx.cluster = _Cluster(store, journal.bus, runner) if store.postgres else None
+    if ctx.cluster is not None:
+        ctx.cluster.on_mcp = functools.partial(_sync_mcp, ctx)  # another process changed them
+        ctx.cluster.start()  # before the first request: dead processes' turns closed, owed ones started
     else:
         runner.recover()  # before the first request: interrupted turns closed, owed ones started
     store.release()
-    ctx = _Ctx(store=store, config=config, journal=journal, runner=runner, cluster=cluster, mcp=mcp)
-    CAPABILITIES.update((server.id, server) for server in mcp)  # started on first use
-    _sync_mcp(ctx)
-    if cluster is not None:
-        cluster.on_mcp = functools.partial(_sync_mcp, ctx)  # another process changed them
     ctx.log_filter = _RedactingFilter(lambda: (*store.secrets.known, config["api_key"]))
     _log.addFilter(ctx.log_filter)
+    logging.getLogger("peewee").addFilter(ctx.no_statements)
     app = _App()
     app.guard = _Guard(config)
     app.add_hook("before_request", _auth_hook(config["api_key"]))
@@ -7962,11 +8117,10 @@ def _close(ctx: _Ctx) -> None:
         ctx.cluster.stop()
     for server in [*ctx.mcp, *ctx.mcp_api.values()]:  # their programs stop
         server.close()
-        if CAPABILITIES.get(server.id) is server:
-            del CAPABILITIES[server.id]
     ctx.bus.close()
     ctx.store.close()
     _log.removeFilter(ctx.log_filter)
+    logging.getLogger("peewee").removeFilter(ctx.no_statements)
 
 
 def _require_patched() -> None:

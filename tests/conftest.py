@@ -156,11 +156,13 @@ def db_path(backend, tmp_path, request):
 
 @pytest.fixture
 def make_app(db_path):
-    """Build apps (closed after the test); default: the test's own database file."""
+    """Build apps (closed after the test); default: the test's own database file. Every
+    event they store is checked against its model (EVENTS): a mismatch fails the test."""
     apps = []
 
     def make(db=None, **options):
         options.setdefault("env", {})
+        options.setdefault("check_events", True)
         app = everruns.create_app(db or db_path, **options)
         apps.append(app)
         return app
@@ -168,6 +170,8 @@ def make_app(db_path):
     yield make
     for app in apps:
         app.close()
+    mismatches = [m for app in apps for m in app.everruns.journal.mismatches]
+    assert not mismatches, f"events whose data their model (everruns.EVENTS) does not describe: {mismatches}"
 
 
 @pytest.fixture
@@ -250,7 +254,8 @@ class Server:
         clean = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("EVERRUNS_")}
         self.log = tempfile.TemporaryFile("w+")  # the server's output
         cmd = [sys.executable, str(ROOT / "everruns.py"), "--port", str(self.port), "--db", db, *args]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**clean, **(env or {})})
+        env = {**clean, "EVERRUNS_CHECK_EVENTS": "1", **(env or {})}  # every event checked against its model
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self._wait_ready()
 
     def _wait_ready(self, timeout=20.0):
@@ -295,7 +300,9 @@ def start_server(tmp_path):
         if server.proc.poll() is None:
             server.proc.kill()
             server.proc.wait()
+        mismatches = [line for line in server.output().splitlines() if "does not match its model" in line]
         server.log.close()
+        assert not mismatches, f"events whose data their model (everruns.EVENTS) does not describe: {mismatches}"
 
 
 # ---- events -----------------------------------------------------------------

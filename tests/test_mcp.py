@@ -429,3 +429,19 @@ def test_a_stored_server_whose_url_is_unusable_is_listed_unavailable(make_app, d
     assert settled(client, "mcp:old")["status"] == "unavailable"
     old = client.get("/v1/mcp-servers").json["data"][0]
     assert old["status"] == "unavailable" and "not a valid URL" in old["error"]
+
+
+def test_two_apps_in_one_process_never_see_each_others_mcp_servers(make_app, tmp_path, http_server):
+    def app_with(name):
+        config = tmp_path / f"{name}.json"
+        config.write_text(json.dumps({"mcpServers": {name: {"command": sys.executable, "args": [SERVER, "stdio"]}}}))
+        return webtest.TestApp(make_app(str(tmp_path / f"{name}.db"), mcp_config=str(config), allow_private_mcp=True))
+
+    one, two = app_with("alpha"), app_with("beta")
+    one.post_json("/v1/mcp-servers", {"name": "gamma", "url": http_server}, status=201)  # one's, through the API
+    listed = [{c["id"] for c in app.get("/v1/capabilities?limit=100").json["data"]} for app in (one, two)]
+    assert {"mcp:alpha", "mcp:gamma"} <= listed[0] and not listed[0] & {"mcp:beta"}
+    assert "mcp:beta" in listed[1] and not listed[1] & {"mcp:alpha", "mcp:gamma"}
+    two.post_json("/v1/agents", {"name": "a", "capabilities": ["mcp:alpha"]}, status=400)
+    one.post_json("/v1/agents", {"name": "a", "capabilities": ["mcp:alpha", "mcp:gamma"]}, status=201)
+    assert not {c for c in everruns.CAPABILITIES if c.startswith("mcp:")}  # the built-ins only

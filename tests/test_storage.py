@@ -100,3 +100,15 @@ def test_health_names_the_backend(client, backend):
     health = client.get("/health").json
     assert (health["status"], health["database"], health["backend"]) == ("ok", "ok", backend)
     assert health["instance"] == everruns.INSTANCE and len(health["instance"]) == 16
+
+
+def test_importing_the_module_changes_no_other_librarys_state():
+    import subprocess
+    import sys
+
+    probe = ("from gevent import monkey; monkey.patch_all(); import logging, bottle, peewee; "
+             "before = (bottle.BaseRequest.MEMFILE_MAX, logging.getLogger('peewee').level); import everruns; "
+             "print(before == (bottle.BaseRequest.MEMFILE_MAX, logging.getLogger('peewee').level))")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                            cwd=str(everruns.__file__).rsplit("/", 1)[0])  # fmt: skip
+    assert result.stdout.strip() == "True", result.stderr
