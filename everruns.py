@@ -188,6 +188,11 @@ ERROR_CODES = {
     507: "INSUFFICIENT_STORAGE",
 }
 
+# The statuses of a turn and of a session, as stored (section 10 draws how they move).
+TURN_RUNNING, TURN_WAITING = "running", "waiting"
+TURN_COMPLETED, TURN_FAILED, TURN_CANCELLED = "completed", "failed", "cancelled"
+SESSION_IDLE, SESSION_RUNNING, SESSION_WAITING = "idle", "running", "waiting"
+
 # The built-in capabilities, by id, in the order GET /v1/capabilities lists them
 # (section 9 fills it at import; nothing changes it after). Each app has its own
 # registry on top of it (_Ctx.capabilities: its MCP servers, its Python tools), and
@@ -1052,7 +1057,7 @@ class LastTurn(_Out):
     """The latest turn of a session."""
 
     id: str
-    status: Literal["running", "waiting", "completed", "failed", "cancelled"]
+    status: Literal[TURN_RUNNING, TURN_WAITING, TURN_COMPLETED, TURN_FAILED, TURN_CANCELLED]
     error: TurnError | None
 
 
@@ -1072,7 +1077,7 @@ class Session(_Out):
     tags: list[str]
     provider_id: str | None
     model: str | None
-    status: Literal["idle", "running", "waiting"] = Field(
+    status: Literal[SESSION_IDLE, SESSION_RUNNING, SESSION_WAITING] = Field(
         description="idle: waiting for input; running: a turn is in progress; waiting: a turn is paused on a tool "
         "approval or a client tool"
     )
@@ -1523,7 +1528,7 @@ class ToolResultData(_EventData):
 
 class SessionCompletedData(_EventData):
     turn_id: str
-    status: Literal["completed", "failed", "cancelled"]
+    status: Literal[TURN_COMPLETED, TURN_FAILED, TURN_CANCELLED]
     error: TurnError | None
     usage: Usage = Field(description="Summed over the turn's model calls.")
     iterations: int
@@ -1765,7 +1770,7 @@ class _SessionTable(pw.Model):
     tags = _JSONField()
     provider_id = pw.TextField(null=True)
     model = pw.TextField(null=True)
-    status = pw.TextField(default="idle")
+    status = pw.TextField(default=SESSION_IDLE)
     last_turn = _JSONField(null=True)
     input_tokens = pw.IntegerField(default=0)
     output_tokens = pw.IntegerField(default=0)
@@ -2603,7 +2608,7 @@ _SQL = {
     "next_work": "SELECT s.status, m.id, m.controls FROM session s LEFT JOIN message m ON m.id ="
     " (SELECT id FROM message WHERE session_id = s.id AND role = 'user' AND turn_id IS NULL ORDER BY id LIMIT 1)"
     " WHERE s.id = ?",
-    "settled": "SELECT status = 'idle' AND NOT EXISTS (SELECT 1 FROM message m WHERE m.session_id = s.id"
+    "settled": f"SELECT status = '{SESSION_IDLE}' AND NOT EXISTS (SELECT 1 FROM message m WHERE m.session_id = s.id"
     " AND m.role = 'user' AND m.turn_id IS NULL) AS settled FROM session s WHERE s.id = ?",
     "turn_setup": "SELECT s.status, s.provider_id AS session_provider, s.model AS session_model,"
     " a.provider_id AS agent_provider, a.model AS agent_model, a.system_prompt, a.capabilities, a.max_iterations,"
@@ -2614,17 +2619,17 @@ _SQL = {
     "transcript": "SELECT role, content, turn_id FROM message WHERE session_id = ? AND turn_id IS NOT NULL"
     " ORDER BY turn_id DESC, role != 'user' DESC, id DESC",
     "insert_turn": "INSERT INTO turn (id, session_id, status, provider_id, model, started_at, owner)"
-    " VALUES (?, ?, 'running', ?, ?, ?, ?)",
-    "turn_owned": "SELECT 1 FROM turn WHERE id = ? AND status = 'running' AND owner = ?",
+    f" VALUES (?, ?, '{TURN_RUNNING}', ?, ?, ?, ?)",
+    "turn_owned": f"SELECT 1 FROM turn WHERE id = ? AND status = '{TURN_RUNNING}' AND owner = ?",
     "claim_message": "UPDATE message SET turn_id = ? WHERE id = ?",
-    "pause_turn": "UPDATE turn SET status = 'waiting', iterations = ?, input_tokens = ?, output_tokens = ?"
+    "pause_turn": f"UPDATE turn SET status = '{TURN_WAITING}', iterations = ?, input_tokens = ?, output_tokens = ?"
     " WHERE id = ?",
-    "pause_session": "UPDATE session SET status = 'waiting', last_turn = ? WHERE id = ?",
-    "resume_turn": "UPDATE turn SET status = 'running', owner = ? WHERE id = ?",
-    "start_session": "UPDATE session SET status = 'running', last_turn = ? WHERE id = ?",
+    "pause_session": f"UPDATE session SET status = '{SESSION_WAITING}', last_turn = ? WHERE id = ?",
+    "resume_turn": f"UPDATE turn SET status = '{TURN_RUNNING}', owner = ? WHERE id = ?",
+    "start_session": f"UPDATE session SET status = '{SESSION_RUNNING}', last_turn = ? WHERE id = ?",
     "close_turn": "UPDATE turn SET status = ?, error = ?, iterations = ?, input_tokens = ?, output_tokens = ?,"
     " ended_at = ? WHERE id = ?",
-    "close_session": "UPDATE session SET status = 'idle', last_turn = ?, input_tokens = input_tokens + ?,"
+    "close_session": f"UPDATE session SET status = '{SESSION_IDLE}', last_turn = ?, input_tokens = input_tokens + ?,"
     " output_tokens = output_tokens + ? WHERE id = ?",
 }
 
@@ -2756,7 +2761,7 @@ def _turn_setup(m: Any, session_id: str) -> _TurnSetup | None:
     return _TurnSetup(**{**row, **parsed})
 
 
-def _provider_row(m: Any, provider_id: str | None) -> _ProviderSpec | None:
+def _provider_spec(m: _Models, provider_id: str | None) -> _ProviderSpec | None:
     """A provider by id, or the default one when provider_id is None."""
     row = _sql_row(m, "provider", provider_id, provider_id)
     return None if row is None else _ProviderSpec(**{**row, "settings": json.loads(row["settings"])})
@@ -4996,6 +5001,34 @@ def _mcp_transport(name: str, spec: dict, where: str) -> Any:
 # =============================================================================
 # 10. Turn engine
 # =============================================================================
+#
+# How a turn and its session move from state to state (TURN_* and SESSION_*, as stored),
+# and who moves them:
+#
+#   turn     running ──► completed | failed | cancelled   _TurnRun closes it: one session.completed
+#            running ──► waiting                          _TurnRun: a call waits for a person or the client
+#            waiting ──► running                          _Scheduler._claim, once every answer is in
+#            waiting ──► cancelled                        _Scheduler.cancel (no greenlet runs it)
+#            running ──► failed (INTERRUPTED)             shutdown; at start-up after a crash, or when its
+#                                                         process died: _Scheduler.close_interrupted
+#   session  idle ──► running                             _Scheduler._claim: its oldest owed message, in
+#                                                         the transaction that stores the turn
+#            running ◄──► waiting                         with its turn
+#            running | waiting ──► idle                   _close_turn, in the transaction that closes it
+#
+# The signals that stop a turn's work (BaseExceptions: no `except Exception` catches them):
+#
+#   signal         means                                     raised by                      caught by
+#   _Stop          stop this greenlet (see section 4)        greenlet.kill                  the greenlet's top
+#   _ToolTimeout   a tool ran past TOOL_TIMEOUT_S            gevent.Timeout, in _run_tool   _run_tool
+#   _Cancelled     POST .../cancel                           _TurnRun._stoppable            _TurnRun._outcome
+#   _Interrupted   the shutdown grace is over                _TurnRun._stoppable            _TurnRun._outcome
+#   _Gone          its session is being deleted, or this     _TurnRun._stoppable            _TurnRun.run (writes
+#                  process lost its lease                                                   nothing more)
+#   _Lost          another process closed the turn           _Journal.tx                    _TurnRun.run (likewise)
+#
+# A pause for people is not a signal: _TurnRun._run_tools returns PAUSED, the turn's
+# greenlet ends, and the turn holds nothing while it waits.
 
 TOOL_TIMEOUT_S = 30.0
 MAX_TOOL_OUTPUT = 256 * 1024
@@ -5007,10 +5040,6 @@ class _ToolTimeout(SystemExit):
 
 class _Cancelled(BaseException):
     """Ends a turn at its next wait: POST /cancel."""
-
-
-class _Paused(BaseException):
-    """Ends a turn's greenlet once the turn waits for people (its state is stored: it holds nothing)."""
 
 
 class _Interrupted(BaseException):
@@ -5213,7 +5242,7 @@ def _close_turn(tx: _Tx, turn: Any, status: str, error: dict | None, duration_ms
     """
     m, turn_id = tx.m, turn.id
     usage = {"input_tokens": turn.input_tokens, "output_tokens": turn.output_tokens}
-    if status != "completed":  # a completed turn has answered every call
+    if status != TURN_COMPLETED:  # a completed turn has answered every call
         for call in _dangling_calls(m, turn_id):
             _store_tool_message(tx, turn_id, call, {"error": reason}, True, 0)
     error_json = None if error is None else _dumps(error)
@@ -5235,15 +5264,43 @@ def _close_turn(tx: _Tx, turn: Any, status: str, error: dict | None, duration_ms
 
 FAULT_RETRY_S, FAULT_RETRY_MAX_S = 0.5, 5.0  # while the database cannot be used: retries, further and further apart
 DELTAS_PER_YIELD = 64  # deltas published before the streams get a turn to send them (QUEUE_LIMIT is far above)
+PAUSED = "paused"  # what a turn's loop returns when the turn waits for people (not a stored status)
 
 
-class _Runner:
-    """One greenlet per session with owed work; one turn at a time per session.
+def _prepared_turn(m: _Models, registry: Mapping[str, Any], session_id: str, setup: _TurnSetup, message_id: str,
+                   controls: dict) -> _Turn:  # fmt: skip
+    """A new turn: its provider, model and limits from the message's controls, then the
+    session, then the agent."""
+    levels = [(controls.get("provider_id"), controls.get("model")), (setup.session_provider, setup.session_model),
+              (setup.agent_provider, setup.agent_model)]  # fmt: skip
+    provider = _provider_spec(m, next((p for p, _ in levels if p), None))  # None: the default provider
+    model = None
+    for provider_id, model in levels:  # a model, or a provider named without one: its default model
+        if model or provider_id:
+            break
+    return _Turn(
+        id=_uuid7(),
+        session_id=session_id,
+        input_ids=[message_id],
+        system=_system_prompt(registry, setup),
+        capabilities=setup.capabilities,
+        tools={},
+        provider=provider,
+        provider_id=provider.id if provider else None,
+        model=model or (provider.default_model if provider else ""),
+        max_iterations=controls.get("max_iterations") or setup.max_iterations,
+        temperature=controls.get("temperature"),
+        approval=frozenset(setup.require_approval),
+        client={t["name"]: ToolSpec(**t) for t in setup.client_tools},
+    )
 
-    A turn is stopped only where it waits (a model call, a tool): the slow step
-    runs in a greenlet of its own that is killed, and the turn itself raises its
-    stop reason there. So a cancel never lands in a write, or in the next turn.
-    """
+
+class _Scheduler:
+    """Which session runs next, and where: one worker greenlet per session with owed work,
+    one turn at a time per session. A worker claims the session's next turn (a new one for
+    the oldest owed message, or its waiting turn once every answer is in) in one
+    transaction, then runs it with a _TurnRun. Cancel, delete and shutdown reach the
+    running turns from here; at start-up, recover() closes what a crash left running."""
 
     def __init__(self, journal: _Journal, config: dict, capabilities: Mapping[str, Any]) -> None:
         self.journal, self.store, self.bus, self.config = journal, journal.store, journal.bus, config
@@ -5252,8 +5309,6 @@ class _Runner:
         self._turns: dict[str, _Turn] = {}  # the running turn of each session
         self._gone: set[str] = set()  # sessions being deleted: no new turn starts
         self.closing = False
-
-    # ---- scheduling -----------------------------------------------------------
 
     def kick(self, session_id: str) -> None:
         """Make sure a worker answers the session's owed messages."""
@@ -5266,7 +5321,7 @@ class _Runner:
         try:
             while not self.closing and session_id not in self._gone:
                 try:
-                    turn = self._start_turn(session_id)
+                    turn = self._claim(session_id)
                 except Exception as e:  # the database cannot be used: try again, later and later
                     if self.store.noticed(e) is None:
                         raise
@@ -5276,7 +5331,7 @@ class _Runner:
                 if turn is None:
                     return
                 delay = FAULT_RETRY_S
-                self._run_turn(turn)
+                _TurnRun(self, turn).run()
         except _Stop:
             pass  # killed (a greenlet must not end with a SystemExit: gevent would stop the process)
         finally:
@@ -5284,9 +5339,64 @@ class _Runner:
             self.bus.forget(session_id)  # the map would otherwise hold every session ever run
             self.store.release()
 
+    def _claim(self, session_id: str) -> _Turn | None:
+        """Take up the session's waiting turn once none of its calls waits any more, or claim
+        the oldest owed message for a new turn (one transaction); None: nothing to do here."""
+        m, registered = self.m, None
+        try:
+            with self.journal.tx(session_id) as tx:
+                status, owed = _next_work(m, session_id) or ("gone", None)
+                if status == SESSION_WAITING:
+                    turn = self._resume(session_id)
+                elif status != SESSION_IDLE or owed is None or (setup := _turn_setup(m, session_id)) is None:
+                    return None  # a turn runs (maybe in another process), or nothing is owed
+                else:
+                    turn = _prepared_turn(m, self.capabilities, session_id, setup, *owed)
+                    _sql(m, "insert_turn", turn.id, session_id, turn.provider_id, turn.model, _now_iso(),
+                         self.store.lease)  # fmt: skip
+                    _sql(m, "claim_message", turn.id, owed[0])
+                    tx.emit("session.started", {"turn_id": turn.id, "input_message_ids": turn.input_ids}, turn.id)
+                if turn is None:
+                    return None
+                _sql(m, "start_session", _dumps({"id": turn.id, "status": TURN_RUNNING, "error": None}), session_id)
+                turn.ended, turn.wake = gevent.event.Event(), gevent.event.Event()
+                self._turns[session_id] = registered = turn  # before the commit: a cancel meanwhile reaches it
+        except BaseException:
+            if registered is not None and self._turns.get(session_id) is registered:
+                del self._turns[session_id]  # not started after all
+            raise
+        return turn
+
+    def _resume(self, session_id: str) -> _Turn | None:
+        """The session's waiting turn, taken up again, unless one of its calls still waits."""
+        m = self.m
+        row = m.Turn.get_or_none(m.Turn.session_id == session_id, m.Turn.status == TURN_WAITING)
+        calls = _tool_calls(m, session_id, row.id) if row is not None else {}
+        setup = row and _turn_setup(m, session_id)
+        if setup is None or any(c["state"] in WAITING_CALLS for c in calls.values()):
+            return None
+        message = m.Message.get(m.Message.turn_id == row.id, m.Message.role == "user")
+        turn = _prepared_turn(m, self.capabilities, session_id, setup, message.id, message.controls or {})
+        _sql(m, "resume_turn", self.store.lease, row.id)
+        return dataclasses.replace(
+            turn, id=row.id, provider=_provider_spec(m, row.provider_id), provider_id=row.provider_id,
+            model=row.model, iterations=row.iterations, input_tokens=row.input_tokens, resumed=True,
+            output_tokens=row.output_tokens, started=time.monotonic() - _since(row.started_at) / 1000,
+        )  # fmt: skip
+
+    def closed(self, turn: _Turn) -> None:
+        """The turn's end is committed: from now on the session has no running turn to cancel."""
+        if self._turns.get(turn.session_id) is turn:
+            del self._turns[turn.session_id]
+
     def busy(self, session_id: str) -> bool:
         """Whether a worker is answering the session."""
         return session_id in self._workers
+
+    def running(self) -> list[_Turn]:
+        return list(self._turns.values())
+
+    # ---- cancel, delete, shutdown --------------------------------------------------
 
     def cancel(self, session_id: str, timeout: float = 10.0) -> str | None:
         """Cancel the running turn, if any, and wait until it is closed; the id of that turn
@@ -5307,10 +5417,10 @@ class _Runner:
         results); its id, or None when the session has no waiting turn."""
         m = self.m
         with self.journal.tx(session_id) as tx:
-            row = m.Turn.get_or_none(m.Turn.session_id == session_id, m.Turn.status == "waiting")
+            row = m.Turn.get_or_none(m.Turn.session_id == session_id, m.Turn.status == TURN_WAITING)
             if row is None:
                 return None
-            _close_turn(tx, row, "cancelled", None, _since(row.started_at), "cancelled before the tool ran")
+            _close_turn(tx, row, TURN_CANCELLED, None, _since(row.started_at), "cancelled before the tool ran")
         self.kick(session_id)  # what was posted meanwhile
         return row.id
 
@@ -5318,7 +5428,7 @@ class _Runner:
         """Ask the process that runs the session's turn to cancel it, and wait (on the
         session's events) until the turn is closed; the turn's id."""
         m = self.m
-        running = m.Turn.select(m.Turn.id).where(m.Turn.session_id == session_id, m.Turn.status == "running")
+        running = m.Turn.select(m.Turn.id).where(m.Turn.session_id == session_id, m.Turn.status == TURN_RUNNING)
         turn = running.first()
         if turn is None:
             return None
@@ -5344,9 +5454,6 @@ class _Runner:
         if turn is not None and turn.id == turn_id:
             turn.halt(reason)
 
-    def running(self) -> list[_Turn]:
-        return list(self._turns.values())
-
     def stop(self, session_id: str) -> None:
         """Stop a session's worker without writing anything, and start none until forget()."""
         self._gone.add(session_id)
@@ -5370,9 +5477,114 @@ class _Runner:
         gevent.joinall(list(self._workers.values()), timeout=5)
         gevent.killall(list(self._workers.values()), _Stop, block=True, timeout=1)  # stuck: the database closes next
 
-    def _wait(self, turn: _Turn, step: Callable[..., Any], *args: Any) -> Any:
+    # ---- recovery -------------------------------------------------------------
+
+    def close_interrupted(self, session_id: str | None = None, reason: str = "interrupted by a restart",
+                          mine: bool = False) -> None:  # fmt: skip
+        """Close as INTERRUPTED the turns left running with no greenlet: a crash, or (several
+        processes) a process that died; with `mine`, this process's stopped ones too (a delete
+        that failed)."""
+        m = self.m
+        error = {"code": "INTERRUPTED", "message": "the server stopped during the turn"}
+        dead = "owner IS NULL OR owner NOT IN (SELECT id FROM instance)"  # no live process has its lease
+        orphaned = pw.SQL(f"({dead} OR owner = {m.db.param})", [self.store.lease]) if mine else pw.SQL(f"({dead})")
+        query = m.Turn.select().where(m.Turn.status == TURN_RUNNING, orphaned)
+        for turn in list(query if session_id is None else query.where(m.Turn.session_id == session_id)):
+            if self._turns.get(turn.session_id) is not None:
+                continue  # running here
+            with self.journal.tx(turn.session_id) as tx:
+                if query.where(m.Turn.id == turn.id).exists():  # still: read again under the session's lock
+                    _close_turn(tx, turn, TURN_FAILED, error, 0, reason)
+
+    def recover(self) -> list[str]:
+        """Close turns a crash left running; answer owed messages. Returns the owed sessions."""
+        m = self.m
+        self.close_interrupted()
+        owed = (
+            m.Message.select(m.Message.session_id)
+            .where(m.Message.role == "user", m.Message.turn_id.is_null())
+            .distinct()
+        )
+        waiting = m.Turn.select(m.Turn.session_id).where(m.Turn.status == TURN_WAITING)  # it may have its answers
+        sessions = list(dict.fromkeys([*(row.session_id for row in owed), *(row.session_id for row in waiting)]))
+        for session_id in sessions:
+            self.kick(session_id)
+        return sessions
+
+
+class _TurnRun:
+    """One turn's work, in its worker's greenlet, to its one session.completed (or to a pause):
+    resolve its tools, then call the model, run the tools it asked for, call it again ...
+    until an answer without tool calls or max_iterations. A turn stops only where it waits
+    (a model call, a tool): the slow step runs in a greenlet of its own, which is killed
+    when the turn is asked to stop, and the turn raises the reason (_Cancelled, ...) in its
+    own greenlet. So a cancel never lands in a write, or in the next turn."""
+
+    def __init__(self, scheduler: _Scheduler, turn: _Turn) -> None:
+        self.scheduler, self.turn = scheduler, turn
+        self.journal, self.store, self.bus, self.config = (
+            scheduler.journal,
+            scheduler.store,
+            scheduler.bus,
+            scheduler.config,
+        )
+        self.m, self.capabilities = scheduler.m, scheduler.capabilities
+
+    def run(self) -> None:
+        """Run the turn to its end (or its pause), whatever happens."""
+        turn = self.turn
+        try:
+            outcome = self._outcome()
+            if outcome is not PAUSED:
+                self._finish(*outcome)
+        except _Lost:
+            pass  # closed by another process (or its session deleted): nothing more to write
+        finally:
+            self.scheduler.closed(turn)
+            turn.ended.set()
+
+    def _outcome(self) -> tuple[str, dict | None, tuple[str, str] | None] | str:
+        """Run the loop; how the turn ended: (status, error, its answer), or PAUSED."""
+        try:
+            return self._loop()
+        except _Cancelled:
+            return TURN_CANCELLED, None, None
+        except _Interrupted:
+            return TURN_FAILED, {"code": "INTERRUPTED", "message": "the server stopped during the turn"}, None
+        except EverrunsError as e:
+            return TURN_FAILED, {"code": e.code, "message": e.message}, None
+        except Exception as e:
+            fault = self.store.noticed(e)  # the database went away mid-turn: logged once
+            if fault is not None:
+                return (
+                    TURN_FAILED,
+                    {"code": fault.code, "message": f"the turn could not be stored: {fault.message}"},
+                    None,
+                )
+            _log.exception("turn %s failed", self.turn.id)
+            return TURN_FAILED, {"code": "INTERNAL_ERROR", "message": "internal error while running the turn"}, None
+
+    def _loop(self) -> tuple[str, None, tuple[str, str]] | str:
+        turn, registry = self.turn, self.capabilities
+        if any(isinstance(registry.get(c), _McpServer) for c in turn.capabilities):  # a server may have to start
+            turn.tools = self._stoppable(_agent_tools, registry, turn.capabilities, True)
+        else:
+            turn.tools = _agent_tools(registry, turn.capabilities)
+        if turn.resumed:
+            self._run_approved()
+        while turn.iterations < turn.max_iterations:
+            turn.iterations += 1
+            message_id, reply = self._call_model()
+            if not reply.tool_calls:
+                return TURN_COMPLETED, None, (message_id, reply.text)
+            if self._run_tools(message_id, reply) is PAUSED:
+                return PAUSED
+        raise _TurnFailed("MAX_ITERATIONS", f"the turn reached max_iterations ({turn.max_iterations})")
+
+    def _stoppable(self, step: Callable[..., Any], *args: Any) -> Any:
         """Run a slow step in its own greenlet; if the turn is asked to stop meanwhile,
         kill the step and raise the reason here, in the turn's own greenlet."""
+        turn = self.turn
         if turn.halted is not None:
             raise turn.halted()
         task, finished = gevent.spawn(self._released, step, *args), False
@@ -5400,128 +5612,9 @@ class _Runner:
         finally:
             self.store.release()  # the step's greenlet had its own connection
 
-    # ---- a turn ---------------------------------------------------------------
-
-    def _start_turn(self, session_id: str) -> _Turn | None:
-        """Take up the session's waiting turn once none of its calls waits any more, or claim
-        the oldest owed message for a new turn (one transaction); None: nothing to do here."""
-        m, registered = self.m, None
-        try:
-            with self.journal.tx(session_id) as tx:
-                status, owed = _next_work(m, session_id) or ("gone", None)
-                if status == "waiting":
-                    turn = self._resumed(session_id)
-                elif status != "idle" or owed is None or (setup := _turn_setup(m, session_id)) is None:
-                    return None  # a turn runs (maybe in another process), or nothing is owed
-                else:
-                    turn = self._prepare(session_id, setup, *owed)
-                    _sql(m, "insert_turn", turn.id, session_id, turn.provider_id, turn.model, _now_iso(),
-                         self.store.lease)  # fmt: skip
-                    _sql(m, "claim_message", turn.id, owed[0])
-                    tx.emit("session.started", {"turn_id": turn.id, "input_message_ids": turn.input_ids}, turn.id)
-                if turn is None:
-                    return None
-                _sql(m, "start_session", _dumps({"id": turn.id, "status": "running", "error": None}), session_id)
-                turn.ended, turn.wake = gevent.event.Event(), gevent.event.Event()
-                self._turns[session_id] = registered = turn  # before the commit: a cancel meanwhile reaches it
-        except BaseException:
-            if registered is not None and self._turns.get(session_id) is registered:
-                del self._turns[session_id]  # not started after all
-            raise
-        return turn
-
-    def _resumed(self, session_id: str) -> _Turn | None:
-        """The session's waiting turn, taken up again, unless one of its calls still waits."""
-        m = self.m
-        row = m.Turn.get_or_none(m.Turn.session_id == session_id, m.Turn.status == "waiting")
-        calls = _tool_calls(m, session_id, row.id) if row is not None else {}
-        setup = row and _turn_setup(m, session_id)
-        if setup is None or any(c["state"] in WAITING_CALLS for c in calls.values()):
-            return None
-        message = m.Message.get(m.Message.turn_id == row.id, m.Message.role == "user")
-        turn = self._prepare(session_id, setup, message.id, message.controls or {})
-        _sql(m, "resume_turn", self.store.lease, row.id)
-        return dataclasses.replace(
-            turn, id=row.id, provider=_provider_row(m, row.provider_id), provider_id=row.provider_id,
-            model=row.model, iterations=row.iterations, input_tokens=row.input_tokens, resumed=True,
-            output_tokens=row.output_tokens, started=time.monotonic() - _since(row.started_at) / 1000,
-        )  # fmt: skip
-
-    def _prepare(self, session_id: str, setup: Any, message_id: str, controls: dict) -> _Turn:
-        """Resolve the provider, model and limits for a turn: message controls, then session, then agent."""
-        levels = [(controls.get("provider_id"), controls.get("model")), (setup.session_provider, setup.session_model),
-                  (setup.agent_provider, setup.agent_model)]  # fmt: skip
-        provider = _provider_row(self.m, next((p for p, _ in levels if p), None))  # None: the default provider
-        model = None
-        for provider_id, model in levels:  # a model, or a provider named without one: its default model
-            if model or provider_id:
-                break
-        return _Turn(
-            id=_uuid7(),
-            session_id=session_id,
-            input_ids=[message_id],
-            system=_system_prompt(self.capabilities, setup),
-            capabilities=setup.capabilities,
-            tools={},
-            provider=provider,
-            provider_id=provider.id if provider else None,
-            model=model or (provider.default_model if provider else ""),
-            max_iterations=controls.get("max_iterations") or setup.max_iterations,
-            temperature=controls.get("temperature"),
-            approval=frozenset(setup.require_approval),
-            client={t["name"]: ToolSpec(**t) for t in setup.client_tools},
-        )
-
-    def _run_turn(self, turn: _Turn) -> None:
-        """Run a turn to its one session.completed, whatever happens."""
-        try:
-            outcome = self._outcome(turn)
-            if outcome is not None:
-                self._finish(turn, *outcome)
-        except _Lost:
-            pass  # closed by another process (or its session deleted): nothing more to write
-        finally:
-            self._closed(turn)
-            turn.ended.set()
-
-    def _outcome(self, turn: _Turn) -> tuple[str, dict | None] | None:
-        """Run the loop; how the turn ended, unless it is closed already (or its session is gone)."""
-        try:
-            self._loop(turn)
-            return None
-        except (_Lost, _Paused):
-            return None
-        except _Cancelled:
-            return "cancelled", None
-        except _Interrupted:
-            return "failed", {"code": "INTERRUPTED", "message": "the server stopped during the turn"}
-        except EverrunsError as e:
-            return "failed", {"code": e.code, "message": e.message}
-        except Exception as e:
-            fault = self.store.noticed(e)  # the database went away mid-turn: logged once
-            if fault is not None:
-                return "failed", {"code": fault.code, "message": f"the turn could not be stored: {fault.message}"}
-            _log.exception("turn %s failed", turn.id)
-            return "failed", {"code": "INTERNAL_ERROR", "message": "internal error while running the turn"}
-
-    def _loop(self, turn: _Turn) -> None:
-        ids = turn.capabilities  # an MCP server may have to start to list its tools: a step that can be stopped
-        slow = any(isinstance(self.capabilities.get(c), _McpServer) for c in ids)
-        turn.tools = self._wait(turn, _agent_tools, self.capabilities, ids, True) if slow else \
-            _agent_tools(self.capabilities, ids)  # fmt: skip
-        if turn.resumed:
-            self._run_approved(turn)
-        while turn.iterations < turn.max_iterations:
-            turn.iterations += 1
-            message_id, reply = self._call_model(turn)
-            if not reply.tool_calls:
-                self._finish(turn, "completed", None, (message_id, reply.text))
-                return
-            self._run_tools(turn, message_id, reply)
-        raise _TurnFailed("MAX_ITERATIONS", f"the turn reached max_iterations ({turn.max_iterations})")
-
-    def _call_model(self, turn: _Turn) -> tuple[str, LLMReply]:
+    def _call_model(self) -> tuple[str, LLMReply]:
         """One streamed LLM call; deltas go live, nothing is stored yet."""
+        turn = self.turn
         if turn.provider is None:
             raise ProviderError("no LLM provider is configured", "PROVIDER_NOT_FOUND")
         adapter = ADAPTERS.get(turn.provider.provider_type)
@@ -5548,21 +5641,23 @@ class _Runner:
             if next(published) % DELTAS_PER_YIELD == 0:  # a fast model must not fill the streams' queues
                 gevent.sleep(0)
 
-        reply = _checked_reply(self._wait(turn, adapter.stream, request, on_text))
+        reply = _checked_reply(self._stoppable(adapter.stream, request, on_text))
         turn.input_tokens += reply.input_tokens
         turn.output_tokens += reply.output_tokens
         return message_id, reply
 
-    def _assistant_message(self, tx: _Tx, turn: _Turn, message_id: str, text: str, calls: list[dict]) -> None:
+    def _assistant_message(self, tx: _Tx, message_id: str, text: str, calls: list[dict]) -> None:
+        turn = self.turn
         content = ([{"type": "text", "text": text}] if text else []) + [{"type": "tool_call", **c} for c in calls]
         tx.add_message("assistant", content, turn.id, provider_id=turn.provider_id, model=turn.model,
                        message_id=message_id)  # fmt: skip
 
-    def _run_tools(self, turn: _Turn, message_id: str, reply: LLMReply) -> None:
+    def _run_tools(self, message_id: str, reply: LLMReply) -> str | None:
         """Store each tool.call before its tool runs; each result with the next call. A call
         that needs a person's approval is stored as pending and asked for, a call of a client
         tool is stored for the client to run; once the other calls have run, the turn waits
-        for the answers (_Paused), holding nothing."""
+        for the answers, holding nothing: PAUSED."""
+        turn = self.turn
         tctx = _ToolContext(turn.session_id, self.store, self.config)
         pending: tuple[dict, Any, bool, int] | None = None
         waits = False
@@ -5571,7 +5666,7 @@ class _Runner:
             marker = {"approval": "pending"} if asks else {"executor": "client"} if call["name"] in turn.client else {}
             with self.journal.tx(turn.session_id, turn.id) as tx:
                 if i == 0:
-                    self._assistant_message(tx, turn, message_id, reply.text, reply.tool_calls)
+                    self._assistant_message(tx, message_id, reply.text, reply.tool_calls)
                 if pending:
                     _store_tool_message(tx, turn.id, *pending)
                     pending = None
@@ -5580,109 +5675,70 @@ class _Runner:
                     tx.emit("tool.approval_requested", {"tool_call": call}, turn.id)
             waits = waits or bool(marker)
             if not marker:
-                pending = (call, *self._execute(turn, call, tctx))
+                pending = (call, *self._execute(call, tctx))
         with self.journal.tx(turn.session_id, turn.id) as tx:
             if pending:
                 _store_tool_message(tx, turn.id, *pending)
             if waits:
                 _sql(tx.m, "pause_turn", turn.iterations, turn.input_tokens, turn.output_tokens, turn.id)
-                last_turn = _dumps({"id": turn.id, "status": "waiting", "error": None})
+                last_turn = _dumps({"id": turn.id, "status": TURN_WAITING, "error": None})
                 _sql(tx.m, "pause_session", last_turn, turn.session_id)
-        if waits:
-            raise _Paused
+        return PAUSED if waits else None
 
-    def _run_approved(self, turn: _Turn) -> None:
+    def _run_approved(self) -> None:
         """A resumed turn first runs the calls a person approved (their tool.call is stored)."""
+        turn = self.turn
         tctx = _ToolContext(turn.session_id, self.store, self.config)
         for entry in _tool_calls(self.m, turn.session_id, turn.id).values():
             if entry["state"] == "approved":
-                result = self._execute(turn, entry["call"], tctx)
+                result = self._execute(entry["call"], tctx)
                 with self.journal.tx(turn.session_id, turn.id) as tx:
                     _store_tool_message(tx, turn.id, entry["call"], *result)
 
-    def _execute(self, turn: _Turn, call: dict, tctx: _ToolContext) -> tuple[Any, bool, int]:
+    def _execute(self, call: dict, tctx: _ToolContext) -> tuple[Any, bool, int]:
         started = time.monotonic()
-        tool = turn.tools.get(call["name"])
+        tool = self.turn.tools.get(call["name"])
         if tool is None:
             result, is_error = {"error": f"this agent has no tool named {call['name']!r}"}, True
         else:
-            result, is_error = self._wait(turn, _run_tool, tool, call["arguments"], tctx)
+            result, is_error = self._stoppable(_run_tool, tool, call["arguments"], tctx)
         return result, is_error, int((time.monotonic() - started) * 1000)
 
-    def _finish(self, turn: _Turn, status: str, error: dict | None, answer: tuple[str, str] | None = None) -> None:
+    def _finish(self, status: str, error: dict | None, answer: tuple[str, str] | None = None) -> None:
         """Store the final answer (if any) and close the turn in one transaction. If that
         write fails, close it as failed without the answer, so the session never stays running:
         while the database cannot be written, as soon as it can (or, if the server stops
         first, at the next start, as interrupted)."""
-        duration_ms = int((time.monotonic() - turn.started) * 1000)
+        duration_ms = int((time.monotonic() - self.turn.started) * 1000)
         try:
-            return self._close(turn, status, error, duration_ms, answer)
+            return self._close(status, error, duration_ms, answer)
         except Exception as e:
             fault = self.store.noticed(e)
             error = {"code": "INTERNAL_ERROR", "message": "internal error while ending the turn"}
             if fault is None:
-                _log.exception("turn %s: storing its end failed; closing it as failed", turn.id)
+                _log.exception("turn %s: storing its end failed; closing it as failed", self.turn.id)
             else:
                 error = {"code": fault.code, "message": f"the turn's end could not be stored: {fault.message}"}
         delay = FAULT_RETRY_S
         while True:
             try:
-                return self._close(turn, "failed", error, duration_ms)
+                return self._close(TURN_FAILED, error, duration_ms)
             except Exception as e:
                 if self.store.noticed(e) is None:
                     raise
-                if self.closing:
+                if self.scheduler.closing:
                     return
                 gevent.sleep(delay)
                 delay = min(delay * 2, FAULT_RETRY_MAX_S)
 
-    def _close(self, turn: _Turn, status: str, error: dict | None, duration_ms: int,
-               answer: tuple[str, str] | None = None) -> None:  # fmt: skip
-        reason = {"cancelled": "cancelled before the tool ran"}.get(status, "the turn ended before the tool ran")
+    def _close(self, status: str, error: dict | None, duration_ms: int, answer: tuple[str, str] | None = None) -> None:
+        turn = self.turn
+        reason = {TURN_CANCELLED: "cancelled before the tool ran"}.get(status, "the turn ended before the tool ran")
         with self.journal.tx(turn.session_id, turn.id) as tx:
             if answer is not None:
-                self._assistant_message(tx, turn, answer[0], answer[1], [])
+                self._assistant_message(tx, answer[0], answer[1], [])
             _close_turn(tx, turn, status, error, duration_ms, reason)
-            tx.after.append(functools.partial(self._closed, turn))
-
-    def _closed(self, turn: _Turn) -> None:
-        """The turn's end is committed: from now on the session has no running turn to cancel."""
-        if self._turns.get(turn.session_id) is turn:
-            del self._turns[turn.session_id]
-
-    # ---- recovery -------------------------------------------------------------
-
-    def close_interrupted(self, session_id: str | None = None, reason: str = "interrupted by a restart",
-                          mine: bool = False) -> None:  # fmt: skip
-        """Close as INTERRUPTED the turns left running with no greenlet: a crash, or (several
-        processes) a process that died; with `mine`, this process's stopped ones too (a delete
-        that failed)."""
-        m = self.m
-        error = {"code": "INTERRUPTED", "message": "the server stopped during the turn"}
-        dead = "owner IS NULL OR owner NOT IN (SELECT id FROM instance)"  # no live process has its lease
-        orphaned = pw.SQL(f"({dead} OR owner = {m.db.param})", [self.store.lease]) if mine else pw.SQL(f"({dead})")
-        query = m.Turn.select().where(m.Turn.status == "running", orphaned)
-        for turn in list(query if session_id is None else query.where(m.Turn.session_id == session_id)):
-            if self._turns.get(turn.session_id) is not None:
-                continue  # running here
-            with self.journal.tx(turn.session_id) as tx:
-                if query.where(m.Turn.id == turn.id).exists():  # still: read again under the session's lock
-                    _close_turn(tx, turn, "failed", error, 0, reason)
-
-    def recover(self) -> list[str]:
-        """Close turns a crash left running; answer owed messages. Returns the owed sessions."""
-        m = self.m
-        self.close_interrupted()
-        owed = (
-            m.Message.select(m.Message.session_id)
-            .where(m.Message.role == "user", m.Message.turn_id.is_null())
-            .distinct()
-        )
-        waiting = m.Turn.select(m.Turn.session_id).where(m.Turn.status == "waiting")  # it may have its answers
-        sessions = list(dict.fromkeys([*(row.session_id for row in owed), *(row.session_id for row in waiting)]))
-        for session_id in sessions:
-            self.kick(session_id)
-        return sessions
+            tx.after.append(functools.partial(self.scheduler.closed, turn))
 
 
 # =============================================================================
@@ -5750,7 +5806,7 @@ class _Ctx:
     store: _Store
     config: dict[str, Any]
     journal: _Journal
-    runner: _Runner
+    scheduler: _Scheduler
     capabilities: collections.ChainMap  # this app's (MCP servers, ...) over the built-in CAPABILITIES
     ping_s: float = 15.0  # seconds between `: ping` comments on idle streams
     log_filter: logging.Filter | None = None
@@ -6121,19 +6177,19 @@ def _sessions_going(ctx: _Ctx, session_ids: list[str]) -> Iterator[None]:
     """Around deleting sessions: their turns stop first (writing nothing) and no new one
     starts meanwhile; once they are deleted, their streams end."""
     for session_id in session_ids:
-        ctx.runner.stop(session_id)  # before the write: stopping a turn may wait
+        ctx.scheduler.stop(session_id)  # before the write: stopping a turn may wait
     try:
         yield
     except BaseException:  # not deleted after all: close their stopped turns, answer what they owe
         for session_id in session_ids:
-            ctx.runner.forget(session_id)
+            ctx.scheduler.forget(session_id)
             with contextlib.suppress(Exception):
-                ctx.runner.close_interrupted(session_id, "the turn was stopped for a delete that failed", mine=True)
-            ctx.runner.kick(session_id)
+                ctx.scheduler.close_interrupted(session_id, "the turn was stopped for a delete that failed", mine=True)
+            ctx.scheduler.kick(session_id)
         raise
     for session_id in session_ids:
         ctx.bus.close(session_id)
-        ctx.runner.forget(session_id)
+        ctx.scheduler.forget(session_id)
         ctx.store.tell("gone", session_id)  # the other processes stop its turn and end its streams
 
 
@@ -6476,7 +6532,7 @@ def _delete_session(ctx: _Ctx, call: _Call, session_id: str) -> None:
 def _cancel_session(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
     m = ctx.store.m
     _get(m.Session, session_id, "session")
-    turn_id = ctx.runner.cancel(session_id)
+    turn_id = ctx.scheduler.cancel(session_id)
     session = _session_out(_get(m.Session, session_id, "session"))
     turn = m.Turn.get_or_none(m.Turn.id == turn_id) if turn_id else None
     cancelled = turn and LastTurn(id=turn.id, status=turn.status, error=turn.error)
@@ -6530,14 +6586,14 @@ def _answering(ctx: _Ctx, session_id: str, tool_call_id: str, state: str, what: 
     with ctx.journal.tx(session_id) as tx:
         _need_session(m, session_id)
         # a call asked for while the other calls of its answer still run may be answered at once
-        turn = m.Turn.get_or_none(m.Turn.session_id == session_id, m.Turn.status.in_(("waiting", "running")))
+        turn = m.Turn.get_or_none(m.Turn.session_id == session_id, m.Turn.status.in_((TURN_WAITING, TURN_RUNNING)))
         entry = (_tool_calls(m, session_id, turn.id) if turn else {}).get(tool_call_id)
         if entry is None and not _has_tool_call(m, session_id, tool_call_id):
             raise _NotFound(f"no tool call {tool_call_id} in this session")
         if entry is None or entry["state"] != state:
             raise _Conflict(f"this tool call is not waiting for {what}")
         yield tx, turn.id, entry
-    ctx.runner.kick(session_id)
+    ctx.scheduler.kick(session_id)
 
 
 def _has_tool_call(m: Any, session_id: str, tool_call_id: str) -> bool:
@@ -6648,7 +6704,7 @@ def _post_message(ctx: _Ctx, call: _Call, session_id: str) -> Any:
                 message_id=message["id"],
                 created_at=message["created_at"],
             )
-    ctx.runner.kick(session_id)
+    ctx.scheduler.kick(session_id)
     return 201, Message(**message)
 
 
@@ -6748,7 +6804,7 @@ def _sse(ctx: _Ctx, session_id: str, cursor: int, wanted: Callable[[str], bool],
             raise
     finally:
         ctx.bus.unsubscribe(sub)
-        if not ctx.runner.busy(session_id):
+        if not ctx.scheduler.busy(session_id):
             ctx.bus.forget(session_id)
         ctx.store.release()
 
@@ -7889,8 +7945,8 @@ class _Cluster:
       deletes reach the turns that run here.
     """
 
-    def __init__(self, store: _Store, bus: _Bus, runner: _Runner) -> None:
-        self.store, self.bus, self.runner = store, bus, runner
+    def __init__(self, store: _Store, bus: _Bus, scheduler: _Scheduler) -> None:
+        self.store, self.bus, self.scheduler = store, bus, scheduler
         self.listener: Any = None  # the listening connection; it holds the lease's lock
         self.peers = 0  # the other live processes, as last heard
         self.due = gevent.event.Event()  # set when streamed text waits to be sent
@@ -7905,7 +7961,7 @@ class _Cluster:
         self.greenlets = [gevent.spawn(self._listen), gevent.spawn(self._send_deltas)]
 
     def stop(self) -> None:
-        """Leave (after the runner's shutdown): the lease goes, and the others start what is owed."""
+        """Leave (after the scheduler's shutdown): the lease goes, and the others start what is owed."""
         greenlets = [*self.greenlets, *([self._reaping] if self._reaping else [])]
         for greenlet in greenlets:
             _stop_soon(greenlet)
@@ -7963,7 +8019,7 @@ class _Cluster:
         elif kind == "delta":  # (session, turn, message, text)
             self.bus.publish_delta(*args, shared=False)
         elif kind == "cancel":  # (session, turn)
-            self.runner.halt(args[0], args[1], _Cancelled)
+            self.scheduler.halt(args[0], args[1], _Cancelled)
         elif kind == "gone":  # (session): deleted
             gevent.spawn(self._gone, args[0])
         elif kind == "mcp":  # its MCP servers changed
@@ -7975,9 +8031,9 @@ class _Cluster:
             self._reap_soon()
 
     def _gone(self, session_id: str) -> None:
-        self.runner.stop(session_id)
+        self.scheduler.stop(session_id)
         self.bus.close(session_id)
-        self.runner.forget(session_id)
+        self.scheduler.forget(session_id)
 
     def _count(self, peers: int) -> None:
         """Streamed text is shared only while there is another process to stream it."""
@@ -8016,7 +8072,7 @@ class _Cluster:
     def _take_new_lease(self, why: str) -> None:
         """The lease is lost: its turns stop here (another process closes them), a new one is taken."""
         _log.warning("this process lost its lease (%s): its running turns stop and it takes a new one", why)
-        for turn in self.runner.running():
+        for turn in self.scheduler.running():
             turn.halt(_Gone)
         with contextlib.suppress(Exception):
             self.listener.close()
@@ -8054,7 +8110,7 @@ class _Cluster:
                 _log.warning("process lease(s) %s ended: closing their turns", ", ".join(dead))
                 with store.write():
                     store.db.execute_sql("DELETE FROM instance WHERE id = ANY(%s)", (dead,))
-            self.runner.recover()
+            self.scheduler.recover()
         finally:
             store.release()
 
@@ -8087,15 +8143,15 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
     store.release()
     journal = _Journal(store, _Bus(_event_reader(store) if store.postgres else None), config["check_events"])
     capabilities = collections.ChainMap({server.id: server for server in mcp}, CAPABILITIES)  # this app's on top
-    runner = _Runner(journal, config, capabilities)
-    ctx = _Ctx(store=store, config=config, journal=journal, runner=runner, capabilities=capabilities, mcp=mcp)
+    scheduler = _Scheduler(journal, config, capabilities)
+    ctx = _Ctx(store=store, config=config, journal=journal, scheduler=scheduler, capabilities=capabilities, mcp=mcp)
     _sync_mcp(ctx)  # the MCP servers of the API too, before any turn may need them
-    ctx.cluster = _Cluster(store, journal.bus, runner) if store.postgres else None
+    ctx.cluster = _Cluster(store, journal.bus, scheduler) if store.postgres else None
     if ctx.cluster is not None:
         ctx.cluster.on_mcp = functools.partial(_sync_mcp, ctx)  # another process changed them
         ctx.cluster.start()  # before the first request: dead processes' turns closed, owed ones started
     else:
-        runner.recover()  # before the first request: interrupted turns closed, owed ones started
+        scheduler.recover()  # before the first request: interrupted turns closed, owed ones started
     store.release()
     ctx.log_filter = _RedactingFilter(lambda: (*store.secrets.known, config["api_key"]))
     _log.addFilter(ctx.log_filter)
@@ -8112,7 +8168,7 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
 
 def _close(ctx: _Ctx) -> None:
     """Give running turns the grace period, interrupt the rest, end the streams, close the database."""
-    ctx.runner.shutdown(float(ctx.config["shutdown_grace"]))
+    ctx.scheduler.shutdown(float(ctx.config["shutdown_grace"]))
     if ctx.cluster is not None:
         ctx.cluster.stop()
     for server in [*ctx.mcp, *ctx.mcp_api.values()]:  # their programs stop

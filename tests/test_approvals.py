@@ -60,7 +60,7 @@ def test_an_approved_call_runs_once_and_the_turn_goes_on(api, client, counted):
     api.message(sid, 'add {"a": 2, "b": 3}')
     waiting = wait_for_status(client, sid, "waiting")
     assert waiting["last_turn"]["status"] == "waiting" and counted == []
-    runner = client.app.everruns.runner
+    runner = client.app.everruns.scheduler
     wait_until_idle = time.monotonic() + 5
     while runner.busy(sid):  # the worker ends once the turn waits: nothing is parked for it
         assert time.monotonic() < wait_until_idle

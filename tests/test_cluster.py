@@ -250,7 +250,7 @@ def test_a_process_that_stops_renewing_its_lease_loses_its_turns(make_app, monke
     assert [(e["data"]["status"], e["data"]["error"]["code"]) for e in closed] == [("failed", "INTERRUPTED")]
 
     cluster.greenlets[0] = gevent.spawn(cluster._listen)  # renewing again: the lease is gone
-    wait_until(lambda: first.everruns.store.lease != lease and not first.everruns.runner.running(), 10, "new lease")
+    wait_until(lambda: first.everruns.store.lease != lease and not first.everruns.scheduler.running(), 10, "new lease")
     release.set()
     api.message(session, "still there?")
     wait_until(lambda: len(one.get(f"/v1/sessions/{session}/messages").json["data"]) == 5, 10, "the answer")

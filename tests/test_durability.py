@@ -79,7 +79,7 @@ def crashed_mid_tool(make_app, db_path):
         m.Message.create(id=everruns._uuid7(), session_id=sid, role="assistant", turn_id=turn_id,
                          content=[{"type": "tool_call", **call}], created_at=everruns._now_iso())  # fmt: skip
         tx.emit("tool.call", {"tool_call": call}, turn_id)
-    app.everruns.runner.closing = True  # the process dies here: nothing else runs
+    app.everruns.scheduler.closing = True  # the process dies here: nothing else runs
     app.everruns.store.close()
     return sid
 

@@ -172,7 +172,7 @@ def test_delete_mid_turn_ends_the_turn_and_the_stream(app, api, client, live, ca
     client.delete(f"/v1/sessions/{session['id']}", status=204)
     assert all(e.get("event") != "session.completed" for e in stream.rest())  # the stream ends
     client.get(f"/v1/sessions/{session['id']}", status=404)
-    assert session["id"] not in app.everruns.runner._workers  # the turn's greenlet is gone
+    assert session["id"] not in app.everruns.scheduler._workers  # the turn's greenlet is gone
     assert "Traceback" not in caplog.text and "ERROR" not in caplog.text
 
 
@@ -290,6 +290,6 @@ def test_the_bus_forgets_sessions_nobody_streams(app, api, client):
     api.message(session["id"], "hello", status=201)
     finish(client, session["id"])
     with gevent.Timeout(5):
-        while session["id"] in app.everruns.runner._workers:  # the worker ends after its turn
+        while session["id"] in app.everruns.scheduler._workers:  # the worker ends after its turn
             gevent.sleep(0.01)
     assert session["id"] not in app.everruns.bus.last_seq

@@ -300,7 +300,8 @@ def test_a_turn_whose_end_cannot_be_written_ends_failed_once_it_can(api, client,
 
 
 def test_no_turn_starts_on_a_session_being_deleted(app, api, client, monkeypatch, caplog):
-    runner, session = app.everruns.runner, api.session(api.agent(provider_id=simulator(api, token_delay_ms=100))["id"])
+    runner = app.everruns.scheduler
+    session = api.session(api.agent(provider_id=simulator(api, token_delay_ms=100))["id"])
     original = type(runner).stop
 
     def stop_then_a_message_arrives(self, session_id):
@@ -363,7 +364,7 @@ def test_a_killed_worker_leaves_no_step_running(app, api, client):
     api.message(session["id"], " ".join(["word"] * 50), status=201)
     gevent.sleep(0.05)  # the model is streaming
     sub = app.everruns.bus.subscribe(session["id"])
-    app.everruns.runner._workers[session["id"]].kill(block=True)
+    app.everruns.scheduler._workers[session["id"]].kill(block=True)
     while not sub.queue.empty():
         sub.queue.get()
     gevent.sleep(0.2)  # ten more words, if the model call were still going
