@@ -4,31 +4,76 @@ Run ``python everruns.py`` and get a REST API on http://127.0.0.1:9000 to
 define agents, open sessions, post messages and watch the agent work through
 a live event stream. Embed it with ``everruns.create_app(db="x.db")``.
 
-Sections (each starts with a banner ``# N. Name`` between rules; grep for it):
+THE MAP. The sections come in dependency order: a section uses only names
+defined above it. Each starts with a banner ``# N. Name`` between two rules
+(grep for it); a sub-section starts with ``# ---- name``.
 
-  0. Header          docstring, gevent patching when run as a script
+  0. Header          this map; one line for missing packages; gevent's patching
+                     when run as a script; __version__, __all__
   1. Imports
-  2. Constants       limits, error codes, event types, the SETTINGS table
-  3. Helpers         _uuid7, time, JSON, hashing, redaction
-  4. Errors          EverrunsError and the one error renderer
-  5. Schemas         pydantic request/response models, the page envelope
-  6. Storage         the tables (SQLite or PostgreSQL), pragmas, migrations,
-                     the write path, the per-turn SQL, keys at rest, the log filter
-  7. Event bus       commit then publish; bounded per-session queues
-  8. Providers       the adapter interface, HTTP with retries, OpenAI,
-                     Anthropic, the llmsim simulator, a plain dict registry
-  9. Capabilities    tools with JSON-schema parameters: the session file
-                     system, web_fetch, and the rest; a plain dict registry
- 10. Turn engine     tool execution, the per-session runner, the turn loop,
-                     cancellation, crash recovery
- 11. HTTP layer      the guard (host, CORS, cross-site writes, limits), auth,
-                     route registry, body and query parsing, handlers by
-                     resource, SSE
- 12. OpenAPI, pages  the document built from the route registry, Swagger UI
-                     (served locally), the console (HTML, CSS, JavaScript)
- 13. App factory     create_app, the HTTP server (deadlines, framing, the
-                     connection cap), serve, graceful shutdown
- 14. CLI             main() with `serve` (the default) and `chat`, settings
+  2. Constants       limits, error codes, turn and session statuses, the built-in
+                     CAPABILITIES (filled in 9), the SETTINGS table
+  3. Helpers         _uuid7, time, JSON, hashing, redaction, URL checks
+  4. Errors          EverrunsError and its subclasses, the one error renderer, _Stop
+  5. Schemas         request and response models (pydantic), the provider types
+                     (PROVIDER_KINDS); ---- events: the registry (EVENTS, Event)
+  6. Storage         the tables (SQLite or PostgreSQL), migrations, keys at rest,
+                     the one write path (_Store.write: a group commit), database
+                     faults (503, 507); ---- the per-turn hot path (_SQL)
+  7. Event bus       commit, then publish (_Journal, _Tx.emit); bounded queues
+  8. Providers       the adapter interface; ---- HTTP for the remote providers
+                     (every read bounded: _Clock); OpenAI; Anthropic; ---- the
+                     built-in simulator; ADAPTERS
+  9. Capabilities    _Tool and _Capability; the built-in tools; ---- the session
+                     file system; ---- web fetch; CAPABILITIES filled
+ 10. MCP client      stdio, Streamable HTTP and HTTP+SSE; _McpServer (the
+                     capability mcp:NAME); the --mcp-config file
+ 11. Turn engine     the states of a turn and a session, and the signals (two
+                     tables); running a tool; the transcript; _Scheduler (which
+                     turn runs next, cancel, recovery); _TurnRun (one turn's work)
+ 12. HTTP layer      the guard (host, CORS, cross-site writes), auth, the routes
+                     (@_route into _ROUTES), parsing; handlers by resource: ----
+                     health, LLM providers, agents, sessions, messages, events
+                     (SSE), session files, capabilities, MCP servers
+ 13. OpenAPI, docs   the document built from _ROUTES and the schemas; Swagger UI
+ 14. Several processes  on one PostgreSQL database: leases, the notifications
+                     (a table of their kinds), _Cluster
+ 15. App factory     create_app (the one place that wires everything), the HTTP
+                     server (deadlines, strict framing, a connection cap), serve
+ 16. Console         the web page: its HTML, CSS and JavaScript, a route each
+ 17. CLI             main(): `serve` (the default) and `chat`
+
+THE REGISTRIES: plain tables; a new thing is one entry.
+
+  SETTINGS (2)                        every option: flag, environment variable,
+                                      default, help (argparse and the README)
+  CAPABILITIES (2, 9)                 the built-in capabilities; an app's own
+                                      (MCP servers) sit over them (_Ctx.capabilities)
+  PROVIDER_KINDS (5), ADAPTERS (8)    a provider type: its schemas, its adapter
+  EVENTS (5)                          an event type: the model of its data
+  _MIGRATIONS (6)                     the schema: a list of statements per version
+  _ROUTES (12)                        a route and its OpenAPI metadata (@_route)
+
+RECIPES: where to change what, in order.
+
+  A tool. Its argument model (an _In) and its function ``run(args, tctx) ->
+    result`` in section 9 (raise ToolFailed for an error result); a _Tool in an
+    existing _Capability, or a new _Capability, in the CAPABILITIES.update call
+    that ends section 9. Tests: tests/test_capabilities.py.
+  A provider type. A settings model (an _In) and a _ProviderKind in
+    PROVIDER_KINDS (5); an adapter class (stream, models) in section 8 and its
+    line in ADAPTERS (an assert keeps the two in step). Tests: a stand-in
+    upstream that speaks the provider's protocol (tests/conftest.py, Upstream).
+  An event type. A data model (an _EventData) and its line in EVENTS (5); its
+    emit site, ``tx.emit("x.y", data, turn_id)`` inside a ``_Journal.tx`` (7);
+    then the renderers that should show it: the console (16), the chat (17).
+    Every test app checks every event against its model (--check-events).
+  A REST resource. Its request and response models (5); its table, a
+    _MIGRATIONS entry and a _Models field (6); handlers under
+    ``@_route(method, path, summary, tag, body=, response=, status=, errors=)``
+    in section 12 (the OpenAPI document follows); writes inside
+    ``ctx.store.write()``. Tests: tests/test_<resource>.py; tests/test_openapi.py
+    checks that every route is documented.
 """
 
 # =============================================================================
@@ -81,6 +126,7 @@ INSTANCE = _os.urandom(8).hex()  # this process, in /health (several may serve o
 __all__ = [
     "ADAPTERS",
     "CAPABILITIES",
+    "EVENTS",
     "SETTINGS",
     "EverrunsError",
     "LLMReply",
@@ -188,7 +234,7 @@ ERROR_CODES = {
     507: "INSUFFICIENT_STORAGE",
 }
 
-# The statuses of a turn and of a session, as stored (section 10 draws how they move).
+# The statuses of a turn and of a session, as stored (section 11 draws how they move).
 TURN_RUNNING, TURN_WAITING = "running", "waiting"
 TURN_COMPLETED, TURN_FAILED, TURN_CANCELLED = "completed", "failed", "cancelled"
 SESSION_IDLE, SESSION_RUNNING, SESSION_WAITING = "idle", "running", "waiting"
@@ -2049,7 +2095,7 @@ class _Secrets:
         credentials = (v for k, v in headers.items() if _looks_like_credential(k) and self._redactable(v))
         return tuple(filter(None, (api_key, *credentials)))
 
-    def load(self, m: Any) -> None:
+    def load(self, m: _Models) -> None:
         """Learn the stored secrets, and encrypt any plain one when a secret key is set."""
         for row in m.Provider.select():
             try:
@@ -2637,7 +2683,7 @@ _SQL = {
 _SQL_POSTGRES = {name: sql.replace("?", "%s") for name, sql in _SQL.items()}  # psycopg's placeholders
 
 
-def _sql(m: Any, name: str, *params: Any) -> Any:
+def _sql(m: _Models, name: str, *params: Any) -> Any:
     """Run one of the hot-path statements on the app's database; the cursor."""
     return m.db.execute_sql(m.sql[name], params)
 
@@ -2649,7 +2695,7 @@ def _rows(cursor: Any) -> Iterator[dict]:
         yield dict(zip(names, row, strict=True))
 
 
-def _sql_row(m: Any, name: str, *params: Any) -> dict | None:
+def _sql_row(m: _Models, name: str, *params: Any) -> dict | None:
     """The first row of a hot-path statement, by column name; None without one."""
     return next(_rows(_sql(m, name, *params)), None)
 
@@ -2682,15 +2728,17 @@ class _ProviderSpec:
     settings: dict
 
 
-def _session_exists(m: Any, session_id: str) -> bool:
+def _session_exists(m: _Models, session_id: str) -> bool:
     return _sql(m, "session_exists", session_id).fetchone() is not None
 
 
-def _last_seq(m: Any, session_id: str) -> int:
+def _last_seq(m: _Models, session_id: str) -> int:
     return _sql(m, "last_seq", session_id).fetchone()[0]
 
 
-def _append_event(m: Any, session_id: str, seq: int, type_: str, data: dict, turn_id: str | None) -> tuple[dict, str]:
+def _append_event(
+    m: _Models, session_id: str, seq: int, type_: str, data: dict, turn_id: str | None
+) -> tuple[dict, str]:
     """Store one event (call inside a write); the event, and the event as JSON text."""
     event = {"id": _uuid7(), "seq": seq, "type": type_, "session_id": session_id, "turn_id": turn_id, "ts": _now_iso()}
     data_text = _dumps(data)
@@ -2704,7 +2752,7 @@ def _event_text(head: dict, data_text: str) -> str:
     return f'{_dumps(head)[:-1]},"data":{data_text}}}'
 
 
-def _stored_batches(m: Any, session_id: str, after: int, batch: int = 100) -> Iterator[list[tuple[int, str, str]]]:
+def _stored_batches(m: _Models, session_id: str, after: int, batch: int = 100) -> Iterator[list[tuple[int, str, str]]]:
     """Stored events with seq > after, oldest first, a batch (one query) at a time: (seq, type,
     the event as JSON text, built around the stored data text rather than parsed and encoded again)."""
     while True:
@@ -2720,12 +2768,12 @@ def _stored_batches(m: Any, session_id: str, after: int, batch: int = 100) -> It
         after = rows[-1]["seq"]
 
 
-def _stored_events(m: Any, session_id: str, after: int) -> Iterator[tuple[int, str, str]]:
+def _stored_events(m: _Models, session_id: str, after: int) -> Iterator[tuple[int, str, str]]:
     """The same, one event at a time."""
     return itertools.chain.from_iterable(_stored_batches(m, session_id, after))
 
 
-def _insert_message(m: Any, session_id: str, seq: int, role: str, content: list, turn_id: str | None = None,
+def _insert_message(m: _Models, session_id: str, seq: int, role: str, content: list, turn_id: str | None = None,
                     controls: dict | None = None, provider_id: str | None = None, model: str | None = None,
                     message_id: str | None = None) -> dict:  # fmt: skip
     """Store a message (`seq`: its message.created event's); its public form (as in that event)."""
@@ -2737,7 +2785,7 @@ def _insert_message(m: Any, session_id: str, seq: int, role: str, content: list,
     return message
 
 
-def _next_work(m: Any, session_id: str) -> tuple[str, tuple[str, dict] | None] | None:
+def _next_work(m: _Models, session_id: str) -> tuple[str, tuple[str, dict] | None] | None:
     """The session's status and its oldest user message no turn has answered yet (id,
     controls), or None; None when the session is gone."""
     row = _sql_row(m, "next_work", session_id)
@@ -2746,13 +2794,13 @@ def _next_work(m: Any, session_id: str) -> tuple[str, tuple[str, dict] | None] |
     return row["status"], (row["id"], json.loads(row["controls"]) if row["controls"] else {}) if row["id"] else None
 
 
-def _settled(m: Any, session_id: str) -> bool:
+def _settled(m: _Models, session_id: str) -> bool:
     """Idle with nothing owed: no running turn and no unanswered user message (or gone)."""
     row = _sql_row(m, "settled", session_id)
     return row is None or bool(row["settled"])
 
 
-def _turn_setup(m: Any, session_id: str) -> _TurnSetup | None:
+def _turn_setup(m: _Models, session_id: str) -> _TurnSetup | None:
     """What a turn needs of its session and agent (None if the session is gone)."""
     row = _sql_row(m, "turn_setup", session_id)
     if row is None:
@@ -2767,7 +2815,7 @@ def _provider_spec(m: _Models, provider_id: str | None) -> _ProviderSpec | None:
     return None if row is None else _ProviderSpec(**{**row, "settings": json.loads(row["settings"])})
 
 
-def _history(m: Any, session_id: str, budget: int) -> list[tuple[str, list]]:
+def _history(m: _Models, session_id: str, budget: int) -> list[tuple[str, list]]:
     """(role, content) of the answered messages: turns in order, user messages first in each.
 
     Only the newest turns whose stored JSON fits in `budget` bytes are read (the
@@ -3763,7 +3811,7 @@ class _ToolContext:
     """What a running tool may use: its session and the app's store and config."""
 
     session_id: str
-    store: Any
+    store: _Store
     config: dict
 
 
@@ -4389,7 +4437,10 @@ CAPABILITIES.update(
     )
 )
 
-# ---- tools from MCP servers ------------------------------------------------------
+# =============================================================================
+# 10. MCP client
+# =============================================================================
+
 # A Model Context Protocol server is a capability `mcp:NAME`: its tools, listed on
 # first use, reach the model as NAME__TOOL. The client is JSON-RPC over a program's
 # stdin/stdout, over Streamable HTTP or over the older HTTP+SSE transport, written
@@ -4999,7 +5050,7 @@ def _mcp_transport(name: str, spec: dict, where: str) -> Any:
 
 
 # =============================================================================
-# 10. Turn engine
+# 11. Turn engine
 # =============================================================================
 #
 # How a turn and its session move from state to state (TURN_* and SESSION_*, as stored),
@@ -5119,13 +5170,13 @@ class _Turn:
     system: str
     capabilities: list[str]
     tools: dict[str, _Tool]  # those of its capabilities: resolved when it starts to run (an MCP server may start)
-    provider: Any
+    provider: _ProviderSpec | None
     model: str
     max_iterations: int
     temperature: float | None
     started: float = dataclasses.field(default_factory=time.monotonic)
-    ended: Any = None  # a gevent Event, set once the turn is closed (cancel waits on it)
-    wake: Any = None  # a gevent Event, set when the turn is asked to stop
+    ended: gevent.event.Event | None = None  # set once the turn is closed (cancel waits on it)
+    wake: gevent.event.Event | None = None  # set when the turn is asked to stop
     halted: type[BaseException] | None = None  # why: _Cancelled, _Interrupted or _Gone
     provider_id: str | None = None
     input_tokens: int = 0
@@ -5160,7 +5211,7 @@ def _system_prompt(registry: Mapping[str, Any], agent: Any) -> str:
     return "\n\n".join(p for p in [agent.system_prompt, *additions] if p)
 
 
-def _transcript(m: Any, session_id: str, budget: int) -> list[dict]:
+def _transcript(m: _Models, session_id: str, budget: int) -> list[dict]:
     """The history a provider sees: the newest answered turns that fit the budget, in
     order, user messages first within each turn, and never a tool call without its result."""
     rows = _history(m, session_id, budget)
@@ -5191,7 +5242,7 @@ def _missing_result(call: dict) -> dict:
     return {"role": "tool", "tool_call_id": call["id"], "name": call["name"], "result": result, "is_error": True}
 
 
-def _dangling_calls(m: Any, turn_id: str) -> list[dict]:
+def _dangling_calls(m: _Models, turn_id: str) -> list[dict]:
     """Tool calls of a turn that have no stored result."""
     rows = list(m.Message.select().where(m.Message.turn_id == turn_id).order_by(m.Message.id))
     answered = {p["tool_call_id"] for r in rows for p in r.content if p["type"] == "tool_result"}
@@ -5202,7 +5253,7 @@ def _dangling_calls(m: Any, turn_id: str) -> list[dict]:
 WAITING_CALLS = ("approval", "client")  # the states of a call a turn waits for (see _tool_calls)
 
 
-def _tool_calls(m: Any, session_id: str, turn_id: str) -> dict[str, dict]:
+def _tool_calls(m: _Models, session_id: str, turn_id: str) -> dict[str, dict]:
     """A turn's tool calls by id, in order, each with its `call` (id, name, arguments) and
     `state`: "approval" (waits for a person), "client" (waits for the client's result),
     "approved" (to run), "denied", "done" (has its result) or "stored" (no result yet)."""
@@ -5742,7 +5793,7 @@ class _TurnRun:
 
 
 # =============================================================================
-# 11. HTTP layer
+# 12. HTTP layer
 # =============================================================================
 
 
@@ -5791,8 +5842,9 @@ def _route(method: str, path: str, summary: str, tag: str, **meta: Any) -> Calla
 
 
 @dataclasses.dataclass
-class _Call:
-    """What a handler may know of its request, copied out of bottle's globals."""
+class _Request:
+    """What a handler may know of its HTTP request (`req`), copied out of bottle's globals
+    (a tool call is a `call`, never this)."""
 
     body: Any
     query: Any
@@ -5811,7 +5863,7 @@ class _Ctx:
     ping_s: float = 15.0  # seconds between `: ping` comments on idle streams
     log_filter: logging.Filter | None = None
     no_statements: logging.Filter = dataclasses.field(default_factory=_NoStatements)
-    cluster: Any = None  # this process among others on one PostgreSQL database (section 13)
+    cluster: Any = None  # _Cluster: this process among others on one PostgreSQL database (section 14)
     mcp: list = dataclasses.field(default_factory=list)  # the MCP servers of --mcp-config (capabilities mcp:NAME)
     mcp_api: dict = dataclasses.field(default_factory=dict)  # those added through the API, by id
     watermarks: dict[str, int] = dataclasses.field(default_factory=dict)  # see CONVERSATION_ORDER
@@ -5952,12 +6004,12 @@ def _callback(ctx: _Ctx, spec: _Route) -> Callable:
         try:
             if any("\x00" in v for k, v in params.items() if k.endswith("_id")):  # no id has one
                 raise _NotFound("no such resource")
-            call = _Call(
+            req = _Request(
                 body=_parse_body(request.environ, spec, ctx.config["request_timeout"], ctx.validation),
                 query=_parse_query(request.query, spec.query),
                 headers=_request_headers(request.environ),
             )
-            return _render(spec, spec.handler(ctx, call, **params))
+            return _render(spec, spec.handler(ctx, req, **params))
         except EverrunsError as e:
             return _error_response(e)
         except pw.IntegrityError:
@@ -6123,7 +6175,7 @@ def _get(model: Any, id_: str, what: str) -> Any:
     return row
 
 
-def _need_session(m: Any, session_id: str) -> None:
+def _need_session(m: _Models, session_id: str) -> None:
     """404 unless the session exists (one cheap query, for the hot routes)."""
     if not _session_exists(m, session_id):
         raise _NotFound(f"session {session_id} not found")
@@ -6203,7 +6255,7 @@ def _changes(body: BaseModel) -> dict[str, Any]:
 
 @_route("GET", "/health", "Liveness and database status (503 while the database cannot be used)", "health",
         response=Health, also=(503,), raw=True)  # fmt: skip
-def _health(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
+def _health(ctx: _Ctx, req: _Request) -> bottle.HTTPResponse:
     try:
         ctx.store.check()
         state = "ok"
@@ -6232,13 +6284,13 @@ def _health(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
     response=ProviderPage,
     query=ListQuery,
 )
-def _list_providers(ctx: _Ctx, call: _Call) -> BaseModel:
+def _list_providers(ctx: _Ctx, req: _Request) -> BaseModel:
     m = ctx.store.m
-    query = _paged_by_id(m.Provider, True, call.query, newest_first=False)
-    return ProviderPage(**_page(query, call.query.limit, lambda r: r.id, _provider_out))
+    query = _paged_by_id(m.Provider, True, req.query, newest_first=False)
+    return ProviderPage(**_page(query, req.query.limit, lambda r: r.id, _provider_out))
 
 
-def _make_default(m: Any, provider_id: str) -> None:
+def _make_default(m: _Models, provider_id: str) -> None:
     m.Provider.update(is_default=False).where(m.Provider.is_default == True, m.Provider.id != provider_id).execute()  # noqa: E712
     m.Provider.update(is_default=True).where(m.Provider.id == provider_id).execute()
 
@@ -6252,8 +6304,8 @@ def _make_default(m: Any, provider_id: str) -> None:
     response=Provider,
     status=201,
 )
-def _create_provider(ctx: _Ctx, call: _Call) -> BaseModel:
-    body, m = call.body.root, ctx.store.m
+def _create_provider(ctx: _Ctx, req: _Request) -> BaseModel:
+    body, m = req.body.root, ctx.store.m
     with ctx.store.write():
         row = ctx.store.add_provider(
             body.name, body.provider_type, api_key=body.api_key, settings=body.settings.model_dump(),
@@ -6272,7 +6324,7 @@ def _create_provider(ctx: _Ctx, call: _Call) -> BaseModel:
     response=Provider,
     errors=(404,),
 )
-def _get_provider(ctx: _Ctx, call: _Call, provider_id: str) -> BaseModel:
+def _get_provider(ctx: _Ctx, req: _Request, provider_id: str) -> BaseModel:
     return _provider_out(_get(ctx.store.m.Provider, provider_id, "provider"))
 
 
@@ -6294,14 +6346,14 @@ def _validated_settings(provider_type: str, settings: BaseModel) -> dict:
     response=Provider,
     errors=(404, 409),
 )
-def _update_provider(ctx: _Ctx, call: _Call, provider_id: str) -> BaseModel:
+def _update_provider(ctx: _Ctx, req: _Request, provider_id: str) -> BaseModel:
     m = ctx.store.m
-    changes = _changes(call.body)
+    changes = _changes(req.body)
     with ctx.store.write():
         row = _get(m.Provider, provider_id, "provider")
         if "settings" in changes:
             changes["settings"] = ctx.store.secrets.seal_settings(
-                _validated_settings(row.provider_type, call.body.settings)
+                _validated_settings(row.provider_type, req.body.settings)
             )
         if "api_key" in changes:
             changes["api_key"] = ctx.store.secrets.seal(changes["api_key"])
@@ -6323,7 +6375,7 @@ def _update_provider(ctx: _Ctx, call: _Call, provider_id: str) -> BaseModel:
     status=204,
     errors=(404, 409),
 )
-def _delete_provider(ctx: _Ctx, call: _Call, provider_id: str) -> None:
+def _delete_provider(ctx: _Ctx, req: _Request, provider_id: str) -> None:
     m = ctx.store.m
     with ctx.store.write():
         row = _get(m.Provider, provider_id, "provider")
@@ -6347,11 +6399,11 @@ def _delete_provider(ctx: _Ctx, call: _Call, provider_id: str) -> None:
     query=ModelListQuery,
     errors=(404, 502),
 )
-def _list_models(ctx: _Ctx, call: _Call, provider_id: str) -> BaseModel:
+def _list_models(ctx: _Ctx, req: _Request, provider_id: str) -> BaseModel:
     provider = _get(ctx.store.m.Provider, provider_id, "provider")
     ctx.store.release()  # no connection is held across a network call
     names = ADAPTERS[provider.provider_type].models(_llm_request(provider, ctx.store.secrets))  # 502s
-    page = _names_page(names, call.query)
+    page = _names_page(names, req.query)
     return ModelPage(**{**page, "data": [ModelInfo(id=n) for n in page["data"]]})
 
 
@@ -6359,9 +6411,9 @@ def _list_models(ctx: _Ctx, call: _Call, provider_id: str) -> BaseModel:
 
 
 @_route("GET", "/v1/agents", "List agents (newest first)", "agents", response=AgentPage, query=ListQuery)
-def _list_agents(ctx: _Ctx, call: _Call) -> BaseModel:
-    query = _paged_by_id(ctx.store.m.Agent, True, call.query, newest_first=True)
-    return AgentPage(**_page(query, call.query.limit, lambda r: r.id, _agent_out))
+def _list_agents(ctx: _Ctx, req: _Request) -> BaseModel:
+    query = _paged_by_id(ctx.store.m.Agent, True, req.query, newest_first=True)
+    return AgentPage(**_page(query, req.query.limit, lambda r: r.id, _agent_out))
 
 
 def _dedupe(items: list[str]) -> list[str]:
@@ -6392,8 +6444,8 @@ def _approvals(ctx: _Ctx, names: list[str], capabilities: list[str]) -> list[str
 
 
 @_route("POST", "/v1/agents", "Create an agent", "agents", body=AgentCreate, response=Agent, status=201)
-def _create_agent(ctx: _Ctx, call: _Call) -> BaseModel:
-    body: AgentCreate = call.body
+def _create_agent(ctx: _Ctx, req: _Request) -> BaseModel:
+    body: AgentCreate = req.body
     m, ts = ctx.store.m, _now_iso()
     fields = body.model_dump()
     fields["capabilities"] = _dedupe(fields["capabilities"])
@@ -6406,7 +6458,7 @@ def _create_agent(ctx: _Ctx, call: _Call) -> BaseModel:
 
 
 @_route("GET", "/v1/agents/<agent_id>", "Get an agent", "agents", response=Agent, errors=(404,))
-def _get_agent(ctx: _Ctx, call: _Call, agent_id: str) -> BaseModel:
+def _get_agent(ctx: _Ctx, req: _Request, agent_id: str) -> BaseModel:
     return _agent_out(_get(ctx.store.m.Agent, agent_id, "agent"))
 
 
@@ -6419,9 +6471,9 @@ def _get_agent(ctx: _Ctx, call: _Call, agent_id: str) -> BaseModel:
     response=Agent,
     errors=(404,),
 )
-def _update_agent(ctx: _Ctx, call: _Call, agent_id: str) -> BaseModel:
+def _update_agent(ctx: _Ctx, req: _Request, agent_id: str) -> BaseModel:
     m = ctx.store.m
-    changes = _changes(call.body)
+    changes = _changes(req.body)
     if "capabilities" in changes:
         changes["capabilities"] = _dedupe(changes["capabilities"])
     if "client_tools" in changes:
@@ -6437,7 +6489,7 @@ def _update_agent(ctx: _Ctx, call: _Call, agent_id: str) -> BaseModel:
 
 
 @_route("DELETE", "/v1/agents/<agent_id>", "Delete an agent and its sessions", "agents", status=204, errors=(404,))
-def _delete_agent(ctx: _Ctx, call: _Call, agent_id: str) -> None:
+def _delete_agent(ctx: _Ctx, req: _Request, agent_id: str) -> None:
     m = ctx.store.m
     agent = _get(m.Agent, agent_id, "agent")
     sessions = [s.id for s in m.Session.select(m.Session.id).where(m.Session.agent_id == agent_id)]
@@ -6460,11 +6512,11 @@ def _delete_agent(ctx: _Ctx, call: _Call, agent_id: str) -> None:
     query=ListQuery,
     errors=(404,),
 )
-def _list_sessions(ctx: _Ctx, call: _Call, agent_id: str) -> BaseModel:
+def _list_sessions(ctx: _Ctx, req: _Request, agent_id: str) -> BaseModel:
     m = ctx.store.m
     _get(m.Agent, agent_id, "agent")
-    query = _paged_by_id(m.Session, m.Session.agent_id == agent_id, call.query, newest_first=True)
-    return SessionPage(**_page(query, call.query.limit, lambda r: r.id, _session_out))
+    query = _paged_by_id(m.Session, m.Session.agent_id == agent_id, req.query, newest_first=True)
+    return SessionPage(**_page(query, req.query.limit, lambda r: r.id, _session_out))
 
 
 @_route(
@@ -6478,17 +6530,17 @@ def _list_sessions(ctx: _Ctx, call: _Call, agent_id: str) -> BaseModel:
     status=201,
     errors=(404,),
 )
-def _create_session(ctx: _Ctx, call: _Call, agent_id: str) -> BaseModel:
+def _create_session(ctx: _Ctx, req: _Request, agent_id: str) -> BaseModel:
     m, ts = ctx.store.m, _now_iso()
     with ctx.store.write():
         _get(m.Agent, agent_id, "agent")
-        _check_provider(ctx, call.body.provider_id, ["provider_id"])
-        row = m.Session.create(id=_uuid7(), agent_id=agent_id, created_at=ts, updated_at=ts, **call.body.model_dump())
+        _check_provider(ctx, req.body.provider_id, ["provider_id"])
+        row = m.Session.create(id=_uuid7(), agent_id=agent_id, created_at=ts, updated_at=ts, **req.body.model_dump())
     return _session_out(row)
 
 
 @_route("GET", "/v1/sessions/<session_id>", "Get a session", "sessions", response=Session, errors=(404,))
-def _get_session(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
+def _get_session(ctx: _Ctx, req: _Request, session_id: str) -> BaseModel:
     return _session_out(_get(ctx.store.m.Session, session_id, "session"))
 
 
@@ -6501,9 +6553,9 @@ def _get_session(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
     response=Session,
     errors=(404,),
 )
-def _update_session(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
+def _update_session(ctx: _Ctx, req: _Request, session_id: str) -> BaseModel:
     m = ctx.store.m
-    changes = _changes(call.body)
+    changes = _changes(req.body)
     return _session_out(_patch(ctx, m.Session, session_id, "session", changes))
 
 
@@ -6515,7 +6567,7 @@ def _update_session(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
     status=204,
     errors=(404,),
 )
-def _delete_session(ctx: _Ctx, call: _Call, session_id: str) -> None:
+def _delete_session(ctx: _Ctx, req: _Request, session_id: str) -> None:
     session = _get(ctx.store.m.Session, session_id, "session")
     with _sessions_going(ctx, [session_id]), ctx.store.write(session_id):
         session.delete_instance()
@@ -6529,7 +6581,7 @@ def _delete_session(ctx: _Ctx, call: _Call, session_id: str) -> None:
     response=CancelResult,
     errors=(404,),
 )
-def _cancel_session(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
+def _cancel_session(ctx: _Ctx, req: _Request, session_id: str) -> BaseModel:
     m = ctx.store.m
     _get(m.Session, session_id, "session")
     turn_id = ctx.scheduler.cancel(session_id)
@@ -6548,8 +6600,8 @@ def _cancel_session(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
     response=Session,
     errors=(404, 409),
 )
-def _decide_tool_call(ctx: _Ctx, call: _Call, session_id: str, tool_call_id: str) -> BaseModel:
-    decision = call.body
+def _decide_tool_call(ctx: _Ctx, req: _Request, session_id: str, tool_call_id: str) -> BaseModel:
+    decision = req.body
     with _answering(ctx, session_id, tool_call_id, "approval", "an approval") as (tx, turn_id, entry):
         data = {"tool_call_id": tool_call_id, "approved": decision.approved, "reason": decision.reason}
         tx.emit("tool.approval_resolved", data, turn_id)
@@ -6568,8 +6620,8 @@ def _decide_tool_call(ctx: _Ctx, call: _Call, session_id: str, tool_call_id: str
     response=Session,
     errors=(404, 409, 413),
 )
-def _post_tool_result(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
-    posted = call.body
+def _post_tool_result(ctx: _Ctx, req: _Request, session_id: str) -> BaseModel:
+    posted = req.body
     if len(_dumps(posted.result).encode()) > MAX_TOOL_OUTPUT:
         raise _PayloadTooLarge(f"a tool result holds at most {MAX_TOOL_OUTPUT} bytes of JSON")
     with _answering(ctx, session_id, posted.tool_call_id, "client", "the client's result") as (tx, turn_id, entry):
@@ -6596,7 +6648,7 @@ def _answering(ctx: _Ctx, session_id: str, tool_call_id: str, state: str, what: 
     ctx.scheduler.kick(session_id)
 
 
-def _has_tool_call(m: Any, session_id: str, tool_call_id: str) -> bool:
+def _has_tool_call(m: _Models, session_id: str, tool_call_id: str) -> bool:
     calls = m.Event.select(m.Event.data).where(m.Event.session_id == session_id, m.Event.type == "tool.call")
     return any(row.data["tool_call"]["id"] == tool_call_id for row in calls)
 
@@ -6627,8 +6679,8 @@ _IDEMPOTENCY = _Header("Idempotency-Key", "Makes a retried POST safe: the same k
     query=ListQuery,
     errors=(404,),
 )
-def _list_messages(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
-    m, after, param = ctx.store.m, call.query.after, ctx.store.m.db.param  # ? or %s
+def _list_messages(ctx: _Ctx, req: _Request, session_id: str) -> BaseModel:
+    m, after, param = ctx.store.m, req.query.after, ctx.store.m.db.param  # ? or %s
     _need_session(m, session_id)
     newest = pw.SQL(f"(SELECT MAX(seq) FROM message WHERE session_id = {param})", [session_id])
     query = m.Message.select(m.Message, newest.alias("newest")).where(m.Message.session_id == session_id)
@@ -6639,8 +6691,8 @@ def _list_messages(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
         query = query.where(pw.SQL(f"({later}{f' OR seq > {param}' if since else ''})", [after, *since]))
     elif after:  # not a message of this session: positioned by id, as every list's cursor is
         query = query.where(m.Message.id > after)
-    rows = list(query.order_by(pw.SQL(CONVERSATION_ORDER)).limit(call.query.limit + 1))
-    has_more, rows = len(rows) > call.query.limit, rows[: call.query.limit]
+    rows = list(query.order_by(pw.SQL(CONVERSATION_ORDER)).limit(req.query.limit + 1))
+    has_more, rows = len(rows) > req.query.limit, rows[: req.query.limit]
     if rows and rows[-1].turn_id is None and rows[-1].newest is not None:  # it waits for its turn
         ctx.watermarks.pop(rows[-1].id, None)
         ctx.watermarks[rows[-1].id] = rows[-1].newest
@@ -6650,8 +6702,8 @@ def _list_messages(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
                        next_after=rows[-1].id if has_more else None)  # fmt: skip
 
 
-def _idempotency_key(call: _Call) -> str | None:
-    key = call.headers.get("idempotency-key")
+def _idempotency_key(req: _Request) -> str | None:
+    key = req.headers.get("idempotency-key")
     if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
         raise _invalid(["header", "Idempotency-Key"], f"longer than {MAX_IDEMPOTENCY_KEY} characters")
     if key is not None:
@@ -6659,7 +6711,7 @@ def _idempotency_key(call: _Call) -> str | None:
     return key
 
 
-def _replay(m: Any, session_id: str, key: str, request_hash: str) -> Any:
+def _replay(m: _Models, session_id: str, key: str, request_hash: str) -> Any:
     """The message stored under an idempotency key, or None; 409 if the body differs."""
     seen = m.IdempotencyKey.get_or_none(m.IdempotencyKey.session_id == session_id, m.IdempotencyKey.key == key)
     if seen is None:
@@ -6681,11 +6733,11 @@ def _replay(m: Any, session_id: str, key: str, request_hash: str) -> Any:
     headers=(_IDEMPOTENCY,),
     errors=(404, 409),
 )
-def _post_message(ctx: _Ctx, call: _Call, session_id: str) -> Any:
+def _post_message(ctx: _Ctx, req: _Request, session_id: str) -> Any:
     m = ctx.store.m
-    key = _idempotency_key(call)
+    key = _idempotency_key(req)
     try:
-        parts, controls = call.body.parts(), call.body.controls()
+        parts, controls = req.body.parts(), req.body.controls()
     except ValueError as e:
         raise _invalid(["content"], str(e)) from None
     request_hash = _digest({"content": parts, "controls": controls})
@@ -6732,14 +6784,14 @@ def _event_out(row: Any) -> dict:
     }
 
 
-def _cursor(call: _Call) -> int:
+def _cursor(req: _Request) -> int:
     """Where a stream resumes: Last-Event-ID (a reconnecting browser) wins over ?after."""
-    header = call.headers.get("last-event-id", "").strip()
+    header = req.headers.get("last-event-id", "").strip()
     if header:
         if not re.fullmatch(r"[0-9]{1,19}", header) or int(header) > MAX_SEQ:
             raise _invalid(["header", "Last-Event-ID"], "must be an event seq (a whole number)")
         return int(header)
-    return call.query.after or 0
+    return req.query.after or 0
 
 
 # Lines with no blank line after them: they join the next event's block, so no client
@@ -6809,10 +6861,10 @@ def _sse(ctx: _Ctx, session_id: str, cursor: int, wanted: Callable[[str], bool],
         ctx.store.release()
 
 
-def _wants_json(call: _Call) -> bool:
-    if call.query.format:
-        return call.query.format == "json"
-    accept = call.headers.get("accept", "")
+def _wants_json(req: _Request) -> bool:
+    if req.query.format:
+        return req.query.format == "json"
+    accept = req.headers.get("accept", "")
     return "application/json" in accept and "text/event-stream" not in accept
 
 
@@ -6827,12 +6879,12 @@ def _wants_json(call: _Call) -> bool:
     stream=True,
     raw=True,
 )
-def _events(ctx: _Ctx, call: _Call, session_id: str) -> bottle.HTTPResponse:
+def _events(ctx: _Ctx, req: _Request, session_id: str) -> bottle.HTTPResponse:
     m = ctx.store.m
     _need_session(m, session_id)
-    wanted = _type_matcher(call.query.types)
-    if _wants_json(call):
-        after, limit = call.query.after or 0, call.query.limit
+    wanted = _type_matcher(req.query.types)
+    if _wants_json(req):
+        after, limit = req.query.after or 0, req.query.limit
         query = m.Event.select().where(
             m.Event.session_id == session_id,
             m.Event.seq > after,
@@ -6841,7 +6893,7 @@ def _events(ctx: _Ctx, call: _Call, session_id: str) -> bottle.HTTPResponse:
         page = EventPage(**_page(query.order_by(m.Event.seq), limit, lambda r: r.seq, _event_out))
         return _json_response(200, page.model_dump_json(exclude_unset=True))  # each event's data as stored
     headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    stream = _sse(ctx, session_id, _cursor(call), wanted, call.query.until == "completed")
+    stream = _sse(ctx, session_id, _cursor(req), wanted, req.query.until == "completed")
     return bottle.HTTPResponse(stream, 200, headers)
 
 
@@ -6855,21 +6907,21 @@ def _session_fs(ctx: _Ctx, session_id: str) -> _Vfs:
 
 @_route("GET", "/v1/sessions/<session_id>/fs", "List the root of a session's files", "files", response=FsNode,
         errors=(404,))  # fmt: skip
-def _fs_root(ctx: _Ctx, call: _Call, session_id: str) -> BaseModel:
+def _fs_root(ctx: _Ctx, req: _Request, session_id: str) -> BaseModel:
     return FsNode.model_validate(_session_fs(ctx, session_id).read("/"))
 
 
 @_route("GET", "/v1/sessions/<session_id>/fs/<path:path>", "Read a file or list a directory", "files",
         response=FsNode, errors=(404,))  # fmt: skip
-def _fs_get(ctx: _Ctx, call: _Call, session_id: str, path: str) -> BaseModel:
+def _fs_get(ctx: _Ctx, req: _Request, session_id: str, path: str) -> BaseModel:
     return FsNode.model_validate(_session_fs(ctx, session_id).read(_normalize_path("/" + path)))
 
 
 @_route("PUT", "/v1/sessions/<session_id>/fs/<path:path>", "Create (201) or replace (200) a file, or make a directory",
         "files", body=FsPut, response=FsNode, status=201, also=(200,), errors=(404, 409))  # fmt: skip
-def _fs_put(ctx: _Ctx, call: _Call, session_id: str, path: str) -> Any:
+def _fs_put(ctx: _Ctx, req: _Request, session_id: str, path: str) -> Any:
     fs, path = _session_fs(ctx, session_id), _normalize_path("/" + path)
-    body = call.body.root
+    body = req.body.root
     if isinstance(body, FsMakeDirectory):
         created = fs.mkdir(path)
     else:
@@ -6879,8 +6931,8 @@ def _fs_put(ctx: _Ctx, call: _Call, session_id: str, path: str) -> Any:
 
 @_route("DELETE", "/v1/sessions/<session_id>/fs/<path:path>", "Delete a file or a directory", "files", status=204,
         query=FsDeleteQuery, errors=(404, 409))  # fmt: skip
-def _fs_delete(ctx: _Ctx, call: _Call, session_id: str, path: str) -> None:
-    _session_fs(ctx, session_id).delete(_normalize_path("/" + path), call.query.recursive)
+def _fs_delete(ctx: _Ctx, req: _Request, session_id: str, path: str) -> None:
+    _session_fs(ctx, session_id).delete(_normalize_path("/" + path), req.query.recursive)
 
 
 # ---- capabilities -----------------------------------------------------------
@@ -6894,8 +6946,8 @@ def _fs_delete(ctx: _Ctx, call: _Call, session_id: str, path: str) -> None:
     response=CapabilityPage,
     query=CapabilityListQuery,
 )
-def _list_capabilities(ctx: _Ctx, call: _Call) -> BaseModel:
-    page = _names_page(list(ctx.capabilities), call.query)
+def _list_capabilities(ctx: _Ctx, req: _Request) -> BaseModel:
+    page = _names_page(list(ctx.capabilities), req.query)
     return CapabilityPage(**{**page, "data": [_capability_out(ctx.capabilities[i]) for i in page["data"]]})
 
 
@@ -6918,7 +6970,7 @@ def _capability_out(capability: Any) -> Capability:
     response=Capability,
     errors=(404,),
 )
-def _get_capability(ctx: _Ctx, call: _Call, capability_id: str) -> BaseModel:
+def _get_capability(ctx: _Ctx, req: _Request, capability_id: str) -> BaseModel:
     if capability_id not in ctx.capabilities:
         raise _NotFound(f"capability {capability_id} not found")
     return _capability_out(ctx.capabilities[capability_id])
@@ -6987,9 +7039,9 @@ def _mcp_written(ctx: _Ctx, server_id: str | None) -> Any:
 
 
 @_route("GET", "/v1/mcp-servers", "List MCP servers", "mcp-servers", response=McpServerPage, query=ListQuery)
-def _list_mcp_servers(ctx: _Ctx, call: _Call) -> BaseModel:
+def _list_mcp_servers(ctx: _Ctx, req: _Request) -> BaseModel:
     servers = _mcp_servers_of(ctx)
-    page = _names_page(list(servers), call.query)
+    page = _names_page(list(servers), req.query)
     return McpServerPage(**{**page, "data": [servers[i].resource() for i in page["data"]]})
 
 
@@ -7003,8 +7055,8 @@ def _list_mcp_servers(ctx: _Ctx, call: _Call) -> BaseModel:
     status=201,
     errors=(409,),
 )
-def _create_mcp_server(ctx: _Ctx, call: _Call) -> BaseModel:
-    body, m, ts = call.body, ctx.store.m, _now_iso()
+def _create_mcp_server(ctx: _Ctx, req: _Request) -> BaseModel:
+    body, m, ts = req.body, ctx.store.m, _now_iso()
     _check_mcp_name(ctx, body.name)
     _check_mcp_url(ctx, body.url)
     headers = {name: ctx.store.secrets.seal(value) for name, value in body.headers.items()}
@@ -7018,7 +7070,7 @@ def _create_mcp_server(ctx: _Ctx, call: _Call) -> BaseModel:
 
 
 @_route("GET", "/v1/mcp-servers/<server_id>", "Get an MCP server", "mcp-servers", response=McpServer, errors=(404,))
-def _get_mcp_server(ctx: _Ctx, call: _Call, server_id: str) -> BaseModel:
+def _get_mcp_server(ctx: _Ctx, req: _Request, server_id: str) -> BaseModel:
     return _mcp_server(ctx, server_id).resource()
 
 
@@ -7031,8 +7083,8 @@ def _get_mcp_server(ctx: _Ctx, call: _Call, server_id: str) -> BaseModel:
     response=McpServer,
     errors=(404, 409),
 )
-def _update_mcp_server(ctx: _Ctx, call: _Call, server_id: str) -> BaseModel:
-    m, changes = ctx.store.m, _changes(call.body)
+def _update_mcp_server(ctx: _Ctx, req: _Request, server_id: str) -> BaseModel:
+    m, changes = ctx.store.m, _changes(req.body)
     _mcp_server(ctx, server_id, changing=True)
     if "name" in changes:
         _check_mcp_name(ctx, changes["name"], server_id)
@@ -7050,7 +7102,7 @@ def _update_mcp_server(ctx: _Ctx, call: _Call, server_id: str) -> BaseModel:
 
 @_route("DELETE", "/v1/mcp-servers/<server_id>", "Remove an MCP server added through the API", "mcp-servers",
         status=204, errors=(404, 409))  # fmt: skip
-def _delete_mcp_server(ctx: _Ctx, call: _Call, server_id: str) -> None:
+def _delete_mcp_server(ctx: _Ctx, req: _Request, server_id: str) -> None:
     m = ctx.store.m
     _mcp_server(ctx, server_id, changing=True)
     with ctx.store.write():
@@ -7059,7 +7111,7 @@ def _delete_mcp_server(ctx: _Ctx, call: _Call, server_id: str) -> None:
 
 
 # =============================================================================
-# 12. OpenAPI and pages
+# 13. OpenAPI and docs
 # =============================================================================
 
 
@@ -7067,16 +7119,23 @@ def _openapi_path(path: str) -> str:
     return re.sub(r"<(\w+)(?::\w+)?>", r"{\1}", path)
 
 
+# The path parameters that are not UUIDs: what each one is.
+_PATH_PARAMETERS = {
+    "capability_id": {
+        "type": "string",
+        "maxLength": MAX_NAME,
+        "description": "A capability id (current_time, mcp:NAME).",
+    },
+    "tool_call_id": {"type": "string", "maxLength": MAX_NAME, "description": "The id the model gave the call."},
+    "server_id": {"type": "string", "maxLength": MAX_NAME, "description": "A UUID, or config-NAME for --mcp-config's."},
+    "path": {"type": "string", "pattern": r"^[^\\\x00-\x1f]+$", "maxLength": MAX_PATH},
+}
+
+
 def _path_parameters(path: str) -> list[dict]:
-    params = []
-    for name in re.findall(r"<(\w+)(?::\w+)?>", path):
-        schema = {"type": "string", "format": "uuid"} if name.endswith("_id") else {"type": "string"}
-        if name == "capability_id":
-            schema = {"type": "string"}
-        elif name == "path":
-            schema = {"type": "string", "pattern": r"^[^\\\x00-\x1f]+$", "maxLength": MAX_PATH}
-        params.append({"name": name, "in": "path", "required": True, "schema": schema})
-    return params
+    return [{"name": name, "in": "path", "required": True,
+             "schema": _PATH_PARAMETERS.get(name, {"type": "string", "format": "uuid"})}
+            for name in re.findall(r"<(\w+)(?::\w+)?>", path)]  # fmt: skip
 
 
 def _query_parameters(model: type[BaseModel] | None) -> list[dict]:
@@ -7257,7 +7316,7 @@ def _swagger_file(name: str) -> bytes:
 
 
 @_route("GET", "/api-doc/openapi.json", "The OpenAPI document", "docs", raw=True, in_schema=False)
-def _openapi(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
+def _openapi(ctx: _Ctx, req: _Request) -> bottle.HTTPResponse:
     return _json_response(200, _openapi_text(bool(ctx.config["api_key"])))
 
 
@@ -7269,12 +7328,12 @@ def _openapi_text(auth: bool) -> str:
 
 
 @_route("GET", "/swagger-ui/", "Swagger UI", "docs", raw=True, in_schema=False)
-def _swagger(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
+def _swagger(ctx: _Ctx, req: _Request) -> bottle.HTTPResponse:
     return _page_file(_SWAGGER_HTML, "text/html; charset=utf-8", DOCS_CSP)
 
 
 @_route("GET", "/swagger-ui/<name>", "Swagger UI's files", "docs", raw=True, in_schema=False)
-def _swagger_asset(ctx: _Ctx, call: _Call, name: str) -> bottle.HTTPResponse:
+def _swagger_asset(ctx: _Ctx, req: _Request, name: str) -> bottle.HTTPResponse:
     if name == "init.js":
         return _page_file(_SWAGGER_INIT, "text/javascript; charset=utf-8", DOCS_CSP)
     if name not in _SWAGGER_FILES:
@@ -7282,7 +7341,678 @@ def _swagger_asset(ctx: _Ctx, call: _Call, name: str) -> bottle.HTTPResponse:
     return _page_file(_swagger_file(name), _SWAGGER_FILES[name], DOCS_CSP, cache=True)
 
 
-# ---- the console ----------------------------------------------------------------
+# =============================================================================
+# 14. Several processes on one PostgreSQL database
+# =============================================================================
+#
+# Each process holds a lease, claims the turns it runs, and hears the others through
+# PostgreSQL's notifications (one per commit, on NOTIFY_CHANNEL: _Store._notify). What
+# they tell each other, one kind per item, handled by _Cluster._on[kind]:
+#
+#   kind     carries                        sent by                        a process that hears it
+#   events   session, first seq, last seq   every commit (_Journal.tx)     reads and publishes them, if it
+#                                                                          streams that session
+#   delta    session, turn, message, text   _Cluster._share (a turn's      publishes the streamed text to its
+#                                           streamed text, coalesced)      streams of that session
+#   cancel   session, turn                  _Scheduler._cancel_elsewhere   stops that turn, if it runs it
+#   gone     session                        _sessions_going (a delete)     stops its turn, ends its streams
+#   mcp      -                              _mcp_written (an API change)   reads the MCP servers again
+#   hello    -                              _Cluster._register             counts one more process
+#   bye      -                              _Cluster.stop                  counts one less, answers what it owed
+
+
+HEARTBEAT_S = 5.0  # how often a process renews its lease and looks for dead processes
+LEASE_S = 15.0  # a lease not renewed this long is dead (a process whose connection closed: at once)
+DELTA_FLUSH_S = 0.05  # streamed text for the other processes' streams is sent at most this often
+_NOW_MS = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"  # the database's clock: one for all
+_INSTANCES = f"""SELECT i.id, i.heartbeat < {_NOW_MS} - %s AS stale, NOT EXISTS (
+    SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    AND l.classid = (i.lock_key >> 32)::oid AND l.objid = (i.lock_key & 4294967295)::oid) AS unlocked
+FROM instance i WHERE i.id <> %s"""  # the other leases: not renewed in time? their lock free (process gone)?
+
+
+def _lock_key(lease: str) -> int:
+    """A lease's liveness lock: a 64-bit advisory key, above the 32-bit keys of the session locks."""
+    return int(hashlib.sha256(lease.encode()).hexdigest()[:14], 16) | (1 << 60)
+
+
+def _event_reader(store: _Store) -> Callable[[str, int], list[tuple[int, str, str]]]:
+    """The bus's reader: a session's stored events after a seq (the connection returned after)."""
+
+    def read(session_id: str, after: int) -> list[tuple[int, str, str]]:
+        try:
+            return list(_stored_events(store.m, session_id, after))
+        finally:
+            store.release()
+
+    return read
+
+
+class _Cluster:
+    """This process among the processes that serve one PostgreSQL database.
+
+    * A lease: a row of `instance` renewed every HEARTBEAT_S, and an advisory lock
+      that the listening connection holds for as long as the process lives. A lease
+      not renewed for LEASE_S, or whose lock is free (its process died and its
+      connection closed), is dead: any process deletes it, closes the turns it ran as
+      INTERRUPTED (tools are never run again) and kicks the owed sessions; each owed
+      turn is claimed by one process (_Scheduler._claim, under the session's lock).
+    * Commits notify NOTIFY_CHANNEL of what they stored (_Store._notify). The listening
+      connection hears the others: stored events of sessions streamed here are read and
+      published in seq order, streamed text is published as it comes, and cancels and
+      deletes reach the turns that run here.
+    """
+
+    def __init__(self, store: _Store, bus: _Bus, scheduler: _Scheduler) -> None:
+        self.store, self.bus, self.scheduler = store, bus, scheduler
+        self.listener: Any = None  # the listening connection; it holds the lease's lock
+        self.peers = 0  # the other live processes, as last heard
+        self.due = gevent.event.Event()  # set when streamed text waits to be sent
+        self.greenlets: list[Any] = []
+        self._reaping: Any = None
+        self.on_mcp: Callable[[], None] = lambda: None
+
+    def start(self) -> None:
+        """Take a lease, close the turns of dead processes, start the owed ones, listen."""
+        self._register()
+        self.reap()
+        self.greenlets = [gevent.spawn(self._listen), gevent.spawn(self._send_deltas)]
+
+    def stop(self) -> None:
+        """Leave (after the scheduler's shutdown): the lease goes, and the others start what is owed."""
+        greenlets = [*self.greenlets, *([self._reaping] if self._reaping else [])]
+        for greenlet in greenlets:
+            _stop_soon(greenlet)
+        gevent.joinall(greenlets, timeout=2)
+        with contextlib.suppress(pw.DatabaseError), self.store.write():
+            self.store.db.execute_sql("DELETE FROM instance WHERE id = %s", (self.store.lease,))
+            self.store.outbox.append(["bye"])
+        with contextlib.suppress(Exception):
+            self.listener.close()
+
+    def _register(self) -> None:
+        """Take the lease: listen and hold its lock first, then store it and say hello."""
+        store, key = self.store, _lock_key(self.store.lease)
+        with pw.__exception_wrapper__:
+            listener = pw.PostgresqlDatabase._connect(store.db)
+            listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            listener.execute("SELECT pg_advisory_lock(%s)", (key,))
+        self.listener = listener
+        with store.write():
+            sql = f"INSERT INTO instance (id, lock_key, heartbeat, started_at) VALUES (%s, %s, {_NOW_MS}, %s)"
+            store.db.execute_sql(sql, (store.lease, key, _now_iso()))
+            store.outbox.append(["hello"])
+        store.release()
+
+    def _listen(self) -> None:
+        """Hear the other processes; renew the lease between notifications."""
+        beat = time.monotonic() + HEARTBEAT_S
+        while True:
+            try:
+                for note in self.listener.notifies(timeout=max(0.0, beat - time.monotonic())):
+                    self._heard(note.payload)
+                if time.monotonic() >= beat:
+                    beat = time.monotonic() + HEARTBEAT_S
+                    self._renew()
+            except _Stop:
+                return
+            except Exception as e:  # the connection failed (or the database went away)
+                self._take_new_lease(f"its connection failed: {' '.join(str(e).split())}")
+
+    def _heard(self, payload: str) -> None:
+        note = json.loads(payload)
+        if note["from"] == self.store.lease:
+            return
+        for kind, *args in note["items"]:
+            try:
+                self._apply(kind, args)
+            except Exception:
+                _log.exception("could not apply a notification (%s)", kind)
+
+    def _apply(self, kind: str, args: list) -> None:
+        self._on[kind](*args)  # the kinds: the table at the top of this section
+
+    @functools.cached_property
+    def _on(self) -> dict[str, Callable[..., None]]:
+        return {"events": self._on_events, "delta": functools.partial(self.bus.publish_delta, shared=False),
+                "cancel": lambda session_id, turn_id: self.scheduler.halt(session_id, turn_id, _Cancelled),
+                "gone": lambda session_id: gevent.spawn(self._gone, session_id), "mcp": lambda: self.on_mcp(),
+                "hello": lambda: self._count(self.peers + 1), "bye": self._on_bye}  # fmt: skip
+
+    def _on_events(self, session_id: str, first: int, last: int) -> None:
+        if self.bus.watched(session_id) and self.bus.last_seq.get(session_id, 0) < last:
+            self.bus.catch_up(session_id)
+
+    def _on_bye(self) -> None:
+        self._count(self.peers - 1)
+        self._reap_soon()  # what it owed is answered here (or by another: one claims each)
+
+    def _gone(self, session_id: str) -> None:
+        self.scheduler.stop(session_id)
+        self.bus.close(session_id)
+        self.scheduler.forget(session_id)
+
+    def _count(self, peers: int) -> None:
+        """Streamed text is shared only while there is another process to stream it."""
+        self.peers = max(0, peers)
+        self.bus.share = self._share if self.peers else None
+
+    def _share(self, session_id: str, turn_id: str, message_id: str, text: str) -> None:
+        self.store.deltas.setdefault((session_id, turn_id, message_id), []).append(text)
+        self.due.set()
+
+    def _send_deltas(self) -> None:
+        """Streamed text goes with the next commit, or after DELTA_FLUSH_S (coalesced)."""
+        try:
+            while True:
+                self.due.wait()
+                gevent.sleep(DELTA_FLUSH_S)
+                self.due.clear()
+                self.store.send_notes()
+        except _Stop:
+            return
+
+    def _renew(self) -> None:
+        store = self.store
+        try:
+            with store.write():
+                sql = f"UPDATE instance SET heartbeat = {_NOW_MS} WHERE id = %s"
+                cursor = store.db.execute_sql(sql, (store.lease,))
+            if cursor.rowcount == 0:
+                self._take_new_lease("another process found it dead")
+            self._reap_soon()
+        except pw.DatabaseError as e:
+            _log.warning("could not renew this process's lease: %s", e)
+        finally:
+            store.release()
+
+    def _take_new_lease(self, why: str) -> None:
+        """The lease is lost: its turns stop here (another process closes them), a new one is taken."""
+        _log.warning("this process lost its lease (%s): its running turns stop and it takes a new one", why)
+        for turn in self.scheduler.running():
+            turn.halt(_Gone)
+        with contextlib.suppress(Exception):
+            self.listener.close()
+        old, self.store.lease = self.store.lease, _lease_id()
+        while True:
+            try:
+                self._register()
+                break
+            except pw.DatabaseError as e:
+                _log.warning("could not take a new lease (trying again in %g s): %s", HEARTBEAT_S, e)
+                gevent.sleep(HEARTBEAT_S)
+        with contextlib.suppress(pw.DatabaseError), self.store.write():  # its turns are closed at the next look
+            self.store.db.execute_sql("DELETE FROM instance WHERE id = %s", (old,))
+
+    def _reap_soon(self) -> None:
+        if self._reaping is None or self._reaping.ready():
+            self._reaping = gevent.spawn(self._reap_quietly)
+
+    def _reap_quietly(self) -> None:
+        try:
+            self.reap()
+        except _Stop:
+            pass
+        except Exception:
+            _log.exception("looking for dead processes failed")
+
+    def reap(self) -> None:
+        """Delete dead leases, close the turns no live process runs, start the owed ones."""
+        store = self.store
+        try:
+            rows = store.db.execute_sql(_INSTANCES, (int(LEASE_S * 1000), store.lease)).fetchall()
+            dead = [lease for lease, stale, unlocked in rows if stale or unlocked]
+            self._count(len(rows) - len(dead))
+            if dead:
+                _log.warning("process lease(s) %s ended: closing their turns", ", ".join(dead))
+                with store.write():
+                    store.db.execute_sql("DELETE FROM instance WHERE id = ANY(%s)", (dead,))
+            self.scheduler.recover()
+        finally:
+            store.release()
+
+
+# =============================================================================
+# 15. App factory and serving
+# =============================================================================
+
+
+def _seed_env_providers(store: _Store, env: Mapping[str, str]) -> None:
+    """Create (once) a provider for OPENAI_API_KEY / ANTHROPIC_API_KEY."""
+    m = store.m
+    for kind, var, name in (("openai", "OPENAI_API_KEY", "OpenAI"), ("anthropic", "ANTHROPIC_API_KEY", "Anthropic")):
+        if not env.get(var):
+            continue
+        with store.write():
+            store.starting()
+            if m.Meta.get_or_none(m.Meta.key == f"env_provider:{kind}") is not None:
+                continue
+            row = store.add_provider(name, kind, api_key=env[var])
+            m.Meta.create(key=f"env_provider:{kind}", value=row.id)
+            _log.info("created provider %r from %s", name, var)
+
+
+def _apply_default_provider(store: _Store, wanted: str | None) -> None:
+    """Make the provider named by id, name or type the default."""
+    if not wanted:
+        return
+    m = store.m
+    with store.write():
+        store.starting()
+        match = (
+            m.Provider.select()
+            .where((m.Provider.id == wanted) | (m.Provider.name == wanted) | (m.Provider.provider_type == wanted))
+            .order_by(m.Provider.id)
+            .first()
+        )
+        if match is None:
+            raise StartupError(f"--default-provider: no provider has the id, name or type {wanted!r}", 2)
+        _make_default(m, match.id)
+
+
+def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None, **options: Any) -> bottle.Bottle:
+    """A WSGI application with its own database.
+
+    ``options`` are the names of SETTINGS (``api_key``, ``sync``, ...), checked as
+    the command line checks them (ValueError names a bad one); ``env`` is where
+    provider keys are read from (default: ``os.environ``).
+    """
+    env = os.environ if env is None else env
+    config = {**_settings(options), "db": db}
+    mcp = _mcp_servers(config["mcp_config"])  # checked before anything is opened
+    store = _Store(db, config["sync"], config["secret_key"] or env.get("EVERRUNS_SECRET_KEY"))
+    try:
+        store.migrate()
+        with store.write():
+            store.starting()
+            store.secrets.load(store.m)
+        _seed_env_providers(store, env)
+        _apply_default_provider(store, config["default_provider"] or env.get("EVERRUNS_DEFAULT_PROVIDER"))
+    except pw.DatabaseError as e:  # not a SQLite file, corrupted, read-only, locked, ...
+        store.close()
+        reason = " ".join(str(e).split())  # one line (the driver's messages may have several)
+        raise StartupError(f"--db: {_shown_db(db)} cannot be used as the database: {reason}") from None
+    except BaseException:
+        store.close()
+        raise
+    store.release()
+    journal = _Journal(store, _Bus(_event_reader(store) if store.postgres else None), config["check_events"])
+    capabilities = collections.ChainMap({server.id: server for server in mcp}, CAPABILITIES)  # this app's on top
+    scheduler = _Scheduler(journal, config, capabilities)
+    ctx = _Ctx(store=store, config=config, journal=journal, scheduler=scheduler, capabilities=capabilities, mcp=mcp)
+    _sync_mcp(ctx)  # the MCP servers of the API too, before any turn may need them
+    ctx.cluster = _Cluster(store, journal.bus, scheduler) if store.postgres else None
+    if ctx.cluster is not None:
+        ctx.cluster.on_mcp = functools.partial(_sync_mcp, ctx)  # another process changed them
+        ctx.cluster.start()  # before the first request: dead processes' turns closed, owed ones started
+    else:
+        scheduler.recover()  # before the first request: interrupted turns closed, owed ones started
+    store.release()
+    ctx.log_filter = _RedactingFilter(lambda: (*store.secrets.known, config["api_key"]))
+    _log.addFilter(ctx.log_filter)
+    logging.getLogger("peewee").addFilter(ctx.no_statements)
+    app = _App()
+    app.guard = _Guard(config)
+    app.add_hook("before_request", _auth_hook(config["api_key"]))
+    for spec in _ROUTES:
+        app.route(spec.path, spec.method, _callback(ctx, spec))
+    app.everruns = ctx
+    app.close = lambda: _close(ctx)
+    return app
+
+
+def _close(ctx: _Ctx) -> None:
+    """Give running turns the grace period, interrupt the rest, end the streams, close the database."""
+    ctx.scheduler.shutdown(float(ctx.config["shutdown_grace"]))
+    if ctx.cluster is not None:
+        ctx.cluster.stop()
+    for server in [*ctx.mcp, *ctx.mcp_api.values()]:  # their programs stop
+        server.close()
+    ctx.bus.close()
+    ctx.store.close()
+    _log.removeFilter(ctx.log_filter)
+    logging.getLogger("peewee").removeFilter(ctx.no_statements)
+
+
+def _require_patched() -> None:
+    from gevent import monkey
+
+    if not monkey.is_module_patched("socket"):
+        raise RuntimeError("serve() needs a gevent-patched process: call gevent.monkey.patch_all() first")
+    _check_greenlet_local()
+
+
+def _is_loopback(host: str) -> bool:
+    name = _host_name(host)
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_bind(host: str, api_key: str | None, insecure: bool) -> None:
+    """Refuse to listen beyond this machine without an API key (unless told it is safe)."""
+    if not _is_loopback(host) and not api_key and not insecure:
+        raise RuntimeError(
+            f"refusing to listen on {host} without an API key: anyone who can reach it could use your "
+            "providers' keys. Set --api-key (or EVERRUNS_API_KEY), or --insecure on a trusted network."
+        )
+
+
+# ---- the HTTP server ----------------------------------------------------------
+# pywsgi with what a server facing the open network needs: a deadline for
+# request bytes (a client sending one byte a second is not idle), strict
+# framing (no request smuggling behind a proxy), the error envelope on every
+# answer it writes itself, one log line for client misbehaviour, and a cap on
+# connections that never stops the server from answering.
+
+
+DRAIN_BYTES = 64 * 1024  # a refused body up to this size is read and dropped: the connection stays open
+DRAIN_S_MAX = 5.0  # and it has this long to arrive (or --request-timeout, if shorter)
+
+
+def _raw_error(error: EverrunsError, *headers: tuple[str, str]) -> bytes:
+    """A whole HTTP/1.1 error response with the envelope, closing the connection."""
+    body = _error_body(error.status, error.message, error.code).encode()
+    lines = [f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}", f"Content-Type: {JSON_TYPE}",
+             f"Content-Length: {len(body)}", "Connection: close", *(f"{k}: {v}" for k, v in headers)]  # fmt: skip
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # what a header name may be (RFC 9110)
+
+
+def _check_framing(pairs: list[tuple[str, str]]) -> None:
+    """Refuse what two HTTP parsers could read as different requests (400)."""
+    lengths = [v for k, v in pairs if k.lower() == "content-length"]
+    codings = [v for k, v in pairs if k.lower() == "transfer-encoding"]
+    if not all(_TOKEN.fullmatch(k) for k, _ in pairs):
+        problem = "a header name that is not a token (white space before the colon?)"
+    elif len(lengths) > 1:
+        problem = "more than one Content-Length header"
+    elif lengths and codings:
+        problem = "Content-Length and Transfer-Encoding together"
+    elif lengths and not re.fullmatch(r"[0-9]{1,18}", lengths[0].strip()):
+        problem = "Content-Length is not a whole number"
+    elif codings and (len(codings) > 1 or codings[0].strip().lower() != "chunked"):
+        problem = "only Transfer-Encoding: chunked is accepted"
+    elif any("\n" in v or "\r" in v for _, v in pairs):
+        problem = "folded header lines are not accepted"
+    else:
+        return
+    raise _BadRequest(f"malformed HTTP request: {problem}")
+
+
+def _client_error(error: BaseException) -> EverrunsError:
+    """What to answer a request pywsgi could not read."""
+    import http.client
+
+    if isinstance(error, EverrunsError):
+        return error
+    if isinstance(error, http.client.HTTPException) or "Line too long" in str(error):
+        return _HeadersTooLarge("too many request headers, or one too long")
+    return _BadRequest("malformed HTTP request")
+
+
+class _Input(gevent.pywsgi.Input):
+    """A request body. What the app left unread is never waited for: the handler
+    drops a small rest before it answers, or closes the connection (see
+    _Handler.start_response), so that no body is ever read as a request."""
+
+    def _discard(self) -> None:
+        pass
+
+    def drop_rest(self, deadline: float) -> bool:
+        """Read and drop what the app left of a small body (never asking for a body the
+        client holds back for a 100 Continue); False when the connection must close instead."""
+        left = (self.content_length or 0) - self.position
+        if left <= 0 and not self.chunked_input:
+            return True
+        if self.chunked_input or left > DRAIN_BYTES or self.socket is not None:  # socket: 100 Continue unsent
+            return False
+        try:
+            with gevent.Timeout(deadline):
+                while self.read(16384):
+                    pass
+        except (gevent.Timeout, OSError, ValueError):
+            return False
+        return True
+
+
+class _StrictLines:
+    """The request's header lines as http.client reads them, refused unless each ends
+    with CRLF and holds no NUL: what two HTTP parsers could read differently."""
+
+    def __init__(self, rfile: Any) -> None:
+        self.rfile = rfile
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = self.rfile.readline(limit)
+        if b"\x00" in line:
+            raise _BadRequest("malformed HTTP request: a NUL byte in a header")
+        if line and not line.endswith(b"\r\n") and (limit < 0 or len(line) < limit):
+            raise _BadRequest("malformed HTTP request: a header line that does not end with CRLF")
+        return line
+
+
+class _Handler(gevent.pywsgi.WSGIHandler):
+    """pywsgi's handler with deadlines, strict framing and the error envelope."""
+
+    server: Any
+
+    def handle(self) -> None:
+        """Serve the connection; a client gone while an error answer is written is routine."""
+        try:
+            super().handle()
+        except OSError as e:
+            _log.debug("connection from %s: %s", self.client_address[0], e)
+
+    def read_requestline(self) -> str:
+        """Wait for a request (the idle timeout applies), then start its deadline."""
+        self.server.connections.waiting(True)
+        self.rfile.peek(1)
+        too_slow = _RequestTimeout("the request did not arrive within --request-timeout")
+        self._deadline = gevent.Timeout.start_new(self.server.request_timeout, too_slow)
+        return super().read_requestline()
+
+    def read_request(self, raw_requestline: str) -> bool:
+        """Parse the request line and headers, within the deadline; strictly (see _StrictLines)."""
+        try:
+            if not raw_requestline.endswith("\r\n") or "\x00" in raw_requestline:
+                raise _BadRequest("malformed HTTP request: a request line that does not end with CRLF")
+            parsed = super().read_request(raw_requestline)
+            if self.request_version != "HTTP/1.1" and "transfer-encoding" in self.headers:
+                raise _BadRequest(f"malformed HTTP request: Transfer-Encoding in an {self.request_version} request")
+            return parsed
+        finally:
+            self._deadline.cancel()
+
+    def handle_one_request(self) -> Any:
+        """pywsgi's, with the deadline over the request line too and the envelope on its own answers."""
+        try:
+            result = super().handle_one_request()
+        except _RequestTimeout as e:  # still in the request line
+            result = self._handle_client_error(e)
+        finally:
+            if getattr(self, "_deadline", None) is not None:
+                self._deadline.cancel()
+        if isinstance(result, tuple) and JSON_TYPE.encode() not in result[1]:  # pywsgi's own, bodiless
+            too_long = result[0] == "414"
+            error = _UriTooLong("the request line is too long") if too_long else _BadRequest("malformed HTTP request")
+            result = (result[0], _raw_error(error))
+        return result
+
+    def MessageClass(self, rfile: Any, *args: Any) -> Any:
+        """The request headers, refused when their framing is ambiguous."""
+        import email.errors
+
+        headers = super().MessageClass(_StrictLines(rfile), *args)
+        unreadable = (email.errors.MissingHeaderBodySeparatorDefect, email.errors.FirstHeaderLineIsContinuationDefect)
+        if any(isinstance(d, unreadable) for d in getattr(headers, "defects", ())):  # "Content-Length : 12"
+            raise _BadRequest("malformed HTTP request: a header line that cannot be read")
+        _check_framing(list(getattr(headers, "_headers", ())))
+        return headers
+
+    def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
+        """The answer to a request that could not be read: the envelope, one debug line."""
+        error = _client_error(ex)
+        _log.debug("bad request from %s: %s", self.client_address[0], ex)
+        return str(error.status), _raw_error(error)
+
+    def get_environ(self) -> dict:
+        """pywsgi's environ, with a body that is never waited for once the app is done."""
+        environ = super().get_environ()
+        if environ["wsgi.input"] is self.wsgi_input:
+            self.wsgi_input = environ["wsgi.input"] = _Input(
+                self.rfile,
+                self.content_length,
+                socket=self.wsgi_input.socket,
+                chunked_input=self.wsgi_input.chunked_input,
+            )
+        return environ
+
+    def start_response(self, status: str, headers: list, exc_info: Any = None) -> Any:
+        """pywsgi's, once what the app left of the body is dropped, or with Connection: close."""
+        if not self.wsgi_input.drop_rest(min(self.server.request_timeout, DRAIN_S_MAX)):
+            self.close_connection = True
+            headers = [*(h for h in headers if h[0].lower() != "connection"), ("Connection", "close")]
+        return super().start_response(status, headers, exc_info)
+
+    def handle_one_response(self) -> None:
+        """Run the app; close the connection if it left part of the body unread."""
+        self.server.connections.waiting(False)
+        super().handle_one_response()
+        body = self.wsgi_input
+        if body.chunked_input or body.position < (body.content_length or 0):
+            self.close_connection = True  # the rest of the body was not read
+
+    def _send_error_response_if_possible(self, error_code: int) -> None:
+        """pywsgi's late 400/500, in the envelope."""
+        if self.response_length:
+            self.close_connection = True
+            return
+        status = 400 if error_code == 400 else 500
+        body = _error_body(status, "malformed HTTP request" if status == 400 else "internal server error").encode()
+        headers = [("Content-Type", JSON_TYPE), ("Connection", "close"), ("Content-Length", str(len(body)))]
+        try:
+            self.start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+            self.write(body)
+        except OSError:
+            self.close_connection = True
+
+    def _log_error(self, t: type, v: BaseException, tb: Any) -> None:
+        """An error while answering: a vanished client is one debug line, anything else a logged traceback."""
+        if isinstance(v, OSError):  # a timed-out or vanished client: routine
+            _log.debug("connection from %s: %s", self.client_address[0], v)
+        elif not isinstance(v, gevent.GreenletExit):
+            _log.error("internal error while answering", exc_info=(t, v, tb))
+
+    def log_error(self, msg: str, *args: Any) -> None:
+        """pywsgi's notes about clients: debug lines."""
+        _log.debug("pywsgi: " + msg, *args)
+
+
+class _Connections(gevent.pool.Pool):
+    """The server's connections, at most `cap`. At the cap a new connection replaces
+    the one that has waited longest for request bytes (an idle keep-alive or a slow
+    client); when every one is busy it is answered 503 at once."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()  # unbounded: the cap is kept here, so accepting never stops
+        self.cap = cap
+        self._waiting: dict[Any, float] = {}  # greenlet -> since when
+
+    def waiting(self, yes: bool) -> None:
+        """The calling connection waits for request bytes (yes) or is being answered."""
+        current = gevent.getcurrent()
+        if yes:
+            self._waiting.setdefault(current, time.monotonic())
+        else:
+            self._waiting.pop(current, None)
+
+    def spawn(self, func: Callable, handle: Callable, close: Callable, args: tuple) -> Any:
+        """Serve a new connection, making room at the cap (see the class)."""
+        if len(self) >= self.cap:
+            if not self._waiting:
+                busy = _ServiceUnavailable("the server is at --max-connections")
+                with contextlib.suppress(OSError):
+                    args[0].sendall(_raw_error(busy, ("Retry-After", "1")))
+                close(*args)
+                return None
+            oldest = min(self._waiting, key=self._waiting.__getitem__)
+            del self._waiting[oldest]
+            oldest.kill(block=False)
+        greenlet = super().spawn(func, handle, close, args)
+        self._waiting[greenlet] = time.monotonic()  # waiting for its first request
+        greenlet.rawlink(lambda done: self._waiting.pop(done, None))
+        return greenlet
+
+
+class _Server(gevent.pywsgi.WSGIServer):
+    """The WSGI server: TCP_NODELAY, the idle timeout, and the handler above."""
+
+    handler_class = _Handler
+
+    def __init__(self, address: tuple[str, int], app: Any, config: dict) -> None:
+        self.connections = _Connections(int(config["max_connections"]))
+        self.idle_timeout, self.request_timeout = float(config["idle_timeout"]), float(config["request_timeout"])
+        # A backlog as deep as the cap (within the kernel's usual limit): a burst of connections
+        # waits there to be accepted instead of having its SYNs dropped and retried a second later.
+        backlog = min(max(self.connections.cap, 128), 4096)
+        # SERVER_NAME given: pywsgi would otherwise look the address up in reverse DNS at start,
+        # in a thread pool that then stays (a thread and its memory, for a name nobody uses).
+        super().__init__(address, app, log=None, error_log=_log, spawn=self.connections, backlog=backlog,
+                         environ={"SERVER_NAME": address[0]})  # fmt: skip
+
+    def handle(self, sock: Any, address: Any) -> None:
+        # Events are small writes: without TCP_NODELAY, Nagle's algorithm
+        # holds each one back until the client's delayed ACK (~40 ms).
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self.idle_timeout)  # a silent client, or one that stops reading, is let go
+        super().handle(sock, address)
+
+
+def serve(
+    app: bottle.Bottle, host: str = "127.0.0.1", port: int = 9000, *, ready: Callable[[], None] | None = None
+) -> None:
+    """Serve one app with gevent until Ctrl-C or SIGTERM, then shut down gracefully.
+
+    Refuses a non-loopback address unless the app has an API key or ``insecure``.
+    """
+    _require_patched()
+    config = app.everruns.config
+    _check_bind(host, config["api_key"], config["insecure"])
+    if app.guard.hosts is not None:
+        app.guard.hosts.add(_host_name(host))
+    server = _Server((host, port), app, config)
+    stopping = gevent.event.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        gevent.signal_handler(sig, stopping.set)
+    try:
+        server.start()
+    except OSError as e:
+        app.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    if ready:
+        ready()
+    stopping.wait()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C: stop now (the next start recovers)
+        gevent.signal_handler(sig, functools.partial(os._exit, 128 + sig))
+    _log.info("shutting down (Ctrl-C again to stop at once)")
+    server.close()  # no new connections; running requests and streams go on
+    app.close()
+    server.stop(timeout=1)
+    _log.info("stopped")
+
+
+# =============================================================================
+# 16. Console
+# =============================================================================
+
 # One page for people: providers, agents, sessions, the live conversation with tool
 # cards, cancel, and the session's files. Plain HTML, CSS and JavaScript, no build
 # step and nothing from another origin (the CSP says so to the browser too).
@@ -7847,674 +8577,23 @@ CONSOLE_CSP = (
 
 
 @_route("GET", "/", "The console", "console", raw=True, in_schema=False)
-def _console(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
+def _console(ctx: _Ctx, req: _Request) -> bottle.HTTPResponse:
     needed = "required" if ctx.config["api_key"] else "none"  # ask for the key before the first call, not after a 401
     return _page_file(_CONSOLE_HTML.replace("{key}", needed), "text/html; charset=utf-8", CONSOLE_CSP)
 
 
 @_route("GET", "/console.css", "The console's style sheet", "console", raw=True, in_schema=False)
-def _console_css(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
+def _console_css(ctx: _Ctx, req: _Request) -> bottle.HTTPResponse:
     return _page_file(_CONSOLE_CSS, "text/css; charset=utf-8", CONSOLE_CSP)
 
 
 @_route("GET", "/console.js", "The console's script", "console", raw=True, in_schema=False)
-def _console_js(ctx: _Ctx, call: _Call) -> bottle.HTTPResponse:
+def _console_js(ctx: _Ctx, req: _Request) -> bottle.HTTPResponse:
     return _page_file(_CONSOLE_JS, "text/javascript; charset=utf-8", CONSOLE_CSP)
 
 
 # =============================================================================
-# 13. App factory and serving
-# =============================================================================
-
-
-def _seed_env_providers(store: _Store, env: Mapping[str, str]) -> None:
-    """Create (once) a provider for OPENAI_API_KEY / ANTHROPIC_API_KEY."""
-    m = store.m
-    for kind, var, name in (("openai", "OPENAI_API_KEY", "OpenAI"), ("anthropic", "ANTHROPIC_API_KEY", "Anthropic")):
-        if not env.get(var):
-            continue
-        with store.write():
-            store.starting()
-            if m.Meta.get_or_none(m.Meta.key == f"env_provider:{kind}") is not None:
-                continue
-            row = store.add_provider(name, kind, api_key=env[var])
-            m.Meta.create(key=f"env_provider:{kind}", value=row.id)
-            _log.info("created provider %r from %s", name, var)
-
-
-def _apply_default_provider(store: _Store, wanted: str | None) -> None:
-    """Make the provider named by id, name or type the default."""
-    if not wanted:
-        return
-    m = store.m
-    with store.write():
-        store.starting()
-        match = (
-            m.Provider.select()
-            .where((m.Provider.id == wanted) | (m.Provider.name == wanted) | (m.Provider.provider_type == wanted))
-            .order_by(m.Provider.id)
-            .first()
-        )
-        if match is None:
-            raise StartupError(f"--default-provider: no provider has the id, name or type {wanted!r}", 2)
-        _make_default(m, match.id)
-
-
-# ---- several processes on one PostgreSQL database -----------------------------
-
-HEARTBEAT_S = 5.0  # how often a process renews its lease and looks for dead processes
-LEASE_S = 15.0  # a lease not renewed this long is dead (a process whose connection closed: at once)
-DELTA_FLUSH_S = 0.05  # streamed text for the other processes' streams is sent at most this often
-_NOW_MS = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"  # the database's clock: one for all
-_INSTANCES = f"""SELECT i.id, i.heartbeat < {_NOW_MS} - %s AS stale, NOT EXISTS (
-    SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-    AND l.classid = (i.lock_key >> 32)::oid AND l.objid = (i.lock_key & 4294967295)::oid) AS unlocked
-FROM instance i WHERE i.id <> %s"""  # the other leases: not renewed in time? their lock free (process gone)?
-
-
-def _lock_key(lease: str) -> int:
-    """A lease's liveness lock: a 64-bit advisory key, above the 32-bit keys of the session locks."""
-    return int(hashlib.sha256(lease.encode()).hexdigest()[:14], 16) | (1 << 60)
-
-
-def _event_reader(store: _Store) -> Callable[[str, int], list[tuple[int, str, str]]]:
-    """The bus's reader: a session's stored events after a seq (the connection returned after)."""
-
-    def read(session_id: str, after: int) -> list[tuple[int, str, str]]:
-        try:
-            return list(_stored_events(store.m, session_id, after))
-        finally:
-            store.release()
-
-    return read
-
-
-class _Cluster:
-    """This process among the processes that serve one PostgreSQL database.
-
-    * A lease: a row of `instance` renewed every HEARTBEAT_S, and an advisory lock
-      that the listening connection holds for as long as the process lives. A lease
-      not renewed for LEASE_S, or whose lock is free (its process died and its
-      connection closed), is dead: any process deletes it, closes the turns it ran as
-      INTERRUPTED (tools are never run again) and kicks the owed sessions; each owed
-      turn is claimed by one process (_start_turn, under the session's lock).
-    * Commits notify NOTIFY_CHANNEL of what they stored (_Store._notify). The listening
-      connection hears the others: stored events of sessions streamed here are read and
-      published in seq order, streamed text is published as it comes, and cancels and
-      deletes reach the turns that run here.
-    """
-
-    def __init__(self, store: _Store, bus: _Bus, scheduler: _Scheduler) -> None:
-        self.store, self.bus, self.scheduler = store, bus, scheduler
-        self.listener: Any = None  # the listening connection; it holds the lease's lock
-        self.peers = 0  # the other live processes, as last heard
-        self.due = gevent.event.Event()  # set when streamed text waits to be sent
-        self.greenlets: list[Any] = []
-        self._reaping: Any = None
-        self.on_mcp: Callable[[], None] = lambda: None
-
-    def start(self) -> None:
-        """Take a lease, close the turns of dead processes, start the owed ones, listen."""
-        self._register()
-        self.reap()
-        self.greenlets = [gevent.spawn(self._listen), gevent.spawn(self._send_deltas)]
-
-    def stop(self) -> None:
-        """Leave (after the scheduler's shutdown): the lease goes, and the others start what is owed."""
-        greenlets = [*self.greenlets, *([self._reaping] if self._reaping else [])]
-        for greenlet in greenlets:
-            _stop_soon(greenlet)
-        gevent.joinall(greenlets, timeout=2)
-        with contextlib.suppress(pw.DatabaseError), self.store.write():
-            self.store.db.execute_sql("DELETE FROM instance WHERE id = %s", (self.store.lease,))
-            self.store.outbox.append(["bye"])
-        with contextlib.suppress(Exception):
-            self.listener.close()
-
-    def _register(self) -> None:
-        """Take the lease: listen and hold its lock first, then store it and say hello."""
-        store, key = self.store, _lock_key(self.store.lease)
-        with pw.__exception_wrapper__:
-            listener = pw.PostgresqlDatabase._connect(store.db)
-            listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
-            listener.execute("SELECT pg_advisory_lock(%s)", (key,))
-        self.listener = listener
-        with store.write():
-            sql = f"INSERT INTO instance (id, lock_key, heartbeat, started_at) VALUES (%s, %s, {_NOW_MS}, %s)"
-            store.db.execute_sql(sql, (store.lease, key, _now_iso()))
-            store.outbox.append(["hello"])
-        store.release()
-
-    def _listen(self) -> None:
-        """Hear the other processes; renew the lease between notifications."""
-        beat = time.monotonic() + HEARTBEAT_S
-        while True:
-            try:
-                for note in self.listener.notifies(timeout=max(0.0, beat - time.monotonic())):
-                    self._heard(note.payload)
-                if time.monotonic() >= beat:
-                    beat = time.monotonic() + HEARTBEAT_S
-                    self._renew()
-            except _Stop:
-                return
-            except Exception as e:  # the connection failed (or the database went away)
-                self._take_new_lease(f"its connection failed: {' '.join(str(e).split())}")
-
-    def _heard(self, payload: str) -> None:
-        note = json.loads(payload)
-        if note["from"] == self.store.lease:
-            return
-        for kind, *args in note["items"]:
-            try:
-                self._apply(kind, args)
-            except Exception:
-                _log.exception("could not apply a notification (%s)", kind)
-
-    def _apply(self, kind: str, args: list) -> None:
-        if kind == "events":  # (session, first seq, last seq): read them if they are streamed here
-            session_id, last = args[0], args[2]
-            if self.bus.watched(session_id) and self.bus.last_seq.get(session_id, 0) < last:
-                self.bus.catch_up(session_id)
-        elif kind == "delta":  # (session, turn, message, text)
-            self.bus.publish_delta(*args, shared=False)
-        elif kind == "cancel":  # (session, turn)
-            self.scheduler.halt(args[0], args[1], _Cancelled)
-        elif kind == "gone":  # (session): deleted
-            gevent.spawn(self._gone, args[0])
-        elif kind == "mcp":  # its MCP servers changed
-            self.on_mcp()
-        elif kind == "hello":
-            self._count(self.peers + 1)
-        elif kind == "bye":  # what it owed is answered here (or by another: one claims each)
-            self._count(self.peers - 1)
-            self._reap_soon()
-
-    def _gone(self, session_id: str) -> None:
-        self.scheduler.stop(session_id)
-        self.bus.close(session_id)
-        self.scheduler.forget(session_id)
-
-    def _count(self, peers: int) -> None:
-        """Streamed text is shared only while there is another process to stream it."""
-        self.peers = max(0, peers)
-        self.bus.share = self._share if self.peers else None
-
-    def _share(self, session_id: str, turn_id: str, message_id: str, text: str) -> None:
-        self.store.deltas.setdefault((session_id, turn_id, message_id), []).append(text)
-        self.due.set()
-
-    def _send_deltas(self) -> None:
-        """Streamed text goes with the next commit, or after DELTA_FLUSH_S (coalesced)."""
-        try:
-            while True:
-                self.due.wait()
-                gevent.sleep(DELTA_FLUSH_S)
-                self.due.clear()
-                self.store.send_notes()
-        except _Stop:
-            return
-
-    def _renew(self) -> None:
-        store = self.store
-        try:
-            with store.write():
-                sql = f"UPDATE instance SET heartbeat = {_NOW_MS} WHERE id = %s"
-                cursor = store.db.execute_sql(sql, (store.lease,))
-            if cursor.rowcount == 0:
-                self._take_new_lease("another process found it dead")
-            self._reap_soon()
-        except pw.DatabaseError as e:
-            _log.warning("could not renew this process's lease: %s", e)
-        finally:
-            store.release()
-
-    def _take_new_lease(self, why: str) -> None:
-        """The lease is lost: its turns stop here (another process closes them), a new one is taken."""
-        _log.warning("this process lost its lease (%s): its running turns stop and it takes a new one", why)
-        for turn in self.scheduler.running():
-            turn.halt(_Gone)
-        with contextlib.suppress(Exception):
-            self.listener.close()
-        old, self.store.lease = self.store.lease, _lease_id()
-        while True:
-            try:
-                self._register()
-                break
-            except pw.DatabaseError as e:
-                _log.warning("could not take a new lease (trying again in %g s): %s", HEARTBEAT_S, e)
-                gevent.sleep(HEARTBEAT_S)
-        with contextlib.suppress(pw.DatabaseError), self.store.write():  # its turns are closed at the next look
-            self.store.db.execute_sql("DELETE FROM instance WHERE id = %s", (old,))
-
-    def _reap_soon(self) -> None:
-        if self._reaping is None or self._reaping.ready():
-            self._reaping = gevent.spawn(self._reap_quietly)
-
-    def _reap_quietly(self) -> None:
-        try:
-            self.reap()
-        except _Stop:
-            pass
-        except Exception:
-            _log.exception("looking for dead processes failed")
-
-    def reap(self) -> None:
-        """Delete dead leases, close the turns no live process runs, start the owed ones."""
-        store = self.store
-        try:
-            rows = store.db.execute_sql(_INSTANCES, (int(LEASE_S * 1000), store.lease)).fetchall()
-            dead = [lease for lease, stale, unlocked in rows if stale or unlocked]
-            self._count(len(rows) - len(dead))
-            if dead:
-                _log.warning("process lease(s) %s ended: closing their turns", ", ".join(dead))
-                with store.write():
-                    store.db.execute_sql("DELETE FROM instance WHERE id = ANY(%s)", (dead,))
-            self.scheduler.recover()
-        finally:
-            store.release()
-
-
-def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None, **options: Any) -> bottle.Bottle:
-    """A WSGI application with its own database.
-
-    ``options`` are the names of SETTINGS (``api_key``, ``sync``, ...), checked as
-    the command line checks them (ValueError names a bad one); ``env`` is where
-    provider keys are read from (default: ``os.environ``).
-    """
-    env = os.environ if env is None else env
-    config = {**_settings(options), "db": db}
-    mcp = _mcp_servers(config["mcp_config"])  # checked before anything is opened
-    store = _Store(db, config["sync"], config["secret_key"] or env.get("EVERRUNS_SECRET_KEY"))
-    try:
-        store.migrate()
-        with store.write():
-            store.starting()
-            store.secrets.load(store.m)
-        _seed_env_providers(store, env)
-        _apply_default_provider(store, config["default_provider"] or env.get("EVERRUNS_DEFAULT_PROVIDER"))
-    except pw.DatabaseError as e:  # not a SQLite file, corrupted, read-only, locked, ...
-        store.close()
-        reason = " ".join(str(e).split())  # one line (the driver's messages may have several)
-        raise StartupError(f"--db: {_shown_db(db)} cannot be used as the database: {reason}") from None
-    except BaseException:
-        store.close()
-        raise
-    store.release()
-    journal = _Journal(store, _Bus(_event_reader(store) if store.postgres else None), config["check_events"])
-    capabilities = collections.ChainMap({server.id: server for server in mcp}, CAPABILITIES)  # this app's on top
-    scheduler = _Scheduler(journal, config, capabilities)
-    ctx = _Ctx(store=store, config=config, journal=journal, scheduler=scheduler, capabilities=capabilities, mcp=mcp)
-    _sync_mcp(ctx)  # the MCP servers of the API too, before any turn may need them
-    ctx.cluster = _Cluster(store, journal.bus, scheduler) if store.postgres else None
-    if ctx.cluster is not None:
-        ctx.cluster.on_mcp = functools.partial(_sync_mcp, ctx)  # another process changed them
-        ctx.cluster.start()  # before the first request: dead processes' turns closed, owed ones started
-    else:
-        scheduler.recover()  # before the first request: interrupted turns closed, owed ones started
-    store.release()
-    ctx.log_filter = _RedactingFilter(lambda: (*store.secrets.known, config["api_key"]))
-    _log.addFilter(ctx.log_filter)
-    logging.getLogger("peewee").addFilter(ctx.no_statements)
-    app = _App()
-    app.guard = _Guard(config)
-    app.add_hook("before_request", _auth_hook(config["api_key"]))
-    for spec in _ROUTES:
-        app.route(spec.path, spec.method, _callback(ctx, spec))
-    app.everruns = ctx
-    app.close = lambda: _close(ctx)
-    return app
-
-
-def _close(ctx: _Ctx) -> None:
-    """Give running turns the grace period, interrupt the rest, end the streams, close the database."""
-    ctx.scheduler.shutdown(float(ctx.config["shutdown_grace"]))
-    if ctx.cluster is not None:
-        ctx.cluster.stop()
-    for server in [*ctx.mcp, *ctx.mcp_api.values()]:  # their programs stop
-        server.close()
-    ctx.bus.close()
-    ctx.store.close()
-    _log.removeFilter(ctx.log_filter)
-    logging.getLogger("peewee").removeFilter(ctx.no_statements)
-
-
-def _require_patched() -> None:
-    from gevent import monkey
-
-    if not monkey.is_module_patched("socket"):
-        raise RuntimeError("serve() needs a gevent-patched process: call gevent.monkey.patch_all() first")
-    _check_greenlet_local()
-
-
-def _is_loopback(host: str) -> bool:
-    name = _host_name(host)
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_bind(host: str, api_key: str | None, insecure: bool) -> None:
-    """Refuse to listen beyond this machine without an API key (unless told it is safe)."""
-    if not _is_loopback(host) and not api_key and not insecure:
-        raise RuntimeError(
-            f"refusing to listen on {host} without an API key: anyone who can reach it could use your "
-            "providers' keys. Set --api-key (or EVERRUNS_API_KEY), or --insecure on a trusted network."
-        )
-
-
-# ---- the HTTP server ----------------------------------------------------------
-# pywsgi with what a server facing the open network needs: a deadline for
-# request bytes (a client sending one byte a second is not idle), strict
-# framing (no request smuggling behind a proxy), the error envelope on every
-# answer it writes itself, one log line for client misbehaviour, and a cap on
-# connections that never stops the server from answering.
-
-
-DRAIN_BYTES = 64 * 1024  # a refused body up to this size is read and dropped: the connection stays open
-DRAIN_S_MAX = 5.0  # and it has this long to arrive (or --request-timeout, if shorter)
-
-
-def _raw_error(error: EverrunsError, *headers: tuple[str, str]) -> bytes:
-    """A whole HTTP/1.1 error response with the envelope, closing the connection."""
-    body = _error_body(error.status, error.message, error.code).encode()
-    lines = [f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}", f"Content-Type: {JSON_TYPE}",
-             f"Content-Length: {len(body)}", "Connection: close", *(f"{k}: {v}" for k, v in headers)]  # fmt: skip
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # what a header name may be (RFC 9110)
-
-
-def _check_framing(pairs: list[tuple[str, str]]) -> None:
-    """Refuse what two HTTP parsers could read as different requests (400)."""
-    lengths = [v for k, v in pairs if k.lower() == "content-length"]
-    codings = [v for k, v in pairs if k.lower() == "transfer-encoding"]
-    if not all(_TOKEN.fullmatch(k) for k, _ in pairs):
-        problem = "a header name that is not a token (white space before the colon?)"
-    elif len(lengths) > 1:
-        problem = "more than one Content-Length header"
-    elif lengths and codings:
-        problem = "Content-Length and Transfer-Encoding together"
-    elif lengths and not re.fullmatch(r"[0-9]{1,18}", lengths[0].strip()):
-        problem = "Content-Length is not a whole number"
-    elif codings and (len(codings) > 1 or codings[0].strip().lower() != "chunked"):
-        problem = "only Transfer-Encoding: chunked is accepted"
-    elif any("\n" in v or "\r" in v for _, v in pairs):
-        problem = "folded header lines are not accepted"
-    else:
-        return
-    raise _BadRequest(f"malformed HTTP request: {problem}")
-
-
-def _client_error(error: BaseException) -> EverrunsError:
-    """What to answer a request pywsgi could not read."""
-    import http.client
-
-    if isinstance(error, EverrunsError):
-        return error
-    if isinstance(error, http.client.HTTPException) or "Line too long" in str(error):
-        return _HeadersTooLarge("too many request headers, or one too long")
-    return _BadRequest("malformed HTTP request")
-
-
-class _Input(gevent.pywsgi.Input):
-    """A request body. What the app left unread is never waited for: the handler
-    drops a small rest before it answers, or closes the connection (see
-    _Handler.start_response), so that no body is ever read as a request."""
-
-    def _discard(self) -> None:
-        pass
-
-    def drop_rest(self, deadline: float) -> bool:
-        """Read and drop what the app left of a small body (never asking for a body the
-        client holds back for a 100 Continue); False when the connection must close instead."""
-        left = (self.content_length or 0) - self.position
-        if left <= 0 and not self.chunked_input:
-            return True
-        if self.chunked_input or left > DRAIN_BYTES or self.socket is not None:  # socket: 100 Continue unsent
-            return False
-        try:
-            with gevent.Timeout(deadline):
-                while self.read(16384):
-                    pass
-        except (gevent.Timeout, OSError, ValueError):
-            return False
-        return True
-
-
-class _StrictLines:
-    """The request's header lines as http.client reads them, refused unless each ends
-    with CRLF and holds no NUL: what two HTTP parsers could read differently."""
-
-    def __init__(self, rfile: Any) -> None:
-        self.rfile = rfile
-
-    def readline(self, limit: int = -1) -> bytes:
-        line = self.rfile.readline(limit)
-        if b"\x00" in line:
-            raise _BadRequest("malformed HTTP request: a NUL byte in a header")
-        if line and not line.endswith(b"\r\n") and (limit < 0 or len(line) < limit):
-            raise _BadRequest("malformed HTTP request: a header line that does not end with CRLF")
-        return line
-
-
-class _Handler(gevent.pywsgi.WSGIHandler):
-    """pywsgi's handler with deadlines, strict framing and the error envelope."""
-
-    server: Any
-
-    def handle(self) -> None:
-        """Serve the connection; a client gone while an error answer is written is routine."""
-        try:
-            super().handle()
-        except OSError as e:
-            _log.debug("connection from %s: %s", self.client_address[0], e)
-
-    def read_requestline(self) -> str:
-        """Wait for a request (the idle timeout applies), then start its deadline."""
-        self.server.connections.waiting(True)
-        self.rfile.peek(1)
-        too_slow = _RequestTimeout("the request did not arrive within --request-timeout")
-        self._deadline = gevent.Timeout.start_new(self.server.request_timeout, too_slow)
-        return super().read_requestline()
-
-    def read_request(self, raw_requestline: str) -> bool:
-        """Parse the request line and headers, within the deadline; strictly (see _StrictLines)."""
-        try:
-            if not raw_requestline.endswith("\r\n") or "\x00" in raw_requestline:
-                raise _BadRequest("malformed HTTP request: a request line that does not end with CRLF")
-            parsed = super().read_request(raw_requestline)
-            if self.request_version != "HTTP/1.1" and "transfer-encoding" in self.headers:
-                raise _BadRequest(f"malformed HTTP request: Transfer-Encoding in an {self.request_version} request")
-            return parsed
-        finally:
-            self._deadline.cancel()
-
-    def handle_one_request(self) -> Any:
-        """pywsgi's, with the deadline over the request line too and the envelope on its own answers."""
-        try:
-            result = super().handle_one_request()
-        except _RequestTimeout as e:  # still in the request line
-            result = self._handle_client_error(e)
-        finally:
-            if getattr(self, "_deadline", None) is not None:
-                self._deadline.cancel()
-        if isinstance(result, tuple) and JSON_TYPE.encode() not in result[1]:  # pywsgi's own, bodiless
-            too_long = result[0] == "414"
-            error = _UriTooLong("the request line is too long") if too_long else _BadRequest("malformed HTTP request")
-            result = (result[0], _raw_error(error))
-        return result
-
-    def MessageClass(self, rfile: Any, *args: Any) -> Any:
-        """The request headers, refused when their framing is ambiguous."""
-        import email.errors
-
-        headers = super().MessageClass(_StrictLines(rfile), *args)
-        unreadable = (email.errors.MissingHeaderBodySeparatorDefect, email.errors.FirstHeaderLineIsContinuationDefect)
-        if any(isinstance(d, unreadable) for d in getattr(headers, "defects", ())):  # "Content-Length : 12"
-            raise _BadRequest("malformed HTTP request: a header line that cannot be read")
-        _check_framing(list(getattr(headers, "_headers", ())))
-        return headers
-
-    def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
-        """The answer to a request that could not be read: the envelope, one debug line."""
-        error = _client_error(ex)
-        _log.debug("bad request from %s: %s", self.client_address[0], ex)
-        return str(error.status), _raw_error(error)
-
-    def get_environ(self) -> dict:
-        """pywsgi's environ, with a body that is never waited for once the app is done."""
-        environ = super().get_environ()
-        if environ["wsgi.input"] is self.wsgi_input:
-            self.wsgi_input = environ["wsgi.input"] = _Input(
-                self.rfile,
-                self.content_length,
-                socket=self.wsgi_input.socket,
-                chunked_input=self.wsgi_input.chunked_input,
-            )
-        return environ
-
-    def start_response(self, status: str, headers: list, exc_info: Any = None) -> Any:
-        """pywsgi's, once what the app left of the body is dropped, or with Connection: close."""
-        if not self.wsgi_input.drop_rest(min(self.server.request_timeout, DRAIN_S_MAX)):
-            self.close_connection = True
-            headers = [*(h for h in headers if h[0].lower() != "connection"), ("Connection", "close")]
-        return super().start_response(status, headers, exc_info)
-
-    def handle_one_response(self) -> None:
-        """Run the app; close the connection if it left part of the body unread."""
-        self.server.connections.waiting(False)
-        super().handle_one_response()
-        body = self.wsgi_input
-        if body.chunked_input or body.position < (body.content_length or 0):
-            self.close_connection = True  # the rest of the body was not read
-
-    def _send_error_response_if_possible(self, error_code: int) -> None:
-        """pywsgi's late 400/500, in the envelope."""
-        if self.response_length:
-            self.close_connection = True
-            return
-        status = 400 if error_code == 400 else 500
-        body = _error_body(status, "malformed HTTP request" if status == 400 else "internal server error").encode()
-        headers = [("Content-Type", JSON_TYPE), ("Connection", "close"), ("Content-Length", str(len(body)))]
-        try:
-            self.start_response(f"{status} {HTTPStatus(status).phrase}", headers)
-            self.write(body)
-        except OSError:
-            self.close_connection = True
-
-    def _log_error(self, t: type, v: BaseException, tb: Any) -> None:
-        """An error while answering: a vanished client is one debug line, anything else a logged traceback."""
-        if isinstance(v, OSError):  # a timed-out or vanished client: routine
-            _log.debug("connection from %s: %s", self.client_address[0], v)
-        elif not isinstance(v, gevent.GreenletExit):
-            _log.error("internal error while answering", exc_info=(t, v, tb))
-
-    def log_error(self, msg: str, *args: Any) -> None:
-        """pywsgi's notes about clients: debug lines."""
-        _log.debug("pywsgi: " + msg, *args)
-
-
-class _Connections(gevent.pool.Pool):
-    """The server's connections, at most `cap`. At the cap a new connection replaces
-    the one that has waited longest for request bytes (an idle keep-alive or a slow
-    client); when every one is busy it is answered 503 at once."""
-
-    def __init__(self, cap: int) -> None:
-        super().__init__()  # unbounded: the cap is kept here, so accepting never stops
-        self.cap = cap
-        self._waiting: dict[Any, float] = {}  # greenlet -> since when
-
-    def waiting(self, yes: bool) -> None:
-        """The calling connection waits for request bytes (yes) or is being answered."""
-        current = gevent.getcurrent()
-        if yes:
-            self._waiting.setdefault(current, time.monotonic())
-        else:
-            self._waiting.pop(current, None)
-
-    def spawn(self, func: Callable, handle: Callable, close: Callable, args: tuple) -> Any:
-        """Serve a new connection, making room at the cap (see the class)."""
-        if len(self) >= self.cap:
-            if not self._waiting:
-                busy = _ServiceUnavailable("the server is at --max-connections")
-                with contextlib.suppress(OSError):
-                    args[0].sendall(_raw_error(busy, ("Retry-After", "1")))
-                close(*args)
-                return None
-            oldest = min(self._waiting, key=self._waiting.__getitem__)
-            del self._waiting[oldest]
-            oldest.kill(block=False)
-        greenlet = super().spawn(func, handle, close, args)
-        self._waiting[greenlet] = time.monotonic()  # waiting for its first request
-        greenlet.rawlink(lambda done: self._waiting.pop(done, None))
-        return greenlet
-
-
-class _Server(gevent.pywsgi.WSGIServer):
-    """The WSGI server: TCP_NODELAY, the idle timeout, and the handler above."""
-
-    handler_class = _Handler
-
-    def __init__(self, address: tuple[str, int], app: Any, config: dict) -> None:
-        self.connections = _Connections(int(config["max_connections"]))
-        self.idle_timeout, self.request_timeout = float(config["idle_timeout"]), float(config["request_timeout"])
-        # A backlog as deep as the cap (within the kernel's usual limit): a burst of connections
-        # waits there to be accepted instead of having its SYNs dropped and retried a second later.
-        backlog = min(max(self.connections.cap, 128), 4096)
-        # SERVER_NAME given: pywsgi would otherwise look the address up in reverse DNS at start,
-        # in a thread pool that then stays (a thread and its memory, for a name nobody uses).
-        super().__init__(address, app, log=None, error_log=_log, spawn=self.connections, backlog=backlog,
-                         environ={"SERVER_NAME": address[0]})  # fmt: skip
-
-    def handle(self, sock: Any, address: Any) -> None:
-        # Events are small writes: without TCP_NODELAY, Nagle's algorithm
-        # holds each one back until the client's delayed ACK (~40 ms).
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(self.idle_timeout)  # a silent client, or one that stops reading, is let go
-        super().handle(sock, address)
-
-
-def serve(
-    app: bottle.Bottle, host: str = "127.0.0.1", port: int = 9000, *, ready: Callable[[], None] | None = None
-) -> None:
-    """Serve one app with gevent until Ctrl-C or SIGTERM, then shut down gracefully.
-
-    Refuses a non-loopback address unless the app has an API key or ``insecure``.
-    """
-    _require_patched()
-    config = app.everruns.config
-    _check_bind(host, config["api_key"], config["insecure"])
-    if app.guard.hosts is not None:
-        app.guard.hosts.add(_host_name(host))
-    server = _Server((host, port), app, config)
-    stopping = gevent.event.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        gevent.signal_handler(sig, stopping.set)
-    try:
-        server.start()
-    except OSError as e:
-        app.close()
-        raise StartupError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    if ready:
-        ready()
-    stopping.wait()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C: stop now (the next start recovers)
-        gevent.signal_handler(sig, functools.partial(os._exit, 128 + sig))
-    _log.info("shutting down (Ctrl-C again to stop at once)")
-    server.close()  # no new connections; running requests and streams go on
-    app.close()
-    server.stop(timeout=1)
-    _log.info("stopped")
-
-
-# =============================================================================
-# 14. CLI
+# 17. CLI
 # =============================================================================
 
 

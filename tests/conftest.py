@@ -224,6 +224,15 @@ def error_of(response, status, code):
     return error
 
 
+def wait_until(condition, timeout=10.0, what="the condition", pause=0.02):
+    """Wait for `condition()` to be true (other greenlets run meanwhile); its value."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(pause)  # gevent's, once patched
+    return value
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -6,10 +6,9 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, wait_until
 
 import everruns
 
@@ -176,10 +175,7 @@ def test_a_second_server_on_one_sqlite_file_refuses_and_the_first_goes_on(start_
     agent = first.call("POST", "/v1/agents", {"name": "a", "provider_id": slow["id"]})[2]
     session = first.call("POST", f"/v1/agents/{agent['id']}/sessions", {})[2]["id"]
     first.call("POST", f"/v1/sessions/{session}/messages", {"content": "one two three four five six seven"})
-    deadline = time.monotonic() + 10
-    while first.call("GET", f"/v1/sessions/{session}")[2]["status"] != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: first.call("GET", f"/v1/sessions/{session}")[2]["status"] == "running", what="the turn")
     second = run("everruns.py", "--db", db, "--port", str(free_port()))
     assert second.returncode == 1 and second.stdout == "" and len(second.stderr.strip().splitlines()) == 1
     assert db in second.stderr and f"process {first.proc.pid}" in second.stderr

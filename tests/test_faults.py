@@ -118,6 +118,13 @@ def provider(server, port, **settings):
         "api_key": "sk-test-hostile-0001", "default_model": "m", "settings": settings})  # fmt: skip
 
 
+def against(hostile, start_server, tmp_path, *mode, **settings):
+    """A server, and a provider of it that is the hostile upstream in this mode: (server, provider id)."""
+    port = hostile(*mode)
+    server = start_server(str(tmp_path / "x.db"))
+    return server, provider(server, port, **settings)["id"]
+
+
 def session(server, provider_id=None, capabilities=()):
     """A new session of a new agent (on the simulator unless a provider is given)."""
     agent = {"name": "a", "capabilities": list(capabilities)}
@@ -171,6 +178,13 @@ def warm_baseline(server):
     return rss_mb(server.proc.pid)
 
 
+def recovered(server, health, baseline):
+    """After the episode: /health answered in time throughout, the memory is back, a turn still works."""
+    health.assert_live()
+    assert_rss_back(server, baseline)
+    assert_still_works(server)
+
+
 def failed_with(done, code):
     assert (done["status"], (done.get("error") or {}).get("code")) == ("failed", code), done
 
@@ -179,6 +193,12 @@ def mcp_config(tmp_path, spec):
     path = tmp_path / "mcp.json"
     path.write_text(json.dumps({"mcpServers": {"hostile": spec}}))
     return str(path)
+
+
+def with_hostile_mcp(hostile, start_server, tmp_path, mode):
+    """A server whose --mcp-config has the hostile MCP server (over HTTP) in this mode, as mcp:hostile."""
+    config = mcp_config(tmp_path, {"url": f"http://127.0.0.1:{hostile(mode)}/mcp"})
+    return start_server(str(tmp_path / "x.db"), "--mcp-config", config)
 
 
 def tool_result(server, session_id, within):
@@ -193,9 +213,8 @@ def tool_result(server, session_id, within):
 def test_a_stream_without_progress_times_out(mode, hostile, start_server, tmp_path):
     """Blank lines and comments, or chunks with no text, as fast as they come: no progress,
     so the turn fails with PROVIDER_TIMEOUT (timeout_s 2) and the server keeps answering."""
-    port = hostile(mode)
-    server = start_server(str(tmp_path / "x.db"))
-    session_id = session(server, provider(server, port, timeout_s=2)["id"])
+    server, provider_id = against(hostile, start_server, tmp_path, mode, timeout_s=2)
+    session_id = session(server, provider_id)
     with Health(server) as health:
         done, took = turn(server, session_id, within=15)
     failed_with(done, "PROVIDER_TIMEOUT")
@@ -206,9 +225,9 @@ def test_a_stream_without_progress_times_out(mode, hostile, start_server, tmp_pa
 
 @bounded(40)
 def test_a_slow_model_that_never_stops_is_cut_at_max_call_s(hostile, start_server, tmp_path):
-    port = hostile("words", "0.5")  # a word every 0.5 s, forever
-    server = start_server(str(tmp_path / "x.db"))
-    session_id = session(server, provider(server, port, timeout_s=2, max_call_s=3)["id"])
+    # a word every 0.5 s, forever
+    server, provider_id = against(hostile, start_server, tmp_path, "words", "0.5", timeout_s=2, max_call_s=3)
+    session_id = session(server, provider_id)
     with Health(server) as health:
         done, took = turn(server, session_id, within=12)
     failed_with(done, "PROVIDER_TIMEOUT")
@@ -220,9 +239,8 @@ def test_a_slow_model_that_never_stops_is_cut_at_max_call_s(hostile, start_serve
 @bounded(40)
 def test_a_slow_model_that_makes_progress_is_not_cut(hostile, start_server, tmp_path):
     """Ten words 0.4 s apart with timeout_s 1: each word resets the idle timeout."""
-    port = hostile("words", "0.4", "10")
-    server = start_server(str(tmp_path / "x.db"))
-    session_id = session(server, provider(server, port, timeout_s=1)["id"])
+    server, provider_id = against(hostile, start_server, tmp_path, "words", "0.4", "10", timeout_s=1)
+    session_id = session(server, provider_id)
     done, _ = turn(server, session_id, within=15)
     assert done["status"] == "completed", done
     answer = wait_event(server, session_id, "message.created", 1)["message"]
@@ -235,25 +253,20 @@ def test_a_slow_model_that_makes_progress_is_not_cut(hostile, start_server, tmp_
 
 @bounded(60)
 def test_a_300_mb_error_body(hostile, start_server, tmp_path):
-    port = hostile("huge-400")
-    server = start_server(str(tmp_path / "x.db"))
+    server, provider_id = against(hostile, start_server, tmp_path, "huge-400")
     baseline = warm_baseline(server)
-    session_id = session(server, provider(server, port)["id"])
+    session_id = session(server, provider_id)
     with Health(server) as health:
         done, took = turn(server, session_id, within=15)
     failed_with(done, "PROVIDER_ERROR")
     assert took < 15 and len(done["error"]["message"]) <= 1000
-    health.assert_live()
-    assert_rss_back(server, baseline)
-    assert_still_works(server)
+    recovered(server, health, baseline)
 
 
 @bounded(60)
 def test_a_300_mb_model_listing(hostile, start_server, tmp_path):
-    port = hostile("huge-models")
-    server = start_server(str(tmp_path / "x.db"))
+    server, provider_id = against(hostile, start_server, tmp_path, "huge-models")
     baseline = warm_baseline(server)
-    provider_id = provider(server, port)["id"]
     with Health(server) as health:
         started = time.monotonic()
         status, _, body = server.call("GET", f"/v1/llm-providers/{provider_id}/models", timeout=20)
@@ -261,17 +274,14 @@ def test_a_300_mb_model_listing(hostile, start_server, tmp_path):
     assert status == 502, (status, str(body)[:300])
     assert set(body) == {"error"} and isinstance(body["error"]["code"], str) and body["error"]["message"]
     assert took < 15
-    health.assert_live()
-    assert_rss_back(server, baseline)
-    assert_still_works(server)
+    recovered(server, health, baseline)
 
 
 @bounded(30)
 def test_an_error_body_at_a_byte_a_second(hostile, start_server, tmp_path):
     """400 with Content-Length 1000, sent at a byte a second: ended well before 1000 s."""
-    port = hostile("slow-400")
-    server = start_server(str(tmp_path / "x.db"))
-    session_id = session(server, provider(server, port, timeout_s=2)["id"])
+    server, provider_id = against(hostile, start_server, tmp_path, "slow-400", timeout_s=2)
+    session_id = session(server, provider_id)
     with Health(server) as health:
         done, took = turn(server, session_id, within=10)
     assert done["status"] == "failed" and done["error"]["code"].startswith("PROVIDER_"), done
@@ -292,9 +302,7 @@ def call_tool(server, capability):
 @pytest.mark.slow
 @bounded(75)
 def test_an_mcp_call_that_streams_forever_ends_at_its_limit(hostile, start_server, tmp_path):
-    port = hostile("mcp-progress")
-    config = mcp_config(tmp_path, {"url": f"http://127.0.0.1:{port}/mcp"})
-    server = start_server(str(tmp_path / "x.db"), "--mcp-config", config)
+    server = with_hostile_mcp(hostile, start_server, tmp_path, "mcp-progress")
     with Health(server) as health:
         session_id, posted = call_tool(server, "mcp:hostile")
         result = tool_result(server, session_id, within=40)
@@ -358,9 +366,7 @@ def test_mcp_tool_pages_without_end(hostile, start_server, tmp_path):
 
 @bounded(60)
 def test_an_mcp_answer_of_300_mb(hostile, start_server, tmp_path):
-    port = hostile("mcp-huge")
-    config = mcp_config(tmp_path, {"url": f"http://127.0.0.1:{port}/mcp"})
-    server = start_server(str(tmp_path / "x.db"), "--mcp-config", config)
+    server = with_hostile_mcp(hostile, start_server, tmp_path, "mcp-huge")
     baseline = warm_baseline(server)  # its listing started the MCP server
     with Health(server) as health:
         session_id, posted = call_tool(server, "mcp:hostile")
@@ -368,16 +374,12 @@ def test_an_mcp_answer_of_300_mb(hostile, start_server, tmp_path):
         assert result["is_error"] is True and time.monotonic() - posted < 20, result
         done = wait_event(server, session_id, "session.completed", 10)
     assert done["status"] == "completed", done
-    health.assert_live()
-    assert_rss_back(server, baseline)
-    assert_still_works(server)
+    recovered(server, health, baseline)
 
 
 @bounded(40)
 def test_an_mcp_text_with_a_lone_surrogate(hostile, start_server, tmp_path):
-    port = hostile("mcp-surrogate")
-    config = mcp_config(tmp_path, {"url": f"http://127.0.0.1:{port}/mcp"})
-    server = start_server(str(tmp_path / "x.db"), "--mcp-config", config)
+    server = with_hostile_mcp(hostile, start_server, tmp_path, "mcp-surrogate")
     session_id, _ = call_tool(server, "mcp:hostile")
     done = wait_event(server, session_id, "session.completed", 15)
     assert done["status"] == "completed", done

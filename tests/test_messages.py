@@ -1,10 +1,7 @@
 """Messages: both body forms, limits, Idempotency-Key, pagination."""
 
-import time
-
-import gevent
 import pytest
-from conftest import error_of, finish
+from conftest import error_of, finish, wait_until
 
 MiB = 1024 * 1024
 
@@ -156,20 +153,12 @@ def test_messages_are_listed_in_the_order_of_the_conversation(api, client):
     assert [m["content"][0].get("text") for page in pages for m in page["data"]][4] == "and then?"
 
 
-def wait_for(condition, timeout=10.0):
-    """Let the app's greenlets run until `condition()` is true."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "gave up waiting"
-        gevent.sleep(0.005)
-
-
 def test_a_posted_message_is_listed_at_once_and_pages_miss_nothing(api, client):
     session = api.session(api.agent(provider_id=api.provider(provider_type="llmsim", name="slow",
                                                              settings={"token_delay_ms": 30})["id"])["id"])  # fmt: skip
     url = f"/v1/sessions/{session['id']}/messages"
     api.message(session["id"], "one two three", status=201)
-    wait_for(lambda: client.get(f"/v1/sessions/{session['id']}").json["status"] == "running")
+    wait_until(lambda: client.get(f"/v1/sessions/{session['id']}").json["status"] == "running", pause=0.005)
     waiting = api.message(session["id"], "waiting", status=201)
     during = client.get(url).json["data"]
     assert [m["content"][0]["text"] for m in during] == ["one two three", "waiting"]  # read your writes

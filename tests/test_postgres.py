@@ -9,7 +9,7 @@ import gevent
 import gevent.event
 import pytest
 import webtest
-from conftest import Api, another_connection, finish
+from conftest import Api, another_connection, finish, wait_until
 
 import everruns
 
@@ -120,14 +120,6 @@ def post(server, session, text):
     return body["id"]
 
 
-def until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not (found := predicate()):
-        assert time.monotonic() < deadline, f"gave up waiting: {what}"
-        gevent.sleep(0.1)
-    return found
-
-
 def everything_stored(server, sessions, acked):
     """Every message that got its 201 is there once the sessions settle."""
     for session in sessions:
@@ -155,10 +147,10 @@ def test_writes_come_back_after_postgresql_restarts_or_cuts_its_connections(own_
 
     loader = gevent.spawn(load)
     for fault in (lambda: own_postgres.terminate_backends(db.rsplit("/", 1)[1]), own_postgres.restart):
-        until(lambda: len(acked) >= 20, 30, "messages stored before the fault")
+        wait_until(lambda: len(acked) >= 20, 30, "messages stored before the fault")
         fault()
         before = len(acked)
-        until(lambda: len(acked) > before + 20, 60, "writes again, without restarting the server")  # noqa: B023
+        wait_until(lambda: len(acked) > before + 20, 60, "writes again, without restarting the server")  # noqa: B023
     stop.set()
     loader.join()
     assert refused, "the fault was never seen"
@@ -186,8 +178,8 @@ def test_a_postgresql_outage_is_503_and_the_server_recovers_by_itself(own_postgr
         assert time.monotonic() - started < 5
         gevent.sleep(0.5)
     own_postgres.start()
-    until(lambda: server.call("GET", "/health", timeout=5)[0] == 200, 30, "/health ok again")
-    acked.append(until(lambda: post(server, session, "after"), 30, "a message stored again"))
+    wait_until(lambda: server.call("GET", "/health", timeout=5)[0] == 200, 30, "/health ok again")
+    acked.append(wait_until(lambda: post(server, session, "after"), 30, "a message stored again"))
     everything_stored(server, [session], acked)
     log = server.output()
     assert log.count("database unavailable") == 1 and log.count("database available again") == 1, log

@@ -256,42 +256,43 @@ def test_cancel_says_which_turn_it_stopped_when_the_next_one_runs(api, client):
     assert started[1]["input_message_ids"] == [second["id"]]  # the next message still got its turn
 
 
-def test_a_failed_final_write_still_closes_the_turn(api, client, monkeypatch, caplog):
+def closing_fails(monkeypatch, error, times):
+    """Make storing a turn's end fail `times` times with `error`; the statuses it was asked to write."""
     import everruns
 
     original, calls = everruns._close_turn, []
 
-    def flaky(tx, turn, status, *args):
+    def failing(tx, turn, status, *args):
         calls.append(status)
-        if len(calls) == 1:
-            raise RuntimeError("a bug")
+        if len(calls) <= times:
+            raise error
         return original(tx, turn, status, *args)
 
-    monkeypatch.setattr(everruns, "_close_turn", flaky)
+    monkeypatch.setattr(everruns, "_close_turn", failing)
+    return calls
+
+
+def ended(api, client):
+    """A turn's session.completed data, for one message in a new session, and the session."""
     session = api.session()
     api.message(session["id"], "hello", status=201)
     done = [e["data"] for e in finish(client, session["id"]) if e["type"] == "session.completed"]
+    return done, client.get(f"/v1/sessions/{session['id']}").json
+
+
+def test_a_failed_final_write_still_closes_the_turn(api, client, monkeypatch, caplog):
+    closing_fails(monkeypatch, RuntimeError("a bug"), 1)
+    done, session = ended(api, client)
     assert [(d["status"], d["error"]["code"]) for d in done] == [("failed", "INTERNAL_ERROR")]
-    after = client.get(f"/v1/sessions/{session['id']}").json
-    assert after["status"] == "idle" and after["last_turn"]["error"]["code"] == "INTERNAL_ERROR"
+    assert session["status"] == "idle" and session["last_turn"]["error"]["code"] == "INTERNAL_ERROR"
     assert client.post(f"/v1/sessions/{session['id']}/cancel").json["cancelled_turn"] is None
 
 
 def test_a_turn_whose_end_cannot_be_written_ends_failed_once_it_can(api, client, monkeypatch, caplog):
     import everruns
 
-    original, calls = everruns._close_turn, []
-
-    def database_away(tx, turn, status, *args):
-        calls.append(status)
-        if len(calls) <= 3:
-            raise everruns.pw.OperationalError("disk I/O error")
-        return original(tx, turn, status, *args)
-
-    monkeypatch.setattr(everruns, "_close_turn", database_away)
-    session = api.session()
-    api.message(session["id"], "hello", status=201)
-    done = [e["data"] for e in finish(client, session["id"]) if e["type"] == "session.completed"]
+    calls = closing_fails(monkeypatch, everruns.pw.OperationalError("disk I/O error"), 3)
+    done, _ = ended(api, client)
     assert [(d["status"], d["error"]["code"]) for d in done] == [("failed", "UNAVAILABLE")]
     assert calls == ["completed", "failed", "failed", "failed"]  # tried again until it could be written
     lines = [r.getMessage() for r in caplog.records]  # each change of state once, no traceback
