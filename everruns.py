@@ -6,7 +6,8 @@ a live event stream. Embed it with ``everruns.create_app(db="x.db")``.
 
 THE MAP. The sections come in dependency order: a section uses only names
 defined above it. Each starts with a banner ``# N. Name`` between two rules
-(grep for it); a sub-section starts with ``# ---- name``.
+(grep ``^# N[.]``: the names below are short); a sub-section starts with
+``# ---- name``.
 
   0. Header          this map; one line for missing packages; gevent's patching
                      when run as a script; __version__, __all__
@@ -34,7 +35,8 @@ defined above it. Each starts with a banner ``# N. Name`` between two rules
  12. HTTP layer      the guard (host, CORS, cross-site writes), auth, the routes
                      (@_route into _ROUTES), parsing; handlers by resource: ----
                      health, LLM providers, agents, sessions, messages, events
-                     (SSE), session files, capabilities, MCP servers
+                     (SSE), session files, capabilities, MCP servers (and before
+                     them ---- helpers shared by handlers: _get, _patch, _changes)
  13. OpenAPI, docs   the document built from _ROUTES and the schemas; Swagger UI
  14. Several processes  on one PostgreSQL database: leases, the notifications
                      (a table of their kinds), _Cluster
@@ -56,18 +58,29 @@ THE REGISTRIES: plain tables; a new thing is one entry.
 
 RECIPES: where to change what, in order.
 
-  A tool. Its argument model (an _In) and its function ``run(args, tctx) ->
-    result`` in section 9 (raise ToolFailed for an error result); a _Tool in an
-    existing _Capability, or a new _Capability, in the CAPABILITIES.update call
-    that ends section 9. Tests: tests/test_capabilities.py.
+  A tool. Its argument model (an _In: reuse one when the arguments match, as
+    the math tools share _MathArgs) and its function ``run(args, tctx) ->
+    result`` in section 9: return JSON (a dict; the math tools answer
+    {"result": n}), raise ToolFailed for an error result (any other exception
+    is "failed with an internal error"); a _Tool in its capability's tools (in
+    the CAPABILITIES.update call that ends section 9, or the tuple that call
+    names, as _MATH), and the capability's system_prompt and the README's table
+    if they name their tools. Tests: tests/test_capabilities.py (it lists each
+    capability's tools); the simulator calls a tool whose name a message says,
+    with the JSON object in the message as arguments (_llmsim_answer, 8).
   A provider type. A settings model (an _In) and a _ProviderKind in
     PROVIDER_KINDS (5); an adapter class (stream, models) in section 8 and its
     line in ADAPTERS (an assert keeps the two in step). Tests: a stand-in
     upstream that speaks the provider's protocol (tests/conftest.py, Upstream).
   An event type. A data model (an _EventData) and its line in EVENTS (5); its
-    emit site, ``tx.emit("x.y", data, turn_id)`` inside a ``_Journal.tx`` (7);
-    then the renderers that should show it: the console (16), the chat (17).
+    emit site: ``with ctx.journal.tx(session_id) as tx: tx.emit("x.y", data,
+    turn_id)`` (7; turn_id None outside a turn; a ctx.store.write() inside it
+    is part of it). The OpenAPI document, ?types= and the JSON listing follow
+    EVENTS by themselves; the console (16) and the chat (17) skip a type they
+    do not know: add a branch where people should see it, and a README line.
     Every test app checks every event against its model (--check-events).
+    Tests: tests/test_events.py (``?format=json`` lists them; conftest's
+    finish() waits for a turn and returns its events).
   A REST resource. Its request and response models (5); its table, a
     _MIGRATIONS entry and a _Models field (6); handlers under
     ``@_route(method, path, summary, tag, body=, response=, status=, errors=)``
@@ -1511,9 +1524,9 @@ def _validation_details(error: ValidationError) -> list[dict]:
 # Every event type with the model of its `data`, in one table (EVENTS). Every emit goes
 # through it (_Tx.emit refuses a type it does not have; with --check-events, which the
 # tests use, each event's data is checked against its model before it is stored); the
-# OpenAPI document describes each event by it (Event: a union on `type`); the console,
-# the chat and the SDK's stream read the same names. A new event type: a data model,
-# one entry here, and its emit site.
+# OpenAPI document describes each event by it (Event: a union on `type`); the console
+# and the chat read the same names. A new event type: a data model, one entry here,
+# and its emit site.
 
 
 class _EventData(_Out):
@@ -3044,6 +3057,7 @@ class _Journal:
         self._pending: dict[str, int] = {}  # the last seq written by a group not yet committed
         self.mismatches: list[str] = []  # with check_events: events whose data their model does not describe
         self.check = self._check if check_events else None
+        self.busy: Callable[[str], bool] = lambda session_id: False  # whether a turn of it runs here (the scheduler's)
 
     def _check(self, type_: str, data: dict) -> None:
         """--check-events: an event whose data its model (EVENTS) does not describe is logged
@@ -3075,13 +3089,17 @@ class _Journal:
             group.after.append(functools.partial(self._publish, tx))
 
     def _publish(self, tx: _Tx) -> None:
-        """After the commit: the transaction's events to the live streams, in order."""
+        """After the commit: the transaction's events to the live streams, in order. What
+        the bus keeps of a session nobody streams and no turn writes goes then."""
+        session_id = tx.session_id
         for event, text in tx.events:
-            self.bus.publish(tx.session_id, event["seq"], event["type"], text)
-        if tx.session_id in self._pending and self._pending[tx.session_id] == tx.last_seq:
-            del self._pending[tx.session_id]
+            self.bus.publish(session_id, event["seq"], event["type"], text)
+        if session_id in self._pending and self._pending[session_id] == tx.last_seq:
+            del self._pending[session_id]
         for callback in tx.after:
             callback()
+        if not self.busy(session_id):
+            self.bus.forget(session_id)
 
 
 # =============================================================================
@@ -7640,6 +7658,7 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
     journal = _Journal(store, _Bus(_event_reader(store) if store.postgres else None), config["check_events"])
     capabilities = collections.ChainMap({server.id: server for server in mcp}, CAPABILITIES)  # this app's on top
     scheduler = _Scheduler(journal, config, capabilities)
+    journal.busy = scheduler.busy
     ctx = _Ctx(store=store, config=config, journal=journal, scheduler=scheduler, capabilities=capabilities, mcp=mcp)
     _sync_mcp(ctx)  # the MCP servers of the API too, before any turn may need them
     ctx.cluster = _Cluster(store, journal.bus, scheduler) if store.postgres else None
