@@ -35,8 +35,12 @@ defined above it. Each starts with a banner ``# N. Name`` between two rules
  12. HTTP layer      the guard (host, CORS, cross-site writes), auth, the routes
                      (@_route into _ROUTES), parsing; handlers by resource: ----
                      health, LLM providers, agents, sessions, messages, events
-                     (SSE), session files, capabilities, MCP servers (and before
-                     them ---- helpers shared by handlers: _get, _patch, _changes)
+                     (SSE: one stream, _stream, two renderers), session files,
+                     capabilities, MCP servers (and before them ---- helpers
+                     shared by handlers: _get, _patch, _changes); ---- the
+                     official SDKs' surface (/api/v1: their shapes over the
+                     same handlers' helpers, the stream in their vocabulary,
+                     SDK_MISSING's 501s); ---- channels (the SDK's AgentClient)
  13. OpenAPI, docs   the document built from _ROUTES and the schemas; Swagger UI
  14. Several processes  on one PostgreSQL database: leases, the notifications
                      (a table of their kinds), _Cluster
@@ -55,6 +59,9 @@ THE REGISTRIES: plain tables; a new thing is one entry.
   EVENTS (5)                          an event type: the model of its data
   _MIGRATIONS (6)                     the schema: a list of statements per version
   _ROUTES (12)                        a route and its OpenAPI metadata (@_route)
+  _SDK_TRANSLATIONS (12)              an event type as the official SDKs name it
+  SDK_MISSING (12)                    what the SDKs offer and this server has not:
+                                      a 501 naming the feature
 
 RECIPES: where to change what, in order.
 
@@ -86,7 +93,10 @@ RECIPES: where to change what, in order.
     ``@_route(method, path, summary, tag, body=, response=, status=, errors=)``
     in section 12 (the OpenAPI document follows); writes inside
     ``ctx.store.write()``. Tests: tests/test_<resource>.py; tests/test_openapi.py
-    checks that every route is documented.
+    checks that every route is documented. If the official SDKs know it: its
+    Sdk* shapes and /api/v1 routes over the same helpers (12, the SDKs'
+    surface; an event type they name differently: _SDK_TRANSLATIONS), tested
+    with plain HTTP (tests/test_api_v1.py) and with the SDK (tests/test_sdk.py).
 """
 
 # =============================================================================
@@ -699,6 +709,7 @@ class ToolFailed(EverrunsError):
 
 _ServiceUnavailable = _error_class("_ServiceUnavailable", 503)
 _InsufficientStorage = _error_class("_InsufficientStorage", 507)
+_NotImplemented = _error_class("_NotImplemented", 501)
 RETRY_AFTER_S = 2  # what a 503 tells a client to wait before it tries again
 
 
@@ -1771,6 +1782,13 @@ _MIGRATIONS: list[list[str]] = [
     [  # 6: the order messages were written in (their message.created's seq; see CONVERSATION_ORDER)
         "ALTER TABLE message ADD COLUMN seq INTEGER",
     ],
+    [  # 7: what the SDK surface (/api/v1) gives agents and sessions: starter files, a display name, and a
+        # session's own capabilities and client tools (added to its agent's)
+        "ALTER TABLE agent ADD COLUMN initial_files TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE agent ADD COLUMN display_name TEXT",
+        "ALTER TABLE session ADD COLUMN capabilities TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE session ADD COLUMN client_tools TEXT NOT NULL DEFAULT '[]'",
+    ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -1815,6 +1833,8 @@ class _AgentTable(pw.Model):
     max_iterations = pw.IntegerField()
     require_approval = _JSONField(default=list)
     client_tools = _JSONField(default=list)
+    initial_files = _JSONField(default=list)  # written into each new session's files
+    display_name = pw.TextField(null=True)
     created_at = pw.TextField()
     updated_at = pw.TextField()
 
@@ -1833,6 +1853,8 @@ class _SessionTable(pw.Model):
     last_turn = _JSONField(null=True)
     input_tokens = pw.IntegerField(default=0)
     output_tokens = pw.IntegerField(default=0)
+    capabilities = _JSONField(default=list)  # the session's own, added to its agent's
+    client_tools = _JSONField(default=list)  # likewise
     created_at = pw.TextField()
     updated_at = pw.TextField()
 
@@ -2671,8 +2693,8 @@ _SQL = {
     " AND m.role = 'user' AND m.turn_id IS NULL) AS settled FROM session s WHERE s.id = ?",
     "turn_setup": "SELECT s.status, s.provider_id AS session_provider, s.model AS session_model,"
     " a.provider_id AS agent_provider, a.model AS agent_model, a.system_prompt, a.capabilities, a.max_iterations,"
-    " a.require_approval, a.client_tools"
-    " FROM session s JOIN agent a ON a.id = s.agent_id WHERE s.id = ?",
+    " a.require_approval, a.client_tools, s.capabilities AS session_capabilities,"
+    " s.client_tools AS session_client_tools FROM session s JOIN agent a ON a.id = s.agent_id WHERE s.id = ?",
     "provider": "SELECT id, provider_type, base_url, default_model, api_key, settings FROM provider"
     " WHERE id = ? OR (CAST(? AS TEXT) IS NULL AND is_default)",
     "transcript": "SELECT role, content, turn_id FROM message WHERE session_id = ? AND turn_id IS NOT NULL"
@@ -2814,12 +2836,17 @@ def _settled(m: _Models, session_id: str) -> bool:
 
 
 def _turn_setup(m: _Models, session_id: str) -> _TurnSetup | None:
-    """What a turn needs of its session and agent (None if the session is gone)."""
+    """What a turn needs of its session and agent (None if the session is gone): a session's
+    own capabilities and client tools come on top of its agent's."""
     row = _sql_row(m, "turn_setup", session_id)
     if row is None:
         return None
-    parsed = {k: json.loads(row[k]) for k in ("capabilities", "require_approval", "client_tools")}
-    return _TurnSetup(**{**row, **parsed})
+    parsed = {k: json.loads(row.pop(k)) for k in ("capabilities", "require_approval", "client_tools",
+                                                  "session_capabilities", "session_client_tools")}  # fmt: skip
+    capabilities = list(dict.fromkeys([*parsed.pop("capabilities"), *parsed.pop("session_capabilities")]))
+    own = parsed.pop("session_client_tools")
+    tools = [t for t in parsed.pop("client_tools") if t["name"] not in {o["name"] for o in own}] + own
+    return _TurnSetup(**row, **parsed, capabilities=capabilities, client_tools=tools)
 
 
 def _provider_spec(m: _Models, provider_id: str | None) -> _ProviderSpec | None:
@@ -2912,6 +2939,9 @@ class _Bus:
         self.last_seq: dict[str, int] = {}
         self.reader = reader
         self.share: Callable[[str, str, str, str], None] | None = None
+        # The text streamed so far of each message being written, by session: a stream that
+        # joins mid-message learns it (the SDK's `accumulated`); gone with message.created.
+        self.streaming: dict[str, dict[str, list[str]]] = {}
 
     def watched(self, session_id: str) -> bool:
         return session_id in self._subscribers
@@ -2956,9 +2986,25 @@ class _Bus:
 
     def _publish(self, session_id: str, seq: int, type_: str, text: str) -> None:
         self.last_seq[session_id] = seq
+        streaming = self.streaming.get(session_id)
+        if streaming and type_ in ("message.created", "session.completed"):
+            self._written(session_id, streaming, type_, text)
         subs = self._subscribers.get(session_id)
         if subs:
             self._fan_out(subs, _Published(seq, type_, _sse_frame(seq, type_, text), seq))
+
+    def _written(self, session_id: str, streaming: dict, type_: str, text: str) -> None:
+        """A message is stored (its streamed text is in it now), or its turn is over."""
+        if type_ == "session.completed":
+            del self.streaming[session_id]
+            return
+        found = re.search(r'"data":\{"message":\{"id":"([^"]+)"', text)
+        if found:
+            streaming.pop(found.group(1), None)
+
+    def texts(self, session_id: str) -> dict[str, str]:
+        """The text streamed so far of the session's messages being written."""
+        return {message_id: "".join(pieces) for message_id, pieces in self.streaming.get(session_id, {}).items()}
 
     def publish_delta(self, session_id: str, turn_id: str, message_id: str, delta: str, shared: bool = True) -> None:
         """Hand a piece of assistant text to the session's subscribers, if it has any
@@ -2966,6 +3012,7 @@ class _Bus:
         to the other processes' (unless it comes from one)."""
         if shared and self.share is not None:
             self.share(session_id, turn_id, message_id, delta)
+        self.streaming.setdefault(session_id, {}).setdefault(message_id, []).append(delta)
         subs = self._subscribers.get(session_id)
         if subs:
             text = (f'{{"id":null,"seq":null,"type":"message.delta","session_id":"{session_id}",'
@@ -2994,6 +3041,7 @@ class _Bus:
         """Drop what the bus keeps of a session nobody streams (its last seq is read again when needed)."""
         if session_id not in self._subscribers:
             self.last_seq.pop(session_id, None)
+            self.streaming.pop(session_id, None)
 
     def close(self, session_id: str | None = None) -> None:
         """End the streams of one session (or all) once they have sent what is queued."""
@@ -3003,6 +3051,7 @@ class _Bus:
                 self._offer(sub, None)  # None: the end of the stream
                 self.unsubscribe(sub)
             self.last_seq.pop(sid, None)
+            self.streaming.pop(sid, None)
 
 
 class _Tx:
@@ -5844,6 +5893,7 @@ class _Route:
     raw: bool = False  # the handler writes its own response (docs, streams)
     stream: bool = False  # also answers text/event-stream
     in_schema: bool = True
+    read_body: bool = True  # False: the body is never read (what the route answers does not depend on it)
 
 
 _ROUTES: list[_Route] = []
@@ -5958,7 +6008,7 @@ def _parse_body(environ: dict, spec: _Route, deadline: float, context: dict) -> 
     """Read and validate a JSON body: 413, 415, 400 as SPEC section 2 says (`context`: what
     validators may look up, the app's capabilities)."""
     ctype = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
-    if spec.method not in STATE_CHANGING:
+    if spec.method not in STATE_CHANGING or not spec.read_body:
         return None
     if ctype in FORM_TYPES:  # even without a body: a cross-site form post must fail
         raise _UnsupportedMediaType("the request body must be application/json")
@@ -5981,12 +6031,14 @@ def _parse_body(environ: dict, spec: _Route, deadline: float, context: dict) -> 
 
 
 def _parse_query(query: Any, model: type[BaseModel] | None) -> Any:
+    """The query string as `model` (a parameter of a list field may come several times)."""
     if model is None:
         return None
     for name, value in query.items():
         _refuse_nul(value, ["query", name])
+    lists = {name for name, f in model.model_fields.items() if typing.get_origin(f.annotation) is list}
     try:
-        return model.model_validate(dict(query.items()))
+        return model.model_validate({k: query.getall(k) if k in lists else v for k, v in query.items()})
     except ValidationError as e:
         raise _validation_error(e, "query") from None
 
@@ -6125,6 +6177,20 @@ class _Guard:
                 ("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS), ("Access-Control-Max-Age", "600")]  # fmt: skip
 
 
+API_PREFIXES = ("/v1", "/api/v1")  # what the API key guards: the seed's API and the SDK's
+
+
+def _is_api(path: str) -> bool:
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in API_PREFIXES)
+
+
+def _presented_key(header: str) -> str:
+    """The key an Authorization header gives: `Bearer <key>`, `ApiKey <key>`, or the bare key
+    (what the official SDKs send)."""
+    scheme, _, rest = header.strip().partition(" ")
+    return rest.strip() if scheme.lower() in ("bearer", "apikey") else header.strip()
+
+
 class _App(bottle.Bottle):
     """Bottle with every error it writes itself (404, 405, 500) in the JSON envelope,
     and the guard in front of the routes."""
@@ -6143,7 +6209,7 @@ class _App(bottle.Bottle):
             start_response("204 No Content", preflight)
             return [b""]
         path = environ.get("PATH_INFO", "")
-        if path.startswith("/v1/") and path.endswith("/"):  # `/v1/agents/` is `/v1/agents`, `fs/` is the root
+        if _is_api(path) and path.endswith("/"):  # `/v1/agents/` is `/v1/agents`, `fs/` is the root
             environ["PATH_INFO"] = path.rstrip("/")
         cors = self.guard.cors(environ)
         if cors:
@@ -6165,17 +6231,16 @@ class _App(bottle.Bottle):
 
 
 def _auth_hook(api_key: str | None) -> Callable[[], None]:
-    """A before-request hook: with an API key set, every /v1 request needs it."""
+    """A before-request hook: with an API key set, every /v1 and /api/v1 request needs it."""
     # Digests have one length, so the comparison tells nothing, not even the key's length.
     expected = hashlib.sha256((api_key or "").encode()).digest()
 
     def check() -> None:
-        path = bottle.request.path
-        if not api_key or not (path == "/v1" or path.startswith("/v1/")):
+        if not api_key or not _is_api(bottle.request.path):
             return
-        scheme, _, token = _wsgi_text(bottle.request.environ.get("HTTP_AUTHORIZATION", "")).partition(" ")
-        given = hashlib.sha256(token.strip().encode()).digest()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):
+        token = _presented_key(_wsgi_text(bottle.request.environ.get("HTTP_AUTHORIZATION", "")))
+        given = hashlib.sha256(token.encode()).digest()
+        if not token or not hmac.compare_digest(given, expected):
             response = _error_response(_Unauthorized("missing or wrong API key: send Authorization: Bearer <key>"))
             response.set_header("WWW-Authenticate", "Bearer")
             raise response
@@ -6438,14 +6503,15 @@ def _dedupe(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _check_client_tools(ctx: _Ctx, client_tools: list[dict], capabilities: list[str]) -> None:
+def _check_client_tools(ctx: _Ctx, client_tools: list[dict], capabilities: list[str],
+                        field: str = "client_tools") -> None:  # fmt: skip
     """Client tool names: each once, none a tool of the agent's capabilities; 400 otherwise."""
     tools, seen = _agent_tools(ctx.capabilities, capabilities), set()
     for i, tool in enumerate(client_tools):
         if tool["name"] in tools:
-            raise _invalid(["client_tools", i, "name"], f"{tool['name']!r} is a tool of one of its capabilities")
+            raise _invalid([field, i, "name"], f"{tool['name']!r} is a tool of one of its capabilities")
         if tool["name"] in seen:
-            raise _invalid(["client_tools", i, "name"], f"{tool['name']!r} is named twice")
+            raise _invalid([field, i, "name"], f"{tool['name']!r} is named twice")
         seen.add(tool["name"])
 
 
@@ -6508,9 +6574,13 @@ def _update_agent(ctx: _Ctx, req: _Request, agent_id: str) -> BaseModel:
 
 @_route("DELETE", "/v1/agents/<agent_id>", "Delete an agent and its sessions", "agents", status=204, errors=(404,))
 def _delete_agent(ctx: _Ctx, req: _Request, agent_id: str) -> None:
+    _remove_agent(ctx, _get(ctx.store.m.Agent, agent_id, "agent"))
+
+
+def _remove_agent(ctx: _Ctx, agent: Any) -> None:
+    """Delete an agent with its sessions (their turns stopped first)."""
     m = ctx.store.m
-    agent = _get(m.Agent, agent_id, "agent")
-    sessions = [s.id for s in m.Session.select(m.Session.id).where(m.Session.agent_id == agent_id)]
+    sessions = [s.id for s in m.Session.select(m.Session.id).where(m.Session.agent_id == agent.id)]
     with _sessions_going(ctx, sessions), ctx.store.write():
         for session_id in sorted(sessions):  # the sessions' locks, in one order (see _Store._lock_session)
             with ctx.store.write(session_id):
@@ -6549,12 +6619,21 @@ def _list_sessions(ctx: _Ctx, req: _Request, agent_id: str) -> BaseModel:
     errors=(404,),
 )
 def _create_session(ctx: _Ctx, req: _Request, agent_id: str) -> BaseModel:
+    return _session_out(_new_session(ctx, agent_id, req.body.model_dump()))
+
+
+def _new_session(ctx: _Ctx, agent_id: str, fields: dict, files: Iterable[dict] = ()) -> Any:
+    """Open a session with an agent (a named provider must exist), its agent's starter files
+    and then `files` written into its file system, in one transaction; the row."""
     m, ts = ctx.store.m, _now_iso()
     with ctx.store.write():
-        _get(m.Agent, agent_id, "agent")
-        _check_provider(ctx, req.body.provider_id, ["provider_id"])
-        row = m.Session.create(id=_uuid7(), agent_id=agent_id, created_at=ts, updated_at=ts, **req.body.model_dump())
-    return _session_out(row)
+        agent = _get(m.Agent, agent_id, "agent")
+        _check_provider(ctx, fields.get("provider_id"), ["provider_id"])
+        row = m.Session.create(id=_uuid7(), agent_id=agent_id, created_at=ts, updated_at=ts, **fields)
+        fs = _Vfs(ctx.store, row.id)
+        for file in [*agent.initial_files, *files]:  # a path given twice: the later one wins
+            fs.write(_starter_path(file["path"]), file["content"], file.get("encoding") or "text")
+    return row
 
 
 @_route("GET", "/v1/sessions/<session_id>", "Get a session", "sessions", response=Session, errors=(404,))
@@ -6586,8 +6665,12 @@ def _update_session(ctx: _Ctx, req: _Request, session_id: str) -> BaseModel:
     errors=(404,),
 )
 def _delete_session(ctx: _Ctx, req: _Request, session_id: str) -> None:
-    session = _get(ctx.store.m.Session, session_id, "session")
-    with _sessions_going(ctx, [session_id]), ctx.store.write(session_id):
+    _remove_session(ctx, _get(ctx.store.m.Session, session_id, "session"))
+
+
+def _remove_session(ctx: _Ctx, session: Any) -> None:
+    """Delete a session (its turn stopped first, its streams ended)."""
+    with _sessions_going(ctx, [session.id]), ctx.store.write(session.id):
         session.delete_instance()
 
 
@@ -6619,14 +6702,18 @@ def _cancel_session(ctx: _Ctx, req: _Request, session_id: str) -> BaseModel:
     errors=(404, 409),
 )
 def _decide_tool_call(ctx: _Ctx, req: _Request, session_id: str, tool_call_id: str) -> BaseModel:
-    decision = req.body
-    with _answering(ctx, session_id, tool_call_id, "approval", "an approval") as (tx, turn_id, entry):
-        data = {"tool_call_id": tool_call_id, "approved": decision.approved, "reason": decision.reason}
-        tx.emit("tool.approval_resolved", data, turn_id)
-        if not decision.approved:
-            denied = "denied by the user" + (f": {decision.reason}" if decision.reason else "")
-            _store_tool_message(tx, turn_id, entry["call"], {"error": denied}, True, 0)
+    _decide(ctx, session_id, tool_call_id, req.body.approved, req.body.reason)
     return _session_out(_get(ctx.store.m.Session, session_id, "session"))
+
+
+def _decide(ctx: _Ctx, session_id: str, tool_call_id: str, approved: bool, reason: str | None) -> None:
+    """A person's decision on a call that waits for one (404, 409 as _answering says)."""
+    with _answering(ctx, session_id, tool_call_id, "approval", "an approval") as (tx, turn_id, entry):
+        tx.emit("tool.approval_resolved", {"tool_call_id": tool_call_id, "approved": approved, "reason": reason},
+                turn_id)  # fmt: skip
+        if not approved:
+            denied = "denied by the user" + (f": {reason}" if reason else "")
+            _store_tool_message(tx, turn_id, entry["call"], {"error": denied}, True, 0)
 
 
 @_route(
@@ -6640,11 +6727,16 @@ def _decide_tool_call(ctx: _Ctx, req: _Request, session_id: str, tool_call_id: s
 )
 def _post_tool_result(ctx: _Ctx, req: _Request, session_id: str) -> BaseModel:
     posted = req.body
-    if len(_dumps(posted.result).encode()) > MAX_TOOL_OUTPUT:
-        raise _PayloadTooLarge(f"a tool result holds at most {MAX_TOOL_OUTPUT} bytes of JSON")
-    with _answering(ctx, session_id, posted.tool_call_id, "client", "the client's result") as (tx, turn_id, entry):
-        _store_tool_message(tx, turn_id, entry["call"], posted.result, posted.is_error, _since(entry["at"]))
+    _client_result(ctx, session_id, posted.tool_call_id, posted.result, posted.is_error)
     return _session_out(_get(ctx.store.m.Session, session_id, "session"))
+
+
+def _client_result(ctx: _Ctx, session_id: str, tool_call_id: str, result: Any, is_error: bool) -> None:
+    """A client tool's result (413 past MAX_TOOL_OUTPUT; 404, 409 as _answering says)."""
+    if len(_dumps(result).encode()) > MAX_TOOL_OUTPUT:
+        raise _PayloadTooLarge(f"a tool result holds at most {MAX_TOOL_OUTPUT} bytes of JSON")
+    with _answering(ctx, session_id, tool_call_id, "client", "the client's result") as (tx, turn_id, entry):
+        _store_tool_message(tx, turn_id, entry["call"], result, is_error, _since(entry["at"]))
 
 
 @contextlib.contextmanager
@@ -6752,19 +6844,26 @@ def _replay(m: _Models, session_id: str, key: str, request_hash: str) -> Any:
     errors=(404, 409),
 )
 def _post_message(ctx: _Ctx, req: _Request, session_id: str) -> Any:
-    m = ctx.store.m
-    key = _idempotency_key(req)
     try:
         parts, controls = req.body.parts(), req.body.controls()
     except ValueError as e:
         raise _invalid(["content"], str(e)) from None
+    status, message = _user_message(ctx, session_id, parts, controls, _idempotency_key(req))
+    return status, Message(**message)
+
+
+def _user_message(ctx: _Ctx, session_id: str, parts: list[dict], controls: dict | None,
+                  key: str | None) -> tuple[int, dict]:  # fmt: skip
+    """Store a user message and kick its turn: (201, the message), or (200, the message stored
+    first under the same Idempotency-Key)."""
+    m = ctx.store.m
     request_hash = _digest({"content": parts, "controls": controls})
     with ctx.journal.tx(session_id) as tx:
         _need_session(m, session_id)
         if controls:
             _check_provider(ctx, controls.get("provider_id"), ["controls", "provider_id"])
         if key is not None and (first := _replay(m, session_id, key, request_hash)) is not None:
-            return 200, _message_out(first)
+            return 200, _message_out(first).model_dump()
         message = tx.add_message("user", parts, controls=controls)
         if key is not None:
             m.IdempotencyKey.create(
@@ -6775,7 +6874,7 @@ def _post_message(ctx: _Ctx, req: _Request, session_id: str) -> Any:
                 created_at=message["created_at"],
             )
     ctx.scheduler.kick(session_id)
-    return 201, Message(**message)
+    return 201, message
 
 
 # ---- events -----------------------------------------------------------------
@@ -6822,23 +6921,48 @@ SSE_PING = b": ping\n"
 SSE_DONE = b"retry: 86400000\n"
 
 
-def _sse(ctx: _Ctx, session_id: str, cursor: int, wanted: Callable[[str], bool], until: bool) -> Iterator[bytes]:
+class _SseFrames:
+    """How a stream writes what it sends: this server's SSE (the events as stored). The
+    SDK's stream (/api/v1) is a second renderer of the same stream (_SdkFrames)."""
+
+    start = SSE_START
+    ping = SSE_PING
+
+    def __init__(self, wanted: Callable[[str], bool]) -> None:
+        self.wanted = wanted
+
+    def joined(self, texts: dict[str, str]) -> None:
+        """The text streamed so far of the messages being written when the stream joined."""
+
+    def stored(self, seq: int, type_: str, text: str) -> bytes | None:
+        return _sse_frame(seq, type_, text) if self.wanted(type_) else None
+
+    def live(self, item: _Published) -> bytes | None:
+        return item.frame if self.wanted(item.type) else None
+
+    def closing(self, reason: str) -> bytes:
+        """What goes out before the server ends the stream (a shutdown, a deletion, a slow client)."""
+        return b""
+
+
+def _stream(ctx: _Ctx, session_id: str, cursor: int, frames: _SseFrames, until: bool = False) -> Iterator[bytes]:
     """Replay stored events after the cursor, then go live: no gap, no duplicate.
 
     The queue is subscribed before the replay reads the database, so an event
     committed meanwhile is in one or both; seq tells which were sent already.
     """
     m, sub = ctx.store.m, ctx.bus.subscribe(session_id)
+    frames.joined(ctx.bus.texts(session_id))  # read with the subscription: no delta between the two
     try:
         newest = _last_seq(m, session_id)
         ctx.bus.baseline(session_id, newest)
         known = min(cursor, newest)  # the newest stored event the client has
-        yield SSE_START
+        yield frames.start
         for batch in _stored_batches(m, session_id, cursor):  # a write per batch, then the others' turn
             known = batch[-1][0]
-            frames = [_sse_frame(seq, type_, text) for seq, type_, text in batch if wanted(type_)]
-            if frames:
-                yield b"".join(frames)
+            out = [frame for seq, type_, text in batch if (frame := frames.stored(seq, type_, text))]
+            if out:
+                yield b"".join(out)
             gevent.sleep(0)
         if until and _settled(m, session_id):
             yield SSE_DONE
@@ -6848,27 +6972,29 @@ def _sse(ctx: _Ctx, session_id: str, cursor: int, wanted: Callable[[str], bool],
             try:
                 items = sub.take(ctx.ping_s)
             except gevent.queue.Empty:
-                yield SSE_PING
+                yield frames.ping
                 continue
-            frames, ended = [], False  # what is waiting goes out in one write
+            out, ended = [], False  # what is waiting goes out in one write
             for item in items:
                 if item is None or sub.dropped:
+                    out.append(frames.closing("slow_client" if sub.dropped else "server_closing"))
                     ended = True
                     break
                 if item.seq is None:
                     fresh = item.after >= known  # else a delta of a message the client already has
                 else:  # else sent by the replay already, or before the cursor
                     fresh, known = item.seq > max(known, cursor), max(known, item.seq)
-                if fresh and wanted(item.type):
-                    frames.append(item.frame)
+                if fresh and (frame := frames.live(item)):
+                    out.append(frame)
                 if until and item.type == "session.completed" and _settled(m, session_id):
-                    frames.append(SSE_DONE)
+                    out.append(SSE_DONE)
                     ended = True
                     break
-            if frames:
-                yield b"".join(frames)
+            if out:
+                yield b"".join(out)
             if ended:
                 return
+        yield frames.closing("slow_client")
     except Exception as e:  # the database went away: the stream ends (the client resumes with Last-Event-ID)
         if ctx.store.noticed(e) is None:
             raise
@@ -6911,7 +7037,7 @@ def _events(ctx: _Ctx, req: _Request, session_id: str) -> bottle.HTTPResponse:
         page = EventPage(**_page(query.order_by(m.Event.seq), limit, lambda r: r.seq, _event_out))
         return _json_response(200, page.model_dump_json(exclude_unset=True))  # each event's data as stored
     headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    stream = _sse(ctx, session_id, _cursor(req), wanted, req.query.until == "completed")
+    stream = _stream(ctx, session_id, _cursor(req), _SseFrames(wanted), req.query.until == "completed")
     return bottle.HTTPResponse(stream, 200, headers)
 
 
@@ -7128,6 +7254,905 @@ def _delete_mcp_server(ctx: _Ctx, req: _Request, server_id: str) -> None:
     _mcp_written(ctx, None)
 
 
+# ---- the official SDKs' surface (/api/v1) ------------------------------------------
+# The shapes of everruns-sdk 0.3.1 (Python; the TypeScript and Rust SDKs speak the
+# same API) over the same agents, sessions, messages, events and files, translated
+# here at the edge. The event stream is the same stream (_stream) written by a second
+# renderer (_SdkFrames), in the SDK's vocabulary. Where the two APIs disagree (roles,
+# statuses, capabilities as objects) they have their own paths: /v1 is unchanged.
+
+SDK = "/api/v1"
+SDK_HARNESS = "generic"  # the one harness: an agent's prompt and capabilities, nothing more
+SDK_ORGANIZATION = "local"
+SDK_GENERIC_AGENT = "generic"  # the agent of a session opened with none: no prompt, no capabilities
+SDK_NOT_WAITING = "Session is not waiting for tool results (current status: {status})"  # the SDK retries on it
+SDK_STATUSES = {SESSION_IDLE: "idle", SESSION_RUNNING: "active", SESSION_WAITING: "waitingfortoolresults"}
+SDK_ROLES = {"user": "user", "assistant": "agent", "tool": "tool_result"}
+SDK_EVENTS_MAX = 10_000  # events a JSON listing returns at most
+
+
+class SdkCapabilityRef(_In):
+    """A capability of an agent or a session, as the SDK names it."""
+
+    ref: CapabilityId
+    config: Any = Field(None, description="Ignored: capabilities here take no configuration.")
+
+
+class SdkToolDefinition(_In):
+    """A tool the client runs (type client_side)."""
+
+    name: ToolName
+    description: Description = ""
+    parameters: Annotated[dict[str, Any], AfterValidator(_object_schema)] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+    type: Literal["client_side"] = Field("client_side", description="builtin tools come with their capability")
+    category: Any = None
+    deferrable: Any = None
+    display_name: Any = None
+    full_parameters: Any = None
+    hints: Any = None
+    policy: Any = None
+
+
+def _starter_path(path: str) -> str:
+    """Where a starter file goes in a session's files: `/workspace/` is the root."""
+    path = _normalize_path(re.sub(r"^/?workspace(?=/|$)", "", path) or "/")
+    if path == "/":
+        raise _invalid(["path"], "names the root, not a file")
+    return path
+
+
+class SdkInitialFile(_In):
+    """A starter file, written into each new session's files (`/workspace/` is taken as the root)."""
+
+    path: ToolPath
+    content: Annotated[str, StringConstraints(max_length=2 * MAX_MESSAGE_TEXT)]
+    encoding: Literal["text", "base64"] = "text"
+    is_readonly: bool = Field(False, description="Ignored: a session's files can all be written.")
+
+    @model_validator(mode="after")
+    def _writable(self) -> "SdkInitialFile":
+        try:
+            _starter_path(self.path)
+            if self.encoding == "base64":
+                base64.b64decode(self.content, validate=True)
+        except _ValidationFailed as e:
+            raise ValueError(e.message) from None
+        except ValueError:
+            raise ValueError("content: is not valid base64") from None
+        return self
+
+
+SdkRefs = Annotated[list[SdkCapabilityRef], Field(max_length=MAX_CAPABILITIES)]
+SdkTools = Annotated[list[SdkToolDefinition], Field(max_length=64)]
+SdkFiles = Annotated[list[SdkInitialFile], Field(max_length=64)]
+
+
+class SdkAgentCreate(_In):
+    """Body of POST /api/v1/agents: creates the agent, or updates the one with this id (or,
+    without an id, the newest with this name), as the SDK's create, apply and apply_by_name do."""
+
+    model_config = _examples({"name": "example-assistant", "system_prompt": "Be brief.",
+                              "capabilities": [{"ref": "current_time"}]})  # fmt: skip
+
+    name: Name
+    system_prompt: SystemPrompt
+    id: Id | None = None
+    display_name: Name | None = None
+    description: Description | None = None
+    default_model_id: ModelName | None = None
+    tags: Tags = []
+    capabilities: SdkRefs = []
+    tools: SdkTools = []
+    initial_files: SdkFiles = []
+    max_iterations: MaxIterations | None = None
+    harness_id: str | None = Field(None, max_length=MAX_NAME, description=f"Only {SDK_HARNESS!r}.")
+    harness_name: str | None = Field(None, max_length=MAX_NAME, description=f"Only {SDK_HARNESS!r}.")
+    parallel_tool_calls: bool | None = None
+    mcpServers: Any = None
+    network_access: Any = None
+
+
+class SdkCapabilityOut(_Out):
+    ref: str
+    config: Any = None
+
+
+class SdkToolOut(_Out):
+    type: Literal["client_side"]
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+class SdkFileOut(_Out):
+    path: str
+    content: str
+    encoding: str
+    is_readonly: bool
+
+
+class SdkAgent(_Out):
+    """An agent, in the SDK's shape."""
+
+    id: str
+    name: str
+    display_name: str | None
+    description: str | None
+    system_prompt: str
+    harness_id: str
+    status: Literal["active"]
+    default_model_id: str | None
+    tags: list[str]
+    capabilities: list[SdkCapabilityOut]
+    tools: list[SdkToolOut]
+    initial_files: list[SdkFileOut]
+    max_iterations: int
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class SdkSessionCreate(_In):
+    """Body of POST /api/v1/sessions: with agent_id, agent_name or neither (the built-in
+    agent `generic`); its capabilities, tools and starter files come on top of the agent's."""
+
+    model_config = _examples({"agent_id": "01890000-0000-7000-8000-000000000001", "title": "First"})
+
+    agent_id: Id | None = None
+    agent_name: Name | None = None
+    harness_id: str | None = Field(None, max_length=MAX_NAME, description=f"Only {SDK_HARNESS!r}.")
+    harness_name: str | None = Field(None, max_length=MAX_NAME, description=f"Only {SDK_HARNESS!r}.")
+    title: Title | None = None
+    model_id: ModelName | None = None
+    tags: Tags = []
+    capabilities: SdkRefs = []
+    tools: SdkTools = []
+    initial_files: SdkFiles = []
+    locale: Any = None
+    parallel_tool_calls: bool | None = None
+    agent_identity_id: Any = None
+    hints: Any = None
+    max_iterations: Any = None
+    mcpServers: Any = None
+    network_access: Any = None
+    system_prompt: Any = None
+    workspace_id: Any = None
+
+
+class SdkSession(_Out):
+    """A session, in the SDK's shape (status: idle, active or waitingfortoolresults)."""
+
+    id: str
+    organization_id: str
+    harness_id: str
+    agent_id: str
+    title: str | None
+    model_id: str | None
+    status: Literal["idle", "active", "waitingfortoolresults"]
+    tags: list[str]
+    capabilities: list[SdkCapabilityOut]
+    tools: list[SdkToolOut]
+    usage: Usage
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class SdkChannelSession(SdkSession):
+    """A session of a channel (AgentClient), with what waits for a person."""
+
+    pending_approvals: list[ToolCallInfo]
+    pending_questions: list[dict]
+
+
+class SdkContentPart(_Out):
+    type: Literal["text", "tool_call", "tool_result"]
+    text: str | None = None
+    id: str | None = None
+    name: str | None = None
+    arguments: dict[str, Any] | None = None
+    tool_call_id: str | None = None
+    result: Any = None
+    error: str | None = None
+
+
+class SdkMessage(_Out):
+    """A message, in the SDK's shape (roles user, agent and tool_result)."""
+
+    id: str
+    session_id: str
+    role: Literal["user", "agent", "tool_result"]
+    content: list[SdkContentPart]
+    created_at: Timestamp
+
+
+class SdkTextIn(_In):
+    type: Literal["text"] = Field(description="Only text parts.")
+    text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE_TEXT)]
+
+
+class SdkMessageIn(_In):
+    role: Literal["user"] = Field(description="Tool results go to .../tool-results.")
+    content: Annotated[list[SdkTextIn], Field(min_length=1, max_length=64)]
+
+
+class SdkControls(_In):
+    model_id: ModelName | None = None
+    locale: Any = None
+    error_disclosure: Any = None
+    hints: Any = None
+    reasoning: Any = None
+
+
+class SdkMessageCreate(_In):
+    """Body of POST .../sessions/{id}/messages."""
+
+    model_config = _examples({"message": {"role": "user", "content": [{"type": "text", "text": "Hello"}]}})
+
+    message: SdkMessageIn
+    controls: SdkControls | None = None
+    addressed_participant_id: Any = None
+    external_actor: Any = None
+    metadata: Any = None
+    tags: Any = None
+
+
+class SdkToolResult(_In):
+    tool_call_id: Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
+    result: Any = None
+    error: str | None = Field(None, max_length=MAX_DESCRIPTION, description="The call failed: why.")
+
+
+class SdkToolResults(_In):
+    """Body of POST .../sessions/{id}/tool-results: client tools' results."""
+
+    model_config = _examples({"tool_results": [{"tool_call_id": "call_abc123", "result": {"city": "Lisbon"}}]})
+
+    tool_results: Annotated[list[SdkToolResult], Field(min_length=1, max_length=64)]
+
+
+class SdkApproval(_In):
+    tool_call_id: Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
+    approved: bool
+    reason: str | None = Field(None, max_length=MAX_NAME)
+
+
+class SdkApprovals(_In):
+    """Body of POST /api/v1/channels/{agent_id}/sessions/{id}/tool-approvals."""
+
+    decisions: Annotated[list[SdkApproval], Field(min_length=1, max_length=64)]
+
+
+class SdkAccepted(_Out):
+    accepted: int
+    status: str = Field(description="The session's status afterwards.")
+
+
+class SdkCancelled(_Out):
+    status: Literal["cancelled", "no_op"]
+    message: str
+
+
+class SdkCapability(_Out):
+    """A capability, in the SDK's shape."""
+
+    id: str
+    name: str
+    description: str
+    status: str
+    category: str
+    system_prompt: str
+    tool_definitions: list[ToolSpec]
+    is_mcp: bool
+
+
+class SdkEventContext(_Out):
+    turn_id: str | None
+
+
+class SdkEvent(_Out):
+    """An event in the SDK's vocabulary (see the README's table): `id` is a string, deltas' too."""
+
+    id: str
+    type: str
+    ts: Timestamp
+    session_id: str
+    sequence: int | None
+    context: SdkEventContext
+    data: dict[str, Any]
+
+
+class SdkChannelCard(_Out):
+    """What a channel (an agent, for AgentClient) is."""
+
+    id: str
+    name: str
+    description: str
+    accepted_input: list[str]
+    credentials: list[str]
+    conversation_starters: list[str]
+
+
+def _sdk_list(item: type[BaseModel], extra: dict | None = None) -> type[BaseModel]:
+    """The SDK's {data: [...]} envelope of one item type."""
+    return type(f"{item.__name__}List", (_Out,), {"__annotations__": {"data": list[item], **(extra or {})},
+                                                    "__doc__": f"Every {item.__name__}."})  # fmt: skip
+
+
+SdkAgentList, SdkSessionList, SdkMessageList = _sdk_list(SdkAgent), _sdk_list(SdkSession), _sdk_list(SdkMessage)
+SdkCapabilityList, SdkEventList = _sdk_list(SdkCapability), _sdk_list(SdkEvent)
+SdkChannelSessionList = _sdk_list(SdkSession, {"next_page_token": str | None})
+
+
+class SdkListQuery(BaseModel):
+    """Query of the SDK's lists."""
+
+    model_config = ConfigDict(extra="ignore", defer_build=True)
+    search: str | None = Field(None, max_length=MAX_NAME, description="Part of a name or title, in any case.")
+    agent_id: str | None = Field(None, max_length=MAX_NAME, description="Only this agent's sessions.")
+
+
+class SdkEventsQuery(BaseModel):
+    """Query of the SDK's event listing and stream: where to resume, which types."""
+
+    model_config = ConfigDict(extra="ignore", defer_build=True)
+    since_id: str | None = Field(None, max_length=MAX_NAME, description="The events after this event's id.")
+    after_sequence: JsonInt | None = Field(None, ge=0, le=MAX_SEQ, description="The events after this sequence.")
+    types: list[Annotated[str, StringConstraints(max_length=64)]] = Field([], max_length=64)
+    exclude: list[Annotated[str, StringConstraints(max_length=64)]] = Field([], max_length=64)
+    limit: JsonInt | None = Field(None, ge=1, le=SDK_EVENTS_MAX)
+
+
+def _sdk_harness(harness_id: str | None, harness_name: str | None) -> None:
+    for given in (harness_id, harness_name):
+        if given not in (None, SDK_HARNESS):
+            raise _NotImplemented(f"harnesses other than the built-in {SDK_HARNESS!r} are not available here")
+
+
+def _sdk_tools(tools: list[SdkToolDefinition]) -> list[dict]:
+    return [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in tools]
+
+
+def _sdk_tools_out(tools: list[dict]) -> list[SdkToolOut]:
+    return [SdkToolOut(type="client_side", **t) for t in tools]
+
+
+def _sdk_agent(row: Any) -> SdkAgent:
+    files = [SdkFileOut(path=f["path"], content=f["content"], encoding=f.get("encoding") or "text",
+                        is_readonly=bool(f.get("is_readonly"))) for f in row.initial_files]  # fmt: skip
+    return SdkAgent(id=row.id, name=row.name, display_name=row.display_name, description=row.description or None,
+                    system_prompt=row.system_prompt, harness_id=SDK_HARNESS, status="active",
+                    default_model_id=row.model, tags=row.tags,
+                    capabilities=[SdkCapabilityOut(ref=c) for c in row.capabilities],
+                    tools=_sdk_tools_out(row.client_tools), initial_files=files, max_iterations=row.max_iterations,
+                    created_at=row.created_at, updated_at=row.updated_at)  # fmt: skip
+
+
+def _sdk_session(row: Any, shape: type[SdkSession] = SdkSession, **more: Any) -> SdkSession:
+    return shape(id=row.id, organization_id=SDK_ORGANIZATION, harness_id=SDK_HARNESS, agent_id=row.agent_id,
+                 title=row.title, model_id=row.model, status=SDK_STATUSES[row.status], tags=row.tags,
+                 capabilities=[SdkCapabilityOut(ref=c) for c in row.capabilities],
+                 tools=_sdk_tools_out(row.client_tools),
+                 usage=Usage(input_tokens=row.input_tokens, output_tokens=row.output_tokens),
+                 created_at=row.created_at, updated_at=row.updated_at, **more)  # fmt: skip
+
+
+def _sdk_part(part: dict) -> dict:
+    if part["type"] == "text":
+        return {"type": "text", "text": part["text"]}
+    if part["type"] == "tool_call":
+        return {"type": "tool_call", "id": part["id"], "name": part["name"], "arguments": part["arguments"]}
+    result = part["result"]
+    if part["is_error"]:
+        error = result.get("error") if isinstance(result, dict) else None
+        return {"type": "tool_result", "tool_call_id": part["tool_call_id"], "error": str(error or _dumps(result))}
+    return {"type": "tool_result", "tool_call_id": part["tool_call_id"], "result": result}
+
+
+def _sdk_message(message: dict) -> dict:
+    """A message (as stored, or as in message.created) in the SDK's shape."""
+    return {"id": message["id"], "session_id": message["session_id"], "role": SDK_ROLES[message["role"]],
+            "content": [_sdk_part(p) for p in message["content"]], "created_at": message["created_at"]}  # fmt: skip
+
+
+def _sdk_text(result: Any) -> str:
+    return result if isinstance(result, str) else _dumps(result)
+
+
+def _sdk_tool_completed(data: dict, texts: dict) -> tuple[str, dict]:
+    done = {"tool_call_id": data["tool_call_id"], "tool_name": data["name"], "success": not data["is_error"],
+            "status": "error" if data["is_error"] else "success", "duration_ms": data["duration_ms"]}  # fmt: skip
+    if data["is_error"]:
+        return "tool.completed", {**done, "error": _sdk_part({**data, "type": "tool_result"})["error"]}
+    return "tool.completed", {**done, "result": [{"type": "text", "text": _sdk_text(data["result"])}]}
+
+
+def _sdk_turn_ended(data: dict, texts: dict) -> tuple[str, dict]:
+    ended = {"turn_id": data["turn_id"], "iterations": data["iterations"], "duration_ms": data["duration_ms"],
+             "usage": data["usage"]}  # fmt: skip
+    if data["status"] == TURN_FAILED:
+        return "turn.failed", {**ended, "error": data["error"]["message"], "error_code": data["error"]["code"]}
+    if data["status"] == TURN_CANCELLED:
+        return "turn.cancelled", {**ended, "reason": "cancelled"}
+    return "turn.completed", {**ended, "status": data["status"]}
+
+
+def _sdk_message_created(data: dict, texts: dict) -> tuple[str, dict] | None:
+    message = data["message"]
+    if message["role"] == "tool":
+        return None  # its tool.completed said it
+    if message["role"] == "user":
+        return "input.message", {"message": _sdk_message(message)}
+    texts.pop(message["id"], None)
+    return "output.message.completed", {"message": _sdk_message(message)}
+
+
+def _sdk_delta(data: dict, texts: dict) -> tuple[str, dict]:
+    accumulated = texts[data["message_id"]] = texts.get(data["message_id"], "") + data["delta"]
+    return "output.message.delta", {"message_id": data["message_id"], "delta": data["delta"],
+                                    "accumulated": accumulated}  # fmt: skip
+
+
+def _sdk_tool_call(data: dict, texts: dict) -> tuple[str, dict] | None:
+    call = {k: data["tool_call"][k] for k in ("id", "name", "arguments")}
+    if data["tool_call"].get("approval"):
+        return None  # tool.approval_requested says it
+    if data["tool_call"].get("executor") == "client":
+        return "tool.call_requested", {"tool_calls": [call]}
+    return "tool.started", {"tool_call": call}
+
+
+# Each stored event type in the SDK's vocabulary: (its type, its data), or None for one it
+# does not show. A type not here passes through under its own name (tool.approval_*, ...).
+_SDK_TRANSLATIONS: dict[str, Callable[[dict, dict], tuple[str, dict] | None]] = {
+    "session.started": lambda data, texts: ("turn.started", {"turn_id": data["turn_id"],
+                                                             "input_message_id": data["input_message_ids"][0]}),
+    "message.created": _sdk_message_created,
+    "message.delta": _sdk_delta,
+    "tool.call": _sdk_tool_call,
+    "tool.result": _sdk_tool_completed,
+    "session.completed": _sdk_turn_ended,
+}  # fmt: skip
+
+
+def _sdk_event(event: dict, texts: dict[str, str], after: int | None = None) -> dict | None:
+    """An event in the SDK's shape; None for one it does not show. `texts`: the text streamed
+    so far of each message being written (for `accumulated`); a delta's id carries `after`,
+    the seq it follows, so that a stream resumed from it starts there."""
+    translate = _SDK_TRANSLATIONS.get(event["type"])
+    translated = translate(event["data"], texts) if translate else (event["type"], event["data"])
+    if translated is None:
+        return None
+    type_, data = translated
+    event_id = event["id"] or f"delta_{after}_{data['message_id']}_{len(data['accumulated'])}"
+    return {"id": event_id, "type": type_, "ts": event["ts"], "session_id": event["session_id"],
+            "sequence": event["seq"], "context": {"turn_id": event["turn_id"]}, "data": data}  # fmt: skip
+
+
+def _sdk_filter(q: SdkEventsQuery) -> Callable[[str], bool]:
+    types, exclude = set(q.types), set(q.exclude)
+    return lambda type_: (not types or type_ in types) and type_ not in exclude
+
+
+class _SdkFrames(_SseFrames):
+    """The stream in the SDK's vocabulary: `connected` first, every event a whole event
+    with a string id, `disconnecting` before the server ends it."""
+
+    start = b'event: connected\ndata: {"status":"connected"}\n\n'
+
+    def __init__(self, wanted: Callable[[str], bool]) -> None:
+        super().__init__(wanted)
+        self.texts: dict[str, str] = {}
+
+    def joined(self, texts: dict[str, str]) -> None:
+        self.texts = dict(texts)
+
+    def stored(self, seq: int, type_: str, text: str) -> bytes | None:
+        return self._frame(json.loads(text))
+
+    def live(self, item: _Published) -> bytes | None:
+        text = item.frame.partition(b"data: ")[2][:-2]  # the event as JSON text (see _sse_frame)
+        return self._frame(json.loads(text), item.after if item.seq is None else None)
+
+    def _frame(self, event: dict, after: int | None = None) -> bytes | None:
+        sdk = _sdk_event(event, self.texts, after)
+        if sdk is None or not self.wanted(sdk["type"]):
+            return None
+        return f"event: {sdk['type']}\nid: {sdk['id']}\ndata: {_dumps(sdk)}\n\n".encode()
+
+    def closing(self, reason: str) -> bytes:
+        return f'event: disconnecting\ndata: {{"reason":"{reason}","retry_ms":1000}}\n\n'.encode()
+
+
+def _sdk_cursor(m: _Models, session_id: str, q: SdkEventsQuery) -> int:
+    """The seq a listing or a stream resumes after: since_id (an event's id, or a delta's,
+    which says the seq it follows), else after_sequence, else the start."""
+    if q.since_id:
+        row = m.Event.get_or_none(m.Event.id == q.since_id, m.Event.session_id == session_id)
+        if row is not None:
+            return row.seq
+        found = re.fullmatch(r"delta_([0-9]{1,19})_.*", q.since_id)
+        return int(found.group(1)) if found else 0
+    return q.after_sequence or 0
+
+
+def _sdk_events(ctx: _Ctx, session_id: str, q: SdkEventsQuery) -> SdkEventList:
+    m, wanted, texts = ctx.store.m, _sdk_filter(q), {}
+    out: list[dict] = []
+    for _, _, text in _stored_events(m, session_id, _sdk_cursor(m, session_id, q)):
+        sdk = _sdk_event(json.loads(text), texts)
+        if sdk is not None and wanted(sdk["type"]):
+            out.append(sdk)
+            if len(out) >= (q.limit or SDK_EVENTS_MAX):
+                break
+    return SdkEventList(data=out)
+
+
+def _sdk_stream(ctx: _Ctx, session_id: str, q: SdkEventsQuery) -> bottle.HTTPResponse:
+    _need_session(ctx.store.m, session_id)
+    frames = _SdkFrames(_sdk_filter(q))
+    headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return bottle.HTTPResponse(_stream(ctx, session_id, _sdk_cursor(ctx.store.m, session_id, q), frames), 200, headers)
+
+
+def _sdk_agent_row(ctx: _Ctx, id_or_name: str) -> Any:
+    """An agent by id, or the newest of that name; 404 otherwise."""
+    m = ctx.store.m
+    row = m.Agent.get_or_none(m.Agent.id == id_or_name) or (
+        m.Agent.select().where(m.Agent.name == id_or_name).order_by(m.Agent.id.desc()).first()
+    )
+    if row is None:
+        raise _NotFound(f"agent {id_or_name} not found")
+    return row
+
+
+@_route("GET", f"{SDK}/agents", "List agents", "sdk: agents", response=SdkAgentList, query=SdkListQuery)
+def _sdk_list_agents(ctx: _Ctx, req: _Request) -> BaseModel:
+    m, search = ctx.store.m, (req.query.search or "").lower()
+    rows = m.Agent.select().order_by(m.Agent.id.desc())
+    return SdkAgentList(data=[_sdk_agent(r) for r in rows if search in f"{r.name}\n{r.description}".lower()])
+
+
+@_route("POST", f"{SDK}/agents", "Create an agent, or update the one with this id (or this name)", "sdk: agents",
+        body=SdkAgentCreate, response=SdkAgent, status=201, also=(200,), errors=(501,))  # fmt: skip
+def _sdk_put_agent(ctx: _Ctx, req: _Request) -> Any:
+    body, m, ts = req.body, ctx.store.m, _now_iso()
+    _sdk_harness(body.harness_id, body.harness_name)
+    capabilities, client_tools = _dedupe([r.ref for r in body.capabilities]), _sdk_tools(body.tools)
+    _check_client_tools(ctx, client_tools, capabilities, "tools")
+    fields = {"name": body.name, "system_prompt": body.system_prompt, "description": body.description or "",
+              "display_name": body.display_name, "model": body.default_model_id, "tags": body.tags,
+              "capabilities": capabilities, "client_tools": client_tools,
+              "initial_files": [f.model_dump() for f in body.initial_files],
+              "max_iterations": body.max_iterations or 10}  # fmt: skip
+    with ctx.store.write():
+        if body.id is not None:
+            row = m.Agent.get_or_none(m.Agent.id == body.id)
+        else:
+            row = m.Agent.select().where(m.Agent.name == body.name).order_by(m.Agent.id.desc()).first()
+        if row is not None:
+            m.Agent.update(**fields, updated_at=ts).where(m.Agent.id == row.id).execute()
+            return 200, _sdk_agent(m.Agent.get_by_id(row.id))
+        row = m.Agent.create(id=body.id or _uuid7(), created_at=ts, updated_at=ts, **fields)
+    return 201, _sdk_agent(row)
+
+
+@_route("GET", f"{SDK}/agents/<agent>", "Get an agent (by id or name)", "sdk: agents", response=SdkAgent,
+        errors=(404,))  # fmt: skip
+def _sdk_get_agent(ctx: _Ctx, req: _Request, agent: str) -> BaseModel:
+    return _sdk_agent(_sdk_agent_row(ctx, agent))
+
+
+@_route("DELETE", f"{SDK}/agents/<agent>", "Delete an agent and its sessions", "sdk: agents", status=204,
+        errors=(404,))  # fmt: skip
+def _sdk_delete_agent(ctx: _Ctx, req: _Request, agent: str) -> None:
+    _remove_agent(ctx, _sdk_agent_row(ctx, agent))
+
+
+@_route("POST", f"{SDK}/agents/<agent>/copy", "Copy an agent (as NAME-copy)", "sdk: agents", body=_EmptyBody,
+        body_required=False, response=SdkAgent, status=201, errors=(404,))  # fmt: skip
+def _sdk_copy_agent(ctx: _Ctx, req: _Request, agent: str) -> BaseModel:
+    m, ts = ctx.store.m, _now_iso()
+    copied = ("description", "system_prompt", "capabilities", "provider_id", "model", "tags", "max_iterations",
+              "require_approval", "client_tools", "initial_files", "display_name")  # fmt: skip
+    with ctx.store.write():
+        source = _sdk_agent_row(ctx, agent)
+        taken = {r.name for r in m.Agent.select(m.Agent.name).where(m.Agent.name.startswith(source.name))}
+        names = (f"{source.name}-copy" + (f"-{i}" if i > 1 else "") for i in itertools.count(1))
+        name = next(n for n in names if n not in taken)
+        row = m.Agent.create(id=_uuid7(), name=name[:MAX_NAME], created_at=ts, updated_at=ts,
+                             **{f: getattr(source, f) for f in copied})  # fmt: skip
+    return _sdk_agent(row)
+
+
+def _sdk_generic_agent(ctx: _Ctx) -> str:
+    """The agent of sessions opened without one (created once: no prompt, no capabilities)."""
+    m = ctx.store.m
+    with ctx.store.write():
+        meta = m.Meta.get_or_none(m.Meta.key == "sdk_generic_agent")
+        if meta is not None and m.Agent.get_or_none(m.Agent.id == meta.value) is not None:
+            return meta.value
+        ts = _now_iso()
+        agent = m.Agent.create(id=_uuid7(), name=SDK_GENERIC_AGENT, description="Sessions opened with no agent.",
+                               system_prompt="", capabilities=[], tags=[], max_iterations=10, created_at=ts,
+                               updated_at=ts)  # fmt: skip
+        m.Meta.insert(key="sdk_generic_agent", value=agent.id).on_conflict(
+            conflict_target=[m.Meta.key], update={m.Meta.value: agent.id}
+        ).execute()
+    return agent.id
+
+
+@_route("POST", f"{SDK}/sessions", "Open a session (with an agent, or the built-in generic one)", "sdk: sessions",
+        body=SdkSessionCreate, response=SdkSession, status=201, errors=(404, 501))  # fmt: skip
+def _sdk_create_session(ctx: _Ctx, req: _Request) -> BaseModel:
+    body = req.body
+    _sdk_harness(body.harness_id, body.harness_name)
+    if body.agent_id is not None:
+        agent = _get(ctx.store.m.Agent, body.agent_id, "agent")
+    elif body.agent_name is not None:
+        agent = _sdk_agent_row(ctx, body.agent_name)
+    else:
+        agent = _get(ctx.store.m.Agent, _sdk_generic_agent(ctx), "agent")
+    capabilities, client_tools = _dedupe([r.ref for r in body.capabilities]), _sdk_tools(body.tools)
+    _check_client_tools(ctx, client_tools, [*agent.capabilities, *capabilities], "tools")
+    fields = {"title": body.title, "tags": body.tags, "model": body.model_id, "capabilities": capabilities,
+              "client_tools": client_tools}  # fmt: skip
+    return _sdk_session(_new_session(ctx, agent.id, fields, [f.model_dump() for f in body.initial_files]))
+
+
+@_route("GET", f"{SDK}/sessions", "List sessions", "sdk: sessions", response=SdkSessionList, query=SdkListQuery)
+def _sdk_list_sessions(ctx: _Ctx, req: _Request) -> BaseModel:
+    m, search = ctx.store.m, (req.query.search or "").lower()
+    rows = m.Session.select().order_by(m.Session.id.desc())
+    if req.query.agent_id:
+        rows = rows.where(m.Session.agent_id == req.query.agent_id)
+    return SdkSessionList(data=[_sdk_session(r) for r in rows if search in (r.title or "").lower()])
+
+
+@_route("GET", f"{SDK}/sessions/<session_id>", "Get a session", "sdk: sessions", response=SdkSession,
+        errors=(404,))  # fmt: skip
+def _sdk_get_session(ctx: _Ctx, req: _Request, session_id: str) -> BaseModel:
+    return _sdk_session(_get(ctx.store.m.Session, session_id, "session"))
+
+
+@_route("DELETE", f"{SDK}/sessions/<session_id>", "Delete a session", "sdk: sessions", status=204, errors=(404,))
+def _sdk_delete_session(ctx: _Ctx, req: _Request, session_id: str) -> None:
+    _remove_session(ctx, _get(ctx.store.m.Session, session_id, "session"))
+
+
+def _open_calls(m: _Models, session_id: str) -> dict[str, dict] | None:
+    """The tool calls (_tool_calls) of the session's unfinished turn; None without one."""
+    turn = m.Turn.get_or_none(m.Turn.session_id == session_id, m.Turn.status.in_((TURN_WAITING, TURN_RUNNING)))
+    return None if turn is None else _tool_calls(m, session_id, turn.id)
+
+
+def _sdk_status(ctx: _Ctx, session_id: str) -> str:
+    """The session's status once what was just answered takes effect: a turn none of whose
+    calls waits any more is active (its worker may not have picked it up yet)."""
+    m = ctx.store.m
+    session, calls = _get(m.Session, session_id, "session"), _open_calls(m, session_id)
+    if calls is None:
+        return SDK_STATUSES[session.status]
+    waiting = any(c["state"] in ("approval", "client") for c in calls.values())
+    return "waitingfortoolresults" if waiting else "active"
+
+
+def _sdk_cancel(ctx: _Ctx, session_id: str) -> SdkCancelled:
+    _need_session(ctx.store.m, session_id)
+    if ctx.scheduler.cancel(session_id) is None:
+        return SdkCancelled(status="no_op", message="No turn was running")
+    return SdkCancelled(status="cancelled", message="Turn cancelled")
+
+
+@_route("POST", f"{SDK}/sessions/<session_id>/cancel", "Cancel the running turn", "sdk: sessions", body=_EmptyBody,
+        body_required=False, response=SdkCancelled, errors=(404,))  # fmt: skip
+def _sdk_cancel_session(ctx: _Ctx, req: _Request, session_id: str) -> BaseModel:
+    return _sdk_cancel(ctx, session_id)
+
+
+def _sdk_post_message(ctx: _Ctx, req: _Request, session_id: str) -> Any:
+    body = req.body
+    parts = [{"type": "text", "text": p.text} for p in body.message.content]
+    controls = {"model": body.controls.model_id} if body.controls and body.controls.model_id else None
+    status, message = _user_message(ctx, session_id, parts, controls, _idempotency_key(req))
+    return status, SdkMessage(**_sdk_message(message))
+
+
+@_route("POST", f"{SDK}/sessions/<session_id>/messages", "Post a user message (the turn runs in the background)",
+        "sdk: messages", body=SdkMessageCreate, response=SdkMessage, status=201, also=(200,),
+        headers=(_IDEMPOTENCY,), errors=(404, 409))  # fmt: skip
+def _sdk_create_message(ctx: _Ctx, req: _Request, session_id: str) -> Any:
+    return _sdk_post_message(ctx, req, session_id)
+
+
+@_route("GET", f"{SDK}/sessions/<session_id>/messages", "List a session's messages", "sdk: messages",
+        response=SdkMessageList, errors=(404,))  # fmt: skip
+def _sdk_list_messages(ctx: _Ctx, req: _Request, session_id: str) -> BaseModel:
+    m = ctx.store.m
+    _need_session(m, session_id)
+    rows = m.Message.select().where(m.Message.session_id == session_id).order_by(pw.SQL(CONVERSATION_ORDER))
+    return SdkMessageList(data=[_sdk_message(_message_out(r).model_dump()) for r in rows])
+
+
+@_route("POST", f"{SDK}/sessions/<session_id>/tool-results", "Post client tools' results", "sdk: messages",
+        body=SdkToolResults, response=SdkAccepted, errors=(404, 409, 413))  # fmt: skip
+def _sdk_tool_results(ctx: _Ctx, req: _Request, session_id: str) -> BaseModel:
+    """All or nothing: a result that cannot be taken (404, 409) fails before any is stored."""
+    m, posted = ctx.store.m, req.body.tool_results
+    if len({p.tool_call_id for p in posted}) < len(posted):
+        raise _invalid(["tool_results"], "names a tool call twice")
+    _need_session(m, session_id)
+    calls = _open_calls(m, session_id) or {}
+    waiting = {i for i, call in calls.items() if call["state"] == "client"}
+    for one in sorted(posted, key=lambda p: p.tool_call_id in waiting):  # the ones that fail first
+        result = one.result if one.error is None else {"error": one.error}
+        try:
+            _client_result(ctx, session_id, one.tool_call_id, result, one.error is not None)
+        except _Conflict:
+            status = SDK_STATUSES[_get(m.Session, session_id, "session").status]
+            raise _Conflict(SDK_NOT_WAITING.format(status=status)) from None
+    return SdkAccepted(accepted=len(req.body.tool_results), status=_sdk_status(ctx, session_id))
+
+
+@_route("GET", f"{SDK}/capabilities", "List capabilities", "sdk: capabilities", response=SdkCapabilityList)
+def _sdk_list_capabilities(ctx: _Ctx, req: _Request) -> BaseModel:
+    return SdkCapabilityList(data=[_sdk_capability(c) for c in ctx.capabilities.values()])
+
+
+def _sdk_capability(capability: Any) -> SdkCapability:
+    out = _capability_out(capability)
+    return SdkCapability(id=out.id, name=out.name, description=out.description, status=out.status,
+                         category=out.category, system_prompt=out.system_prompt, tool_definitions=out.tools,
+                         is_mcp=out.category == "mcp")  # fmt: skip
+
+
+@_route("GET", f"{SDK}/capabilities/<capability_id>", "Get a capability", "sdk: capabilities",
+        response=SdkCapability, errors=(404,))  # fmt: skip
+def _sdk_get_capability(ctx: _Ctx, req: _Request, capability_id: str) -> BaseModel:
+    if capability_id not in ctx.capabilities:
+        raise _NotFound(f"capability {capability_id} not found")
+    return _sdk_capability(ctx.capabilities[capability_id])
+
+
+@_route("GET", f"{SDK}/sessions/<session_id>/events", "List a session's events", "sdk: events",
+        response=SdkEventList, query=SdkEventsQuery, errors=(404,))  # fmt: skip
+def _sdk_list_events(ctx: _Ctx, req: _Request, session_id: str) -> BaseModel:
+    _need_session(ctx.store.m, session_id)
+    return _sdk_events(ctx, session_id, req.query)
+
+
+@_route("GET", f"{SDK}/sessions/<session_id>/sse", "Stream a session's events (SSE; never ends by itself)",
+        "sdk: events", query=SdkEventsQuery, errors=(404,), stream=True, raw=True)  # fmt: skip
+def _sdk_events_stream(ctx: _Ctx, req: _Request, session_id: str) -> bottle.HTTPResponse:
+    return _sdk_stream(ctx, session_id, req.query)
+
+
+# ---- channels: the SDK's AgentClient, one agent behind a URL -------------------------
+
+CHANNEL = f"{SDK}/channels/<agent_id>"
+
+
+def _channel_session(ctx: _Ctx, agent_id: str, session_id: str) -> Any:
+    """A session of the channel's agent; 404 for any other."""
+    m = ctx.store.m
+    row = m.Session.get_or_none(m.Session.id == session_id, m.Session.agent_id == agent_id)
+    if row is None:
+        raise _NotFound(f"session {session_id} not found in this channel")
+    return row
+
+
+@_route("GET", CHANNEL, "The channel's card: its agent", "sdk: channels", response=SdkChannelCard, errors=(404,))
+def _channel_card(ctx: _Ctx, req: _Request, agent_id: str) -> BaseModel:
+    agent = _get(ctx.store.m.Agent, agent_id, "agent")
+    return SdkChannelCard(id=agent.id, name=agent.display_name or agent.name, description=agent.description,
+                          accepted_input=["text"], credentials=[], conversation_starters=[])  # fmt: skip
+
+
+@_route("POST", f"{CHANNEL}/sessions", "Open a session with the channel's agent", "sdk: channels",
+        body=SessionCreate, body_required=False, response=SdkSession, status=201, errors=(404,))  # fmt: skip
+def _channel_create_session(ctx: _Ctx, req: _Request, agent_id: str) -> BaseModel:
+    return _sdk_session(_new_session(ctx, agent_id, req.body.model_dump()))
+
+
+@_route("GET", f"{CHANNEL}/sessions", "List the channel's sessions", "sdk: channels",
+        response=SdkChannelSessionList, errors=(404,))  # fmt: skip
+def _channel_sessions(ctx: _Ctx, req: _Request, agent_id: str) -> BaseModel:
+    m = ctx.store.m
+    _get(m.Agent, agent_id, "agent")
+    rows = m.Session.select().where(m.Session.agent_id == agent_id).order_by(m.Session.id.desc())
+    return SdkChannelSessionList(data=[_sdk_session(r) for r in rows], next_page_token=None)
+
+
+@_route("GET", f"{CHANNEL}/sessions/<session_id>", "Get a session of the channel, with its pending approvals",
+        "sdk: channels", response=SdkChannelSession, errors=(404,))  # fmt: skip
+def _channel_session_get(ctx: _Ctx, req: _Request, agent_id: str, session_id: str) -> BaseModel:
+    m, row = ctx.store.m, _channel_session(ctx, agent_id, session_id)
+    calls = (_open_calls(m, session_id) or {}).values()
+    pending = [ToolCallInfo(**c["call"]) for c in calls if c["state"] == "approval"]
+    return _sdk_session(row, SdkChannelSession, pending_approvals=pending, pending_questions=[])
+
+
+@_route("POST", f"{CHANNEL}/sessions/<session_id>/messages", "Post a user message", "sdk: channels",
+        body=SdkMessageCreate, response=SdkMessage, status=201, also=(200,), headers=(_IDEMPOTENCY,),
+        errors=(404, 409))  # fmt: skip
+def _channel_message(ctx: _Ctx, req: _Request, agent_id: str, session_id: str) -> Any:
+    _channel_session(ctx, agent_id, session_id)
+    return _sdk_post_message(ctx, req, session_id)
+
+
+@_route("POST", f"{CHANNEL}/sessions/<session_id>/cancel", "Cancel the running turn", "sdk: channels",
+        body=_EmptyBody, body_required=False, response=SdkCancelled, errors=(404,))  # fmt: skip
+def _channel_cancel(ctx: _Ctx, req: _Request, agent_id: str, session_id: str) -> BaseModel:
+    _channel_session(ctx, agent_id, session_id)
+    return _sdk_cancel(ctx, session_id)
+
+
+@_route("GET", f"{CHANNEL}/sessions/<session_id>/events", "List a session's events", "sdk: channels",
+        response=SdkEventList, query=SdkEventsQuery, errors=(404,))  # fmt: skip
+def _channel_events(ctx: _Ctx, req: _Request, agent_id: str, session_id: str) -> BaseModel:
+    _channel_session(ctx, agent_id, session_id)
+    return _sdk_events(ctx, session_id, req.query)
+
+
+@_route("GET", f"{CHANNEL}/sessions/<session_id>/sse", "Stream a session's events (SSE)", "sdk: channels",
+        query=SdkEventsQuery, errors=(404,), stream=True, raw=True)  # fmt: skip
+def _channel_stream(ctx: _Ctx, req: _Request, agent_id: str, session_id: str) -> bottle.HTTPResponse:
+    _channel_session(ctx, agent_id, session_id)
+    return _sdk_stream(ctx, session_id, req.query)
+
+
+@_route("POST", f"{CHANNEL}/sessions/<session_id>/tool-approvals", "Approve or deny calls that wait for a person",
+        "sdk: channels", body=SdkApprovals, response=SdkAccepted, errors=(404, 409))  # fmt: skip
+def _channel_approvals(ctx: _Ctx, req: _Request, agent_id: str, session_id: str) -> BaseModel:
+    _channel_session(ctx, agent_id, session_id)
+    for decision in req.body.decisions:
+        _decide(ctx, session_id, decision.tool_call_id, decision.approved, decision.reason)
+    return SdkAccepted(accepted=len(req.body.decisions), status=_sdk_status(ctx, session_id))
+
+
+# What the SDKs offer that this server does not have: 501 naming the feature (the SDK
+# would retry a 404 forever on some routes; nothing here is a 500 either).
+SDK_MISSING = {
+    "harnesses (only the built-in generic one is here)": ["/harnesses", "/harnesses/<rest:path>",
+                                                          "/harness-examples"],
+    "the model catalogue (see /v1/llm-providers)": ["/models", "/models/<rest:path>"],
+    "budgets": ["/budgets", "/budgets/<rest:path>", "/sessions/<session_id>/budgets",
+                "/sessions/<session_id>/budget-check", "/sessions/<session_id>/resume"],
+    "workspaces": ["/workspaces", "/workspaces/<rest:path>"],
+    "memories": ["/memories", "/memories/<rest:path>"],
+    "connections": ["/user/connections", "/user/connections/<rest:path>"],
+    "agent versions": ["/agents/<agent_id>/versions", "/agents/<agent_id>/versions/<rest:path>"],
+    "agent health checks": ["/agents/<agent_id>/health-checks", "/agents/<agent_id>/health-checks/<rest:path>"],
+    "agent statistics": ["/agents/<agent_id>/stats"],
+    "agent import, export and analysis": ["/agents/import", "/agents/analyze", "/agents/<agent_id>/export"],
+    "pinned sessions": ["/sessions/<session_id>/pin"],
+    "session secrets": ["/sessions/<session_id>/storage/secrets"],
+    "session export through the SDK (see GET /v1/sessions/{id}/export)": ["/sessions/<session_id>/export"],
+    "guardrails": ["/capabilities/guardrails/<rest:path>"],
+    "questions to people": ["/channels/<agent_id>/sessions/<session_id>/question-answers"],
+    "runtime tokens": ["/channels/<agent_id>/runtime-auth"],
+}  # fmt: skip
+
+
+def _sdk_missing(feature: str) -> Callable[..., Any]:
+    def missing(ctx: _Ctx, req: _Request, **params: str) -> None:
+        raise _NotImplemented(f"{feature}: not available on this server")
+
+    return missing
+
+
+def _register_missing() -> None:
+    """A 501 route for every method of every path of SDK_MISSING (its body is never read)."""
+    for feature, paths in SDK_MISSING.items():
+        for path, method in itertools.product(paths, ("GET", "POST", "PUT", "PATCH", "DELETE")):
+            _route(method, SDK + path, f"Not here: {feature}", "sdk", in_schema=False, read_body=False)(
+                _sdk_missing(feature)
+            )
+
+
+_register_missing()
+
+
 # =============================================================================
 # 13. OpenAPI and docs
 # =============================================================================
@@ -7147,6 +8172,7 @@ _PATH_PARAMETERS = {
     "tool_call_id": {"type": "string", "maxLength": MAX_NAME, "description": "The id the model gave the call."},
     "server_id": {"type": "string", "maxLength": MAX_NAME, "description": "A UUID, or config-NAME for --mcp-config's."},
     "path": {"type": "string", "pattern": r"^[^\\\x00-\x1f]+$", "maxLength": MAX_PATH},
+    "agent": {"type": "string", "maxLength": MAX_NAME, "description": "An agent's id, or its name (the newest)."},
 }
 
 
@@ -7187,7 +8213,7 @@ def _error_statuses(spec: _Route, auth: bool) -> list[int]:
         statuses |= {415, 507}
     if spec.body is not None:
         statuses |= {413, 415}
-    if auth and spec.path.startswith("/v1/"):
+    if auth and _is_api(spec.path):
         statuses.add(401)
     if not auth:
         statuses.add(403)  # a foreign Host (see _Guard)
@@ -7219,7 +8245,10 @@ def _operation(spec: _Route, refs: dict, auth: bool) -> dict:
             "content": {"application/json": {"schema": refs[(_model(spec.body), "validation")]}},
         }
     for status in (spec.status, *spec.also):
-        if spec.response is None:
+        if spec.response is None and spec.stream:  # a stream and nothing else
+            content = {"text/event-stream": {"schema": {"type": "string", "description": "Server-Sent Events"}}}
+            op["responses"][str(status)] = {"description": spec.summary, "content": content}
+        elif spec.response is None:
             op["responses"][str(status)] = {"description": "No content"}
         else:
             content = {"application/json": {"schema": refs[(_model(spec.response), "serialization")]}}
@@ -7232,7 +8261,7 @@ def _operation(spec: _Route, refs: dict, auth: bool) -> dict:
             "description": ERROR_CODES[status],
             "content": {"application/json": {"schema": error_ref}},
         }
-    if auth and spec.path.startswith("/v1/"):
+    if auth and _is_api(spec.path):
         op["security"] = [{"bearer": []}]
     return op
 

@@ -257,8 +257,8 @@ def http(method, url, body=None, headers=None, timeout=10):
 class Server:
     """`python everruns.py` in a child process on a free 127.0.0.1 port."""
 
-    def __init__(self, db, *args, env=None):
-        self.port = free_port()
+    def __init__(self, db, *args, env=None, port=None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         clean = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("EVERRUNS_")}
         self.log = tempfile.TemporaryFile("w+")  # the server's output
@@ -299,8 +299,8 @@ def start_server(tmp_path):
     """Start real servers; every one still running is killed after the test."""
     servers = []
 
-    def start(db=None, *args, env=None):
-        server = Server(db or str(tmp_path / "server.db"), *args, env=env)
+    def start(db=None, *args, env=None, port=None):
+        server = Server(db or str(tmp_path / "server.db"), *args, env=env, port=port)
         servers.append(server)
         return server
 
@@ -441,7 +441,8 @@ class Upstream:
         self.server.start()
 
     def reply(self, status=200, body=(), headers=None, hang=0.0, drop=False):
-        """Script the next answer: body pieces are bytes; `drop` cuts the connection after them."""
+        """Script the next answer: body pieces are bytes, or events to wait for; `drop` cuts
+        the connection after them."""
         self.replies.append(
             {"status": status, "body": list(body), "headers": headers or {}, "hang": hang, "drop": drop}
         )
@@ -467,6 +468,9 @@ class Upstream:
 
         def body():
             for piece in script["body"]:
+                if hasattr(piece, "wait"):  # a gate (gevent.event.Event): the rest once the test sets it
+                    piece.wait(30)
+                    continue
                 yield piece
                 gevent.sleep(0)
             if script["drop"]:

@@ -1,4 +1,5 @@
-"""API key auth (SPEC section 8): every /v1 request needs the key, compared in constant time."""
+"""API key auth (SPEC section 8): every request of both surfaces (/v1, /api/v1) needs the key, in any
+form the SDKs send it, compared in constant time."""
 
 import pytest
 import webtest
@@ -20,6 +21,7 @@ def secured(make_app):
 def concrete(path):
     return (path.replace("{capability_id}", "noop").replace("{path}", "a.txt")
             .replace("{provider_id}", everruns._uuid7()).replace("{agent_id}", everruns._uuid7())
+            .replace("{agent}", "a")
             .replace("{session_id}", everruns._uuid7()))  # fmt: skip
 
 
@@ -29,10 +31,13 @@ def every_operation(client):
 
 
 @pytest.mark.parametrize("label", sorted(WRONG))
-def test_every_v1_route_and_an_unknown_one_needs_the_key(secured, label):
-    operations = [op for op in every_operation(secured) if op[1].startswith("/v1/")]
-    assert len(operations) >= 25
-    for method, path in [*operations, ("GET", "/v1/no-such-route"), ("DELETE", "/v1/agents"), ("GET", "/v1")]:
+def test_every_route_of_both_surfaces_and_an_unknown_one_needs_the_key(secured, label):
+    operations = [op for op in every_operation(secured) if op[1].startswith(("/v1/", "/api/v1/"))]
+    assert sum(path.startswith("/v1/") for _, path in operations) >= 25
+    assert sum(path.startswith("/api/v1/") for _, path in operations) >= 25
+    unknown = [("GET", "/v1/no-such-route"), ("DELETE", "/v1/agents"), ("GET", "/v1"), ("GET", "/api/v1/nothing"),
+               ("GET", "/api/v1/harnesses"), ("POST", "/api/v1/budgets")]  # fmt: skip
+    for method, path in [*operations, *unknown]:
         response = secured.request(path, method=method, headers=WRONG[label], status="*")
         error = error_of(response, 401, "UNAUTHORIZED")
         assert response.headers["WWW-Authenticate"] == "Bearer"
@@ -43,6 +48,17 @@ def test_the_right_key_opens_every_route(secured):
     for method, path in every_operation(secured):
         status = secured.request(path, method=method, headers={"Authorization": f"Bearer {KEY}"}, status="*").status_int
         assert status != 401, (method, path)
+
+
+@pytest.mark.parametrize("form", ["Bearer {}", "bearer {}", "ApiKey {}", "{}"], ids=["bearer", "low", "apikey", "bare"])
+def test_the_key_in_each_form_the_sdks_send_opens_both_surfaces(secured, form):
+    auth = {"Authorization": form.format(KEY)}
+    assert secured.get("/v1/agents", headers=auth).json["data"] == []
+    agent = secured.post_json("/api/v1/agents", {"name": "a", "system_prompt": ""}, headers=auth, status=201).json
+    assert secured.get(f"/api/v1/channels/{agent['id']}", headers=auth).json["id"] == agent["id"]
+    wrong = {"Authorization": form.format("server-key-0123456780")}
+    for path in ("/v1/agents", "/api/v1/agents"):
+        error_of(secured.get(path, headers=wrong, status=401), 401, "UNAUTHORIZED")
 
 
 def test_health_and_docs_stay_open(secured):

@@ -4,10 +4,14 @@ A fixed seed and a bounded number of examples keep the runs repeatable and
 short. Operations whose body may name a provider accept a 400 for schema-valid
 data: a random provider id is well-formed but does not exist (SPEC: 400), and
 provider settings depend on the provider's type, which the path does not show;
-a file path may climb out of the root with "..", which no pattern can rule out;
+a file path may climb out of the root with "..", which no pattern can rule out
+(a starter file's of /api/v1 too, where a capability ref or a client tool's name
+may also name what does not exist or clash);
 a text with the NUL character is refused (400) wherever it is, a tool result's
 arbitrary JSON included; a header name must be a token, which a schema of a
-map's keys does not make the fuzzer respect.
+map's keys does not make the fuzzer respect. Data that breaks the schema may be refused
+for the length of its request line (414) before its values are read. On /api/v1, a harness other than the
+built-in `generic` is 501 NOT_IMPLEMENTED by design (SPEC section 13), not a server error.
 
 Two runs, so that no request ever leaves 127.0.0.1: providers and MCP
 servers created with fuzzed URLs are never called (that run posts no
@@ -21,16 +25,29 @@ import sys
 import pytest
 
 CONFIG = """
+checks.negative_data_rejection.expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "414", "415",
+                                                    "422", "428", "429"]
+
 [[operations]]
 include-operation-id = ["create_agent", "update_agent", "create_session", "update_session",
                         "post_message", "update_provider", "fs_get", "fs_put", "fs_delete",
-                        "decide_tool_call", "post_tool_result", "create_mcp_server", "update_mcp_server"]
+                        "decide_tool_call", "post_tool_result", "create_mcp_server", "update_mcp_server",
+                        "sdk_create_message", "sdk_tool_results", "channel_create_session", "channel_message",
+                        "channel_approvals"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409"]
+
+[[operations]]
+include-operation-id = ["sdk_put_agent", "sdk_create_session"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409", "501"]
+checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "501"]
 """
 
 # Providers and MCP servers take URLs: fuzzed ones are written only in a run that never
-# calls them (no message posted, no model or capability listed); the SSE route would hang.
-PROVIDER_WRITES = "^(create_provider|update_provider|create_mcp_server|update_mcp_server|events)$"
+# calls them (no message posted, no model or capability listed); the SSE routes would hang
+# (the SDKs' never end by themselves).
+PROVIDER_WRITES = (
+    "^(create_provider|update_provider|create_mcp_server|update_mcp_server|events|sdk_events_stream|channel_stream)$"
+)
 PROVIDERS_ONLY = (
     "^(create_provider|update_provider|get_provider|list_providers|delete_provider"
     "|create_mcp_server|update_mcp_server|get_mcp_server|list_mcp_servers|delete_mcp_server)$"
