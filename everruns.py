@@ -8760,6 +8760,8 @@ def _check_bind(host: str, api_key: str | None, insecure: bool) -> None:
 
 DRAIN_BYTES = 64 * 1024  # a refused body up to this size is read and dropped: the connection stays open
 DRAIN_S_MAX = 5.0  # and it has this long to arrive (or --request-timeout, if shorter)
+LINGER_S = 2.0  # a connection closed with part of a body unread drops what still comes this long,
+LINGER_BYTES = 16 * 1024 * 1024  # up to this much, so that its client reads the answer (see _Handler._linger)
 
 
 def _raw_error(error: EverrunsError, *headers: tuple[str, str]) -> bytes:
@@ -8936,6 +8938,23 @@ class _Handler(gevent.pywsgi.WSGIHandler):
         body = self.wsgi_input
         if body.chunked_input or body.position < (body.content_length or 0):
             self.close_connection = True  # the rest of the body was not read
+            self._linger()
+
+    def _linger(self) -> None:
+        """Before closing a connection whose client may still be sending: end the answer
+        (FIN) and drop what arrives, for a bounded time and size. Closed at once, the
+        unread bytes would reset the connection, and with it the answer the client has
+        not read yet (a 413 lost to a client still sending). The connection may be
+        replaced meanwhile, like an idle one, when the server is at its cap."""
+        self.server.connections.waiting(True)
+        try:
+            self.socket.shutdown(socket.SHUT_WR)
+            left = LINGER_BYTES
+            with gevent.Timeout(LINGER_S, False):
+                while left > 0 and (data := self.socket.recv(65536)):
+                    left -= len(data)
+        except OSError:
+            pass
 
     def _send_error_response_if_possible(self, error_code: int) -> None:
         """pywsgi's late 400/500, in the envelope."""
