@@ -417,6 +417,20 @@ class SSEStream:
 CANARY_KEY = "sk-canary-ZZ9-plural-Z-alpha-0042"
 
 
+def chunk(delta=None, finish_reason=None, usage=None):
+    """One `chat.completion.chunk` as OpenAI streams it."""
+    body = {"id": "chatcmpl-AbC123", "object": "chat.completion.chunk", "created": 1730000000,
+            "model": "gpt-4o-mini-2024-07-18", "system_fingerprint": "fp_0ba0d124f1"}  # fmt: skip
+    if usage is not None:
+        body.update(choices=[], usage=usage)
+    else:
+        body["choices"] = [{"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish_reason}]
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
 class Upstream:
     """An LLM provider stand-in on 127.0.0.1: it records each request and
     answers with the next scripted reply (status, headers, body pieces)."""

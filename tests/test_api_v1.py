@@ -5,13 +5,11 @@ batch tool results, what is not here (501), over the same data as /v1."""
 import gevent
 import gevent.event
 import pytest
-from conftest import CANARY_KEY, SSEStream, error_of, finish, wait_until
-from hostile import chunk
+from conftest import CANARY_KEY, DONE, SSEStream, chunk, error_of, finish, wait_until
 
 import everruns
 
 SDK = "/api/v1"
-DONE = b"data: [DONE]\n\n"
 ENDS = ("turn.completed", "turn.failed", "turn.cancelled")
 
 

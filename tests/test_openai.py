@@ -1,22 +1,6 @@
 """The OpenAI-compatible adapter against a stand-in speaking Chat Completions streaming."""
 
-import json
-
-from conftest import CANARY_KEY, finish, remote_session
-
-
-def chunk(delta=None, finish_reason=None, usage=None):
-    """One `chat.completion.chunk` as OpenAI streams it."""
-    body = {"id": "chatcmpl-AbC123", "object": "chat.completion.chunk", "created": 1730000000,
-            "model": "gpt-4o-mini-2024-07-18", "system_fingerprint": "fp_0ba0d124f1"}  # fmt: skip
-    if usage is not None:
-        body.update(choices=[], usage=usage)
-    else:
-        body["choices"] = [{"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish_reason}]
-    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
-
-
-DONE = b"data: [DONE]\n\n"
+from conftest import CANARY_KEY, DONE, chunk, finish, remote_session
 
 
 def usage(prompt, completion):
