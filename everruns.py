@@ -21,12 +21,14 @@ defined above it. Each starts with a banner ``# N. Name`` between two rules
   6. Storage         the tables (SQLite or PostgreSQL), migrations, keys at rest,
                      the one write path (_Store.write: a group commit), database
                      faults (503, 507); ---- the per-turn hot path (_SQL)
-  7. Event bus       commit, then publish (_Journal, _Tx.emit); bounded queues
+  7. Event bus       commit, then publish (_Journal, _Tx.emit); bounded queues;
+                     the app's hooks (_Hooks: @app.on)
   8. Providers       the adapter interface; ---- HTTP for the remote providers
                      (every read bounded: _Clock); OpenAI; Anthropic; ---- the
                      built-in simulator; ADAPTERS
   9. Capabilities    _Tool and _Capability; the built-in tools; ---- the session
-                     file system; ---- web fetch; CAPABILITIES filled
+                     file system; ---- web fetch; CAPABILITIES filled; ---- Python
+                     functions as tools (app.tool, everruns.tool: an app's own)
  10. MCP client      stdio, Streamable HTTP and HTTP+SSE; _McpServer (the
                      capability mcp:NAME); the --mcp-config file
  11. Turn engine     the states of a turn and a session, and the signals (two
@@ -44,17 +46,20 @@ defined above it. Each starts with a banner ``# N. Name`` between two rules
  13. OpenAPI, docs   the document built from _ROUTES and the schemas; Swagger UI
  14. Several processes  on one PostgreSQL database: leases, the notifications
                      (a table of their kinds), _Cluster
- 15. App factory     create_app (the one place that wires everything), the HTTP
+ 15. In-process client  app.client: the routes' handlers called without HTTP
+                     (_call), resources, session handles (send, stream, ask, ...)
+ 16. App factory     create_app (the one place that wires everything), the HTTP
                      server (deadlines, strict framing, a connection cap), serve
- 16. Console         the web page: its HTML, CSS and JavaScript, a route each
- 17. CLI             main(): `serve` (the default) and `chat`
+ 17. Console         the web page: its HTML, CSS and JavaScript, a route each
+ 18. CLI             main(): `serve` (the default) and `chat`
 
 THE REGISTRIES: plain tables; a new thing is one entry.
 
   SETTINGS (2)                        every option: flag, environment variable,
                                       default, help (argparse and the README)
   CAPABILITIES (2, 9)                 the built-in capabilities; an app's own
-                                      (MCP servers) sit over them (_Ctx.capabilities)
+                                      (MCP servers, then its Python tools) sit over
+                                      them (_Ctx.capabilities, a ChainMap)
   PROVIDER_KINDS (5), ADAPTERS (8)    a provider type: its schemas, its adapter
   EVENTS (5)                          an event type: the model of its data
   _MIGRATIONS (6)                     the schema: a list of statements per version
@@ -62,11 +67,16 @@ THE REGISTRIES: plain tables; a new thing is one entry.
   _SDK_TRANSLATIONS (12)              an event type as the official SDKs name it
   SDK_MISSING (12)                    what the SDKs offer and this server has not:
                                       a 501 naming the feature
+  app.tool, app.capability (9, 12)    an app's Python tools, in its registry's
+                                      `python` map (never CAPABILITIES)
+  app.on (7, 12)                      an app's hooks by event type (_Hooks)
 
 RECIPES: where to change what, in order.
 
-  A tool. Its argument model (an _In: reuse one when the arguments match, as
-    the math tools share _MathArgs) and its function ``run(args, tctx) ->
+  A tool. An embedding program's: a Python function under @app.tool (section
+    9's last sub-section makes it a _Tool; README "Embedding"). A built-in one:
+    its argument model (an _In: reuse one when the arguments match, as the math
+    tools share _MathArgs) and its function ``run(args, tctx) ->
     result`` in section 9: return JSON (a dict; the math tools answer
     {"result": n}), raise ToolFailed for an error result (any other exception
     is "failed with an internal error"); a _Tool in its capability's tools (in
@@ -83,7 +93,7 @@ RECIPES: where to change what, in order.
     emit site: ``with ctx.journal.tx(session_id) as tx: tx.emit("x.y", data,
     turn_id)`` (7; turn_id None outside a turn; a ctx.store.write() inside it
     is part of it). The OpenAPI document, ?types= and the JSON listing follow
-    EVENTS by themselves; the console (16) and the chat (17) skip a type they
+    EVENTS by themselves; the console (17) and the chat (18) skip a type they
     do not know: add a branch where people should see it, and a README line.
     Every test app checks every event against its model (--check-events).
     Tests: tests/test_events.py (``?format=json`` lists them; conftest's
@@ -158,10 +168,12 @@ __all__ = [
     "Setting",
     "StartupError",
     "ToolFailed",
+    "TurnFailed",
     "create_app",
     "main",
     "serve",
     "settings_table",
+    "tool",
 ]
 
 # =============================================================================
@@ -178,6 +190,7 @@ import functools
 import hashlib
 import hmac
 import html
+import inspect
 import ipaddress
 import itertools
 import json
@@ -204,6 +217,8 @@ import gevent.pool
 import gevent.pywsgi
 import gevent.queue
 import peewee as pw
+import pydantic
+import pydantic_core
 from playhouse.pool import PooledSqliteDatabase
 from pydantic import (
     AfterValidator,
@@ -562,6 +577,13 @@ def _since(iso: str) -> int:
     return max(0, int((datetime.datetime.now(datetime.timezone.utc) - then).total_seconds() * 1000))
 
 
+def _os_thread() -> int:
+    """The OS thread's id (threading.get_ident is the greenlet's once gevent patched it)."""
+    from gevent import monkey
+
+    return monkey.get_original("threading", "get_ident")()
+
+
 def _now_iso() -> str:
     """The current UTC time as ISO 8601 with milliseconds and a Z."""
     ms = time.time_ns() // 1_000_000
@@ -702,9 +724,20 @@ class ProviderError(EverrunsError):
 
 
 class ToolFailed(EverrunsError):
-    """A tool's own failure; it becomes a result with is_error true."""
+    """A tool's own failure; it becomes a result with is_error true (a Python tool may raise
+    it: its message is the whole error the model sees)."""
 
     code = "TOOL_FAILED"
+
+
+class TurnFailed(EverrunsError):
+    """A turn that ended without its answer: failed, with the turn's error code (a turn's own
+    work raises it to end failed, as MAX_ITERATIONS), or cancelled (code CANCELLED). The
+    in-process client's ask() raises it."""
+
+    def __init__(self, code: str, message: str, *, turn_id: str | None = None, turn_status: str = "failed") -> None:
+        super().__init__(message, code=code)
+        self.turn_id, self.turn_status = turn_id, turn_status
 
 
 _ServiceUnavailable = _error_class("_ServiceUnavailable", 503)
@@ -1312,7 +1345,8 @@ class ToolResultPost(_In):
 
 
 class Capability(_Out):
-    """A capability: tools plus system-prompt text (built in, or an MCP server's tools)."""
+    """A capability: tools plus system-prompt text (built in, an MCP server's tools, or the
+    Python functions of the program that embeds the server: category python)."""
 
     id: str
     name: str
@@ -3086,6 +3120,84 @@ class _Tx:
         return event
 
 
+HOOK_QUEUE_LIMIT = 10_000  # events of one session waiting for its hooks; past it, new ones are skipped (logged)
+HOOK_SLOW_S = 1.0  # a hook call longer than this is logged
+HOOKS_GRACE_S = 5.0  # how long a closing app waits for its hooks to finish what is queued
+
+
+class _Hooks:
+    """An app's Python hooks (SPEC 14): functions called with each stored event after its
+    commit. Each session has a greenlet of its own while it has events waiting, which calls
+    them one event at a time in seq order; a hook that raises or is slow is logged, and
+    delays nothing but the later events of its own session."""
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self.by_type: dict[str, list[Callable[[Any], Any]]] = {}  # "*": every type
+        self.release = release  # a hook may read the database: its greenlet's connection goes back
+        self._waiting: dict[str, collections.deque] = {}
+        self._workers: dict[str, Any] = {}
+
+    def add(self, type_: str, hook: Callable[[Any], Any]) -> None:
+        if type_ != "*" and type_ not in EVENTS:
+            raise ValueError(f"unknown event type {type_!r} (everruns.EVENTS lists them; '*' is every type)")
+        if type_ == "message.delta":
+            raise ValueError("message.delta is never stored, so no hook sees it (stream the session to read it)")
+        if not callable(hook):
+            raise TypeError(f"a hook must be callable, not {type(hook).__name__}")
+        self.by_type.setdefault(type_, []).append(hook)
+
+    def offer(self, session_id: str, events: list[tuple[dict, str]]) -> None:
+        """A commit's events (each with its JSON text): queued for the session's hooks."""
+        wanted = [text for event, text in events if event["type"] in self.by_type or "*" in self.by_type]
+        if not wanted:
+            return
+        queue = self._waiting.setdefault(session_id, collections.deque())
+        room = HOOK_QUEUE_LIMIT - len(queue)
+        if len(wanted) > room:
+            _log.warning("hooks: session %s has %d events waiting; %d skipped", session_id, len(queue),
+                         len(wanted) - max(room, 0))  # fmt: skip
+        queue.extend(wanted[: max(room, 0)])
+        if session_id not in self._workers:
+            self._workers[session_id] = gevent.spawn(self._drain, session_id)
+
+    def _drain(self, session_id: str) -> None:
+        queue = self._waiting[session_id]
+        try:
+            while queue:
+                text = queue.popleft()
+                try:
+                    event = Event.model_validate_json(text).root
+                except ValidationError:  # stored by an older version, say: its hooks are skipped, not the rest
+                    _log.exception("hooks: an event of session %s cannot be read: %.200s", session_id, text)
+                    continue
+                for hook in [*self.by_type.get(event.type, ()), *self.by_type.get("*", ())]:
+                    self._call(hook, event)
+        finally:
+            del self._workers[session_id]
+            if queue:  # killed (the app closes): what is left is dropped
+                queue.clear()
+            del self._waiting[session_id]
+
+    def _call(self, hook: Callable[[Any], Any], event: Any) -> None:
+        started = time.monotonic()
+        name = getattr(hook, "__qualname__", repr(hook))
+        try:
+            hook(event)
+        except Exception:
+            _log.exception("hook %s failed on %s (seq %s of session %s)", name, event.type, event.seq, event.session_id)
+        finally:
+            self.release()
+        took = time.monotonic() - started
+        if took > HOOK_SLOW_S:
+            _log.warning("hook %s took %.1f s on %s (seq %s of session %s)", name, took, event.type, event.seq,
+                         event.session_id)  # fmt: skip
+
+    def close(self, grace: float) -> None:
+        """Let the hooks finish what is queued for up to `grace` seconds, then stop them."""
+        gevent.joinall(list(self._workers.values()), timeout=grace)
+        gevent.killall(list(self._workers.values()), _Stop, timeout=5)
+
+
 class _Lost(BaseException):
     """A turn's write found the turn no longer this process's to write (another process
     closed it, or its session was deleted): the turn stops without writing."""
@@ -3103,6 +3215,7 @@ class _Journal:
 
     def __init__(self, store: _Store, bus: _Bus, check_events: bool = False) -> None:
         self.store, self.bus = store, bus
+        self.hooks = _Hooks(store.release)  # the app's Python hooks: events stored here (not by other processes)
         self._pending: dict[str, int] = {}  # the last seq written by a group not yet committed
         self.mismatches: list[str] = []  # with check_events: events whose data their model does not describe
         self.check = self._check if check_events else None
@@ -3143,6 +3256,8 @@ class _Journal:
         session_id = tx.session_id
         for event, text in tx.events:
             self.bus.publish(session_id, event["seq"], event["type"], text)
+        if self.hooks.by_type and tx.events:
+            self.hooks.offer(session_id, tx.events)
         if session_id in self._pending and self._pending[session_id] == tx.last_seq:
             del self._pending[session_id]
         for callback in tx.after:
@@ -3834,6 +3949,7 @@ class _Tool:
     args: type[BaseModel]
     run: Callable[[Any, Any], Any] | None = None
     schema: dict | None = None  # the parameters' JSON Schema, when the argument model does not say it
+    timeout_s: float | None = None  # None: TOOL_TIMEOUT_S (section 11)
 
     @functools.cached_property
     def spec(self) -> ToolSpec:
@@ -4504,6 +4620,125 @@ CAPABILITIES.update(
     )
 )
 
+# ---- Python functions as tools -------------------------------------------------
+# An embedding program's own tools (SPEC 14): a plain function is a tool, the JSON Schema
+# of its parameters made by pydantic from its type hints, its description its docstring.
+# They belong to one app (app.tool, create_app(tools=...)): its registry's `python` map,
+# never CAPABILITIES.
+
+PYTHON_CAPABILITY = "python"  # the capability of a function given to create_app(tools=...) unmarked
+PYTHON_CAPABILITY_ID = r"^[a-z0-9_-]{1,64}$"  # an MCP server's id has a colon: the two never clash
+MAX_TOOL_TIMEOUT_S = 24 * 3600.0
+
+
+class _PythonArgs(BaseModel):
+    """Base of a Python tool's argument model: an argument it does not name is an error, as for
+    every tool (lax types: the model's JSON 3 is a float's 3.0)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _arguments_model(function: Callable, name: str) -> type[BaseModel]:
+    """The model of a function's parameters, from its signature and type hints."""
+    try:
+        hints = typing.get_type_hints(function, include_extras=True)
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError, NameError) as e:
+        raise TypeError(f"tool {name}: its signature cannot be read: {e}") from None
+    fields: dict[str, Any] = {}
+    for p in parameters:
+        if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) or p.name.startswith("_"):
+            raise TypeError(f"tool {name}: parameter {p.name}: a tool takes named parameters the model can send "
+                            "(no *args, **kwargs, positional-only or _private ones)")  # fmt: skip
+        fields[p.name] = (hints.get(p.name, Any), ... if p.default is p.empty else p.default)
+    try:
+        return pydantic.create_model(f"{name}_arguments", __base__=_PythonArgs, **fields)
+    except Exception as e:  # a type pydantic cannot describe, a field name it reserves, ...
+        raise TypeError(f"tool {name}: its parameters cannot be described: {e}") from None
+
+
+def _call_python(function: Callable, name: str, threaded: bool, args: BaseModel, tctx: _ToolContext) -> Any:
+    """Call a Python tool with its validated arguments; its return value as JSON. What it
+    raises is an error result with its message (the traceback goes to the log)."""
+    kwargs = {field: getattr(args, field) for field in type(args).model_fields}
+    try:
+        value = gevent.get_hub().threadpool.apply(function, (), kwargs) if threaded else function(**kwargs)
+    except ToolFailed:
+        raise
+    except Exception as e:
+        _log.exception("tool %s raised", name)
+        raise ToolFailed(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from None
+    try:
+        return pydantic_core.to_jsonable_python(value)  # pydantic models, dataclasses, datetimes, ...
+    except pydantic_core.PydanticSerializationError:
+        raise ToolFailed(f"{name} returned a {type(value).__name__}, which JSON cannot carry") from None
+
+
+def _python_tool(function: Callable, name: str | None = None, description: str | None = None,
+                 threaded: bool = False, timeout_s: float | None = None) -> _Tool:  # fmt: skip
+    """A _Tool that calls `function`; TypeError or ValueError says why it cannot be one."""
+    if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
+        raise TypeError(f"{getattr(function, '__qualname__', function)} is an async def function: a tool is a "
+                        "plain def (it runs in a greenlet; code that blocks in C: threaded=True)")  # fmt: skip
+    if not callable(function):
+        raise TypeError(f"a tool is a function, not {type(function).__name__}")
+    name = getattr(function, "__name__", None) if name is None else name
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+        raise ValueError(f"tool name {name!r}: 1 to 64 letters, digits, '_' or '-', as the providers take them "
+                         "(name= gives one)")  # fmt: skip
+    text = (inspect.getdoc(function) or "") if description is None else description
+    if len(text) > MAX_DESCRIPTION:
+        raise ValueError(f"tool {name}: the description is longer than {MAX_DESCRIPTION} characters")
+    if timeout_s is not None and not 0 < timeout_s <= MAX_TOOL_TIMEOUT_S:
+        raise ValueError(f"tool {name}: timeout_s must be above 0 and at most {MAX_TOOL_TIMEOUT_S:g}")
+    run = functools.partial(_call_python, function, name, threaded)
+    made = _Tool(name, text, _arguments_model(function, name), run, timeout_s=timeout_s)
+    made.spec  # noqa: B018  (its JSON Schema now: a type that has none fails here, not in a turn)
+    return made
+
+
+def tool(function: Callable | None = None, *, capability: str = PYTHON_CAPABILITY, name: str | None = None,
+         description: str | None = None, threaded: bool = False, timeout_s: float | None = None) -> Any:  # fmt: skip
+    """Mark a function as a tool for ``create_app(tools=[...])``, with the options of
+    ``app.tool``; it stays a plain function, and no app has it until one is given it."""
+    options = {"capability": capability, "name": name, "description": description, "threaded": threaded,
+               "timeout_s": timeout_s}  # fmt: skip
+
+    def mark(fn: Callable) -> Callable:
+        _python_tool(fn, name, description, threaded, timeout_s)  # what is wrong is said here
+        fn.__everruns_tool__ = options
+        return fn
+
+    return mark if function is None else mark(function)
+
+
+def _python_capability(registry: collections.ChainMap, capability_id: str, **about: Any) -> _Capability:
+    """An app's Python capability, made (or its name, description, category or system prompt
+    changed) in its registry's `python` map."""
+    python, builtin = registry.maps[-2], registry.maps[-1]
+    if not isinstance(capability_id, str) or not re.fullmatch(PYTHON_CAPABILITY_ID, capability_id):
+        raise ValueError(f"capability id {capability_id!r}: 1 to 64 lower-case letters, digits, '_' or '-'")
+    if capability_id in builtin:
+        raise ValueError(f"capability {capability_id!r} is built in: give your tools a capability of their own")
+    title = capability_id.replace("_", " ").replace("-", " ").capitalize()
+    current = python.get(capability_id) or _Capability(capability_id, title, "Python tools of this program.",
+                                                       "python", "")  # fmt: skip
+    changes = {k: v for k, v in about.items() if v is not None}
+    if len(changes.get("system_prompt", "")) > MAX_SYSTEM_PROMPT:
+        raise ValueError(f"capability {capability_id}: the system prompt is longer than {MAX_SYSTEM_PROMPT}")
+    python[capability_id] = dataclasses.replace(current, **changes)
+    return python[capability_id]
+
+
+def _register_tool(registry: collections.ChainMap, capability_id: str, made: _Tool) -> None:
+    """Add a Python tool to its capability in an app's registry; a tool name is one tool's."""
+    for other in (*registry.maps[-2].values(), *registry.maps[-1].values()):
+        if any(t.name == made.name for t in other.tools):
+            raise ValueError(f"tool name {made.name!r} is taken (capability {other.id}): name= gives another")
+    capability = _python_capability(registry, capability_id)
+    registry.maps[-2][capability_id] = dataclasses.replace(capability, tools=(*capability.tools, made))
+
+
 # =============================================================================
 # 10. MCP client
 # =============================================================================
@@ -5169,13 +5404,6 @@ class _Gone(_Lost):
     (or another process closes the turn: this one lost its lease)."""
 
 
-class _TurnFailed(EverrunsError):
-    """A turn that cannot go on (max_iterations reached); it ends failed with this code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message, code=code)
-
-
 def _capped(result: Any) -> Any:
     """A tool result as it can be stored: text UTF-8 cannot carry (a lone surrogate, which a
     JSON escape can make) as '?', cut to MAX_TOOL_OUTPUT bytes of JSON when larger."""
@@ -5204,7 +5432,7 @@ def _checked_reply(reply: LLMReply) -> LLMReply:
 
 def _run_tool(tool: _Tool, arguments: dict, tctx: _ToolContext) -> tuple[Any, bool]:
     """Validate the arguments, run the tool with a timeout (TOOL_TIMEOUT_S): (result, is_error)."""
-    timeout = TOOL_TIMEOUT_S
+    timeout = tool.timeout_s or TOOL_TIMEOUT_S
     if "_unparsed_arguments" in arguments:
         return {"error": "the arguments are not a JSON object that can be read (or are too large)"}, True
     try:
@@ -5697,7 +5925,7 @@ class _TurnRun:
                 return TURN_COMPLETED, None, (message_id, reply.text)
             if self._run_tools(message_id, reply) is PAUSED:
                 return PAUSED
-        raise _TurnFailed("MAX_ITERATIONS", f"the turn reached max_iterations ({turn.max_iterations})")
+        raise TurnFailed("MAX_ITERATIONS", f"the turn reached max_iterations ({turn.max_iterations})")
 
     def _stoppable(self, step: Callable[..., Any], *args: Any) -> Any:
         """Run a slow step in its own greenlet; if the turn is asked to stop meanwhile,
@@ -5927,7 +6155,7 @@ class _Ctx:
     config: dict[str, Any]
     journal: _Journal
     scheduler: _Scheduler
-    capabilities: collections.ChainMap  # this app's (MCP servers, ...) over the built-in CAPABILITIES
+    capabilities: collections.ChainMap  # this app's MCP servers, then its Python tools, over CAPABILITIES
     ping_s: float = 15.0  # seconds between `: ping` comments on idle streams
     log_filter: logging.Filter | None = None
     no_statements: logging.Filter = dataclasses.field(default_factory=_NoStatements)
@@ -5935,6 +6163,7 @@ class _Ctx:
     mcp: list = dataclasses.field(default_factory=list)  # the MCP servers of --mcp-config (capabilities mcp:NAME)
     mcp_api: dict = dataclasses.field(default_factory=dict)  # those added through the API, by id
     watermarks: dict[str, int] = dataclasses.field(default_factory=dict)  # see CONVERSATION_ORDER
+    thread: int = dataclasses.field(default_factory=_os_thread)  # the OS thread of its hub (app.client)
 
     @property
     def bus(self) -> _Bus:
@@ -6079,24 +6308,31 @@ def _callback(ctx: _Ctx, spec: _Route) -> Callable:
                 query=_parse_query(request.query, spec.query),
                 headers=_request_headers(request.environ),
             )
-            return _render(spec, spec.handler(ctx, req, **params))
+            return _render(spec, _handled(ctx, spec, req, params))
         except EverrunsError as e:
             return _error_response(e)
-        except pw.IntegrityError:
-            _log.info("integrity error on %s %s", spec.method, spec.path, exc_info=True)
-            return _error_response(_Conflict("the request conflicts with the current state"))
-        except bottle.HTTPResponse:
-            raise
-        except Exception as e:
-            fault = ctx.store.noticed(e)  # the database cannot be used now: 503 (or 507), logged once
-            if fault is None:
-                _log.exception("unhandled error on %s %s", spec.method, spec.path)
-            return _error_response(fault or EverrunsError("internal server error"))
-        finally:
-            with contextlib.suppress(Exception):  # a connection the database closed is dropped here
-                ctx.store.release()
 
     return callback
+
+
+def _handled(ctx: _Ctx, spec: _Route, req: _Request, params: dict[str, str]) -> Any:
+    """Call a route's handler; what it raises as an EverrunsError (an integrity error is a
+    409, a database fault a 503 or 507, anything else a 500 whose traceback is logged)."""
+    try:
+        return spec.handler(ctx, req, **params)
+    except (EverrunsError, bottle.HTTPResponse):
+        raise
+    except pw.IntegrityError:
+        _log.info("integrity error on %s %s", spec.method, spec.path, exc_info=True)
+        raise _Conflict("the request conflicts with the current state") from None
+    except Exception as e:
+        fault = ctx.store.noticed(e)  # the database cannot be used now: 503 (or 507), logged once
+        if fault is None:
+            _log.exception("unhandled error on %s %s", spec.method, spec.path)
+        raise fault or EverrunsError("internal server error") from None
+    finally:
+        with contextlib.suppress(Exception):  # a connection the database closed is dropped here
+            ctx.store.release()
 
 
 MAX_URL = 8192
@@ -6193,9 +6429,42 @@ def _presented_key(header: str) -> str:
 
 class _App(bottle.Bottle):
     """Bottle with every error it writes itself (404, 405, 500) in the JSON envelope,
-    and the guard in front of the routes."""
+    and the guard in front of the routes; what an embedding program adds (SPEC 14): its
+    Python tools and capabilities, its hooks."""
 
     guard: _Guard
+    everruns: _Ctx
+    client: Any  # the in-process client (section 15)
+
+    def tool(self, function: Callable | None = None, *, capability: str = PYTHON_CAPABILITY,
+             name: str | None = None, description: str | None = None, threaded: bool = False,
+             timeout_s: float | None = None) -> Any:  # fmt: skip
+        """Make a function a tool of this app, in `capability` (made if new); a decorator,
+        with or without options. TypeError or ValueError says why a function cannot be one."""
+
+        def register(fn: Callable) -> Callable:
+            _register_tool(self.everruns.capabilities, capability, _python_tool(fn, name, description, threaded,
+                                                                                timeout_s))  # fmt: skip
+            return fn
+
+        return register if function is None else register(function)
+
+    def capability(self, capability_id: str, *, name: str | None = None, description: str | None = None,
+                   system_prompt: str | None = None, category: str | None = None) -> Capability:  # fmt: skip
+        """Make a Python capability, or change what it says of itself (its system prompt is
+        added to an agent's when the agent enables it); as GET /v1/capabilities lists it."""
+        about = {"name": name, "description": description, "system_prompt": system_prompt, "category": category}
+        return _python_capability(self.everruns.capabilities, capability_id, **about).out()
+
+    def on(self, event_type: str) -> Callable[[Callable], Callable]:
+        """A decorator: call the function with each stored event of this type ("*": every
+        type), after its commit; for one session one event at a time, in seq order."""
+
+        def register(hook: Callable) -> Callable:
+            self.everruns.journal.hooks.add(event_type, hook)
+            return hook
+
+        return register
 
     def wsgi(self, environ: dict, start_response: Callable) -> Any:
         refusal = self.guard.refusal(environ)
@@ -6927,9 +7196,14 @@ class _SseFrames:
 
     start = SSE_START
     ping = SSE_PING
+    done = SSE_DONE  # ?until=completed: the session is settled
 
     def __init__(self, wanted: Callable[[str], bool]) -> None:
         self.wanted = wanted
+
+    def join(self, out: list) -> Any:
+        """What is waiting, as one write."""
+        return b"".join(out)
 
     def joined(self, texts: dict[str, str]) -> None:
         """The text streamed so far of the messages being written when the stream joined."""
@@ -6945,8 +7219,9 @@ class _SseFrames:
         return b""
 
 
-def _stream(ctx: _Ctx, session_id: str, cursor: int, frames: _SseFrames, until: bool = False) -> Iterator[bytes]:
-    """Replay stored events after the cursor, then go live: no gap, no duplicate.
+def _stream(ctx: _Ctx, session_id: str, cursor: int, frames: _SseFrames, until: bool = False) -> Iterator[Any]:
+    """Replay stored events after the cursor, then go live: no gap, no duplicate; written
+    by `frames` (bytes for HTTP; the in-process client's are event objects).
 
     The queue is subscribed before the replay reads the database, so an event
     committed meanwhile is in one or both; seq tells which were sent already.
@@ -6962,10 +7237,10 @@ def _stream(ctx: _Ctx, session_id: str, cursor: int, frames: _SseFrames, until: 
             known = batch[-1][0]
             out = [frame for seq, type_, text in batch if (frame := frames.stored(seq, type_, text))]
             if out:
-                yield b"".join(out)
+                yield frames.join(out)
             gevent.sleep(0)
         if until and _settled(m, session_id):
-            yield SSE_DONE
+            yield frames.done
             return
         ctx.store.release()
         while not sub.dropped:
@@ -6987,11 +7262,11 @@ def _stream(ctx: _Ctx, session_id: str, cursor: int, frames: _SseFrames, until: 
                 if fresh and (frame := frames.live(item)):
                     out.append(frame)
                 if until and item.type == "session.completed" and _settled(m, session_id):
-                    out.append(SSE_DONE)
+                    out.append(frames.done)
                     ended = True
                     break
             if out:
-                yield b"".join(out)
+                yield frames.join(out)
             if ended:
                 return
         yield frames.closing("slow_client")
@@ -8621,7 +8896,269 @@ class _Cluster:
 
 
 # =============================================================================
-# 15. App factory and serving
+# 15. In-process client
+# =============================================================================
+# app.client (SPEC 14): the API for a program that embeds the server, with no HTTP and
+# no port. A call goes through its route's own handler (_ROUTES) with its body validated
+# as an HTTP request's is, so validation, storage and errors are the route's: it returns
+# the same pydantic models, and raises EverrunsError (.status, .code, .message) where the
+# route answers an error.
+
+
+def _usable_here(ctx: _Ctx) -> None:
+    """Refuse a call that cannot work: a process gevent has not patched (every greenlet would
+    share one database connection), or another OS thread (a threaded=True tool's)."""
+    from gevent import monkey
+
+    if not monkey.is_module_patched("threading"):
+        raise RuntimeError("app.client needs a gevent-patched process: call gevent.monkey.patch_all() first "
+                           "thing in your program, before importing everruns")  # fmt: skip
+    if _os_thread() != ctx.thread:
+        raise RuntimeError("app.client is used from the thread that created the app (gevent's), not from "
+                           "another (a threaded=True tool returns its value instead)")  # fmt: skip
+
+
+def _call(ctx: _Ctx, method: str, route: str, body: dict | None = None, query: dict | None = None, /,
+          **params: str) -> Any:  # fmt: skip
+    """What the route `method route` answers, as a model (an error: raised)."""
+    _usable_here(ctx)
+    spec = next(r for r in _ROUTES if r.method == method and r.path == route)
+    if any("\x00" in v for v in params.values()):
+        raise _NotFound("no such resource")
+    parsed = None
+    if spec.body is not None:
+        raw = _dumps({} if body is None else body)  # TypeError: not JSON
+        _refuse_nul(raw, ["body"])
+        try:
+            parsed = spec.body.model_validate_json(raw, context=ctx.validation)
+        except ValidationError as e:
+            raise _validation_error(e, "body") from None
+    try:
+        query = spec.query.model_validate(query or {}) if spec.query else None
+    except ValidationError as e:
+        raise _validation_error(e, "query") from None
+    result = _handled(ctx, spec, _Request(parsed, query, {}), params)
+    return _unwrapped(result[1] if isinstance(result, tuple) else result)
+
+
+def _unwrapped(model: Any) -> Any:
+    """A model that is one of several shapes (a RootModel: a provider, a file) as its shape."""
+    return model.root if isinstance(model, pydantic.RootModel) else model
+
+
+def _every(ctx: _Ctx, path: str, **params: str) -> list:
+    """Every item of a listing, following its pages."""
+    items, after = [], None
+    while True:
+        page = _call(ctx, "GET", path, None, {"limit": PAGE_MAX, "after": after}, **params)
+        items.extend(_unwrapped(item) for item in page.data)
+        if not page.has_more:
+            return items
+        after = page.next_after
+
+
+class _Resources:
+    """A resource of the API: list (every item) and get."""
+
+    def __init__(self, ctx: _Ctx, path: str, param: str) -> None:
+        self._ctx, self._path, self._one, self._param = ctx, path, f"{path}/<{param}>", param
+
+    def list(self) -> list:
+        return _every(self._ctx, self._path)
+
+    def get(self, resource_id: str) -> Any:
+        return _call(self._ctx, "GET", self._one, **{self._param: resource_id})
+
+
+class _WritableResources(_Resources):
+    """A resource the API also creates, updates and deletes."""
+
+    def create(self, **fields: Any) -> Any:
+        return _call(self._ctx, "POST", self._path, fields)
+
+    def update(self, resource_id: str, **fields: Any) -> Any:
+        return _call(self._ctx, "PATCH", self._one, fields, **{self._param: resource_id})
+
+    def delete(self, resource_id: str) -> None:
+        _call(self._ctx, "DELETE", self._one, **{self._param: resource_id})
+
+
+class _EventObjects(_SseFrames):
+    """The stream as event models (the in-process client's renderer of _stream)."""
+
+    start = ping = done = None
+
+    def stored(self, seq: int, type_: str, text: str) -> Any:
+        return Event.model_validate_json(text).root if self.wanted(type_) else None
+
+    def live(self, item: _Published) -> Any:
+        text = item.frame.partition(b"data: ")[2][:-2]  # the event as JSON text (see _sse_frame)
+        return Event.model_validate_json(text).root if self.wanted(item.type) else None
+
+    def closing(self, reason: str) -> None:
+        return None
+
+    def join(self, out: list) -> list:
+        return out
+
+
+class _SessionFiles:
+    """A session's files: read, write, list, mkdir, delete (FsFile and FsDirectory models)."""
+
+    def __init__(self, ctx: _Ctx, session_id: str) -> None:
+        self._ctx, self._id = ctx, session_id
+
+    def _node(self, method: str, path: str, body: dict | None = None, query: dict | None = None) -> Any:
+        route, params = "/v1/sessions/<session_id>/fs", {"session_id": self._id}
+        if path.strip("/"):
+            route, params["path"] = route + "/<path:path>", path.lstrip("/")
+        return _call(self._ctx, method, route, body, query, **params)
+
+    def read(self, path: str) -> Any:
+        """A file (its content) or a directory (its entries)."""
+        return self._node("GET", path)
+
+    def list(self, path: str = "/") -> list:
+        node = self.read(path)
+        if not isinstance(node, FsDirectory):
+            raise _Conflict(f"{node.path} is a file, not a directory")
+        return node.entries
+
+    def write(self, path: str, content: str, encoding: str = "text") -> Any:
+        return self._node("PUT", path, {"content": content, "encoding": encoding})
+
+    def mkdir(self, path: str) -> Any:
+        return self._node("PUT", path, {"type": "directory"})
+
+    def delete(self, path: str, recursive: bool = False) -> None:
+        self._node("DELETE", path, query={"recursive": recursive})
+
+
+class _SessionHandle:
+    """A session of the in-process client (app.client.sessions.create or .get)."""
+
+    def __init__(self, ctx: _Ctx, session: Session) -> None:
+        self._ctx, self.id, self.session = ctx, session.id, session
+        self.files = _SessionFiles(ctx, session.id)
+
+    def __repr__(self) -> str:
+        return f"<session {self.id}>"
+
+    def _at(self, method: str, suffix: str = "", body: dict | None = None, **params: str) -> Any:
+        return _call(self._ctx, method, "/v1/sessions/<session_id>" + suffix, body, session_id=self.id, **params)
+
+    def get(self) -> Session:
+        """The session as stored now."""
+        self.session = self._at("GET")
+        return self.session
+
+    def update(self, **fields: Any) -> Session:
+        self.session = self._at("PATCH", body=fields)
+        return self.session
+
+    def delete(self) -> None:
+        self._at("DELETE")
+
+    def send(self, text: str, **controls: Any) -> Message:
+        """Post a user message (controls: provider_id, model, temperature, max_iterations);
+        the stored message. Its turn runs in the background."""
+        return self._at("POST", "/messages", {"content": text, **({"controls": controls} if controls else {})})
+
+    def messages(self) -> list[Message]:
+        return _every(self._ctx, "/v1/sessions/<session_id>/messages", session_id=self.id)
+
+    def cancel(self) -> Any:
+        return self._at("POST", "/cancel")
+
+    def approve(self, tool_call_id: str, approved: bool = True, reason: str | None = None) -> Session:
+        body = {"approved": approved, "reason": reason}
+        return self._at("POST", "/tool-calls/<tool_call_id>/approval", body, tool_call_id=tool_call_id)
+
+    def tool_result(self, tool_call_id: str, result: Any, is_error: bool = False) -> Session:
+        return self._at("POST", "/tool-results", {"tool_call_id": tool_call_id, "result": result, "is_error": is_error})
+
+    def stream(self, after: int = 0, *, types: str | None = None, until: str | None = None) -> Iterator[Any]:
+        """The session's events after seq `after`, stored then live, as the SSE stream carries
+        them (message.delta too); until="completed" ends it once the session is settled."""
+        try:
+            query = EventsQuery.model_validate({"after": after, "types": types, "until": until})
+        except ValidationError as e:
+            raise _validation_error(e, "query") from None
+        self._at("GET")  # a missing session is a 404 now, not at the first event
+        return self._events(query)
+
+    def _events(self, query: EventsQuery) -> Iterator[Any]:
+        frames = _EventObjects(_type_matcher(query.types))
+        for piece in _stream(self._ctx, self.id, query.after or 0, frames, query.until == "completed"):
+            yield from (event for event in (piece if isinstance(piece, list) else [piece]) if event is not None)
+
+    def ask(self, text: str, timeout: float = 60.0, **controls: Any) -> str:
+        """Send a message and wait for its turn: the answer's text. A failed or cancelled turn
+        raises TurnFailed (its code); no answer within `timeout` s: TimeoutError (the turn
+        goes on: cancel() stops it)."""
+        after = _last_seq(self._ctx.store.m, self.id)  # its events follow: they are read from there
+        self._ctx.store.release()
+        events = self.stream(after=after)
+        expired = TimeoutError(f"no answer within {timeout:g} s (the turn goes on; cancel() stops it)")
+        try:
+            with gevent.Timeout(timeout, expired):
+                return self._answer(self.send(text, **controls), events)
+        finally:
+            events.close()
+
+    def _answer(self, message: Message, events: Iterator[Any]) -> str:
+        turn_id, answer = None, ""
+        for event in events:
+            if event.type == "session.started" and message.id in event.data.input_message_ids:
+                turn_id = event.turn_id
+            elif turn_id is None or event.turn_id != turn_id:
+                continue
+            elif event.type == "message.created" and event.data.message.role == "assistant":
+                answer = "\n".join(p.text for p in event.data.message.content if p.type == "text")
+            elif event.type == "session.completed":
+                data = event.data
+                if data.status == TURN_COMPLETED:
+                    return answer
+                if data.status == TURN_CANCELLED:
+                    raise TurnFailed("CANCELLED", "the turn was cancelled", turn_id=turn_id, turn_status=data.status)
+                raise TurnFailed(data.error.code, data.error.message, turn_id=turn_id, turn_status=data.status)
+        raise TurnFailed("STREAM_ENDED", "the session's events ended before its turn did", turn_id=turn_id)
+
+
+class _Sessions:
+    """app.client.sessions: create and get return a session handle."""
+
+    def __init__(self, ctx: _Ctx) -> None:
+        self._ctx = ctx
+
+    def create(self, agent_id: str, **fields: Any) -> _SessionHandle:
+        session = _call(self._ctx, "POST", "/v1/agents/<agent_id>/sessions", fields, agent_id=agent_id)
+        return _SessionHandle(self._ctx, session)
+
+    def get(self, session_id: str) -> _SessionHandle:
+        return _SessionHandle(self._ctx, _call(self._ctx, "GET", "/v1/sessions/<session_id>", session_id=session_id))
+
+    def list(self, agent_id: str) -> list[Session]:
+        """An agent's sessions, newest first."""
+        return _every(self._ctx, "/v1/agents/<agent_id>/sessions", agent_id=agent_id)
+
+    def delete(self, session_id: str) -> None:
+        _call(self._ctx, "DELETE", "/v1/sessions/<session_id>", session_id=session_id)
+
+
+class _Client:
+    """The in-process client: providers, agents, capabilities, mcp_servers, sessions."""
+
+    def __init__(self, ctx: _Ctx) -> None:
+        self.providers = _WritableResources(ctx, "/v1/llm-providers", "provider_id")
+        self.agents = _WritableResources(ctx, "/v1/agents", "agent_id")
+        self.capabilities = _Resources(ctx, "/v1/capabilities", "capability_id")
+        self.mcp_servers = _WritableResources(ctx, "/v1/mcp-servers", "server_id")
+        self.sessions = _Sessions(ctx)
+
+
+# =============================================================================
+# 16. App factory and serving
 # =============================================================================
 
 
@@ -8658,16 +9195,23 @@ def _apply_default_provider(store: _Store, wanted: str | None) -> None:
         _make_default(m, match.id)
 
 
-def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None, **options: Any) -> bottle.Bottle:
-    """A WSGI application with its own database.
+def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None, tools: Iterable[Callable] = (),
+               **options: Any) -> bottle.Bottle:  # fmt: skip
+    """A WSGI application with its own database, and what an embedding program uses
+    (SPEC 14): app.tool, app.capability, app.on, app.client.
 
     ``options`` are the names of SETTINGS (``api_key``, ``sync``, ...), checked as
     the command line checks them (ValueError names a bad one); ``env`` is where
-    provider keys are read from (default: ``os.environ``).
+    provider keys are read from (default: ``os.environ``); ``tools`` are functions
+    made tools of this app (in the capability "python", or as everruns.tool marked them).
     """
     env = os.environ if env is None else env
     config = {**_settings(options), "db": db}
     mcp = _mcp_servers(config["mcp_config"])  # checked before anything is opened
+    capabilities = collections.ChainMap({server.id: server for server in mcp}, {}, CAPABILITIES)  # MCP, Python
+    for function in tools:  # checked before anything is opened too
+        marked = dict(getattr(function, "__everruns_tool__", {"capability": PYTHON_CAPABILITY}))
+        _register_tool(capabilities, marked.pop("capability"), _python_tool(function, **marked))
     store = _Store(db, config["sync"], config["secret_key"] or env.get("EVERRUNS_SECRET_KEY"))
     try:
         store.migrate()
@@ -8685,7 +9229,6 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
         raise
     store.release()
     journal = _Journal(store, _Bus(_event_reader(store) if store.postgres else None), config["check_events"])
-    capabilities = collections.ChainMap({server.id: server for server in mcp}, CAPABILITIES)  # this app's on top
     scheduler = _Scheduler(journal, config, capabilities)
     journal.busy = scheduler.busy
     ctx = _Ctx(store=store, config=config, journal=journal, scheduler=scheduler, capabilities=capabilities, mcp=mcp)
@@ -8706,6 +9249,7 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
     for spec in _ROUTES:
         app.route(spec.path, spec.method, _callback(ctx, spec))
     app.everruns = ctx
+    app.client = _Client(ctx)
     app.close = lambda: _close(ctx)
     return app
 
@@ -8713,6 +9257,7 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
 def _close(ctx: _Ctx) -> None:
     """Give running turns the grace period, interrupt the rest, end the streams, close the database."""
     ctx.scheduler.shutdown(float(ctx.config["shutdown_grace"]))
+    ctx.journal.hooks.close(HOOKS_GRACE_S)  # the hooks of the turns' last events
     if ctx.cluster is not None:
         ctx.cluster.stop()
     for server in [*ctx.mcp, *ctx.mcp_api.values()]:  # their programs stop
@@ -9077,7 +9622,7 @@ def serve(
 
 
 # =============================================================================
-# 16. Console
+# 17. Console
 # =============================================================================
 
 # One page for people: providers, agents, sessions, the live conversation with tool
@@ -9660,7 +10205,7 @@ def _console_js(ctx: _Ctx, req: _Request) -> bottle.HTTPResponse:
 
 
 # =============================================================================
-# 17. CLI
+# 18. CLI
 # =============================================================================
 
 

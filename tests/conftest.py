@@ -255,14 +255,15 @@ def http(method, url, body=None, headers=None, timeout=10):
 
 
 class Server:
-    """`python everruns.py` in a child process on a free 127.0.0.1 port."""
+    """`python everruns.py` (or a program that embeds it: `script`) in a child process on a
+    free 127.0.0.1 port."""
 
-    def __init__(self, db, *args, env=None, port=None):
+    def __init__(self, db, *args, env=None, port=None, script=None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         clean = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("EVERRUNS_")}
         self.log = tempfile.TemporaryFile("w+")  # the server's output
-        cmd = [sys.executable, str(ROOT / "everruns.py"), "--port", str(self.port), "--db", db, *args]
+        cmd = [sys.executable, str(script or ROOT / "everruns.py"), "--port", str(self.port), "--db", db, *args]
         env = {**clean, "EVERRUNS_CHECK_EVENTS": "1", **(env or {})}  # every event checked against its model
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self._wait_ready()
@@ -299,8 +300,8 @@ def start_server(tmp_path):
     """Start real servers; every one still running is killed after the test."""
     servers = []
 
-    def start(db=None, *args, env=None, port=None):
-        server = Server(db or str(tmp_path / "server.db"), *args, env=env, port=port)
+    def start(db=None, *args, env=None, port=None, script=None):
+        server = Server(db or str(tmp_path / "server.db"), *args, env=env, port=port, script=script)
         servers.append(server)
         return server
 

@@ -195,3 +195,29 @@ def test_a_tool_call_waits_for_approve_or_deny(console):
     log.get_by_text("Tool results: multiply failed with").wait_for()
     assert "Denied" in log.inner_text() and "denied in the console" in log.inner_text()
     ui.clean()
+
+
+def test_the_device_example_end_to_end(browser, start_server):
+    from playwright.sync_api import expect
+
+    server = start_server(None, script=ROOT / "examples" / "device.py")
+    ui = Console(browser, server)
+    page = ui.open()
+    page.get_by_role("button", name="Device").click()
+    page.get_by_role("button", name="New session").click()
+    page.get_by_role("button", name="Edit agent").click()
+    for capability in ("sensors", "relay"):  # the two Python tools' capabilities, enabled
+        expect(page.get_by_label(capability, exact=True)).to_be_checked()
+    page.get_by_role("button", name="Close").click()
+    ui.send('read_temperature {"room": "kitchen"}')
+    log = page.get_by_role("log")
+    log.get_by_text("Tool results: read_temperature returned").wait_for()
+    assert '"celsius"' in log.inner_text()
+    ui.send('switch_relay {"on": true}')
+    log.get_by_role("button", name="Approve").click()
+    log.get_by_text("Tool results: switch_relay returned").wait_for()
+    assert '"heating": "on"' in log.inner_text()
+    ui.clean()
+    assert server.stop() == 0
+    turns = [line for line in server.output().splitlines() if line.startswith("turn completed in")]
+    assert len(turns) == 2 and "switch_relay returned" in turns[1]  # the hook, once per turn

@@ -159,7 +159,7 @@ def test_every_error_status_has_the_same_shape(client, make_app, api, tmp_path):
 
 
 def test_one_exception_family():
-    for error in (everruns.ProviderError, everruns.ToolFailed, everruns._SecretUnreadable, everruns._TurnFailed):
+    for error in (everruns.ProviderError, everruns.ToolFailed, everruns._SecretUnreadable, everruns.TurnFailed):
         assert issubclass(error, everruns.EverrunsError), error
     unreadable = everruns._SecretUnreadable("cannot decrypt")
     assert (unreadable.status, unreadable.code) == (502, "PROVIDER_KEY_UNREADABLE")
