@@ -231,6 +231,7 @@ from pydantic import (
     Tag,
     ValidationError,
     ValidationInfo,
+    model_serializer,
     model_validator,
 )
 
@@ -575,6 +576,19 @@ def _since(iso: str) -> int:
     """Milliseconds from a stored timestamp to now."""
     then = datetime.datetime.fromisoformat(iso.replace("Z", "+00:00"))
     return max(0, int((datetime.datetime.now(datetime.timezone.utc) - then).total_seconds() * 1000))
+
+
+TITLE_LENGTH = 60  # a title made from a message: its first line, cut at a word near this
+
+
+def _title_from(text: str) -> str | None:
+    """A session's title from its first message: the first line, cut at a word near
+    TITLE_LENGTH characters (with an ellipsis); None for a message without text."""
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if len(line) <= TITLE_LENGTH:
+        return line or None
+    cut = line.rfind(" ", TITLE_LENGTH // 2, TITLE_LENGTH + 1)
+    return line[: cut if cut > 0 else TITLE_LENGTH].rstrip() + "…"
 
 
 def _os_thread() -> int:
@@ -1228,8 +1242,19 @@ class ToolResultPart(_Out):
 Part = Annotated[TextPart | ToolCallPart | ToolResultPart, Field(discriminator="type")]
 
 
+class Latency(_Out):
+    """How long a model call took, in milliseconds."""
+
+    first_token: int | None = Field(description="Until its first text (null: it answered with tool calls only).")
+    total: int
+
+
+ASSISTANT_ONLY = ("provider_id", "model", "usage", "latency_ms", "incomplete")  # fields other roles do not have
+
+
 class Message(_Out):
-    """One message of a conversation."""
+    """One message of a conversation. An assistant message says what wrote it and what that
+    cost (null where it was stored before these were kept); other roles have none of these."""
 
     id: str
     session_id: str
@@ -1238,7 +1263,18 @@ class Message(_Out):
     turn_id: str | None
     provider_id: str | None = Field(None, description="The provider that wrote an assistant message.")
     model: str | None = Field(None, description="The model that wrote an assistant message.")
+    usage: Usage | None = Field(None, description="The tokens of the model call that wrote it.")
+    latency_ms: Latency | None = Field(None, description="The timing of the model call that wrote it.")
+    incomplete: bool = Field(False, description="A cancelled turn's text, as far as it had streamed.")
     created_at: Timestamp
+
+    @model_serializer(mode="wrap")
+    def _by_role(self, write: Callable[[Any], dict]) -> dict:
+        data = write(self)
+        if self.role != "assistant":
+            for name in ASSISTANT_ONLY:
+                data.pop(name, None)
+        return data
 
 
 class TextPartIn(_In):
@@ -1823,6 +1859,11 @@ _MIGRATIONS: list[list[str]] = [
         "ALTER TABLE session ADD COLUMN capabilities TEXT NOT NULL DEFAULT '[]'",
         "ALTER TABLE session ADD COLUMN client_tools TEXT NOT NULL DEFAULT '[]'",
     ],
+    [  # 8: what an assistant message cost (its model call's tokens and timing), and a cancelled turn's text
+        "ALTER TABLE message ADD COLUMN usage TEXT",
+        "ALTER TABLE message ADD COLUMN latency_ms TEXT",
+        "ALTER TABLE message ADD COLUMN incomplete BOOLEAN NOT NULL DEFAULT FALSE",
+    ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -1925,6 +1966,9 @@ class _MessageTable(pw.Model):
     model = pw.TextField(null=True)
     created_at = pw.TextField()
     seq = pw.IntegerField(null=True)  # its message.created event's (null: stored before version 6)
+    usage = _JSONField(null=True)  # an assistant message's (null: stored before version 8)
+    latency_ms = _JSONField(null=True)
+    incomplete = pw.BooleanField(default=False)
 
     class Meta:
         table_name = "message"
@@ -2714,12 +2758,15 @@ def _message_out(row: Any) -> Message:
 
 _SQL = {
     "session_exists": "SELECT 1 FROM session WHERE id = ?",
+    "session_title": "SELECT title FROM session WHERE id = ?",
+    "first_title": "UPDATE session SET title = ?, updated_at = ? WHERE id = ? AND title IS NULL AND NOT EXISTS"
+    " (SELECT 1 FROM message WHERE session_id = ? AND role = 'user' AND id <> ?)",
     "last_seq": "SELECT COALESCE(MAX(seq), 0) FROM event WHERE session_id = ?",
     "insert_event": "INSERT INTO event (id, session_id, seq, type, turn_id, ts, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
     "events_after": "SELECT id, seq, type, session_id, turn_id, ts, data FROM event"
     " WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?",
     "insert_message": "INSERT INTO message (id, session_id, role, content, turn_id, controls, provider_id, model,"
-    " created_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    " created_at, seq, usage, latency_ms, incomplete) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "next_work": "SELECT s.status, m.id, m.controls FROM session s LEFT JOIN message m ON m.id ="
     " (SELECT id FROM message WHERE session_id = s.id AND role = 'user' AND turn_id IS NULL ORDER BY id LIMIT 1)"
     " WHERE s.id = ?",
@@ -2843,14 +2890,20 @@ def _stored_events(m: _Models, session_id: str, after: int) -> Iterator[tuple[in
 
 
 def _insert_message(m: _Models, session_id: str, seq: int, role: str, content: list, turn_id: str | None = None,
-                    controls: dict | None = None, provider_id: str | None = None, model: str | None = None,
-                    message_id: str | None = None) -> dict:  # fmt: skip
-    """Store a message (`seq`: its message.created event's); its public form (as in that event)."""
-    message = {"id": message_id or _uuid7(), "session_id": session_id, "role": role, "content": content}
-    message.update(turn_id=turn_id, provider_id=provider_id, model=model, created_at=_now_iso())
+                    controls: dict | None = None, message_id: str | None = None, **cost: Any) -> dict:  # fmt: skip
+    """Store a message (`seq`: its message.created event's); its public form (as in that event).
+    An assistant message's `cost`: provider_id, model, usage, latency_ms, incomplete."""
+    message = {"id": message_id or _uuid7(), "session_id": session_id, "role": role, "content": content,
+               "turn_id": turn_id}  # fmt: skip
+    if role == "assistant":
+        message.update({name: cost.get(name) for name in ASSISTANT_ONLY}, incomplete=bool(cost.get("incomplete")))
+    message["created_at"] = _now_iso()
     controls_json = None if controls is None else _dumps(controls)
+    usage, latency = message.get("usage"), message.get("latency_ms")
     _sql(m, "insert_message", message["id"], session_id, role, _dumps(content), turn_id, controls_json,
-         provider_id, model, message["created_at"], seq)  # fmt: skip
+         message.get("provider_id"), message.get("model"), message["created_at"], seq,
+         None if usage is None else _dumps(usage), None if latency is None else _dumps(latency),
+         bool(message.get("incomplete", False)))  # fmt: skip
     return message
 
 
@@ -3307,6 +3360,7 @@ class LLMReply:
     tool_calls: list[dict] = dataclasses.field(default_factory=list)
     input_tokens: int = 0
     output_tokens: int = 0
+    latency_ms: dict | None = None  # {first_token, total}: set by the turn that made the call
 
 
 # ---- HTTP for the remote providers ------------------------------------------
@@ -4640,17 +4694,17 @@ class _PythonArgs(BaseModel):
 
 def _arguments_model(function: Callable, name: str) -> type[BaseModel]:
     """The model of a function's parameters, from its signature and type hints."""
-    try:
-        hints = typing.get_type_hints(function, include_extras=True)
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError, NameError) as e:
+    try:  # a function, a method, a functools.partial, an object with __call__; string annotations evaluated
+        parameters = inspect.signature(function, eval_str=True).parameters.values()
+    except (TypeError, ValueError, NameError, SyntaxError) as e:
         raise TypeError(f"tool {name}: its signature cannot be read: {e}") from None
     fields: dict[str, Any] = {}
     for p in parameters:
         if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) or p.name.startswith("_"):
             raise TypeError(f"tool {name}: parameter {p.name}: a tool takes named parameters the model can send "
                             "(no *args, **kwargs, positional-only or _private ones)")  # fmt: skip
-        fields[p.name] = (hints.get(p.name, Any), ... if p.default is p.empty else p.default)
+        annotation = Any if p.annotation is p.empty else p.annotation
+        fields[p.name] = (annotation, ... if p.default is p.empty else p.default)
     try:
         return pydantic.create_model(f"{name}_arguments", __base__=_PythonArgs, **fields)
     except Exception as e:  # a type pydantic cannot describe, a field name it reserves, ...
@@ -4693,7 +4747,10 @@ def _python_tool(function: Callable, name: str | None = None, description: str |
         raise ValueError(f"tool {name}: timeout_s must be above 0 and at most {MAX_TOOL_TIMEOUT_S:g}")
     run = functools.partial(_call_python, function, name, threaded)
     made = _Tool(name, text, _arguments_model(function, name), run, timeout_s=timeout_s)
-    made.spec  # noqa: B018  (its JSON Schema now: a type that has none fails here, not in a turn)
+    try:
+        made.spec  # noqa: B018  (its JSON Schema now: a type that has none fails here, not in a turn)
+    except Exception as e:
+        raise TypeError(f"tool {name}: its parameters have no JSON Schema: {e}") from None
     return made
 
 
@@ -5875,6 +5932,7 @@ class _TurnRun:
             scheduler.config,
         )
         self.m, self.capabilities = scheduler.m, scheduler.capabilities
+        self.streaming: list | None = None  # the model call under way: [message_id, pieces, started, first_token_ms]
 
     def run(self) -> None:
         """Run the turn to its end (or its pause), whatever happens."""
@@ -5889,7 +5947,7 @@ class _TurnRun:
             self.scheduler.closed(turn)
             turn.ended.set()
 
-    def _outcome(self) -> tuple[str, dict | None, tuple[str, str] | None] | str:
+    def _outcome(self) -> tuple[str, dict | None, tuple[str, LLMReply] | None] | str:
         """Run the loop; how the turn ended: (status, error, its answer), or PAUSED."""
         try:
             return self._loop()
@@ -5910,7 +5968,7 @@ class _TurnRun:
             _log.exception("turn %s failed", self.turn.id)
             return TURN_FAILED, {"code": "INTERNAL_ERROR", "message": "internal error while running the turn"}, None
 
-    def _loop(self) -> tuple[str, None, tuple[str, str]] | str:
+    def _loop(self) -> tuple[str, None, tuple[str, LLMReply]] | str:
         turn, registry = self.turn, self.capabilities
         if any(isinstance(registry.get(c), _McpServer) for c in turn.capabilities):  # a server may have to start
             turn.tools = self._stoppable(_agent_tools, registry, turn.capabilities, True)
@@ -5922,7 +5980,7 @@ class _TurnRun:
             turn.iterations += 1
             message_id, reply = self._call_model()
             if not reply.tool_calls:
-                return TURN_COMPLETED, None, (message_id, reply.text)
+                return TURN_COMPLETED, None, (message_id, reply)
             if self._run_tools(message_id, reply) is PAUSED:
                 return PAUSED
         raise TurnFailed("MAX_ITERATIONS", f"the turn reached max_iterations ({turn.max_iterations})")
@@ -5979,24 +6037,41 @@ class _TurnRun:
         self.store.release()  # no connection is held across a slow network call
 
         published, check = itertools.count(1), self.journal.check
+        pieces: list[str] = []
+        self.streaming = streaming = [message_id, pieces, time.monotonic(), None]  # kept if a cancel lands
 
         def on_text(delta: str) -> None:
             if check is not None:
                 check("message.delta", {"message_id": message_id, "delta": delta})
-            self.bus.publish_delta(turn.session_id, turn.id, message_id, _clean_text(delta))
+            if streaming[3] is None:
+                streaming[3] = int((time.monotonic() - streaming[2]) * 1000)
+            pieces.append(_clean_text(delta))
+            self.bus.publish_delta(turn.session_id, turn.id, message_id, pieces[-1])
             if next(published) % DELTAS_PER_YIELD == 0:  # a fast model must not fill the streams' queues
                 gevent.sleep(0)
 
         reply = _checked_reply(self._stoppable(adapter.stream, request, on_text))
+        self.streaming = None
+        reply.latency_ms = {"first_token": streaming[3], "total": int((time.monotonic() - streaming[2]) * 1000)}
         turn.input_tokens += reply.input_tokens
         turn.output_tokens += reply.output_tokens
         return message_id, reply
 
-    def _assistant_message(self, tx: _Tx, message_id: str, text: str, calls: list[dict]) -> None:
-        turn = self.turn
+    def _assistant_message(self, tx: _Tx, message_id: str, reply: LLMReply, calls: list[dict],
+                           incomplete: bool = False) -> None:  # fmt: skip
+        turn, text = self.turn, reply.text
         content = ([{"type": "text", "text": text}] if text else []) + [{"type": "tool_call", **c} for c in calls]
-        tx.add_message("assistant", content, turn.id, provider_id=turn.provider_id, model=turn.model,
-                       message_id=message_id)  # fmt: skip
+        usage = {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens}
+        tx.add_message("assistant", content, turn.id, message_id=message_id, provider_id=turn.provider_id,
+                       model=turn.model, usage=None if incomplete else usage, latency_ms=reply.latency_ms,
+                       incomplete=incomplete)  # fmt: skip
+
+    def _incomplete(self) -> tuple[str, LLMReply]:
+        """The answer a cancel cut short: its text as far as it streamed."""
+        message_id, pieces, started, first = self.streaming
+        total = int((time.monotonic() - started) * 1000)
+        return message_id, LLMReply(_clean_text("".join(pieces)[:MAX_MESSAGE_TEXT]),
+                                    latency_ms={"first_token": first, "total": total})  # fmt: skip
 
     def _run_tools(self, message_id: str, reply: LLMReply) -> str | None:
         """Store each tool.call before its tool runs; each result with the next call. A call
@@ -6012,7 +6087,7 @@ class _TurnRun:
             marker = {"approval": "pending"} if asks else {"executor": "client"} if call["name"] in turn.client else {}
             with self.journal.tx(turn.session_id, turn.id) as tx:
                 if i == 0:
-                    self._assistant_message(tx, message_id, reply.text, reply.tool_calls)
+                    self._assistant_message(tx, message_id, reply, reply.tool_calls)
                 if pending:
                     _store_tool_message(tx, turn.id, *pending)
                     pending = None
@@ -6050,7 +6125,7 @@ class _TurnRun:
             result, is_error = self._stoppable(_run_tool, tool, call["arguments"], tctx)
         return result, is_error, int((time.monotonic() - started) * 1000)
 
-    def _finish(self, status: str, error: dict | None, answer: tuple[str, str] | None = None) -> None:
+    def _finish(self, status: str, error: dict | None, answer: tuple[str, LLMReply] | None = None) -> None:
         """Store the final answer (if any) and close the turn in one transaction. If that
         write fails, close it as failed without the answer, so the session never stays running:
         while the database cannot be written, as soon as it can (or, if the server stops
@@ -6077,12 +6152,15 @@ class _TurnRun:
                 gevent.sleep(delay)
                 delay = min(delay * 2, FAULT_RETRY_MAX_S)
 
-    def _close(self, status: str, error: dict | None, duration_ms: int, answer: tuple[str, str] | None = None) -> None:
+    def _close(self, status: str, error: dict | None, duration_ms: int,
+               answer: tuple[str, LLMReply] | None = None) -> None:  # fmt: skip
         turn = self.turn
         reason = {TURN_CANCELLED: "cancelled before the tool ran"}.get(status, "the turn ended before the tool ran")
+        if status == TURN_CANCELLED and self.streaming is not None and self.streaming[1]:
+            answer = self._incomplete()  # what a person saw of the answer is kept
         with self.journal.tx(turn.session_id, turn.id) as tx:
             if answer is not None:
-                self._assistant_message(tx, answer[0], answer[1], [])
+                self._assistant_message(tx, answer[0], answer[1], [], incomplete=status == TURN_CANCELLED)
             _close_turn(tx, turn, status, error, duration_ms, reason)
             tx.after.append(functools.partial(self.scheduler.closed, turn))
 
@@ -7128,12 +7206,17 @@ def _user_message(ctx: _Ctx, session_id: str, parts: list[dict], controls: dict 
     m = ctx.store.m
     request_hash = _digest({"content": parts, "controls": controls})
     with ctx.journal.tx(session_id) as tx:
-        _need_session(m, session_id)
+        titled = _sql(m, "session_title", session_id).fetchone()
+        if titled is None:
+            raise _NotFound(f"session {session_id} not found")
         if controls:
             _check_provider(ctx, controls.get("provider_id"), ["controls", "provider_id"])
         if key is not None and (first := _replay(m, session_id, key, request_hash)) is not None:
             return 200, _message_out(first).model_dump()
         message = tx.add_message("user", parts, controls=controls)
+        if titled[0] is None:  # an untitled session's first message names it
+            title = _title_from(" ".join(p["text"] for p in parts))
+            _sql(m, "first_title", title, message["created_at"], session_id, session_id, message["id"])
         if key is not None:
             m.IdempotencyKey.create(
                 session_id=session_id,
@@ -8927,7 +9010,7 @@ def _call(ctx: _Ctx, method: str, route: str, body: dict | None = None, query: d
         raise _NotFound("no such resource")
     parsed = None
     if spec.body is not None:
-        raw = _dumps({} if body is None else body)  # TypeError: not JSON
+        raw = _dumps(pydantic_core.to_jsonable_python({} if body is None else body))  # models it returned, too
         _refuse_nul(raw, ["body"])
         try:
             parsed = spec.body.model_validate_json(raw, context=ctx.validation)
@@ -8996,7 +9079,7 @@ class _EventObjects(_SseFrames):
         return Event.model_validate_json(text).root if self.wanted(item.type) else None
 
     def closing(self, reason: str) -> None:
-        return None
+        self.ended = reason  # slow_client: the reader resumes from what it has (see _SessionHandle._events)
 
     def join(self, out: list) -> list:
         return out
@@ -9012,6 +9095,8 @@ class _SessionFiles:
         route, params = "/v1/sessions/<session_id>/fs", {"session_id": self._id}
         if path.strip("/"):
             route, params["path"] = route + "/<path:path>", path.lstrip("/")
+        elif method != "GET":
+            raise _invalid(["path"], "the root directory cannot be written or deleted")
         return _call(self._ctx, method, route, body, query, **params)
 
     def read(self, path: str) -> Any:
@@ -9088,18 +9173,30 @@ class _SessionHandle:
         return self._events(query)
 
     def _events(self, query: EventsQuery) -> Iterator[Any]:
-        frames = _EventObjects(_type_matcher(query.types))
-        for piece in _stream(self._ctx, self.id, query.after or 0, frames, query.until == "completed"):
-            yield from (event for event in (piece if isinstance(piece, list) else [piece]) if event is not None)
+        """The stream; a reader too slow for its queue is cut off as an HTTP client is, and
+        resumes from the last stored event it got, as an HTTP client does with Last-Event-ID."""
+        cursor = query.after or 0
+        while True:
+            frames = _EventObjects(_type_matcher(query.types))
+            frames.ended = None
+            for piece in _stream(self._ctx, self.id, cursor, frames, query.until == "completed"):
+                for event in piece if isinstance(piece, list) else [piece]:
+                    if event is not None:
+                        cursor = event.seq if event.seq is not None else cursor
+                        yield event
+            if frames.ended != "slow_client":
+                return
 
-    def ask(self, text: str, timeout: float = 60.0, **controls: Any) -> str:
+    def ask(self, text: str, timeout: float | None = 60.0, **controls: Any) -> str:
         """Send a message and wait for its turn: the answer's text. A failed or cancelled turn
         raises TurnFailed (its code); no answer within `timeout` s: TimeoutError (the turn
         goes on: cancel() stops it)."""
+        _usable_here(self._ctx)
         after = _last_seq(self._ctx.store.m, self.id)  # its events follow: they are read from there
         self._ctx.store.release()
         events = self.stream(after=after)
-        expired = TimeoutError(f"no answer within {timeout:g} s (the turn goes on; cancel() stops it)")
+        expired = None if timeout is None else TimeoutError(f"no answer within {timeout:g} s (the turn goes on; "
+                                                            "cancel() stops it)")  # fmt: skip
         try:
             with gevent.Timeout(timeout, expired):
                 return self._answer(self.send(text, **controls), events)
@@ -9196,6 +9293,7 @@ def _apply_default_provider(store: _Store, wanted: str | None) -> None:
 
 
 def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None, tools: Iterable[Callable] = (),
+               hooks: Mapping[str, Callable | Iterable[Callable]] | None = None,
                **options: Any) -> bottle.Bottle:  # fmt: skip
     """A WSGI application with its own database, and what an embedding program uses
     (SPEC 14): app.tool, app.capability, app.on, app.client.
@@ -9203,7 +9301,9 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
     ``options`` are the names of SETTINGS (``api_key``, ``sync``, ...), checked as
     the command line checks them (ValueError names a bad one); ``env`` is where
     provider keys are read from (default: ``os.environ``); ``tools`` are functions
-    made tools of this app (in the capability "python", or as everruns.tool marked them).
+    made tools of this app (in the capability "python", or as everruns.tool marked them);
+    ``hooks`` maps event types to hooks (a function or several), as app.on: these see the
+    events the start stores too (turns a crash interrupted, closed).
     """
     env = os.environ if env is None else env
     config = {**_settings(options), "db": db}
@@ -9229,6 +9329,9 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
         raise
     store.release()
     journal = _Journal(store, _Bus(_event_reader(store) if store.postgres else None), config["check_events"])
+    for event_type, wanted in (hooks or {}).items():
+        for hook in [wanted] if callable(wanted) else wanted:
+            journal.hooks.add(event_type, hook)
     scheduler = _Scheduler(journal, config, capabilities)
     journal.busy = scheduler.busy
     ctx = _Ctx(store=store, config=config, journal=journal, scheduler=scheduler, capabilities=capabilities, mcp=mcp)

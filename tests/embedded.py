@@ -39,12 +39,12 @@ def block_in_c(seconds: float) -> dict:
     return {"slept": seconds, "digest": hashlib.pbkdf2_hmac("sha256", b"x", b"salt", 1000).hex()[:8]}
 
 
-app = everruns.create_app(args.db, tools=[record, block_in_c], check_events=True)
-
-
-@app.on("session.completed")
 def completed(event):
     print(f"hook: {event.turn_id} {event.data.status}", flush=True)
 
+
+# Given to create_app, the hook also sees what the start stores (turns a crash interrupted, closed).
+app = everruns.create_app(args.db, tools=[record, block_in_c], hooks={"session.completed": completed},
+                          check_events=True)  # fmt: skip
 
 everruns.serve(app, "127.0.0.1", args.port)

@@ -127,3 +127,13 @@ def test_models_come_from_the_upstream(api, client, upstream):
         "claude-sonnet-4-5"
     ]
     assert upstream.requests[0]["path"] == "/v1/models" and upstream.requests[0]["headers"]["x-api-key"] == CANARY_KEY
+
+
+def test_an_assistant_message_says_what_its_call_cost(api, client, upstream):
+    session = remote_session(api, upstream, "anthropic")
+    upstream.sse(text_answer("Hi", " there", input_tokens=31, output_tokens=7))
+    api.message(session["id"], "Say hi", status=201)
+    finish(client, session["id"])
+    answer = client.get(f"/v1/sessions/{session['id']}/messages").json["data"][-1]
+    assert answer["usage"] == {"input_tokens": 31, "output_tokens": 7} and answer["incomplete"] is False
+    assert 0 <= answer["latency_ms"]["first_token"] <= answer["latency_ms"]["total"]

@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 import gevent
@@ -154,8 +155,12 @@ def test_a_function_that_hangs_times_out_with_its_own_limit(make_app):
 
 def newest(app, session_id):
     """The seq of a session's newest event: a turn started after this reads its events from there."""
-    page = webtest.TestApp(app).get(f"/v1/sessions/{session_id}/events?format=json&limit=100").json["data"]
-    return max((e["seq"] for e in page), default=0)
+    after, client = 0, webtest.TestApp(app)
+    while True:
+        page = client.get(f"/v1/sessions/{session_id}/events?format=json&limit=100&after={after}").json
+        after = page["data"][-1]["seq"] if page["data"] else after
+        if not page["has_more"]:
+            return after
 
 
 def test_values_a_function_returns_are_json(make_app):
@@ -246,9 +251,38 @@ def test_a_function_interrupted_by_kill_9_is_not_run_again(start_server, tmp_pat
     result = next(e["data"] for e in events if e["type"] == "tool.result")
     assert result["is_error"] is True and events[-1]["data"]["error"]["code"] == "INTERRUPTED"
     assert marker.read_text() == "once\n"
+    hooked = f"hook: {events[-1]['turn_id']} failed"  # a hook given to create_app sees what the start stored
+    wait_until(lambda: hooked in again.output(), what="the hook of the interrupted turn")
 
 
 # ---- registration ----------------------------------------------------------------
+
+
+def test_callables_of_every_kind_are_tools(make_app):
+    import functools
+
+    class Counter:
+        def __call__(self, step: int = 1) -> int:
+            """Count."""
+            return step
+
+    def scale(factor: float, value: float) -> float:
+        return factor * value
+
+    app = make_app()
+    app.tool(capability="kinds", name="double")(functools.partial(scale, 2.0))
+    app.tool(capability="kinds", name="count")(Counter())
+    tools = {t["name"]: t for t in webtest.TestApp(app).get("/v1/capabilities/kinds").json["tools"]}
+    assert list(tools["double"]["parameters"]["properties"]) == ["value"]
+    assert tools["count"]["parameters"]["properties"]["step"]["type"] == "integer"
+    session = app.client.sessions.create(app.client.agents.create(name="d", capabilities=["kinds"]).id)
+    assert session.ask('double {"value": 4}') == "Tool results: double returned 8.0."
+    with pytest.raises(TypeError, match="tool call_back: its parameters have no JSON Schema"):
+        app.tool(capability="kinds", name="call_back")(_takes_a_callable)
+
+
+def _takes_a_callable(done: Callable[[], None]) -> None:
+    done()
 
 
 def test_what_cannot_be_a_tool_is_refused_at_registration(make_app):
@@ -427,6 +461,42 @@ def test_stream_yields_the_events_as_the_sse_stream_carries_them(make_app):
     deltas = [e.data.delta for e in live if e.type == "message.delta"]
     assert "".join(deltas) == "You said: four five" and all(e.seq is None for e in live if e.type == "message.delta")
     assert [e.seq for e in live if e.seq is not None] == list(range(1, 9))
+
+
+def test_a_reader_that_falls_behind_resumes_where_it_was(make_app):
+    app = make_app()
+    session = app.client.sessions.create(app.client.agents.create(name="d", capabilities=["test_math"]).id)
+    seqs, turns_done = [], gevent.event.Event()
+
+    def read_slowly():
+        for event in session.stream():
+            if event.seq is not None:
+                seqs.append(event.seq)
+            if len(seqs) == 1:
+                turns_done.wait(60)  # stalls after its first event while the turns run
+
+    reader = gevent.spawn(read_slowly)
+    gevent.sleep(0)  # the reader subscribes (and waits for a first event, live: there is none stored yet)
+    for _ in range(300):  # about 2,400 events: more than a reader's queue holds
+        session.send('add {"a": 1, "b": 1}')
+    finish(webtest.TestApp(app), session.id)
+    turns_done.set()
+    stored = newest(app, session.id)
+    wait_until(lambda: len(seqs) >= stored, 60, "the slow reader to catch up")
+    reader.kill()
+    assert stored > 2000 and seqs == list(range(1, stored + 1))
+
+
+def test_the_client_takes_back_what_it_returned_and_says_what_it_refuses(make_app):
+    app = make_app()
+    tool = {"name": "locate", "description": "Where.", "parameters": {"type": "object", "properties": {}}}
+    agent = app.client.agents.create(name="d", client_tools=[tool])
+    assert app.client.agents.update(agent.id, client_tools=agent.client_tools).client_tools == agent.client_tools
+    session = app.client.sessions.create(agent.id)
+    for refused in (lambda: session.files.write("/", "x"), lambda: session.files.delete("/")):
+        with pytest.raises(everruns.EverrunsError, match="the root directory cannot be written or deleted"):
+            refused()
+    assert session.ask("no limit", timeout=None) == "You said: no limit"
 
 
 def test_the_client_refuses_another_thread(make_app):

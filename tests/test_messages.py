@@ -1,5 +1,6 @@
-"""Messages: both body forms, limits, Idempotency-Key, pagination."""
+"""Messages: both body forms, limits, Idempotency-Key, pagination, titles, what a cancel keeps."""
 
+import gevent
 import pytest
 from conftest import error_of, finish, wait_until
 
@@ -170,3 +171,43 @@ def test_a_posted_message_is_listed_at_once_and_pages_miss_nothing(api, client):
     assert whole == ["one two three", "You said: one two three", "waiting", "You said: waiting"]
     other = api.session()
     assert client.get(f"/v1/sessions/{other['id']}/messages?after={during[-1]['id']}").json["data"] == []
+
+
+def test_an_untitled_session_takes_its_title_from_its_first_message(api, client):
+    session = api.session()
+    api.message(session["id"], "\n  Plan the garden for spring  \nwith the details below", status=201)
+    title = client.get(f"/v1/sessions/{session['id']}").json["title"]
+    assert title == "Plan the garden for spring"
+    api.message(session["id"], "Something else", status=201)
+    assert client.get(f"/v1/sessions/{session['id']}").json["title"] == title
+    long = api.session()
+    api.message(long["id"], "Compare the three cheapest flights from Lisbon to Berlin next weekend please", status=201)
+    cut = "Compare the three cheapest flights from Lisbon to Berlin…"  # at a word, near 60 characters
+    assert client.get(f"/v1/sessions/{long['id']}").json["title"] == cut
+    named = api.session(title="Mine")
+    api.message(named["id"], "Hello", status=201)
+    assert client.get(f"/v1/sessions/{named['id']}").json["title"] == "Mine"
+
+
+def test_a_cancelled_turn_keeps_the_text_it_streamed(api, client, app, upstream):
+    from conftest import DONE, chunk
+
+    slow = api.provider(name="slow", provider_type="llmsim", settings={"token_delay_ms": 30})
+    session = app.client.sessions.create(api.agent(provider_id=slow["id"])["id"])
+    session.send("one two three four five six seven eight nine ten eleven twelve thirteen fourteen")
+    deltas = []
+    for event in session.stream():
+        if event.type == "message.delta":
+            deltas.append(event.data.delta)
+            if len(deltas) == 5:
+                gevent.spawn(session.cancel)
+        if event.type == "session.completed":
+            assert event.data.status == "cancelled"
+            break
+    kept = session.messages()[-1]
+    assert kept.role == "assistant" and kept.incomplete is True and len(deltas) >= 5
+    assert kept.content[0].text == "".join(deltas) and kept.latency_ms.first_token is not None
+    model = api.provider(name="up", provider_type="openai", base_url=upstream.url + "/v1", default_model="m")
+    upstream.sse([chunk({"content": "ok"}), chunk({}, "stop"), DONE])
+    assert session.ask("go on", provider_id=model["id"], timeout=20) == "ok"
+    assert {"role": "assistant", "content": "".join(deltas)} in upstream.requests[0]["json"]["messages"]

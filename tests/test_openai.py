@@ -159,3 +159,20 @@ def test_an_event_too_large_to_be_one_fails_the_turn_at_once(api, client, upstre
     done = finish(client, session["id"])[-1]["data"]
     assert done["status"] == "failed" and done["error"]["code"] == "PROVIDER_STREAM_ERROR"
     assert "over 262144 bytes" in done["error"]["message"]
+
+
+def test_each_assistant_message_says_what_its_call_cost(api, client, upstream):
+    session = remote_session(api, upstream, "openai", capabilities=["test_math"])
+    upstream.sse([chunk({"role": "assistant", "content": None}), tool_fragment(0, "call_Qx1", "add", '{"a":2,"b":3}'),
+                  chunk({}, "tool_calls"), usage(50, 20), DONE])  # fmt: skip
+    upstream.sse(text_answer("It is ", "5.", prompt=80, completion=4))
+    api.message(session["id"], "What is 2 + 3?", status=201)
+    finish(client, session["id"])
+    user, call, tool, answer = client.get(f"/v1/sessions/{session['id']}/messages").json["data"]
+    assert (call["usage"], answer["usage"]) == ({"input_tokens": 50, "output_tokens": 20},
+                                                {"input_tokens": 80, "output_tokens": 4})  # fmt: skip
+    assert call["latency_ms"]["first_token"] is None  # tool calls only: no text
+    assert 0 <= answer["latency_ms"]["first_token"] <= answer["latency_ms"]["total"] < 10_000
+    assert answer["model"] == "test-model" and answer["incomplete"] is False
+    for other in (user, tool):  # only assistant messages have these
+        assert not set(other) & {"provider_id", "model", "usage", "latency_ms", "incomplete"}
