@@ -10419,13 +10419,44 @@ def _shown(result: Any) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-class _Chat:
-    """One person chatting with one agent: sessions, turns, and what is printed."""
+class _Lines:
+    """What the person types: a terminal's lines as asked for, or piped input read ahead
+    by a greenlet of its own (so a turn that waits knows when the input has ended)."""
 
-    def __init__(self, api: _ApiClient, out: Any) -> None:
-        self.api, self.out = api, out
+    def __init__(self, source: Any, terminal: bool) -> None:
+        self.terminal, self.ended = terminal, gevent.event.Event()
+        self.waiting: Any = gevent.queue.Queue()
+        if not terminal:
+            gevent.spawn(self._read_ahead, source)
+
+    def _read_ahead(self, source: Any) -> None:
+        if hasattr(source, "fileno"):  # read without blocking the other greenlets (a pipe that stays open)
+            from gevent.fileobject import FileObjectPosix
+
+            source = FileObjectPosix(source.fileno(), "r", close=False, encoding="utf-8", errors="replace")
+        for line in source:
+            self.waiting.put(line.rstrip("\n"))
+        self.waiting.put(None)
+        self.ended.set()
+
+    def next(self, prompt: str) -> str | None:
+        """The next line (None at the end of the input)."""
+        return _read_line(prompt) if self.terminal else self.waiting.get()
+
+
+CHAT_HELP = "/new: a new session, /exit or Ctrl-D: quit, /help: this line; //text sends /text"
+
+
+class _Chat:
+    """One person chatting with one agent: sessions, turns, and what is printed; the
+    person answers an approval from the next line."""
+
+    def __init__(self, api: _ApiClient, out: Any, lines: _Lines | None = None) -> None:
+        self.api, self.out, self.lines_in = api, out, lines or _Lines((), True)
         self.agent: dict = {}
         self.session_id, self.seq, self.streamed, self.midline = "", 0, {}, False
+        self.gave_up = False  # a turn was cancelled because the input ended while it waited
+        self.watcher: Any = None  # piped input: cancels a turn that waits for a client once the input ends
 
     def say(self, text: str = "", end: str = "\n") -> None:
         self.out.write(text + end)
@@ -10472,25 +10503,60 @@ class _Chat:
 
     def turn(self, text: str) -> str:
         """Send one message and print the turn as it happens; its status."""
-        import http.client
-
         self.api.call("POST", f"/v1/sessions/{self.session_id}/messages", {"content": text})
         status, cancelled, drops = "", False, 0
-        while not status:  # a dropped stream is read again from the last seq
-            try:
-                for event in self.api.events(self.session_id, self.seq):
-                    status = self._show(event) or status
-            except KeyboardInterrupt:  # Ctrl-C: cancel the turn, then read how it ended
-                if cancelled:
-                    raise
-                cancelled = True
-                self.api.call("POST", f"/v1/sessions/{self.session_id}/cancel", {})
-            except (OSError, http.client.HTTPException, ValueError):
-                pass
-            drops += not status
-            if drops > 5:
-                raise _ChatError("the event stream keeps breaking off")
+        try:
+            while not status:  # a dropped stream is read again from the last seq
+                status, cancelled, drops = self._follow(status, cancelled, drops)
+        finally:
+            if self.watcher is not None:
+                self.watcher.kill()
+                self.watcher = None
         return status
+
+    def _follow(self, status: str, cancelled: bool, drops: int) -> tuple[str, bool, int]:
+        """Read the turn's events until it ends (or the stream breaks off)."""
+        import http.client
+
+        try:
+            for event in self.api.events(self.session_id, self.seq):
+                status = self._show(event) or status
+        except KeyboardInterrupt:  # Ctrl-C: cancel the turn, then read how it ended
+            if cancelled:
+                raise
+            cancelled = True
+            self.api.call("POST", f"/v1/sessions/{self.session_id}/cancel", {})
+        except (OSError, http.client.HTTPException, ValueError):
+            pass
+        drops += not status
+        if drops > 5:
+            raise _ChatError("the event stream keeps breaking off")
+        return status, cancelled, drops
+
+    def _input_ends(self) -> None:
+        """Piped input: a turn still waiting for a client's result when the input ends is cancelled."""
+        self.lines_in.ended.wait()
+        session = self.api.call("GET", f"/v1/sessions/{self.session_id}")
+        if session["status"] == "waiting":
+            self._give_up("the turn waits for a client result and the input has ended")
+
+    def _give_up(self, why: str) -> None:
+        self.note(f"✗ {why}: the turn is cancelled")
+        self.gave_up = True
+        self.api.call("POST", f"/v1/sessions/{self.session_id}/cancel", {})
+
+    def _decide(self, call: dict) -> None:
+        """Ask the person about a call that waits for approval; the next line answers."""
+        arguments = json.dumps(call["arguments"], ensure_ascii=False)
+        self.say(("\n" if self.midline else "") + f"approve {call['name']} {arguments}? [y/N] ", end="")
+        answer = self.lines_in.next("")
+        if not self.lines_in.terminal:  # what a terminal shows as it is typed
+            self.say("" if answer is None else answer)
+        if answer is None:
+            return self._give_up("no answer to the approval before the end of the input")
+        approved = answer.strip().lower() in ("y", "yes")
+        body = {"approved": approved, "reason": None if approved else "denied in the chat"}
+        self.api.call("POST", f"/v1/sessions/{self.session_id}/tool-calls/{call['id']}/approval", body)
 
     def _show(self, event: dict) -> str:
         """Print one event; the turn's status once it has ended."""
@@ -10504,8 +10570,16 @@ class _Chat:
             if text:
                 self.say(text[len(seen) :] if text.startswith(seen) else text)
         elif kind == "tool.call":
-            arguments = json.dumps(data["tool_call"]["arguments"], ensure_ascii=False)
-            self.say(f"→ {data['tool_call']['name']} {arguments}")
+            call = data["tool_call"]
+            self.say(f"→ {call['name']} {json.dumps(call['arguments'], ensure_ascii=False)}")
+            if call.get("executor") == "client":
+                answer = _dumps({"tool_call_id": call["id"], "result": "..."})
+                self.say(f"  the turn waits for a client result: POST /v1/sessions/{self.session_id}/tool-results "
+                         f"{answer}")  # fmt: skip
+                if not self.lines_in.terminal and self.watcher is None:
+                    self.watcher = gevent.spawn(self._input_ends)
+        elif kind == "tool.approval_requested":
+            self._decide(data["tool_call"])
         elif kind == "tool.result":
             self.say(f"← {'✗ ' if data['is_error'] else ''}{_shown(data['result'])}")
         elif kind == "session.completed":
@@ -10518,29 +10592,42 @@ class _Chat:
 
     def interactive(self) -> int:
         """The prompt loop: Ctrl-D or /exit quits, /new starts a new session."""
-        self.say(f"Chatting with {self.agent['name']} (/new: a new session, /exit or Ctrl-D: quit)")
+        self.say(f"Chatting with {self.agent['name']} ({CHAT_HELP})")
         while True:
             try:
-                text = _read_line("you> ")
+                text = self.lines_in.next("you> ")
             except KeyboardInterrupt:
                 self.say()
                 continue
-            if text is None or text.strip() == "/exit":
+            if text is None or self.command(text) == "exit":
                 self.say()
                 return 0
-            if text.strip() == "/new":
+
+    def lines(self) -> int:
+        """One message per line (standard input is not a terminal); 1 if a turn failed or
+        the input ended while a turn waited for an answer."""
+        failed = False
+        while (text := self.lines_in.next("")) is not None:
+            status = self.command(text)
+            failed = failed or status == "failed" or self.gave_up
+            if status == "exit" or self.gave_up:
+                break
+        return 1 if failed else 0
+
+    def command(self, text: str) -> str:
+        """A line: a command (/new, /exit, /help; //text is the message /text) or a message."""
+        line = text.strip()
+        if line in ("/exit", "/new", "/help"):
+            if line == "/new":
                 self.new_session()
                 self.say("(a new session)")
-            elif text.strip():
-                self.turn(text)
-
-    def lines(self, source: Iterable[str]) -> int:
-        """One message per line (standard input is not a terminal); 1 if a turn failed."""
-        failed = False
-        for line in source:
-            if line.strip():
-                failed = self.turn(line.rstrip("\n")) == "failed" or failed
-        return 1 if failed else 0
+            elif line == "/help":
+                self.say(CHAT_HELP)
+            return line[1:]
+        if line.startswith("/") and not line.startswith("//"):
+            self.say(f"unknown command {line.split()[0]} ({CHAT_HELP})")
+            return ""
+        return self.turn(text[text.index("/") + 1 :] if line.startswith("//") else text) if line else ""
 
 
 def _read_line(prompt: str) -> str | None:
@@ -10606,9 +10693,9 @@ def _chat(argv: list[str]) -> int:
             if args.url or os.environ.get("EVERRUNS_URL"):
                 raise
             stop = _server_in_process(url)
-        chat = _Chat(api, sys.stdout)
+        chat = _Chat(api, sys.stdout, _Lines(sys.stdin, sys.stdin.isatty()))
         chat.open(args.agent, args.new)
-        return chat.interactive() if sys.stdin.isatty() else chat.lines(sys.stdin)
+        return chat.interactive() if sys.stdin.isatty() else chat.lines()
     except (_ChatError, StartupError, ValueError) as e:
         print(f"everruns chat: {e}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1

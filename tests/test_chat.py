@@ -122,3 +122,76 @@ def test_a_stream_that_breaks_off_is_read_again_from_the_last_seq():
     chat.session_id = "s"
     assert chat.turn("hi") == "completed"
     assert out.getvalue() == "You said: hi\n" and chat.seq == 4
+
+
+def careful(server, **fields):
+    return agent(server, name="Careful", capabilities=["test_math"], require_approval=["add"], **fields)
+
+
+def test_an_approval_is_answered_from_the_next_line(start_server):
+    server = start_server()
+    careful(server)
+    status, out, _ = chat("Careful", "--url", server.url, text='add {"a": 2, "b": 3}\ny\nadd {"a": 1, "b": 1}\nn\n')
+    assert status == 0
+    assert 'approve add {"a": 2, "b": 3}? [y/N] y\n← 5\n' in out
+    assert 'approve add {"a": 1, "b": 1}? [y/N] n\n← ✗ denied by the user: denied in the chat' in out
+
+
+def test_piped_input_that_ends_before_an_answer_cancels_the_turn(start_server):
+    server = start_server()
+    careful(server)
+    status, out, _ = chat("Careful", "--url", server.url, text='add {"a": 2, "b": 3}\n')
+    assert status == 1 and "✗ no answer to the approval before the end of the input: the turn is cancelled" in out
+    location = {"name": "get_location", "description": "Where the user is.", "parameters": {"type": "object"}}
+    agent(server, name="Phone", client_tools=[location])
+    status, out, _ = chat("Phone", "--url", server.url, text="get_location {}\n")
+    assert status == 1 and "the turn waits for a client result: POST /v1/sessions/" in out
+    assert "✗ the turn waits for a client result and the input has ended: the turn is cancelled" in out
+    sessions = server.call("GET", "/v1/agents?limit=100")[2]["data"]
+    for a in sessions:
+        for session in server.call("GET", f"/v1/agents/{a['id']}/sessions")[2]["data"]:
+            assert session["status"] == "idle" and session["last_turn"]["status"] == "cancelled"
+
+
+def test_commands_in_piped_input_are_never_sent(start_server):
+    server = start_server()
+    agent(server)
+    status, out, _ = chat("Calc", "--url", server.url, text="one\n/new\n//two\n/help\n/what\n/exit\nthree\n")
+    assert status == 0 and "(a new session)" in out and "You said: /two" in out
+    assert "/new: a new session" in out and "unknown command /what" in out and "three" not in out
+    calc = server.call("GET", "/v1/agents")[2]["data"][0]
+    sessions = server.call("GET", f"/v1/agents/{calc['id']}/sessions")[2]["data"]
+    texts = [[m["content"][0]["text"] for m in server.call("GET", f"/v1/sessions/{s['id']}/messages")[2]["data"]
+              if m["role"] == "user"] for s in sessions]  # fmt: skip
+    assert sorted(texts) == [["/two"], ["one"]]
+
+
+def test_an_approval_in_a_terminal(start_server):
+    import pty
+    import select
+    import time
+
+    server = start_server()
+    careful(server)
+    leader, follower = pty.openpty()
+    command = [sys.executable, str(ROOT / "everruns.py"), "chat", "Careful", "--url", server.url]
+    proc = subprocess.Popen(command, stdin=follower, stdout=follower, stderr=follower, env=CLEAN)
+    os.close(follower)
+    seen = b""
+
+    def until(text, limit=30):
+        nonlocal seen
+        deadline = time.monotonic() + limit
+        while text.encode() not in seen:
+            assert time.monotonic() < deadline, seen
+            if select.select([leader], [], [], 1)[0]:
+                seen += os.read(leader, 4096)
+
+    until("you> ")
+    os.write(leader, b'add {"a": 2, "b": 3}\n')
+    until("[y/N] ")
+    os.write(leader, b"y\n")
+    until("← 5")
+    os.write(leader, b"/exit\n")
+    assert proc.wait(timeout=30) == 0
+    os.close(leader)

@@ -93,7 +93,7 @@ def test_a_version_1_database_is_migrated_in_place(db_path):
     session = client.post_json("/v1/agents/01890000-0000-7000-8000-000000000001/sessions", {}).json
     client.put_json(f"/v1/sessions/{session['id']}/fs/new.txt", {"content": "v2 works"}, status=201)
     app.close()
-    assert sqlite3.connect(db_path).execute("PRAGMA user_version").fetchone()[0] == everruns.SCHEMA_VERSION == 7
+    assert sqlite3.connect(db_path).execute("PRAGMA user_version").fetchone()[0] == everruns.SCHEMA_VERSION == 8
 
 
 def test_health_names_the_backend(client, backend):
