@@ -9878,7 +9878,13 @@ li > button.pick[aria-current=true] { background: var(--user); }
 #log { height: 55vh; overflow-y: auto; display: flex; flex-direction: column; gap: .5rem; padding: .3rem; }
 .msg { max-width: 85%; padding: .5rem .7rem; border-radius: 10px; white-space: pre-wrap; overflow-wrap: anywhere; }
 .msg.user { align-self: flex-end; background: var(--user); }
-.msg.assistant { align-self: flex-start; border: 1px solid var(--line); }
+.msg.assistant { align-self: flex-start; border: 1px solid var(--line); white-space: normal; }
+.msg.assistant > :first-child { margin-top: 0; } .msg.assistant > :last-child { margin-bottom: 0; }
+.msg.assistant pre { position: relative; padding: .5rem; overflow-x: auto; white-space: pre; }
+.msg.assistant pre button { position: absolute; top: .2rem; right: .2rem; font-size: .75rem; }
+.msg.assistant table { border-collapse: collapse; } .msg.assistant th, .msg.assistant td {
+  border: 1px solid var(--line); padding: .2rem .4rem; }
+.msg.assistant blockquote { margin-left: 0; padding-left: .6rem; border-left: 3px solid var(--line); }
 .card { align-self: stretch; background: var(--tool); border-left: 4px solid var(--accent); border-radius: 6px;
   padding: .4rem .6rem; }
 .card.error { border-left-color: var(--danger); background: var(--error); }
@@ -9897,7 +9903,8 @@ li > button.pick[aria-current=true] { background: var(--user); }
 
 _CONSOLE_JS = r""""use strict";
 // The Everruns console: plain JavaScript over the HTTP API. Everything a model, a
-// tool or a person wrote is put on the page as text (textContent), never as HTML.
+// tool or a person wrote is put on the page as text (text nodes), never as HTML: an
+// answer's Markdown is built as DOM nodes (markdown, below).
 
 const $ = (id) => document.getElementById(id);
 const state = { key: sessionStorage.getItem("everruns-key") || "", agents: [], agent: null, session: null,
@@ -10138,11 +10145,98 @@ async function follow(sessionId) {
           if (data) show(JSON.parse(data));
         }
       }
-    } catch (error) {
+    } catch {
       if (controller.signal.aborted) return;
     }
     await new Promise((resolve) => setTimeout(resolve, 1000));  // dropped: resume after the last seq
   }
+}
+
+// ---- Markdown, built as DOM nodes -------------------------------------------
+// CommonMark's common subset and GitHub tables. Every piece of the text becomes a text
+// node or an element made here; links only for http(s), opened with noopener.
+
+const FENCE = /^\s*(```|~~~)\s*([\w+-]*)\s*$/;
+const TABLE_RULE = /^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$/;
+const LIST_ITEM = /^\s*([-*+]|\d{1,9}[.)])\s+(.*)$/;
+
+function inline(text) {
+  const out = [];
+  const pattern = new RegExp(["(`+)([\\s\\S]*?)\\1", "\\*\\*([^*]+)\\*\\*", "__([^_]+)__", "\\*([^*\\s][^*]*)\\*",
+    "_([^_\\s][^_]*)_", "\\[([^\\]]+)\\]\\(([^)\\s]+)\\)"].join("|"), "g");  // code, strong, em, link
+  let at = 0;
+  for (const m of text.matchAll(pattern)) {
+    if (m.index > at) out.push(text.slice(at, m.index));
+    if (m[1]) out.push(el("code", {}, m[2]));
+    else if (m[3] || m[4]) out.push(el("strong", {}, ...inline(m[3] || m[4])));
+    else if (m[5] || m[6]) out.push(el("em", {}, ...inline(m[5] || m[6])));
+    else if (/^https?:\/\//i.test(m[8])) {
+      out.push(el("a", { href: m[8], target: "_blank", rel: "noopener noreferrer" }, ...inline(m[7])));
+    } else out.push(m[0]);  // any other link (javascript:, data:, ...) stays text
+    at = m.index + m[0].length;
+  }
+  if (at < text.length) out.push(text.slice(at));
+  return out;
+}
+
+function cells(line) {
+  return line.trim().replace(/^\|/, "").replace(/\|$/, "").split("|").map((c) => c.trim());
+}
+
+function codeBlock(code, language) {
+  const copy = el("button", { type: "button", onclick: () => navigator.clipboard.writeText(code) }, "Copy");
+  return el("pre", {}, copy, el("code", language ? { "data-language": language } : {}, code));
+}
+
+function markdown(text) {
+  const lines = text.split("\n"), out = document.createDocumentFragment();
+  let i = 0;
+  while (i < lines.length) {
+    const line = lines[i];
+    const fence = line.match(FENCE);
+    if (fence) {
+      const body = [];
+      for (i++; i < lines.length && !lines[i].trim().startsWith(fence[1]); i++) body.push(lines[i]);
+      out.append(codeBlock(body.join("\n"), fence[2]));
+      i++;
+    } else if (/^\s*#{1,6}\s/.test(line)) {
+      const level = line.trim().match(/^#+/)[0].length;
+      out.append(el(`h${level}`, {}, ...inline(line.trim().slice(level).trim())));
+      i++;
+    } else if (line.includes("|") && i + 1 < lines.length && TABLE_RULE.test(lines[i + 1])) {
+      const head = el("tr", {}, ...cells(line).map((c) => el("th", {}, ...inline(c))));
+      const rows = [];
+      for (i += 2; i < lines.length && lines[i].includes("|"); i++) {
+        rows.push(el("tr", {}, ...cells(lines[i]).map((c) => el("td", {}, ...inline(c)))));
+      }
+      out.append(el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)));
+    } else if (LIST_ITEM.test(line)) {
+      const ordered = /^\s*\d/.test(line), items = [];
+      for (; i < lines.length && LIST_ITEM.test(lines[i]); i++) {
+        items.push(el("li", {}, ...inline(lines[i].match(LIST_ITEM)[2])));
+      }
+      out.append(el(ordered ? "ol" : "ul", {}, ...items));
+    } else if (/^\s*>/.test(line)) {
+      const quoted = [];
+      for (; i < lines.length && /^\s*>/.test(lines[i]); i++) quoted.push(lines[i].replace(/^\s*>\s?/, ""));
+      out.append(el("blockquote", {}, markdown(quoted.join("\n"))));
+    } else if (/^\s*([-*_])(\s*\1){2,}\s*$/.test(line)) {
+      out.append(el("hr"));
+      i++;
+    } else if (line.trim()) {
+      const paragraph = [];
+      for (; i < lines.length && lines[i].trim() && !FENCE.test(lines[i]) && !/^\s*#{1,6}\s/.test(lines[i]) &&
+             !LIST_ITEM.test(lines[i]); i++) paragraph.push(lines[i]);
+      const parts = [];
+      paragraph.forEach((l, n) => parts.push(...(n ? [el("br")] : []), ...inline(l)));
+      out.append(el("p", {}, ...parts));
+    } else i++;
+  }
+  return out;
+}
+
+function written(node, role, text) {
+  if (role === "assistant") node.replaceChildren(markdown(text)); else node.textContent = text;
 }
 
 function bubble(id, role) {
@@ -10162,11 +10256,11 @@ function show(event) {
   const data = event.data;
   if (event.type === "message.delta") {
     state.texts[data.message_id] = (state.texts[data.message_id] || "") + data.delta;
-    bubble(data.message_id, "assistant").textContent = state.texts[data.message_id];
+    written(bubble(data.message_id, "assistant"), "assistant", state.texts[data.message_id]);
   } else if (event.type === "message.created") {
     const message = data.message;
     const text = message.content.filter((p) => p.type === "text").map((p) => p.text).join("\n");
-    if (message.role !== "tool" && text) bubble(message.id, message.role).textContent = text;
+    if (message.role !== "tool" && text) written(bubble(message.id, message.role), message.role, text);
   } else if (event.type === "tool.call") {
     const call = data.tool_call;
     $("log").append(el("div", { class: "card", "data-call": call.id },
@@ -10261,7 +10355,7 @@ $("upload").addEventListener("change", guard(async () => {
   let body;
   try {
     body = { content: new TextDecoder("utf-8", { fatal: true }).decode(bytes), encoding: "text" };
-  } catch (notText) {
+  } catch {  // not UTF-8 text: sent as base64
     let binary = "";
     for (const byte of bytes) binary += String.fromCharCode(byte);
     body = { content: btoa(binary), encoding: "base64" };

@@ -221,3 +221,106 @@ def test_the_device_example_end_to_end(browser, start_server):
     assert server.stop() == 0
     turns = [line for line in server.output().splitlines() if line.startswith("turn completed in")]
     assert len(turns) == 2 and "switch_relay returned" in turns[1]  # the hook, once per turn
+
+
+def test_the_console_script_passes_eslint(tmp_path):
+    import subprocess
+
+    import everruns
+
+    eslint = ROOT / ".ci" / "node_modules" / ".bin" / "eslint"
+    if not eslint.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{eslint} is missing: .ci/run installs ESLint with npm")
+        pytest.skip("ESLINT NOT RUN: .ci/run installs it (npm install --prefix .ci eslint@9 globals@15)")
+    shutil.copy(ROOT / ".ci" / "eslint.config.mjs", tmp_path)
+    (tmp_path / "node_modules").symlink_to(ROOT / ".ci" / "node_modules")
+    (tmp_path / "console.js").write_text(everruns._CONSOLE_JS)
+    (tmp_path / "bad.js").write_text('"use strict";\nconst unused = 1;\ndocument.body.innerHTML = answer;\n')
+
+    def lint(name):
+        return subprocess.run([str(eslint), name], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    done = lint("console.js")
+    assert done.returncode == 0, done.stdout + done.stderr
+    bad = lint("bad.js").stdout  # the rules are in force
+    assert all(rule in bad for rule in ("no-unused-vars", "no-undef", "no-restricted-properties")), bad
+
+
+MARKDOWN = """## Plan
+
+Some **bold**, *emphasis* and `code`.
+
+- one
+- two
+
+1. first
+2. second
+
+| Tool | Result |
+| --- | --- |
+| add | 5 |
+
+```python
+print("hi")
+```
+
+See [the docs](https://example.com/docs)."""
+
+ATTACKS = """[click](javascript:alert(1)) and [data](data:text/html,<script>alert(1)</script>)
+
+<img src=x onerror="alert(1)"> <script>alert(2)</script> `<img src=x onerror=alert(3)>`
+
+```
+<img src=x onerror=alert(4)>
+```
+
+| a | b |
+| --- | --- |
+| <b onclick="alert(5)">x</b> | y |"""
+
+
+def replying(ui, text):
+    """A session of an agent whose simulator answers `text`; the page, opened on it."""
+    provider = ui.server.call("POST", "/v1/llm-providers", {"name": "md", "provider_type": "llmsim",
+                                                            "settings": {"reply": text}})[2]  # fmt: skip
+    ui.server.call("POST", "/v1/agents", {"name": "Writer", "provider_id": provider["id"]})
+    page = ui.open()
+    page.get_by_role("button", name="New session").click()
+    ui.send("go")
+    page.get_by_role("log").locator("table").wait_for()
+    return page, page.get_by_role("log")
+
+
+def test_an_answer_renders_as_markdown_and_its_code_copies(console):
+    ui = console()
+    ui.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page, log = replying(ui, MARKDOWN)
+    assert log.locator("h2").inner_text() == "Plan"
+    assert [log.locator(t).first.inner_text() for t in ("strong", "em", "p code")] == ["bold", "emphasis", "code"]
+    assert log.locator("ul li").all_inner_texts() == ["one", "two"]
+    assert log.locator("ol li").all_inner_texts() == ["first", "second"]
+    assert log.locator("th").all_inner_texts() == ["Tool", "Result"]
+    assert log.locator("td").all_inner_texts() == ["add", "5"]
+    link = log.locator("a", has_text="the docs")
+    assert (link.get_attribute("href"), link.get_attribute("target")) == ("https://example.com/docs", "_blank")
+    assert link.get_attribute("rel") == "noopener noreferrer"
+    assert log.locator("pre code").inner_text() == 'print("hi")'
+    log.get_by_role("button", name="Copy").click()
+    assert page.evaluate("navigator.clipboard.readText()") == 'print("hi")'
+    ui.shot("markdown.png")
+    ui.clean()
+
+
+def test_markdown_and_html_attacks_run_nothing(console):
+    ui = console()
+    dialogs = []
+    ui.page.on("dialog", lambda dialog: dialogs.append(dialog.message) or dialog.dismiss())
+    _, log = replying(ui, ATTACKS)
+    made = "img, script, b, [onclick], [onerror], a[href^='javascript'], a[href^='data'], a:not([href^='http'])"
+    assert log.locator(made).count() == 0
+    log.locator("td").first.click()
+    assert dialogs == []
+    text = log.inner_text()
+    assert "<img src=x onerror=" in text and "<script>alert(2)</script>" in text and "[click](javascript:" in text
+    ui.clean()
