@@ -9790,6 +9790,7 @@ _CONSOLE_HTML = r"""<!doctype html>
         <button type="button" id="rename-session">Rename</button>
         <button type="button" id="delete-session" class="danger">Delete session</button>
         <button type="button" id="edit-agent">Edit agent</button>
+        <span id="session-usage" class="note"></span>
       </div>
       <div id="log" role="log" aria-label="Conversation" aria-live="polite"></div>
       <form id="message-form">
@@ -10113,6 +10114,7 @@ async function openSession(session) {
   follow(session.id);  // first: nothing below may keep the live view from starting
   await loadSessions();
   await loadFiles();
+  await sessionUsage();
 }
 
 // ---- the conversation: a fetch-based SSE reader that resumes from the last seq ----
@@ -10235,6 +10237,46 @@ function markdown(text) {
   return out;
 }
 
+// ---- the trace of a turn: its model calls and tool calls, from the stored events ----
+
+function tokens(usage) {
+  return usage ? `${usage.input_tokens} in, ${usage.output_tokens} out` : "tokens unknown";
+}
+
+function modelCall(message) {
+  const latency = message.latency_ms;
+  const timing = latency ? `first token ${latency.first_token === null ? "-" : `${latency.first_token} ms`}, ` +
+    `${latency.total} ms` : "timing unknown";
+  const provider = (state.providers.find((p) => p.id === message.provider_id) || {}).name || message.provider_id;
+  return el("li", { class: "model-call" }, el("strong", {}, "Model call"),
+    ` ${message.model || "?"} (${provider || "no provider"}): ${tokens(message.usage)} tokens; ${timing}` +
+    (message.incomplete ? " (cancelled: incomplete)" : ""));
+}
+
+async function trace(turnId, box) {
+  if (!box.hidden) { box.hidden = true; return; }
+  const events = (await all(`/v1/sessions/${state.session.id}/events?format=json`)).filter((e) => e.turn_id === turnId);
+  const decided = {}, items = [];
+  for (const e of events) if (e.type === "tool.approval_resolved") decided[e.data.tool_call_id] = e.data.approved;
+  for (const e of events) {
+    if (e.type === "message.created" && e.data.message.role === "assistant") items.push(modelCall(e.data.message));
+    if (e.type === "tool.result") {
+      const approval = e.data.tool_call_id in decided ? (decided[e.data.tool_call_id] ? ", approved" : ", denied") : "";
+      const call = events.find((c) => c.type === "tool.call" && c.data.tool_call.id === e.data.tool_call_id);
+      items.push(el("li", { class: "tool-call" }, el("strong", {}, "Tool call"),
+        ` ${e.data.name} ${JSON.stringify(call ? call.data.tool_call.arguments : {})}: ${e.data.duration_ms} ms` +
+        `${approval}${e.data.is_error ? ", error" : ""}`, el("pre", {}, JSON.stringify(e.data.result, null, 2))));
+    }
+  }
+  box.replaceChildren(el("ol", {}, ...items));
+  box.hidden = false;
+}
+
+async function sessionUsage() {
+  const session = await api("GET", `/v1/sessions/${state.session.id}`);
+  $("session-usage").textContent = `Tokens: ${tokens(session.usage)}`;
+}
+
 function written(node, role, text) {
   if (role === "assistant") node.replaceChildren(markdown(text)); else node.textContent = text;
 }
@@ -10293,7 +10335,11 @@ function show(event) {
       const why = data.error ? `: ${data.error.message}` : "";
       $("log").append(el("div", { class: `note ${data.status}` }, `Turn ${data.status}${why}`));
     }
+    const box = el("div", { class: "trace", "data-trace": data.turn_id, hidden: "" });
+    $("log").append(el("div", { class: "turn-end" },
+      el("button", { type: "button", onclick: guard(() => trace(data.turn_id, box)) }, "Trace"), box));
     loadFiles().catch(() => {});
+    sessionUsage().catch(() => {});
   }
   scrolled();
 }

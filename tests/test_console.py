@@ -324,3 +324,35 @@ def test_markdown_and_html_attacks_run_nothing(console):
     text = log.inner_text()
     assert "<img src=x onerror=" in text and "<script>alert(2)</script>" in text and "[click](javascript:" in text
     ui.clean()
+
+
+def test_a_turn_s_trace_shows_its_model_calls_and_tool_call_as_the_api_stores_them(console):
+    ui = console()
+    ui.server.call("POST", "/v1/agents", {"name": "Calculator", "capabilities": ["test_math"]})
+    page = ui.open()
+    page.get_by_role("button", name="New session").click()
+    ui.send('add {"a": 2, "b": 3}')
+    log = page.get_by_role("log")
+    log.get_by_role("button", name="Trace").click()
+    trace = log.locator(".trace")
+    trace.locator("li").nth(2).wait_for()
+    agent = ui.server.call("GET", "/v1/agents")[2]["data"][0]
+    session = ui.server.call("GET", f"/v1/agents/{agent['id']}/sessions")[2]["data"][0]
+    messages = ui.server.call("GET", f"/v1/sessions/{session['id']}/messages")[2]["data"]
+    events = ui.server.call("GET", f"/v1/sessions/{session['id']}/events?format=json")[2]["data"]
+    calls = [m for m in messages if m["role"] == "assistant"]
+    result = next(e["data"] for e in events if e["type"] == "tool.result")
+    lines = trace.locator("li").all_inner_texts()
+    assert [line.split()[0:2] for line in lines] == [["Model", "call"], ["Tool", "call"], ["Model", "call"]]
+    for line, call in zip([lines[0], lines[2]], calls, strict=True):
+        usage, latency = call["usage"], call["latency_ms"]
+        assert f"{usage['input_tokens']} in, {usage['output_tokens']} out tokens" in line
+        assert f"{latency['total']} ms" in line and call["model"] in line
+    assert f'add {{"a":2,"b":3}}: {result["duration_ms"]} ms' in lines[1] and '"result": 5' in lines[1]
+    from playwright.sync_api import expect
+
+    total = session["usage"]
+    tokens = f"Tokens: {total['input_tokens']} in, {total['output_tokens']} out"
+    expect(page.locator("#session-usage")).to_have_text(tokens)
+    ui.shot("trace.png")
+    ui.clean()
