@@ -9880,6 +9880,7 @@ li > button.pick[aria-current=true] { background: var(--user); }
 .msg { max-width: 85%; padding: .5rem .7rem; border-radius: 10px; white-space: pre-wrap; overflow-wrap: anywhere; }
 .msg.user { align-self: flex-end; background: var(--user); }
 .msg.assistant { align-self: flex-start; border: 1px solid var(--line); white-space: normal; }
+.msg.thinking { color: var(--muted); font-style: italic; }
 .msg.assistant > :first-child { margin-top: 0; } .msg.assistant > :last-child { margin-bottom: 0; }
 .msg.assistant pre { position: relative; padding: .5rem; overflow-x: auto; white-space: pre; }
 .msg.assistant pre button { position: absolute; top: .2rem; right: .2rem; font-size: .75rem; }
@@ -10296,6 +10297,14 @@ function show(event) {
   if (!state.session || event.session_id !== state.session.id) return;  // a stream of a session left behind
   if (event.seq) state.seq = event.seq;
   const data = event.data;
+  const answering = ["message.delta", "tool.call", "session.completed", "tool.approval_requested"];
+  if (answering.includes(event.type) || (event.type === "message.created" && data.message.role === "assistant")) {
+    thinking(false);
+  } else if (event.type === "session.started" || event.type === "tool.result") {
+    thinking(true);
+  } else if (document.querySelector("#log .thinking")) {
+    thinking(true);  // it stays last
+  }
   if (event.type === "message.delta") {
     state.texts[data.message_id] = (state.texts[data.message_id] || "") + data.delta;
     written(bubble(data.message_id, "assistant"), "assistant", state.texts[data.message_id]);
@@ -10354,11 +10363,24 @@ function running(yes) {
   $("cancel-turn").hidden = !yes;
 }
 
+// Between Send (or a tool's result) and the model's first token: something shows.
+function thinking(on) {
+  const shown = document.querySelector("#log .thinking");
+  if (!on) { if (shown) shown.remove(); return; }
+  $("log").append(shown || el("div", { class: "msg assistant thinking", role: "status" }, "Thinking…"));
+}
+
 $("message-form").addEventListener("submit", guard(async () => {
   const text = $("message").value;
   if (!text.trim()) return;
   $("message").value = "";
-  await api("POST", `/v1/sessions/${state.session.id}/messages`, { content: text });
+  thinking(true);  // before the turn's first event can come
+  try {
+    await api("POST", `/v1/sessions/${state.session.id}/messages`, { content: text });
+  } catch (error) {
+    thinking(false);
+    throw error;
+  }
 }));
 $("message").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); $("message-form").requestSubmit(); }

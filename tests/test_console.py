@@ -356,3 +356,21 @@ def test_a_turn_s_trace_shows_its_model_calls_and_tool_call_as_the_api_stores_th
     expect(page.locator("#session-usage")).to_have_text(tokens)
     ui.shot("trace.png")
     ui.clean()
+
+
+def test_something_shows_between_send_and_the_first_token(console):
+    from playwright.sync_api import expect
+
+    ui = console()
+    slow = ui.server.call("POST", "/v1/llm-providers", {"name": "slow", "provider_type": "llmsim",
+                                                        "settings": {"token_delay_ms": 3000}})[2]  # fmt: skip
+    ui.server.call("POST", "/v1/agents", {"name": "Slowpoke", "provider_id": slow["id"]})
+    page = ui.open()
+    page.get_by_role("button", name="New session").click()
+    ui.send("hello")
+    log = page.get_by_role("log")
+    expect(log.get_by_role("status")).to_have_text("Thinking…")
+    assert log.locator(".msg.assistant:not(.thinking)").count() == 0  # no token yet
+    log.get_by_text("You said: hello").wait_for(timeout=30_000)
+    expect(log.get_by_role("status")).to_have_count(0)
+    ui.clean()
