@@ -9900,6 +9900,7 @@ li > button.pick[aria-current=true] { background: var(--user); }
 @media (max-width: 900px) {
   main, #providers-view { grid-template-columns: 1fr; padding: .5rem; }
   #log { height: 45vh; }
+  main:has(#conversation:not([hidden])) > #center { order: -1; }  /* an open session first: Message on screen */
 }
 """
 

@@ -374,3 +374,16 @@ def test_something_shows_between_send_and_the_first_token(console):
     log.get_by_text("You said: hello").wait_for(timeout=30_000)
     expect(log.get_by_role("status")).to_have_count(0)
     ui.clean()
+
+
+def test_on_a_phone_the_message_field_is_on_screen_without_scrolling(console):
+    ui = console(width=390)
+    ui.page.set_viewport_size({"width": 390, "height": 844})
+    ui.server.call("POST", "/v1/agents", {"name": "Pocket"})
+    page = ui.open()
+    page.get_by_role("button", name="New session").click()
+    field = page.get_by_label("Message", exact=True)
+    field.wait_for()
+    box = field.bounding_box()
+    assert page.evaluate("window.scrollY") == 0 and 0 <= box["y"] and box["y"] + box["height"] <= 844, box
+    ui.clean()
