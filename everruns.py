@@ -9818,7 +9818,7 @@ _CONSOLE_HTML = r"""<!doctype html>
     <pre id="models-view" aria-label="Models" hidden></pre>
   </section>
   <form id="provider-form">
-    <h2>Add a provider</h2>
+    <h2 id="provider-form-title">Add a provider</h2>
     <label>Provider name <input id="provider-name" required></label>
     <label>Type <select id="provider-type">
       <!-- the provider types -->
@@ -9826,7 +9826,10 @@ _CONSOLE_HTML = r"""<!doctype html>
     <label>Base URL <input id="provider-url" placeholder="e.g. http://127.0.0.1:11434/v1 for Ollama"></label>
     <label>Default model <input id="provider-model"></label>
     <label>Provider key <input id="provider-key" type="password" autocomplete="off"></label>
-    <button type="submit">Add provider</button>
+    <div class="row">
+      <button type="submit" id="provider-submit">Add provider</button>
+      <button type="button" id="provider-new" hidden>New provider</button>
+    </div>
   </form>
 </main>
 </body>
@@ -9992,18 +9995,46 @@ async function loadProviders() {
       const models = await all(`/v1/llm-providers/${p.id}/models`);
       $("models-view").hidden = false;
       $("models-view").textContent = `${p.name}: ${models.map((m) => m.id).join(", ") || "(none)"}`;
-    }) }, "List models"))));
+    }) }, "List models"),
+    el("button", { type: "button", "aria-label": `Edit ${p.name}`, onclick: () => providerForm(p) }, "Edit"),
+    el("button", { type: "button", class: "danger", "aria-label": `Delete ${p.name}`, onclick: guard(async () => {
+      if (!confirm(`Delete the provider ${p.name}?`)) return;
+      await api("DELETE", `/v1/llm-providers/${p.id}`);
+      if ($("provider-form").dataset.editing === p.id) providerForm(null);
+      await loadProviders();
+    }) }, "Delete"))));
   $("agent-provider").replaceChildren(el("option", { value: "" }, "The default provider"),
     ...state.providers.map((p) => el("option", { value: p.id }, p.name)));
 }
 
+// The form adds a provider, or edits one (its key is kept unless a new one is typed).
+function providerForm(provider) {
+  const form = $("provider-form");
+  form.reset();
+  form.dataset.editing = provider ? provider.id : "";
+  $("provider-form-title").textContent = provider ? `Edit ${provider.name}` : "Add a provider";
+  $("provider-submit").textContent = provider ? "Save" : "Add provider";
+  $("provider-new").hidden = !provider;
+  $("provider-type").disabled = Boolean(provider);
+  if (!provider) return;
+  $("provider-name").value = provider.name;
+  $("provider-type").value = provider.provider_type;
+  $("provider-url").value = provider.base_url || "";
+  $("provider-model").value = provider.default_model || "";
+  $("provider-key").placeholder = provider.api_key_set ? "(kept unless you type a new one)" : "";
+  $("provider-name").focus();
+}
+
+$("provider-new").addEventListener("click", () => providerForm(null));
 $("provider-form").addEventListener("submit", guard(async () => {
-  const body = { name: $("provider-name").value, provider_type: $("provider-type").value };
-  if ($("provider-url").value) body.base_url = $("provider-url").value;
+  const editing = $("provider-form").dataset.editing;
+  const body = { name: $("provider-name").value };
+  if (!editing) body.provider_type = $("provider-type").value;
+  if ($("provider-url").value || editing) body.base_url = $("provider-url").value || null;
   if ($("provider-model").value) body.default_model = $("provider-model").value;
   if ($("provider-key").value) body.api_key = $("provider-key").value;
-  await api("POST", "/v1/llm-providers", body);
-  $("provider-form").reset();
+  await api(editing ? "PATCH" : "POST", editing ? `/v1/llm-providers/${editing}` : "/v1/llm-providers", body);
+  providerForm(null);
   await loadProviders();
 }));
 

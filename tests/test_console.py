@@ -387,3 +387,32 @@ def test_on_a_phone_the_message_field_is_on_screen_without_scrolling(console):
     box = field.bounding_box()
     assert page.evaluate("window.scrollY") == 0 and 0 <= box["y"] and box["y"] + box["height"] <= 844, box
     ui.clean()
+
+
+def test_a_provider_is_edited_and_deleted(console):
+    from playwright.sync_api import expect
+
+    ui = console()
+    page = ui.open()
+    page.get_by_role("button", name="Providers").click()
+    page.get_by_label("Provider name").fill("Local")
+    page.get_by_label("Type").select_option("openai")
+    page.get_by_label("Base URL").fill("http://127.0.0.1:11434/v1")
+    page.get_by_label("Default model").fill("llama3.2")
+    page.get_by_label("Provider key").fill("sk-local-secret")
+    page.get_by_role("button", name="Add provider").click()
+    providers = page.get_by_role("list", name="Providers")
+    providers.get_by_role("button", name="Edit Local").click()
+    expect(page.get_by_label("Default model")).to_have_value("llama3.2")
+    page.get_by_label("Provider name").fill("Ollama")
+    page.get_by_label("Default model").fill("qwen2.5")
+    page.get_by_role("button", name="Save").click()
+    expect(providers).to_contain_text("Ollama (openai, qwen2.5)")
+    stored = next(p for p in ui.server.call("GET", "/v1/llm-providers")[2]["data"] if p["name"] == "Ollama")
+    assert (stored["default_model"], stored["base_url"], stored["api_key_set"]) == (
+        "qwen2.5", "http://127.0.0.1:11434/v1", True)  # fmt: skip
+    page.once("dialog", lambda dialog: dialog.accept())
+    providers.get_by_role("button", name="Delete Ollama").click()
+    expect(providers).not_to_contain_text("Ollama")
+    assert [p["name"] for p in ui.server.call("GET", "/v1/llm-providers")[2]["data"]] == ["Built-in simulator"]
+    ui.clean()
