@@ -9778,6 +9778,11 @@ _CONSOLE_HTML = r"""<!doctype html>
       <label>Provider <select id="agent-provider"></select></label>
       <label>Model <input id="agent-model" list="models" placeholder="the provider's default"></label>
       <datalist id="models"></datalist>
+      <label>Tools that need approval
+        <input id="agent-approval" placeholder="tool names, comma-separated; * for all"></label>
+      <label>Client tools (JSON) <textarea id="agent-client-tools" rows="3" spellcheck="false"
+        placeholder='[{"name": "get_location", "description": "Where the user is."}]'></textarea></label>
+      <label>Max iterations <input id="agent-iterations" type="number" min="1" max="100"></label>
       <div class="row">
         <button type="submit" id="agent-submit">Create</button>
         <button type="button" id="agent-cancel">Close</button>
@@ -10057,6 +10062,9 @@ async function agentForm(agent) {
   $("agent-prompt").value = agent ? agent.system_prompt : "";
   $("agent-provider").value = agent && agent.provider_id ? agent.provider_id : "";
   $("agent-model").value = agent && agent.model ? agent.model : "";
+  $("agent-approval").value = agent ? agent.require_approval.join(", ") : "";
+  $("agent-client-tools").value = agent && agent.client_tools.length ? JSON.stringify(agent.client_tools, null, 2) : "";
+  $("agent-iterations").value = agent ? agent.max_iterations : "";
   $("capabilities").replaceChildren(...state.capabilities.map((c) => el("label", { title: c.description },
     el("input", Object.assign({ type: "checkbox", value: c.id },
       agent && agent.capabilities.includes(c.id) ? { checked: "" } : {})), c.id)));
@@ -10078,7 +10086,10 @@ $("agent-provider").addEventListener("change", guard(async () => {
 $("agent-form").addEventListener("submit", guard(async () => {
   const body = { name: $("agent-name").value, system_prompt: $("agent-prompt").value,
     capabilities: [...$("capabilities").querySelectorAll("input:checked")].map((box) => box.value),
-    provider_id: $("agent-provider").value || null, model: $("agent-model").value || null };
+    provider_id: $("agent-provider").value || null, model: $("agent-model").value || null,
+    require_approval: $("agent-approval").value.split(",").map((name) => name.trim()).filter(Boolean),
+    client_tools: JSON.parse($("agent-client-tools").value.trim() || "[]") };
+  if ($("agent-iterations").value) body.max_iterations = Number($("agent-iterations").value);
   const editing = $("agent-form").dataset.editing;
   const agent = editing ? await api("PATCH", `/v1/agents/${editing}`, body) : await api("POST", "/v1/agents", body);
   $("agent-form").hidden = true;
@@ -10310,6 +10321,19 @@ async function sessionUsage() {
   $("session-usage").textContent = `Tokens: ${tokens(session.usage)}`;
 }
 
+// A call of a client tool: the page can be the client (a JSON result, Send result).
+function clientResult(call) {
+  const result = el("textarea", { rows: "2", spellcheck: "false", "aria-label": `Result of ${call.name}` });
+  const send = guard(async () => {
+    let value;
+    try { value = JSON.parse(result.value); } catch { value = result.value; }  // not JSON: sent as text
+    await api("POST", `/v1/sessions/${state.session.id}/tool-results`, { tool_call_id: call.id, result: value });
+  });
+  return el("form", { class: "client-result", onsubmit: (event) => { event.preventDefault(); send(); } },
+    el("div", { class: "note" }, "Waiting for the client's result: answer it here (JSON)"), result,
+    el("button", { type: "submit" }, "Send result"));
+}
+
 function written(node, role, text) {
   if (role === "assistant") node.replaceChildren(markdown(text)); else node.textContent = text;
 }
@@ -10348,8 +10372,7 @@ function show(event) {
     const call = data.tool_call;
     $("log").append(el("div", { class: "card", "data-call": call.id },
       el("strong", {}, `Tool: ${call.name}`), el("pre", {}, JSON.stringify(call.arguments, null, 2))));
-    const waits = call.executor === "client" ? "Waiting for the client's result" : "";
-    if (waits) card(call.id).append(el("div", { class: "note" }, waits));
+    if (call.executor === "client") card(call.id).append(clientResult(call));
   } else if (event.type === "tool.approval_requested") {
     const call = data.tool_call;
     const decide = (approved) => guard(async () => {
@@ -10366,6 +10389,8 @@ function show(event) {
     const card = document.querySelector(`[data-call="${CSS.escape(data.tool_call_id)}"]`) ||
       $("log").appendChild(el("div", { class: "card" }, el("strong", {}, `Tool: ${data.name}`)));
     if (data.is_error) card.classList.add("error");
+    const asked = card.querySelector(".client-result");
+    if (asked) asked.remove();
     card.append(el("div", { class: "note" }, data.is_error ? "Error" : "Result"),
       el("pre", {}, JSON.stringify(data.result, null, 2)));
   } else if (event.type === "session.started") {

@@ -416,3 +416,30 @@ def test_a_provider_is_edited_and_deleted(console):
     expect(providers).not_to_contain_text("Ollama")
     assert [p["name"] for p in ui.server.call("GET", "/v1/llm-providers")[2]["data"]] == ["Built-in simulator"]
     ui.clean()
+
+
+def test_an_agent_with_approvals_and_a_client_tool_is_made_and_answered_in_the_page(console):
+    ui = console()
+    page = ui.open()
+    page.get_by_role("button", name="New agent").click()
+    page.get_by_label("Name", exact=True).fill("Helper")
+    page.get_by_label("test_math", exact=True).check()
+    page.get_by_label("Tools that need approval").fill("add")
+    location = '[{"name": "get_location", "description": "Where the user is."}]'
+    page.get_by_label("Client tools (JSON)").fill(location)
+    page.get_by_label("Max iterations").fill("4")
+    page.get_by_role("button", name="Create").click()
+    page.get_by_role("button", name="New session").click()
+    agent = ui.server.call("GET", "/v1/agents")[2]["data"][0]
+    assert (agent["require_approval"], agent["max_iterations"]) == (["add"], 4)
+    assert [t["name"] for t in agent["client_tools"]] == ["get_location"]
+    ui.send('add {"a": 2, "b": 3}')
+    log = page.get_by_role("log")
+    log.get_by_role("button", name="Approve").click()
+    log.get_by_text("Tool results: add returned").wait_for()
+    ui.send("get_location {}")
+    log.get_by_label("Result of get_location").fill('{"city": "Lisbon"}')
+    log.get_by_role("button", name="Send result").click()
+    log.get_by_text('Tool results: get_location returned {"city":"Lisbon"}.').wait_for()
+    assert log.get_by_role("button", name="Send result").count() == 0
+    ui.clean()
