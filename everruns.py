@@ -9821,6 +9821,13 @@ _CONSOLE_HTML = r"""<!doctype html>
     <h2>LLM providers</h2>
     <ul id="providers" aria-label="Providers"></ul>
     <pre id="models-view" aria-label="Models" hidden></pre>
+    <h2>MCP servers</h2>
+    <ul id="mcp-servers" aria-label="MCP servers"></ul>
+    <form id="mcp-form" class="row">
+      <label>MCP server name <input id="mcp-name" required maxlength="32"></label>
+      <label>MCP server URL <input id="mcp-url" required placeholder="https://mcp.example.com/mcp"></label>
+      <button type="submit">Add MCP server</button>
+    </form>
   </section>
   <form id="provider-form">
     <h2 id="provider-form-title">Add a provider</h2>
@@ -10010,7 +10017,26 @@ async function loadProviders() {
     }) }, "Delete"))));
   $("agent-provider").replaceChildren(el("option", { value: "" }, "The default provider"),
     ...state.providers.map((p) => el("option", { value: p.id }, p.name)));
+  loadMcpServers().catch(() => {});  // the page never waits on them
 }
+
+// MCP servers: their status as the API says it (it never waits on one that is starting).
+async function loadMcpServers() {
+  const servers = await all("/v1/mcp-servers");
+  $("mcp-servers").replaceChildren(...servers.map((m) => el("li", {},
+    el("span", { class: "pick" }, `${m.name} (${m.transport}, ${m.status.replace("_", " ")}, ${m.tools_count} tools)` +
+      (m.error ? `: ${m.error}` : "")),
+    m.transport === "http" ? el("button", { type: "button", class: "danger", "aria-label": `Remove ${m.name}`,
+      onclick: guard(async () => { await api("DELETE", `/v1/mcp-servers/${m.id}`); await loadMcpServers(); }) },
+    "Remove") : "")));
+}
+
+$("mcp-form").addEventListener("submit", guard(async () => {
+  await api("POST", "/v1/mcp-servers", { name: $("mcp-name").value, url: $("mcp-url").value });
+  $("mcp-form").reset();
+  state.capabilities = [];  // the agent form lists its capability next time
+  await loadMcpServers();
+}));
 
 // The form adds a provider, or edits one (its key is kept unless a new one is typed).
 function providerForm(provider) {

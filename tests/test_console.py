@@ -443,3 +443,31 @@ def test_an_agent_with_approvals_and_a_client_tool_is_made_and_answered_in_the_p
     log.get_by_text('Tool results: get_location returned {"city":"Lisbon"}.').wait_for()
     assert log.get_by_role("button", name="Send result").count() == 0
     ui.clean()
+
+
+def test_an_mcp_server_that_never_starts_leaves_the_page_usable(console, tmp_path):
+    import json
+    import sys
+    import time
+
+    from playwright.sync_api import expect
+
+    config = tmp_path / "mcp.json"  # a program that never answers: it sleeps
+    mute = {"command": sys.executable, "args": ["-c", "import time; time.sleep(120)"]}
+    config.write_text(json.dumps({"mcpServers": {"mute": mute}}))
+    ui = console("--mcp-config", str(config), "--allow-private-mcp")  # tickets at 127.0.0.1: refused at once
+    started = time.monotonic()
+    page = ui.open()
+    assert time.monotonic() - started < 1.0
+    page.get_by_role("button", name="New agent").click()
+    expect(page.get_by_label("mcp:mute", exact=True)).to_be_visible()
+    page.get_by_role("button", name="Providers").click()
+    servers = page.get_by_role("list", name="MCP servers")
+    expect(servers).to_contain_text("mute (stdio, starting, 0 tools)")
+    page.get_by_label("MCP server name").fill("tickets")
+    page.get_by_label("MCP server URL").fill("http://127.0.0.1:9/mcp")
+    page.get_by_role("button", name="Add MCP server").click()
+    expect(servers).to_contain_text("tickets (http")
+    servers.get_by_role("button", name="Remove tickets").click()
+    expect(servers).not_to_contain_text("tickets")
+    ui.clean()
