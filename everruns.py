@@ -9896,6 +9896,10 @@ li > button.pick[aria-current=true] { background: var(--user); }
 .msg.user { align-self: flex-end; background: var(--user); }
 .msg.assistant { align-self: flex-start; border: 1px solid var(--line); white-space: normal; }
 .msg.thinking { color: var(--muted); font-style: italic; }
+.msg.assistant ul, .trace ol { list-style: disc; padding-left: 1.3rem; } .msg.assistant ol { padding-left: 1.3rem; }
+.msg.assistant ol, .trace ol { list-style: decimal; } .msg.assistant li, .trace li { display: list-item; }
+.msg.assistant code { font-family: ui-monospace, monospace; background: var(--bg); padding: 0 .2rem; }
+.trace { font-size: .9rem; } .trace pre { margin: .2rem 0 .5rem; }
 .msg.assistant > :first-child { margin-top: 0; } .msg.assistant > :last-child { margin-bottom: 0; }
 .msg.assistant pre { position: relative; padding: .5rem; overflow-x: auto; white-space: pre; }
 .msg.assistant pre button { position: absolute; top: .2rem; right: .2rem; font-size: .75rem; }
@@ -10340,11 +10344,18 @@ async function trace(turnId, box) {
   }
   box.replaceChildren(el("ol", {}, ...items));
   box.hidden = false;
+  box.scrollIntoView({ block: "nearest" });
 }
 
-async function sessionUsage() {
+async function sessionUsage() {  // and its title, which its first message may have given it
   const session = await api("GET", `/v1/sessions/${state.session.id}`);
+  if (!state.session || state.session.id !== session.id) return;  // another session was opened meanwhile
   $("session-usage").textContent = `Tokens: ${tokens(session.usage)}`;
+  if (session.title && session.title !== state.session.title) {
+    state.session = session;
+    $("session-title").textContent = session.title;
+    await loadSessions();
+  }
 }
 
 // A call of a client tool: the page can be the client (a JSON result, Send result).

@@ -175,7 +175,7 @@ def test_swagger_ui_renders_its_operations_offline(console):
 
 def test_screenshots_in_the_readme_exist():
     text = (ROOT / "README.md").read_text()
-    for name in ("console.png", "console-phone.png"):
+    for name in ("console.png", "console-phone.png", "markdown.png", "trace.png", "approval.png"):
         assert f"docs/{name}" in text and (ROOT / "docs" / name).stat().st_size > 10_000
 
 
@@ -187,6 +187,8 @@ def test_a_tool_call_waits_for_approve_or_deny(console):
     page.get_by_role("button", name="New session").click()
     ui.send('add {"a": 2, "b": 3}')
     log = page.get_by_role("log")
+    log.get_by_role("button", name="Approve").wait_for()
+    ui.shot("approval.png")
     log.get_by_role("button", name="Approve").click()
     log.get_by_text("Tool results: add returned").wait_for()
     assert "Approved" in log.inner_text() and '"result": 5' in log.inner_text()
