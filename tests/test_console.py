@@ -98,15 +98,21 @@ def test_a_tool_turn_streams_into_the_conversation(console):
     ui.clean()
 
 
+def simulated(ui, agent, **settings):
+    """An agent whose simulator has these settings; the page, opened on a new session of it."""
+    provider = ui.server.call("POST", "/v1/llm-providers", {"name": agent.lower(), "provider_type": "llmsim",
+                                                            "settings": settings})[2]  # fmt: skip
+    ui.server.call("POST", "/v1/agents", {"name": agent, "provider_id": provider["id"]})
+    page = ui.open()
+    page.get_by_role("button", name="New session").click()
+    return page
+
+
 def test_a_slow_turn_can_be_cancelled(console):
     from playwright.sync_api import expect
 
     ui = console()
-    slow = ui.server.call("POST", "/v1/llm-providers", {"name": "slow", "provider_type": "llmsim",
-                                                        "settings": {"token_delay_ms": 300}})[2]  # fmt: skip
-    ui.server.call("POST", "/v1/agents", {"name": "Slowpoke", "provider_id": slow["id"]})
-    page = ui.open()
-    page.get_by_role("button", name="New session").click()
+    page = simulated(ui, "Slowpoke", token_delay_ms=300)
     ui.send("one two three four five six seven eight nine ten eleven twelve")
     page.get_by_role("button", name="Cancel turn").click()
     page.get_by_role("log").get_by_text("Turn cancelled").wait_for()
@@ -284,11 +290,7 @@ ATTACKS = """[click](javascript:alert(1)) and [data](data:text/html,<script>aler
 
 def replying(ui, text):
     """A session of an agent whose simulator answers `text`; the page, opened on it."""
-    provider = ui.server.call("POST", "/v1/llm-providers", {"name": "md", "provider_type": "llmsim",
-                                                            "settings": {"reply": text}})[2]  # fmt: skip
-    ui.server.call("POST", "/v1/agents", {"name": "Writer", "provider_id": provider["id"]})
-    page = ui.open()
-    page.get_by_role("button", name="New session").click()
+    page = simulated(ui, "Writer", reply=text)
     ui.send("go")
     page.get_by_role("log").locator("table").wait_for()
     return page, page.get_by_role("log")
@@ -364,11 +366,7 @@ def test_something_shows_between_send_and_the_first_token(console):
     from playwright.sync_api import expect
 
     ui = console()
-    slow = ui.server.call("POST", "/v1/llm-providers", {"name": "slow", "provider_type": "llmsim",
-                                                        "settings": {"token_delay_ms": 3000}})[2]  # fmt: skip
-    ui.server.call("POST", "/v1/agents", {"name": "Slowpoke", "provider_id": slow["id"]})
-    page = ui.open()
-    page.get_by_role("button", name="New session").click()
+    page = simulated(ui, "Slowpoke", token_delay_ms=3000)
     ui.send("hello")
     log = page.get_by_role("log")
     expect(log.get_by_role("status")).to_have_text("Thinking…")
