@@ -13,28 +13,31 @@ defined above it. Each starts with a banner ``# N. Name`` between two rules
                      when run as a script; __version__, __all__
   1. Imports
   2. Constants       limits, error codes, turn and session statuses, the built-in
-                     CAPABILITIES (filled in 9), the SETTINGS table
+                     CAPABILITIES (filled in 10), the SETTINGS table
   3. Helpers         _uuid7, time, JSON, hashing, redaction, URL checks
   4. Errors          EverrunsError and its subclasses, the one error renderer, _Stop
-  5. Schemas         request and response models (pydantic), the provider types
+  5. Observability   METRICS (the series) and _Metrics (GET /metrics); _Tracing
+                     (OpenTelemetry, imported only when configured); the ids of log
+                     lines (_LOG_IDS) and --log-format json; _Observer (one per app)
+  6. Schemas         request and response models (pydantic), the provider types
                      (PROVIDER_KINDS); ---- events: the registry (EVENTS, Event)
-  6. Storage         the tables (SQLite or PostgreSQL), migrations, keys at rest,
+  7. Storage         the tables (SQLite or PostgreSQL), migrations, keys at rest,
                      the one write path (_Store.write: a group commit), database
                      faults (503, 507); ---- the per-turn hot path (_SQL)
-  7. Event bus       commit, then publish (_Journal, _Tx.emit); bounded queues;
+  8. Event bus       commit, then publish (_Journal, _Tx.emit); bounded queues;
                      the app's hooks (_Hooks: @app.on)
-  8. Providers       the adapter interface; ---- HTTP for the remote providers
+  9. Providers       the adapter interface; ---- HTTP for the remote providers
                      (every read bounded: _Clock); OpenAI; Anthropic; ---- the
                      built-in simulator; ADAPTERS
-  9. Capabilities    _Tool and _Capability; the built-in tools; ---- the session
+ 10. Capabilities    _Tool and _Capability; the built-in tools; ---- the session
                      file system; ---- web fetch; CAPABILITIES filled; ---- Python
                      functions as tools (app.tool, everruns.tool: an app's own)
- 10. MCP client      stdio, Streamable HTTP and HTTP+SSE; _McpServer (the
+ 11. MCP client      stdio, Streamable HTTP and HTTP+SSE; _McpServer (the
                      capability mcp:NAME); the --mcp-config file
- 11. Turn engine     the states of a turn and a session, and the signals (two
+ 12. Turn engine     the states of a turn and a session, and the signals (two
                      tables); running a tool; the transcript; _Scheduler (which
                      turn runs next, cancel, recovery); _TurnRun (one turn's work)
- 12. HTTP layer      the guard (host, CORS, cross-site writes), auth, the routes
+ 13. HTTP layer      the guard (host, CORS, cross-site writes), auth, the routes
                      (@_route into _ROUTES), parsing; handlers by resource: ----
                      health, LLM providers, agents, sessions, messages, events
                      (SSE: one stream, _stream, two renderers), session files,
@@ -43,68 +46,73 @@ defined above it. Each starts with a banner ``# N. Name`` between two rules
                      official SDKs' surface (/api/v1: their shapes over the
                      same handlers' helpers, the stream in their vocabulary,
                      SDK_MISSING's 501s); ---- channels (the SDK's AgentClient)
- 13. OpenAPI, docs   the document built from _ROUTES and the schemas; Swagger UI
- 14. Several processes  on one PostgreSQL database: leases, the notifications
+ 14. OpenAPI, docs   the document built from _ROUTES and the schemas; Swagger UI
+ 15. Several processes  on one PostgreSQL database: leases, the notifications
                      (a table of their kinds), _Cluster
- 15. In-process client  app.client: the routes' handlers called without HTTP
+ 16. In-process client  app.client: the routes' handlers called without HTTP
                      (_call), resources, session handles (send, stream, ask, ...)
- 16. App factory     create_app (the one place that wires everything), the HTTP
+ 17. App factory     create_app (the one place that wires everything), the HTTP
                      server (deadlines, strict framing, a connection cap), serve
- 17. Console         the web page: its HTML, CSS and JavaScript, a route each
- 18. CLI             main(): `serve` (the default) and `chat`
+ 18. Console         the web page: its HTML, CSS and JavaScript, a route each
+ 19. CLI             main(): `serve` (the default) and `chat`
 
 THE REGISTRIES: plain tables; a new thing is one entry.
 
   SETTINGS (2)                        every option: flag, environment variable,
                                       default, help (argparse and the README)
-  CAPABILITIES (2, 9)                 the built-in capabilities; an app's own
+  CAPABILITIES (2, 10)                the built-in capabilities; an app's own
                                       (MCP servers, then its Python tools) sit over
                                       them (_Ctx.capabilities, a ChainMap)
-  PROVIDER_KINDS (5), ADAPTERS (8)    a provider type: its schemas, its adapter
-  EVENTS (5)                          an event type: the model of its data
-  _MIGRATIONS (6)                     the schema: a list of statements per version
-  _ROUTES (12)                        a route and its OpenAPI metadata (@_route)
-  _SDK_TRANSLATIONS (12)              an event type as the official SDKs name it
-  SDK_MISSING (12)                    what the SDKs offer and this server has not:
+  METRICS (5)                         a series of GET /metrics: type, help, labels
+  PROVIDER_KINDS (6), ADAPTERS (9)    a provider type: its schemas, its adapter
+  EVENTS (6)                          an event type: the model of its data
+  _MIGRATIONS (7)                     the schema: a list of statements per version
+  _ROUTES (13)                        a route and its OpenAPI metadata (@_route)
+  _SDK_TRANSLATIONS (13)              an event type as the official SDKs name it
+  SDK_MISSING (13)                    what the SDKs offer and this server has not:
                                       a 501 naming the feature
-  app.tool, app.capability (9, 12)    an app's Python tools, in its registry's
+  app.tool, app.capability (10, 13)   an app's Python tools, in its registry's
                                       `python` map (never CAPABILITIES)
-  app.on (7, 12)                      an app's hooks by event type (_Hooks)
+  app.on (8, 13)                      an app's hooks by event type (_Hooks)
 
 RECIPES: where to change what, in order.
 
   A tool. An embedding program's: a Python function under @app.tool (section
-    9's last sub-section makes it a _Tool; README "Embedding"). A built-in one:
+    10's last sub-section makes it a _Tool; README "Embedding"). A built-in one:
     its argument model (an _In: reuse one when the arguments match, as the math
     tools share _MathArgs) and its function ``run(args, tctx) ->
-    result`` in section 9: return JSON (a dict; the math tools answer
+    result`` in section 10: return JSON (a dict; the math tools answer
     {"result": n}), raise ToolFailed for an error result (any other exception
     is "failed with an internal error"); a _Tool in its capability's tools (in
-    the CAPABILITIES.update call that ends section 9, or the tuple that call
+    the CAPABILITIES.update call that ends section 10, or the tuple that call
     names, as _MATH), and the capability's system_prompt and the README's table
     if they name their tools. Tests: tests/test_capabilities.py (it lists each
     capability's tools); the simulator calls a tool whose name a message says,
-    with the JSON object in the message as arguments (_llmsim_answer, 8).
+    with the JSON object in the message as arguments (_llmsim_answer, 9).
   A provider type. A settings model (an _In) and a _ProviderKind in
-    PROVIDER_KINDS (5); an adapter class (stream, models) in section 8 and its
+    PROVIDER_KINDS (6); an adapter class (stream, models) in section 9 and its
     line in ADAPTERS (an assert keeps the two in step). Tests: a stand-in
     upstream that speaks the provider's protocol (tests/conftest.py, Upstream).
-  An event type. A data model (an _EventData) and its line in EVENTS (5); its
+  An event type. A data model (an _EventData) and its line in EVENTS (6); its
     emit site: ``with ctx.journal.tx(session_id) as tx: tx.emit("x.y", data,
-    turn_id)`` (7; turn_id None outside a turn; a ctx.store.write() inside it
+    turn_id)`` (8; turn_id None outside a turn; a ctx.store.write() inside it
     is part of it). The OpenAPI document, ?types= and the JSON listing follow
-    EVENTS by themselves; the console (17) and the chat (18) skip a type they
+    EVENTS by themselves; the console (18) and the chat (19) skip a type they
     do not know: add a branch where people should see it, and a README line.
     Every test app checks every event against its model (--check-events).
     Tests: tests/test_events.py (``?format=json`` lists them; conftest's
     finish() waits for a turn and returns its events).
-  A REST resource. Its request and response models (5); its table, a
-    _MIGRATIONS entry and a _Models field (6); handlers under
+  A metric. Its METRICS entry (5: label values the configuration bounds, never
+    a client's text), and its count where the thing happens: obs.metrics.inc
+    or .observe (obs: ctx.obs, store.obs); a gauge in _gauges (13). Tests:
+    tests/test_observability.py (a known workload, the numbers exactly).
+  A REST resource. Its request and response models (6); its table, a
+    _MIGRATIONS entry and a _Models field (7); handlers under
     ``@_route(method, path, summary, tag, body=, response=, status=, errors=)``
-    in section 12 (the OpenAPI document follows); writes inside
+    in section 13 (the OpenAPI document follows); writes inside
     ``ctx.store.write()``. Tests: tests/test_<resource>.py; tests/test_openapi.py
     checks that every route is documented. If the official SDKs know it: its
-    Sdk* shapes and /api/v1 routes over the same helpers (12, the SDKs'
+    Sdk* shapes and /api/v1 routes over the same helpers (13, the SDKs'
     surface; an event type they name differently: _SDK_TRANSLATIONS), tested
     with plain HTTP (tests/test_api_v1.py) and with the SDK (tests/test_sdk.py).
 """
@@ -182,8 +190,10 @@ __all__ = [
 
 import argparse
 import base64
+import bisect
 import collections
 import contextlib
+import contextvars
 import dataclasses
 import datetime
 import functools
@@ -236,6 +246,7 @@ from pydantic import (
 )
 
 _log = logging.getLogger("everruns")
+_access_log = logging.getLogger("everruns.access")  # --access-log: a line per request answered
 
 # =============================================================================
 # 2. Constants and settings
@@ -273,13 +284,13 @@ ERROR_CODES = {
     507: "INSUFFICIENT_STORAGE",
 }
 
-# The statuses of a turn and of a session, as stored (section 11 draws how they move).
+# The statuses of a turn and of a session, as stored (section 12 draws how they move).
 TURN_RUNNING, TURN_WAITING = "running", "waiting"
 TURN_COMPLETED, TURN_FAILED, TURN_CANCELLED = "completed", "failed", "cancelled"
 SESSION_IDLE, SESSION_RUNNING, SESSION_WAITING = "idle", "running", "waiting"
 
 # The built-in capabilities, by id, in the order GET /v1/capabilities lists them
-# (section 9 fills it at import; nothing changes it after). Each app has its own
+# (section 10 fills it at import; nothing changes it after). Each app has its own
 # registry on top of it (_Ctx.capabilities: its MCP servers, its Python tools), and
 # an agent's capability ids are checked against the app's when a request comes in.
 CAPABILITIES: dict[str, Any] = {}
@@ -482,6 +493,47 @@ SETTINGS = (
         "info",
         "Logging level.",
         choices=("debug", "info", "warning", "error"),
+    ),
+    Setting(
+        "log_format",
+        "--log-format",
+        "EVERRUNS_LOG_FORMAT",
+        "text",
+        "`json`: every line the server writes is one JSON object (time, level, message, and the request, "
+        "session and turn ids where there are ones).",
+        choices=("text", "json"),
+    ),
+    Setting(
+        "access_log",
+        "--access-log",
+        "EVERRUNS_ACCESS_LOG",
+        False,
+        "Log a line per HTTP request answered (method, route, status, time to the answer's headers).",
+        _flag,
+    ),
+    Setting(
+        "metrics_auth",
+        "--metrics-auth",
+        "EVERRUNS_METRICS_AUTH",
+        False,
+        "Put GET /metrics behind the API key (open by default, like /health).",
+        _flag,
+    ),
+    Setting(
+        "otlp_endpoint",
+        "--otlp-endpoint",
+        "EVERRUNS_OTLP_ENDPOINT",
+        None,
+        "Send OpenTelemetry traces with OTLP/HTTP to this collector (http://host:4318; needs the extra: "
+        "pip install 'everruns[otel]'). The OTEL_* variables are read too.",
+    ),
+    Setting(
+        "otel_capture_content",
+        "--otel-capture-content",
+        "EVERRUNS_OTEL_CAPTURE_CONTENT",
+        False,
+        "Put messages, tool arguments and tool results in the spans (off: spans carry no text of a conversation).",
+        _flag,
     ),
 )
 
@@ -796,7 +848,304 @@ def _stop_soon(greenlet: Any) -> None:
 
 
 # =============================================================================
-# 5. Schemas
+# 5. Observability
+# =============================================================================
+#
+# What an operator reads (SPEC 15): metrics (GET /metrics, the Prometheus text format),
+# traces (OpenTelemetry spans of turns, model calls and tool calls, an optional extra
+# imported only when configured), and the context of every log line (request, session and
+# turn ids; --log-format json). Each app has one _Observer (ctx.obs, store.obs): the later
+# sections count and trace through it.
+
+# ---- metrics: a series family is one METRICS entry; its label values come from the
+# server's configuration (statuses, provider types, capabilities, route templates), never
+# from what a client sends, so the number of series cannot grow with use.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Metric:
+    """A series family: its type, help line, label names and (a histogram's) buckets."""
+
+    kind: Literal["counter", "gauge", "histogram"]
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+    zero: tuple[tuple[str, ...], ...] = ()  # label values shown as 0 before anything happened
+
+
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_SLOW = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+METRICS: dict[str, _Metric] = {
+    "everruns_turns_total": _Metric("counter", "Turns ended in this process, by status.", ("status",),
+                                    zero=((TURN_COMPLETED,), (TURN_FAILED,), (TURN_CANCELLED,))),
+    "everruns_turn_duration_seconds": _Metric("histogram", "Turns from start to end (pauses for people included).",
+                                              buckets=_SLOW),
+    "everruns_time_to_first_token_seconds": _Metric("histogram", "Model calls from the request to the first streamed "
+                                                    "text.", buckets=_SLOW),
+    "everruns_model_calls_total": _Metric("counter", "Model calls by provider type and outcome (ok, error, "
+                                          "cancelled).", ("provider_type", "outcome")),
+    "everruns_tokens_total": _Metric("counter", "Tokens the providers counted, by provider type and direction "
+                                     "(input, output).", ("provider_type", "direction")),
+    "everruns_tool_calls_total": _Metric("counter", "Tool calls by capability (client: client tools; none: a tool "
+                                         "the agent does not have) and outcome (ok, error).",
+                                         ("capability", "outcome")),
+    "everruns_tool_duration_seconds": _Metric("histogram", "Tools' run time, by capability.", ("capability",),
+                                              buckets=_FAST[4:] + _SLOW[-4:]),
+    "everruns_streams_open": _Metric("gauge", "Event streams open in this process."),
+    "everruns_turns_running": _Metric("gauge", "Turns running in this process."),
+    "everruns_turns_waiting": _Metric("gauge", "Turns paused for an approval or a client tool's result."),
+    "everruns_messages_queued": _Metric("gauge", "User messages no turn has taken up yet."),
+    "everruns_http_requests_total": _Metric("counter", "HTTP requests answered, by route template and status.",
+                                            ("route", "status")),
+    "everruns_db_write_seconds": _Metric("histogram", "Database writes, from asking for the write lock to their "
+                                         "commit.", buckets=_FAST),
+}  # fmt: skip
+
+
+class _Histogram:
+    """Counts per bucket (not cumulative: the text sums them), the sum and the count."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds, self.counts, self.sum = bounds, [0] * (len(bounds) + 1), 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # a bucket counts values <= its bound
+        self.sum += value
+
+
+def _label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class _Metrics:
+    """One app's series: counters and histograms are kept here, gauges read when scraped
+    (``gauges``: a function that returns them by name)."""
+
+    def __init__(self) -> None:
+        self.series: dict[str, dict[tuple[str, ...], Any]] = {name: {} for name in METRICS}
+        for name, metric in METRICS.items():
+            self.series[name].update(dict.fromkeys(metric.zero, 0))
+        self.gauges: Callable[[], dict[str, float]] = dict
+        self.instance: str | None = None  # on PostgreSQL: a label of every series (several processes)
+
+    def inc(self, name: str, *labels: str, by: float = 1) -> None:
+        series = self.series[name]
+        series[labels] = series.get(labels, 0) + by
+
+    def observe(self, name: str, value: float, *labels: str) -> None:
+        series = self.series[name]
+        histogram = series.get(labels)
+        if histogram is None:
+            histogram = series[labels] = _Histogram(METRICS[name].buckets)
+        histogram.observe(value)
+
+    def text(self) -> str:
+        """Every series in the Prometheus text format (0.0.4)."""
+        gauges, lines = self.gauges(), []
+        for name, metric in METRICS.items():
+            lines += [f"# HELP {name} {metric.help}", f"# TYPE {name} {metric.kind}"]
+            if metric.kind == "gauge":
+                if name in gauges:
+                    lines.append(f"{name}{self._labels(())} {gauges[name]}")
+                continue
+            for values, value in self.series[name].items():
+                pairs = tuple(zip(metric.labels, values, strict=True))
+                if metric.kind == "counter":
+                    lines.append(f"{name}{self._labels(pairs)} {value}")
+                else:
+                    lines += self._histogram(name, pairs, value)
+        return "\n".join(lines) + "\n"
+
+    def _histogram(self, name: str, pairs: tuple, histogram: _Histogram) -> list[str]:
+        lines, total = [], 0
+        for bound, count in zip((*histogram.bounds, math.inf), histogram.counts, strict=True):
+            total += count
+            le = "+Inf" if bound == math.inf else repr(float(bound))
+            lines.append(f"{name}_bucket{self._labels((*pairs, ('le', le)))} {total}")
+        labels = self._labels(pairs)
+        return [*lines, f"{name}_sum{labels} {histogram.sum!r}", f"{name}_count{labels} {total}"]
+
+    def _labels(self, pairs: tuple) -> str:
+        if self.instance is not None:
+            pairs = (*pairs, ("instance", self.instance))
+        return "{" + ",".join(f'{k}="{_label_value(str(v))}"' for k, v in pairs) + "}" if pairs else ""
+
+
+@functools.lru_cache(maxsize=256)
+def _route_label(rule: str) -> str:
+    """A route's template as the OpenAPI document writes it: /v1/sessions/{session_id}."""
+    return re.sub(r"<([A-Za-z_]+)(?::[^>]*)?>", r"{\1}", rule)
+
+
+# ---- traces: OpenTelemetry with the GenAI semantic conventions. A span is made current in
+# its greenlet (_CURRENT); a turn's slow steps run in greenlets that copy their context
+# (_TurnRun._stoppable), so a tool's MCP requests nest under the tool's span.
+
+_CURRENT: contextvars.ContextVar[tuple[Any, Any] | None] = contextvars.ContextVar("everruns_span", default=None)
+OTLP_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+
+
+class _Tracing:
+    """Spans sent with OTLP/HTTP to `endpoint` (None: where the OTEL_* variables say)."""
+
+    def __init__(self, endpoint: str | None, capture_content: bool) -> None:
+        from opentelemetry import trace
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        self.api, self.capture = trace, capture_content
+        if endpoint is not None and not endpoint.rstrip("/").endswith("/v1/traces"):
+            endpoint = endpoint.rstrip("/") + "/v1/traces"  # as OTEL_EXPORTER_OTLP_ENDPOINT: the collector's base
+        resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME") or "everruns",
+                                    "service.version": __version__, "service.instance.id": INSTANCE})  # fmt: skip
+        self.provider = TracerProvider(resource=resource)
+        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        self.tracer = self.provider.get_tracer("everruns", __version__)
+
+    def start(self, name: str, attributes: dict, parent: Any = None, kind: str = "INTERNAL") -> Any:
+        """A span (not made current), a child of `parent`: a span, or (trace id, span id) in hex
+        of an earlier one (a resumed turn's first run); without one, a trace of its own."""
+        api = self.api
+        if isinstance(parent, tuple):
+            context = api.SpanContext(int(parent[0], 16), int(parent[1], 16), True, api.TraceFlags(1))
+            parent = api.NonRecordingSpan(context)
+        where = api.set_span_in_context(parent if parent is not None else api.INVALID_SPAN)
+        return self.tracer.start_span(name, where, getattr(api.SpanKind, kind), _attributes(attributes))
+
+    @contextlib.contextmanager
+    def span(self, name: str, attributes: dict, kind: str = "INTERNAL") -> Iterator[Any]:
+        """A span made current for the block, a child of the current one; an error status when
+        an Exception leaves it."""
+        current = _CURRENT.get()
+        span = self.start(name, attributes, current[1] if current is not None else None, kind)
+        token = _CURRENT.set((self, span))
+        try:
+            yield span
+        except Exception as e:
+            self.failed(span, getattr(e, "code", type(e).__name__))
+            raise
+        finally:
+            _CURRENT.reset(token)
+            span.end()
+
+    def failed(self, span: Any, description: str) -> None:
+        span.set_status(self.api.Status(self.api.StatusCode.ERROR, description))
+        span.set_attribute("error.type", description)
+
+    @staticmethod
+    def ids(span: Any) -> tuple[str, str]:
+        """A span's trace id and span id, in hex."""
+        context = span.get_span_context()
+        return f"{context.trace_id:032x}", f"{context.span_id:016x}"
+
+    def close(self) -> None:
+        self.provider.shutdown()  # what is queued is sent first
+
+
+def _attributes(attributes: dict) -> dict:
+    """Span attributes without the unset ones."""
+    return {k: v for k, v in attributes.items() if v is not None}
+
+
+def _traced(name: str, attributes: dict, kind: str = "INTERNAL") -> Any:
+    """A child span of the current one, if something is traced here (an MCP request)."""
+    current = _CURRENT.get()
+    return current[0].span(name, attributes, kind) if current is not None else contextlib.nullcontext()
+
+
+def _tracing(config: dict, env: Mapping[str, str]) -> _Tracing | None:
+    """The app's tracing: on with --otlp-endpoint (the extra missing: StartupError), or with
+    the OTEL_* variables (the extra missing: a warning, and no traces)."""
+    endpoint = config["otlp_endpoint"]
+    wanted = endpoint or any(env.get(v) for v in OTLP_VARIABLES)
+    if not wanted or env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
+    try:
+        return _Tracing(endpoint, config["otel_capture_content"])
+    except ImportError:
+        if endpoint:
+            raise StartupError("--otlp-endpoint needs OpenTelemetry: pip install 'everruns[otel]'", 2) from None
+        _log.warning("%s is set, but OpenTelemetry is not installed (pip install 'everruns[otel]'): no traces",
+                     next(v for v in OTLP_VARIABLES if env.get(v)))  # fmt: skip
+        return None
+
+
+@dataclasses.dataclass
+class _Observer:
+    """One app's metrics and tracing (None: off)."""
+
+    metrics: _Metrics = dataclasses.field(default_factory=_Metrics)
+    tracing: _Tracing | None = None
+
+    def span(self, name: str, attributes: dict, kind: str = "INTERNAL") -> Any:
+        """A span made current for a block (a null context without tracing)."""
+        return self.tracing.span(name, attributes, kind) if self.tracing else contextlib.nullcontext()
+
+    def turn_ended(self, data: dict) -> None:
+        """A session.completed was committed (by this process)."""
+        self.metrics.inc("everruns_turns_total", data["status"])
+        self.metrics.observe("everruns_turn_duration_seconds", data["duration_ms"] / 1000)
+
+    def close(self) -> None:
+        if self.tracing is not None:
+            self.tracing.close()
+
+
+# ---- logs: every line can say which request, session and turn it is about (_LOG_IDS, set
+# by the HTTP layer and by a turn's greenlet); --log-format json writes them.
+
+_LOG_IDS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("everruns_log", default=None)
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def _request_id(given: str | None) -> str:
+    """The client's X-Request-Id when it is 1-128 characters of [A-Za-z0-9._-], else a new one."""
+    return given if given and REQUEST_ID.fullmatch(given) else os.urandom(16).hex()
+
+
+def _log_ids(**ids: str) -> None:
+    """Name what this greenlet's log lines are about (request_id, session_id, turn_id)."""
+    _LOG_IDS.set({**(_LOG_IDS.get() or {}), **ids})
+
+
+class _LogIds(logging.Filter):
+    """Puts the current request, session and turn ids on each record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ids = _LOG_IDS.get()
+        if ids:
+            for key, value in ids.items():
+                setattr(record, key, value)
+        return True
+
+
+def _log_time(created: float) -> str:
+    ms = int(created * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
+class _JsonLines(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the ids, the traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"time": _log_time(record.created), "level": record.levelname.lower(), "logger": record.name,
+                "message": record.getMessage()}  # fmt: skip
+        for key in ("request_id", "session_id", "turn_id"):
+            if hasattr(record, key):
+                line[key] = getattr(record, key)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["traceback"] = record.exc_text
+        return _dumps(line)
+
+
+# =============================================================================
+# 6. Schemas
 # =============================================================================
 
 
@@ -980,7 +1329,7 @@ class RemoteSettings(_In):
 @dataclasses.dataclass(frozen=True)
 class _ProviderKind:
     """A provider type: its schemas are built from this entry (NAMEProviderCreate and
-    NAMEProvider), and its adapter class is ADAPTERS' entry of the same type (section 8)."""
+    NAMEProvider), and its adapter class is ADAPTERS' entry of the same type (section 9)."""
 
     type: str
     schema_name: str
@@ -992,7 +1341,7 @@ class _ProviderKind:
     example: dict
 
 
-# The provider types: one entry each (plus an adapter in section 8).
+# The provider types: one entry each (plus an adapter in section 9).
 PROVIDER_KINDS: dict[str, _ProviderKind] = {
     kind.type: kind
     for kind in (
@@ -1176,6 +1525,7 @@ class LastTurn(_Out):
     id: str
     status: Literal[TURN_RUNNING, TURN_WAITING, TURN_COMPLETED, TURN_FAILED, TURN_CANCELLED]
     error: TurnError | None
+    trace_id: str | None = Field(None, description="Its OpenTelemetry trace (32 hex digits) when tracing is on.")
 
 
 class Usage(_Out):
@@ -1675,6 +2025,7 @@ class SessionCompletedData(_EventData):
     duration_ms: int
     provider_id: str | None = None
     model: str | None = None
+    trace_id: str | None = Field(None, description="The turn's OpenTelemetry trace (32 hex digits) when tracing is on.")
 
 
 EVENTS: dict[str, type[_EventData]] = {
@@ -1758,7 +2109,7 @@ ModelPage = _page_model(ModelInfo)
 EventPage = _page_model(Event)
 
 # =============================================================================
-# 6. Storage
+# 7. Storage
 # =============================================================================
 
 
@@ -1864,6 +2215,12 @@ _MIGRATIONS: list[list[str]] = [
         "ALTER TABLE message ADD COLUMN latency_ms TEXT",
         "ALTER TABLE message ADD COLUMN incomplete BOOLEAN NOT NULL DEFAULT FALSE",
     ],
+    [  # 9: a turn's trace (OpenTelemetry: its span, which a resumed turn's run continues), and the count of
+        # waiting turns GET /metrics reads
+        "ALTER TABLE turn ADD COLUMN trace_id TEXT",
+        "ALTER TABLE turn ADD COLUMN span_id TEXT",
+        f"CREATE INDEX turn_waiting ON turn (status) WHERE status = '{TURN_WAITING}'",
+    ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -1950,6 +2307,8 @@ class _TurnTable(pw.Model):
     started_at = pw.TextField()
     ended_at = pw.TextField(null=True)
     owner = pw.TextField(null=True)  # the lease of the process that runs it
+    trace_id = pw.TextField(null=True)  # with tracing on: its OpenTelemetry trace, and its span
+    span_id = pw.TextField(null=True)
 
     class Meta:
         table_name = "turn"
@@ -2384,9 +2743,11 @@ def _payloads(sender: str, items: list[list]) -> list[str]:
 class _Store:
     """One app's database: its models, its write lock, its migrations and its secrets."""
 
-    def __init__(self, path: str, sync: str = "full", secret_key: str | None = None) -> None:
+    def __init__(self, path: str, sync: str = "full", secret_key: str | None = None,
+                 obs: _Observer | None = None) -> None:  # fmt: skip
         _check_database_path(path)
         self.path = path
+        self.obs = obs or _Observer()  # what the app counts and traces (section 5)
         self.memory = path == ":memory:"
         self.postgres = _is_postgres(path)
         self.secrets = _Secrets(secret_key)
@@ -2464,11 +2825,13 @@ class _Store:
         write holds that session's advisory lock until the commit, so that writers in other
         processes take turns with it (see _lock_session).
         """
+        started = time.monotonic()
         if self.memory:  # one shared connection: a transaction of its own
             group = _Group()
             with self._lock, self.db.atomic(lock_type="IMMEDIATE"):
                 yield group
             group.end()
+            self.obs.metrics.observe("everruns_db_write_seconds", time.monotonic() - started)
             return
         with self._lock:
             if self._writing is not None:  # the lock is ours: a write inside a write
@@ -2496,6 +2859,7 @@ class _Store:
             finally:
                 self._writing = None
         group.wait()
+        self.obs.metrics.observe("everruns_db_write_seconds", time.monotonic() - started)
 
     def _lock_session(self, group: _Group, session_id: str, wait: bool = False) -> _Group:
         """Hold a session's advisory lock until `group` commits; the group to write in.
@@ -2780,8 +3144,8 @@ _SQL = {
     " WHERE id = ? OR (CAST(? AS TEXT) IS NULL AND is_default)",
     "transcript": "SELECT role, content, turn_id FROM message WHERE session_id = ? AND turn_id IS NOT NULL"
     " ORDER BY turn_id DESC, role != 'user' DESC, id DESC",
-    "insert_turn": "INSERT INTO turn (id, session_id, status, provider_id, model, started_at, owner)"
-    f" VALUES (?, ?, '{TURN_RUNNING}', ?, ?, ?, ?)",
+    "insert_turn": "INSERT INTO turn (id, session_id, status, provider_id, model, started_at, owner, trace_id,"
+    f" span_id) VALUES (?, ?, '{TURN_RUNNING}', ?, ?, ?, ?, ?, ?)",
     "turn_owned": f"SELECT 1 FROM turn WHERE id = ? AND status = '{TURN_RUNNING}' AND owner = ?",
     "claim_message": "UPDATE message SET turn_id = ? WHERE id = ?",
     "pause_turn": f"UPDATE turn SET status = '{TURN_WAITING}', iterations = ?, input_tokens = ?, output_tokens = ?"
@@ -2793,6 +3157,8 @@ _SQL = {
     " ended_at = ? WHERE id = ?",
     "close_session": f"UPDATE session SET status = '{SESSION_IDLE}', last_turn = ?, input_tokens = input_tokens + ?,"
     " output_tokens = output_tokens + ? WHERE id = ?",
+    "count_waiting": f"SELECT COUNT(*) FROM turn WHERE status = '{TURN_WAITING}'",  # GET /metrics
+    "count_queued": "SELECT COUNT(*) FROM message WHERE turn_id IS NULL AND role = 'user'",
 }
 
 
@@ -2961,7 +3327,7 @@ def _history(m: _Models, session_id: str, budget: int) -> list[tuple[str, list]]
 
 
 # =============================================================================
-# 7. Event bus
+# 8. Event bus
 # =============================================================================
 
 QUEUE_LIMIT = 1000  # events a subscriber may fall behind before it is dropped
@@ -3032,6 +3398,10 @@ class _Bus:
 
     def watched(self, session_id: str) -> bool:
         return session_id in self._subscribers
+
+    def streams(self) -> int:
+        """How many streams are subscribed."""
+        return sum(map(len, self._subscribers.values()))
 
     def baseline(self, session_id: str, seq: int) -> None:
         """A new subscriber read that the session's newest stored event is `seq` (ordered
@@ -3309,6 +3679,8 @@ class _Journal:
         session_id = tx.session_id
         for event, text in tx.events:
             self.bus.publish(session_id, event["seq"], event["type"], text)
+            if event["type"] == "session.completed":
+                self.store.obs.turn_ended(event["data"])
         if self.hooks.by_type and tx.events:
             self.hooks.offer(session_id, tx.events)
         if session_id in self._pending and self._pending[session_id] == tx.last_seq:
@@ -3320,7 +3692,7 @@ class _Journal:
 
 
 # =============================================================================
-# 8. Providers
+# 9. Providers
 # =============================================================================
 
 
@@ -3923,7 +4295,7 @@ class _Llmsim(_Adapter):
         return [PROVIDER_DEFAULTS["llmsim"][1]]
 
 
-# The adapter of each provider type of PROVIDER_KINDS (section 5), which builds its schemas.
+# The adapter of each provider type of PROVIDER_KINDS (section 6), which builds its schemas.
 ADAPTERS: dict[str, _Adapter] = {
     "openai": _OpenAI(),
     "anthropic": _Anthropic(),
@@ -3933,7 +4305,7 @@ assert ADAPTERS.keys() == PROVIDER_KINDS.keys(), "a provider type needs an entry
 
 
 # =============================================================================
-# 9. Capabilities and tools
+# 10. Capabilities and tools
 # =============================================================================
 
 
@@ -4003,7 +4375,7 @@ class _Tool:
     args: type[BaseModel]
     run: Callable[[Any, Any], Any] | None = None
     schema: dict | None = None  # the parameters' JSON Schema, when the argument model does not say it
-    timeout_s: float | None = None  # None: TOOL_TIMEOUT_S (section 11)
+    timeout_s: float | None = None  # None: TOOL_TIMEOUT_S (section 12)
 
     @functools.cached_property
     def spec(self) -> ToolSpec:
@@ -4797,7 +5169,7 @@ def _register_tool(registry: collections.ChainMap, capability_id: str, made: _To
 
 
 # =============================================================================
-# 10. MCP client
+# 11. MCP client
 # =============================================================================
 
 # A Model Context Protocol server is a capability `mcp:NAME`: its tools, listed on
@@ -5291,8 +5663,11 @@ class _McpServer:
         try:
             self.start_tools()  # a server that exited is started again
             params = {"name": tool, "arguments": args.model_dump()}
-            answer = self.transport.request("tools/call", params, MCP_CALL_S)
-            result = _mcp_tool_result(self.name, _mcp_result(self.name, answer))
+            attributes = {"mcp.method.name": "tools/call", "gen_ai.tool.name": tool, "everruns.mcp.server": self.name,
+                          "network.transport": "pipe" if self.kind == "stdio" else "tcp"}  # fmt: skip
+            with _traced(f"tools/call {tool}", attributes, "CLIENT"):  # under the tool's span
+                answer = self.transport.request("tools/call", params, MCP_CALL_S)
+                result = _mcp_tool_result(self.name, _mcp_result(self.name, answer))
         except ToolFailed as e:  # what it said about its headers (credentials) is not passed on
             raise type(e)(_redact(str(e), *self.secrets)) from None
         return _redacted_value(result, self.secrets)
@@ -5409,7 +5784,7 @@ def _mcp_transport(name: str, spec: dict, where: str) -> Any:
 
 
 # =============================================================================
-# 11. Turn engine
+# 12. Turn engine
 # =============================================================================
 #
 # How a turn and its session move from state to state (TURN_* and SESSION_*, as stored),
@@ -5537,12 +5912,32 @@ class _Turn:
     approval: frozenset[str] = frozenset()  # tools a person must approve ("*": all)
     client: dict[str, ToolSpec] = dataclasses.field(default_factory=dict)  # tools the client runs
     resumed: bool = False  # taken up again after waiting: approved calls run first
+    trace_id: str | None = None  # with tracing on: its trace, and the span of its first run
+    span_id: str | None = None
+    span: Any = None  # this run's span (an OpenTelemetry span), ended by _TurnRun.run
 
     def halt(self, reason: type[BaseException]) -> None:
         """Ask the turn to stop at its next wait (the first reason given wins)."""
         if self.halted is None:
             self.halted = reason
             self.wake.set()
+
+
+def _capability_of(registry: Mapping[str, Any], capability_ids: list[str], tool_name: str) -> str:
+    """Which of a turn's capabilities has the tool (its metrics' label)."""
+    for capability_id in capability_ids:
+        capability = registry.get(capability_id)
+        if capability is not None and any(t.name == tool_name for t in capability.listed_tools()):
+            return capability_id
+    return "none"
+
+
+def _tool_span_done(tracing: _Tracing, span: Any, result: Any, is_error: bool) -> None:
+    """A tool span's outcome: an error status for an error result; the result with --otel-capture-content."""
+    if tracing.capture:
+        span.set_attribute("gen_ai.tool.call.result", _dumps(result))
+    if is_error:
+        tracing.failed(span, "tool_error")
 
 
 def _agent_tools(registry: Mapping[str, Any], capability_ids: list[str], start: bool = False) -> dict[str, _Tool]:
@@ -5641,7 +6036,7 @@ def _close_turn(tx: _Tx, turn: Any, status: str, error: dict | None, duration_ms
     """Repair dangling tool calls, close the turn, free the session, emit session.completed.
 
     ``turn`` is a _Turn or a turn row: both have id, provider_id, model,
-    input_tokens, output_tokens and iterations.
+    input_tokens, output_tokens, iterations and trace_id.
     """
     m, turn_id = tx.m, turn.id
     usage = {"input_tokens": turn.input_tokens, "output_tokens": turn.output_tokens}
@@ -5650,7 +6045,7 @@ def _close_turn(tx: _Tx, turn: Any, status: str, error: dict | None, duration_ms
             _store_tool_message(tx, turn_id, call, {"error": reason}, True, 0)
     error_json = None if error is None else _dumps(error)
     _sql(m, "close_turn", status, error_json, turn.iterations, *usage.values(), _now_iso(), turn_id)
-    last_turn = _dumps({"id": turn_id, "status": status, "error": error})
+    last_turn = _dumps({"id": turn_id, "status": status, "error": error, "trace_id": turn.trace_id})
     _sql(m, "close_session", last_turn, *usage.values(), tx.session_id)
     data = {
         "turn_id": turn_id,
@@ -5661,6 +6056,7 @@ def _close_turn(tx: _Tx, turn: Any, status: str, error: dict | None, duration_ms
         "duration_ms": duration_ms,
         "provider_id": turn.provider_id,
         "model": turn.model,
+        "trace_id": turn.trace_id,
     }
     tx.emit("session.completed", data, turn_id)
 
@@ -5754,14 +6150,15 @@ class _Scheduler:
                 elif status != SESSION_IDLE or owed is None or (setup := _turn_setup(m, session_id)) is None:
                     return None  # a turn runs (maybe in another process), or nothing is owed
                 else:
-                    turn = _prepared_turn(m, self.capabilities, session_id, setup, *owed)
+                    turn = self._traced(_prepared_turn(m, self.capabilities, session_id, setup, *owed))
                     _sql(m, "insert_turn", turn.id, session_id, turn.provider_id, turn.model, _now_iso(),
-                         self.store.lease)  # fmt: skip
+                         self.store.lease, turn.trace_id, turn.span_id)  # fmt: skip
                     _sql(m, "claim_message", turn.id, owed[0])
                     tx.emit("session.started", {"turn_id": turn.id, "input_message_ids": turn.input_ids}, turn.id)
                 if turn is None:
                     return None
-                _sql(m, "start_session", _dumps({"id": turn.id, "status": TURN_RUNNING, "error": None}), session_id)
+                last_turn = {"id": turn.id, "status": TURN_RUNNING, "error": None, "trace_id": turn.trace_id}
+                _sql(m, "start_session", _dumps(last_turn), session_id)
                 turn.ended, turn.wake = gevent.event.Event(), gevent.event.Event()
                 self._turns[session_id] = registered = turn  # before the commit: a cancel meanwhile reaches it
         except BaseException:
@@ -5781,11 +6178,28 @@ class _Scheduler:
         message = m.Message.get(m.Message.turn_id == row.id, m.Message.role == "user")
         turn = _prepared_turn(m, self.capabilities, session_id, setup, message.id, message.controls or {})
         _sql(m, "resume_turn", self.store.lease, row.id)
-        return dataclasses.replace(
+        return self._traced(dataclasses.replace(
             turn, id=row.id, provider=_provider_spec(m, row.provider_id), provider_id=row.provider_id,
             model=row.model, iterations=row.iterations, input_tokens=row.input_tokens, resumed=True,
             output_tokens=row.output_tokens, started=time.monotonic() - _since(row.started_at) / 1000,
-        )  # fmt: skip
+            trace_id=row.trace_id, span_id=row.span_id,
+        ))  # fmt: skip
+
+    def _traced(self, turn: _Turn) -> _Turn:
+        """With tracing on, the turn's span for this run (a resumed turn's: a child of its
+        first run's), its ids kept on the turn (stored, and in session.completed)."""
+        tracing = self.store.obs.tracing
+        if tracing is None:
+            return turn
+        attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.conversation.id": turn.session_id,
+                      "gen_ai.provider.name": turn.provider.provider_type if turn.provider else None,
+                      "gen_ai.request.model": turn.model, "everruns.turn.id": turn.id,
+                      "everruns.turn.resumed": turn.resumed or None}  # fmt: skip
+        parent = (turn.trace_id, turn.span_id) if turn.trace_id and turn.span_id else None
+        turn.span = tracing.start("invoke_agent", attributes, parent)
+        if parent is None:
+            turn.trace_id, turn.span_id = tracing.ids(turn.span)
+        return turn
 
     def closed(self, turn: _Turn) -> None:
         """The turn's end is committed: from now on the session has no running turn to cancel."""
@@ -5936,16 +6350,33 @@ class _TurnRun:
 
     def run(self) -> None:
         """Run the turn to its end (or its pause), whatever happens."""
-        turn = self.turn
+        turn, outcome = self.turn, None
+        _log_ids(session_id=turn.session_id, turn_id=turn.id)
+        traced = turn.span is not None and _CURRENT.set((self.store.obs.tracing, turn.span))
         try:
             outcome = self._outcome()
             if outcome is not PAUSED:
+                if outcome[0] == TURN_FAILED:  # what an operator reads in the log (the event has it too)
+                    _log.warning("turn %s failed: %s: %s", turn.id, outcome[1]["code"], outcome[1]["message"])
                 self._finish(*outcome)
         except _Lost:
             pass  # closed by another process (or its session deleted): nothing more to write
         finally:
             self.scheduler.closed(turn)
             turn.ended.set()
+            if traced:
+                _CURRENT.reset(traced)
+                self._end_span(outcome)
+
+    def _end_span(self, outcome: tuple | str | None) -> None:
+        """End this run's span: how the turn ended (or paused), its tokens so far."""
+        turn = self.turn
+        status = TURN_WAITING if outcome is PAUSED else outcome[0] if outcome else "lost"
+        turn.span.set_attributes({"everruns.turn.status": status, "gen_ai.usage.input_tokens": turn.input_tokens,
+                                  "gen_ai.usage.output_tokens": turn.output_tokens})  # fmt: skip
+        if status == TURN_FAILED:
+            self.store.obs.tracing.failed(turn.span, outcome[1]["code"])
+        turn.span.end()
 
     def _outcome(self) -> tuple[str, dict | None, tuple[str, LLMReply] | None] | str:
         """Run the loop; how the turn ended: (status, error, its answer), or PAUSED."""
@@ -5991,7 +6422,8 @@ class _TurnRun:
         turn = self.turn
         if turn.halted is not None:
             raise turn.halted()
-        task, finished = gevent.spawn(self._released, step, *args), False
+        # In a copy of this greenlet's context: the step's log lines and spans know their turn.
+        task, finished = gevent.spawn(contextvars.copy_context().run, self._released, step, *args), False
         try:
             gevent.wait([task, turn.wake], count=1)
             finished = task.ready()
@@ -6036,26 +6468,63 @@ class _TurnRun:
         )
         self.store.release()  # no connection is held across a slow network call
 
-        published, check = itertools.count(1), self.journal.check
+        published, check, metrics = itertools.count(1), self.journal.check, self.store.obs.metrics
         pieces: list[str] = []
         self.streaming = streaming = [message_id, pieces, time.monotonic(), None]  # kept if a cancel lands
 
         def on_text(delta: str) -> None:
             if check is not None:
                 check("message.delta", {"message_id": message_id, "delta": delta})
-            if streaming[3] is None:
+            if streaming[3] is None:  # the first text (a call cancelled later counts too)
                 streaming[3] = int((time.monotonic() - streaming[2]) * 1000)
+                metrics.observe("everruns_time_to_first_token_seconds", streaming[3] / 1000)
             pieces.append(_clean_text(delta))
             self.bus.publish_delta(turn.session_id, turn.id, message_id, pieces[-1])
             if next(published) % DELTAS_PER_YIELD == 0:  # a fast model must not fill the streams' queues
                 gevent.sleep(0)
 
-        reply = _checked_reply(self._stoppable(adapter.stream, request, on_text))
+        reply = _checked_reply(self._model_call(adapter, request, on_text))
         self.streaming = None
         reply.latency_ms = {"first_token": streaming[3], "total": int((time.monotonic() - streaming[2]) * 1000)}
         turn.input_tokens += reply.input_tokens
         turn.output_tokens += reply.output_tokens
         return message_id, reply
+
+    def _model_call(self, adapter: Any, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
+        """The provider's streamed answer, counted and traced (a span `chat MODEL`)."""
+        obs, kind = self.store.obs, self.turn.provider.provider_type
+        with obs.span(f"chat {request.model}", self._call_attributes(request), "CLIENT") as span:
+            try:
+                reply = self._stoppable(adapter.stream, request, on_text)
+            except Exception:
+                obs.metrics.inc("everruns_model_calls_total", kind, "error")
+                raise
+            except BaseException:  # cancelled, interrupted
+                obs.metrics.inc("everruns_model_calls_total", kind, "cancelled")
+                raise
+            obs.metrics.inc("everruns_model_calls_total", kind, "ok")
+            obs.metrics.inc("everruns_tokens_total", kind, "input", by=reply.input_tokens)
+            obs.metrics.inc("everruns_tokens_total", kind, "output", by=reply.output_tokens)
+            if span is not None:
+                span.set_attributes(self._reply_attributes(reply))
+        return reply
+
+    def _call_attributes(self, request: LLMRequest) -> dict:
+        """A model call's span attributes (GenAI semantic conventions); its text only with
+        --otel-capture-content."""
+        content = self.store.obs.tracing is not None and self.store.obs.tracing.capture
+        return {"gen_ai.operation.name": "chat", "gen_ai.provider.name": self.turn.provider.provider_type,
+                "gen_ai.request.model": request.model, "gen_ai.request.temperature": request.temperature,
+                "gen_ai.system_instructions": request.system if content else None,
+                "gen_ai.input.messages": _dumps(request.messages) if content else None}  # fmt: skip
+
+    def _reply_attributes(self, reply: LLMReply) -> dict:
+        content = self.store.obs.tracing.capture
+        output = {"role": "assistant", "text": reply.text, "tool_calls": reply.tool_calls}
+        return _attributes({"gen_ai.usage.input_tokens": reply.input_tokens,
+                            "gen_ai.usage.output_tokens": reply.output_tokens,
+                            "gen_ai.response.finish_reasons": ["tool_calls" if reply.tool_calls else "stop"],
+                            "gen_ai.output.messages": _dumps([output]) if content else None})  # fmt: skip
 
     def _assistant_message(self, tx: _Tx, message_id: str, reply: LLMReply, calls: list[dict],
                            incomplete: bool = False) -> None:  # fmt: skip
@@ -6102,7 +6571,7 @@ class _TurnRun:
                 _store_tool_message(tx, turn.id, *pending)
             if waits:
                 _sql(tx.m, "pause_turn", turn.iterations, turn.input_tokens, turn.output_tokens, turn.id)
-                last_turn = _dumps({"id": turn.id, "status": TURN_WAITING, "error": None})
+                last_turn = _dumps({"id": turn.id, "status": TURN_WAITING, "error": None, "trace_id": turn.trace_id})
                 _sql(tx.m, "pause_session", last_turn, turn.session_id)
         return PAUSED if waits else None
 
@@ -6117,13 +6586,27 @@ class _TurnRun:
                     _store_tool_message(tx, turn.id, entry["call"], *result)
 
     def _execute(self, call: dict, tctx: _ToolContext) -> tuple[Any, bool, int]:
-        started = time.monotonic()
+        """Run a call's tool (counted and traced: a span `execute_tool NAME`): (result, is_error, ms)."""
+        started, obs = time.monotonic(), self.store.obs
         tool = self.turn.tools.get(call["name"])
-        if tool is None:
-            result, is_error = {"error": f"this agent has no tool named {call['name']!r}"}, True
-        else:
-            result, is_error = self._stoppable(_run_tool, tool, call["arguments"], tctx)
-        return result, is_error, int((time.monotonic() - started) * 1000)
+        capability = _capability_of(self.capabilities, self.turn.capabilities, call["name"]) if tool else "none"
+        with obs.span(f"execute_tool {call['name']}", self._tool_attributes(call, capability)) as span:
+            if tool is None:
+                result, is_error = {"error": f"this agent has no tool named {call['name']!r}"}, True
+            else:
+                result, is_error = self._stoppable(_run_tool, tool, call["arguments"], tctx)
+            if span is not None:
+                _tool_span_done(obs.tracing, span, result, is_error)
+        took = time.monotonic() - started
+        obs.metrics.inc("everruns_tool_calls_total", capability, "error" if is_error else "ok")
+        obs.metrics.observe("everruns_tool_duration_seconds", took, capability)
+        return result, is_error, int(took * 1000)
+
+    def _tool_attributes(self, call: dict, capability: str) -> dict:
+        content = self.store.obs.tracing is not None and self.store.obs.tracing.capture
+        return {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call["name"],
+                "gen_ai.tool.call.id": call["id"], "gen_ai.tool.type": "function", "everruns.capability": capability,
+                "gen_ai.tool.call.arguments": _dumps(call["arguments"]) if content else None}  # fmt: skip
 
     def _finish(self, status: str, error: dict | None, answer: tuple[str, LLMReply] | None = None) -> None:
         """Store the final answer (if any) and close the turn in one transaction. If that
@@ -6166,7 +6649,7 @@ class _TurnRun:
 
 
 # =============================================================================
-# 12. HTTP layer
+# 13. HTTP layer
 # =============================================================================
 
 
@@ -6200,6 +6683,7 @@ class _Route:
     stream: bool = False  # also answers text/event-stream
     in_schema: bool = True
     read_body: bool = True  # False: the body is never read (what the route answers does not depend on it)
+    text: str | None = None  # a raw route's media type when it answers text (GET /metrics), for the document
 
 
 _ROUTES: list[_Route] = []
@@ -6237,7 +6721,7 @@ class _Ctx:
     ping_s: float = 15.0  # seconds between `: ping` comments on idle streams
     log_filter: logging.Filter | None = None
     no_statements: logging.Filter = dataclasses.field(default_factory=_NoStatements)
-    cluster: Any = None  # _Cluster: this process among others on one PostgreSQL database (section 14)
+    cluster: Any = None  # _Cluster: this process among others on one PostgreSQL database (section 15)
     mcp: list = dataclasses.field(default_factory=list)  # the MCP servers of --mcp-config (capabilities mcp:NAME)
     mcp_api: dict = dataclasses.field(default_factory=dict)  # those added through the API, by id
     watermarks: dict[str, int] = dataclasses.field(default_factory=dict)  # see CONVERSATION_ORDER
@@ -6246,6 +6730,10 @@ class _Ctx:
     @property
     def bus(self) -> _Bus:
         return self.journal.bus
+
+    @property
+    def obs(self) -> _Observer:
+        return self.store.obs
 
     @functools.cached_property
     def validation(self) -> dict:
@@ -6381,6 +6869,8 @@ def _callback(ctx: _Ctx, spec: _Route) -> Callable:
         try:
             if any("\x00" in v for k, v in params.items() if k.endswith("_id")):  # no id has one
                 raise _NotFound("no such resource")
+            if "session_id" in params:
+                _log_ids(session_id=params["session_id"])
             req = _Request(
                 body=_parse_body(request.environ, spec, ctx.config["request_timeout"], ctx.validation),
                 query=_parse_query(request.query, spec.query),
@@ -6512,7 +7002,8 @@ class _App(bottle.Bottle):
 
     guard: _Guard
     everruns: _Ctx
-    client: Any  # the in-process client (section 15)
+    client: Any  # the in-process client (section 16)
+    access_log = False  # --access-log
 
     def tool(self, function: Callable | None = None, *, capability: str = PYTHON_CAPABILITY,
              name: str | None = None, description: str | None = None, threaded: bool = False,
@@ -6545,27 +7036,47 @@ class _App(bottle.Bottle):
         return register
 
     def wsgi(self, environ: dict, start_response: Callable) -> Any:
+        request_id = _request_id(_wsgi_text(environ.get("HTTP_X_REQUEST_ID", "")))
+        _LOG_IDS.set({"request_id": request_id})  # this greenlet's log lines are about this request
+        respond = self._responder(environ, start_response, [("X-Request-Id", request_id)])
         refusal = self.guard.refusal(environ)
         if refusal is not None:
             body = _error_body(refusal.status, refusal.message, refusal.code).encode()
-            start_response(f"{refusal.status} {HTTPStatus(refusal.status).phrase}",
-                           [("Content-Type", JSON_TYPE), ("Content-Length", str(len(body)))])  # fmt: skip
+            respond(f"{refusal.status} {HTTPStatus(refusal.status).phrase}",
+                    [("Content-Type", JSON_TYPE), ("Content-Length", str(len(body)))])  # fmt: skip
             return [body]
         preflight = self.guard.preflight(environ)
         if preflight is not None:
-            start_response("204 No Content", preflight)
+            respond("204 No Content", preflight)
             return [b""]
         path = environ.get("PATH_INFO", "")
         if _is_api(path) and path.endswith("/"):  # `/v1/agents/` is `/v1/agents`, `fs/` is the root
             environ["PATH_INFO"] = path.rstrip("/")
         cors = self.guard.cors(environ)
         if cors:
-            plain_start = start_response
+            respond = self._responder(environ, start_response, [("X-Request-Id", request_id), *cors])
+        return super().wsgi(environ, respond)
 
-            def start_response(status: str, headers: list, exc_info: Any = None) -> Any:
-                return plain_start(status, [*headers, *cors], exc_info)
+    def _responder(self, environ: dict, start_response: Callable, extra: list) -> Callable:
+        """start_response with `extra` headers, which counts the answer (and logs it: --access-log)."""
+        started = time.monotonic()
 
-        return super().wsgi(environ, start_response)
+        def respond(status: str, headers: list, exc_info: Any = None) -> Any:
+            self._answered(environ, status[:3], started)
+            return start_response(status, [*headers, *extra], exc_info)
+
+        return respond
+
+    def _answered(self, environ: dict, status: str, started: float) -> None:
+        route = environ.get("bottle.route")
+        if route is None and status == "401":  # refused before routing
+            with contextlib.suppress(bottle.HTTPError):
+                route = self.router.match(environ)[0]
+        template = _route_label(route.rule) if route is not None else "unmatched"
+        self.everruns.obs.metrics.inc("everruns_http_requests_total", template, status)
+        if self.access_log:
+            took = (time.monotonic() - started) * 1000
+            _access_log.info("%s %s %s %.1f ms", environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), status, took)
 
     def default_error_handler(self, res: bottle.HTTPError) -> str:
         bottle.response.content_type = JSON_TYPE
@@ -6577,13 +7088,15 @@ class _App(bottle.Bottle):
         return _error_body(status, messages.get(status, str(res.body or "request error")))
 
 
-def _auth_hook(api_key: str | None) -> Callable[[], None]:
-    """A before-request hook: with an API key set, every /v1 and /api/v1 request needs it."""
+def _auth_hook(api_key: str | None, metrics: bool = False) -> Callable[[], None]:
+    """A before-request hook: with an API key set, every /v1 and /api/v1 request needs it
+    (and GET /metrics with `metrics`: --metrics-auth)."""
     # Digests have one length, so the comparison tells nothing, not even the key's length.
     expected = hashlib.sha256((api_key or "").encode()).digest()
 
     def check() -> None:
-        if not api_key or not _is_api(bottle.request.path):
+        path = bottle.request.path
+        if not api_key or not (_is_api(path) or (metrics and path == "/metrics")):
             return
         token = _presented_key(_wsgi_text(bottle.request.environ.get("HTTP_AUTHORIZATION", "")))
         given = hashlib.sha256(token.encode()).digest()
@@ -6701,6 +7214,30 @@ def _health(ctx: _Ctx, req: _Request) -> bottle.HTTPResponse:
     if state != "ok":
         response.set_header("Retry-After", str(RETRY_AFTER_S))
     return response
+
+
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@_route("GET", "/metrics", "Metrics in the Prometheus text format (behind the API key with --metrics-auth)",
+        "health", raw=True, text="text/plain")  # fmt: skip
+def _metrics(ctx: _Ctx, req: _Request) -> bottle.HTTPResponse:
+    return bottle.HTTPResponse(ctx.obs.metrics.text(), 200, {"Content-Type": PROMETHEUS_TYPE})
+
+
+def _gauges(ctx: _Ctx) -> dict[str, float]:
+    """GET /metrics' gauges: this process's streams and turns, and two counts of the database
+    (left out while it cannot be read)."""
+    gauges = {"everruns_streams_open": ctx.bus.streams(), "everruns_turns_running": len(ctx.scheduler.running())}
+    try:
+        gauges["everruns_turns_waiting"] = _sql(ctx.store.m, "count_waiting").fetchone()[0]
+        gauges["everruns_messages_queued"] = _sql(ctx.store.m, "count_queued").fetchone()[0]
+    except Exception as e:
+        if ctx.store.noticed(e) is None:
+            raise
+    finally:
+        ctx.store.release()
+    return gauges
 
 
 # ---- LLM providers ----------------------------------------------------------
@@ -7084,6 +7621,7 @@ def _client_result(ctx: _Ctx, session_id: str, tool_call_id: str, result: Any, i
         raise _PayloadTooLarge(f"a tool result holds at most {MAX_TOOL_OUTPUT} bytes of JSON")
     with _answering(ctx, session_id, tool_call_id, "client", "the client's result") as (tx, turn_id, entry):
         _store_tool_message(tx, turn_id, entry["call"], result, is_error, _since(entry["at"]))
+    ctx.obs.metrics.inc("everruns_tool_calls_total", "client", "error" if is_error else "ok")  # (no duration)
 
 
 @contextlib.contextmanager
@@ -8512,7 +9050,7 @@ _register_missing()
 
 
 # =============================================================================
-# 13. OpenAPI and docs
+# 14. OpenAPI and docs
 # =============================================================================
 
 
@@ -8605,6 +9143,9 @@ def _operation(spec: _Route, refs: dict, auth: bool) -> dict:
     for status in (spec.status, *spec.also):
         if spec.response is None and spec.stream:  # a stream and nothing else
             content = {"text/event-stream": {"schema": {"type": "string", "description": "Server-Sent Events"}}}
+            op["responses"][str(status)] = {"description": spec.summary, "content": content}
+        elif spec.response is None and spec.text:
+            content = {spec.text: {"schema": {"type": "string"}}}
             op["responses"][str(status)] = {"description": spec.summary, "content": content}
         elif spec.response is None:
             op["responses"][str(status)] = {"description": "No content"}
@@ -8747,7 +9288,7 @@ def _swagger_asset(ctx: _Ctx, req: _Request, name: str) -> bottle.HTTPResponse:
 
 
 # =============================================================================
-# 14. Several processes on one PostgreSQL database
+# 15. Several processes on one PostgreSQL database
 # =============================================================================
 #
 # Each process holds a lease, claims the turns it runs, and hears the others through
@@ -8979,7 +9520,7 @@ class _Cluster:
 
 
 # =============================================================================
-# 15. In-process client
+# 16. In-process client
 # =============================================================================
 # app.client (SPEC 14): the API for a program that embeds the server, with no HTTP and
 # no port. A call goes through its route's own handler (_ROUTES) with its body validated
@@ -9255,7 +9796,7 @@ class _Client:
 
 
 # =============================================================================
-# 16. App factory and serving
+# 17. App factory and serving
 # =============================================================================
 
 
@@ -9312,7 +9853,14 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
     for function in tools:  # checked before anything is opened too
         marked = dict(getattr(function, "__everruns_tool__", {"capability": PYTHON_CAPABILITY}))
         _register_tool(capabilities, marked.pop("capability"), _python_tool(function, **marked))
-    store = _Store(db, config["sync"], config["secret_key"] or env.get("EVERRUNS_SECRET_KEY"))
+    if config["metrics_auth"] and not config["api_key"]:
+        raise StartupError("--metrics-auth needs --api-key: without one there is no key to ask for", 2)
+    obs = _Observer(tracing=_tracing(config, env))
+    try:
+        store = _Store(db, config["sync"], config["secret_key"] or env.get("EVERRUNS_SECRET_KEY"), obs)
+    except BaseException:
+        obs.close()
+        raise
     try:
         store.migrate()
         with store.write():
@@ -9322,10 +9870,12 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
         _apply_default_provider(store, config["default_provider"] or env.get("EVERRUNS_DEFAULT_PROVIDER"))
     except pw.DatabaseError as e:  # not a SQLite file, corrupted, read-only, locked, ...
         store.close()
+        obs.close()
         reason = " ".join(str(e).split())  # one line (the driver's messages may have several)
         raise StartupError(f"--db: {_shown_db(db)} cannot be used as the database: {reason}") from None
     except BaseException:
         store.close()
+        obs.close()
         raise
     store.release()
     journal = _Journal(store, _Bus(_event_reader(store) if store.postgres else None), config["check_events"])
@@ -9335,6 +9885,8 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
     scheduler = _Scheduler(journal, config, capabilities)
     journal.busy = scheduler.busy
     ctx = _Ctx(store=store, config=config, journal=journal, scheduler=scheduler, capabilities=capabilities, mcp=mcp)
+    obs.metrics.instance = INSTANCE if store.postgres else None  # several processes: told apart
+    obs.metrics.gauges = functools.partial(_gauges, ctx)
     _sync_mcp(ctx)  # the MCP servers of the API too, before any turn may need them
     ctx.cluster = _Cluster(store, journal.bus, scheduler) if store.postgres else None
     if ctx.cluster is not None:
@@ -9348,7 +9900,8 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
     logging.getLogger("peewee").addFilter(ctx.no_statements)
     app = _App()
     app.guard = _Guard(config)
-    app.add_hook("before_request", _auth_hook(config["api_key"]))
+    app.add_hook("before_request", _auth_hook(config["api_key"], config["metrics_auth"]))
+    app.access_log = config["access_log"]
     for spec in _ROUTES:
         app.route(spec.path, spec.method, _callback(ctx, spec))
     app.everruns = ctx
@@ -9367,6 +9920,7 @@ def _close(ctx: _Ctx) -> None:
         server.close()
     ctx.bus.close()
     ctx.store.close()
+    ctx.obs.close()  # the spans still queued are sent
     _log.removeFilter(ctx.log_filter)
     logging.getLogger("peewee").removeFilter(ctx.no_statements)
 
@@ -9416,7 +9970,8 @@ def _raw_error(error: EverrunsError, *headers: tuple[str, str]) -> bytes:
     """A whole HTTP/1.1 error response with the envelope, closing the connection."""
     body = _error_body(error.status, error.message, error.code).encode()
     lines = [f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}", f"Content-Type: {JSON_TYPE}",
-             f"Content-Length: {len(body)}", "Connection: close", *(f"{k}: {v}" for k, v in headers)]  # fmt: skip
+             f"Content-Length: {len(body)}", "Connection: close", f"X-Request-Id: {_request_id(None)}",
+             *(f"{k}: {v}" for k, v in headers)]  # fmt: skip
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
@@ -9725,7 +10280,7 @@ def serve(
 
 
 # =============================================================================
-# 17. Console
+# 18. Console
 # =============================================================================
 
 # One page for people: providers, agents, sessions, the live conversation with tool
@@ -10342,7 +10897,10 @@ async function trace(turnId, box) {
         `${approval}${e.data.is_error ? ", error" : ""}`, el("pre", {}, JSON.stringify(e.data.result, null, 2))));
     }
   }
-  box.replaceChildren(el("ol", {}, ...items));
+  const end = events.find((e) => e.type === "session.completed");
+  const traced = end && end.data.trace_id ? [el("div", { class: "trace-id note" }, "OpenTelemetry trace ",
+    el("code", {}, end.data.trace_id))] : [];
+  box.replaceChildren(...traced, el("ol", {}, ...items));
   box.hidden = false;
   box.scrollIntoView({ block: "nearest" });
 }
@@ -10564,7 +11122,7 @@ def _console_js(ctx: _Ctx, req: _Request) -> bottle.HTTPResponse:
 
 
 # =============================================================================
-# 18. CLI
+# 19. CLI
 # =============================================================================
 
 
@@ -10975,17 +11533,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     host, port, db = config["host"], config["port"], config.pop("db")
     db_password = _db_password(db)  # a secret too
+    json_lines = config["log_format"] == "json"
     logging.basicConfig(level=config["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # every log line, whoever writes it
         handler.addFilter(_RedactingFilter(lambda: (config["api_key"], config["secret_key"], db_password)))
+        handler.addFilter(_LogIds())
+        if json_lines:
+            handler.setFormatter(_JsonLines())
+    say = _log.error if json_lines else lambda message: print(f"everruns: {message}", file=sys.stderr)
     try:
         _check_bind(host, config["api_key"], config["insecure"])
     except RuntimeError as e:
-        print(f"everruns: {e}", file=sys.stderr)
+        say(e)
         return 2
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
 
     def ready() -> None:
+        if json_lines:  # one line, like every other
+            _log.info("Everruns %s listening on %s (console %s/, API %s/v1/, docs %s/swagger-ui/; database %s)",
+                      __version__, url, url, url, url, _shown_db(db))  # fmt: skip
+            return
         print(f"Everruns {__version__} listening on {url}", flush=True)
         print(f"  Console: {url}/", flush=True)
         print(f"  API:     {url}/v1/   database: {_shown_db(db)}", flush=True)
@@ -10998,7 +11565,7 @@ def main(argv: list[str] | None = None) -> int:
             handler.addFilter(app.everruns.log_filter)
         serve(app, host, port, ready=ready)
     except StartupError as e:
-        print(f"everruns: {e}", file=sys.stderr)
+        say(e)
         return e.status
     return 0
 

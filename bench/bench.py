@@ -488,6 +488,8 @@ def main():
         help="also sample the server with py-spy during the 20-session run: where its CPU goes",
     )
     parser.add_argument("--server-arg", action="append", default=[], help="an extra option for the server")
+    parser.add_argument("--otlp", action="store_true", help="trace every turn (--otlp-endpoint: the upstream takes "
+                        "the spans; needs pip install -e '.[otel]')")  # fmt: skip
     parser.add_argument(
         "--postgres",
         metavar="URL",
@@ -510,6 +512,8 @@ def main():
         print(f"\n`python bench/bench.py --postgres URL --processes {args.processes}` on {machine()}")
         return
     upstream = Upstream()
+    if args.otlp:
+        args.server_arg += ["--otlp-endpoint", f"http://127.0.0.1:{upstream.port}"]
     try:
         syncs = args.sync or (["full"] if args.postgres else ["full", "normal"])  # --sync is SQLite's
         columns = [run(scenario, sync, upstream, args.quick, args.server_arg, args.profile, args.postgres)

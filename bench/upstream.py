@@ -6,7 +6,8 @@ pause comes from the path: a base_url of `http://127.0.0.1:PORT/5ms/v1`
 pauses 5 ms before each token, `/0ms/v1` sends the whole answer at once.
 `GET .../models` lists one model. Like OpenAI's API, Ollama or vLLM, it
 answers in HTTP/1.1 with chunked streams and keeps the connection open for
-the next request.
+the next request. `POST /v1/traces` takes OpenTelemetry spans (OTLP/HTTP) and
+drops them: a collector for `bench.py --otlp`.
 
     python bench/upstream.py PORT     # serves until killed; prints "ready"
 """
@@ -86,6 +87,9 @@ def handle(sock, _address) -> None:
 
 
 def _answer(sock, method: str, path: str) -> None:
+    if method == "POST" and path == "/v1/traces":  # an OTLP export: taken (its body was read)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n")
+        return
     if method == "GET" and path.endswith("/models"):
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (len(MODELS), MODELS))  # fmt: skip

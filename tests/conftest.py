@@ -6,6 +6,7 @@ from gevent import monkey
 monkey.patch_all()  # as `python everruns.py` does: before everruns (and peewee) is imported
 
 import contextlib  # noqa: E402
+import gzip  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
@@ -511,6 +512,66 @@ def remote_session(api, upstream, provider_type, capabilities=(), **settings):
                             default_model="test-model", settings=settings)  # fmt: skip
     agent = api.agent(provider_id=provider["id"], capabilities=list(capabilities), system_prompt="Be brief.")
     return api.session(agent["id"])
+
+
+# ---- traces ------------------------------------------------------------------
+
+
+class Collector:
+    """An OTLP/HTTP receiver on 127.0.0.1: it keeps the spans of each export."""
+
+    def __init__(self):
+        from gevent.pywsgi import WSGIServer
+
+        self.bodies, self.paths = [], []
+        self.server = WSGIServer(("127.0.0.1", 0), self.app, log=None, error_log=None)
+        self.server.start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def app(self, environ, start_response):
+        body = environ["wsgi.input"].read()
+        if environ.get("HTTP_CONTENT_ENCODING") == "gzip":
+            body = gzip.decompress(body)
+        self.paths.append(environ["PATH_INFO"])
+        self.bodies.append(body)
+        start_response("200 OK", [("Content-Type", "application/x-protobuf")])
+        return [b""]
+
+    def spans(self):
+        """Every span received: {name, trace_id, span_id, parent, attributes, status, kind}."""
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        spans = []
+        for body in self.bodies:
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            for resource in request.resource_spans:
+                service = {a.key: a.value.string_value for a in resource.resource.attributes}["service.name"]
+                for scope in resource.scope_spans:
+                    for span in scope.spans:
+                        spans.append({"name": span.name, "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
+                                      "parent": span.parent_span_id.hex(), "status": span.status.code,
+                                      "kind": span.kind, "service": service,
+                                      "attributes": {a.key: attribute(a.value) for a in span.attributes}})  # fmt: skip
+        return spans
+
+    def close(self):
+        self.server.stop(timeout=0)
+
+
+def attribute(value):
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [attribute(v) for v in value.array_value.values]
+    return getattr(value, kind)
+
+
+@pytest.fixture
+def collector():
+    """An OTLP/HTTP receiver for the test."""
+    receiver = Collector()
+    yield receiver
+    receiver.close()
 
 
 # ---- the blocking monitor ---------------------------------------------------

@@ -358,7 +358,26 @@ def test_a_turn_s_trace_shows_its_model_calls_and_tool_call_as_the_api_stores_th
     total = session["usage"]
     tokens = f"Tokens: {total['input_tokens']} in, {total['output_tokens']} out"
     expect(page.locator("#session-usage")).to_have_text(tokens)
+    expect(trace.locator(".trace-id")).to_have_count(0)  # no tracing: no trace id
     ui.shot("trace.png")
+    ui.clean()
+
+
+def test_a_traced_turn_s_trace_shows_its_opentelemetry_trace_id(console, collector):
+    from playwright.sync_api import expect
+
+    ui = console("--otlp-endpoint", collector.url)
+    ui.server.call("POST", "/v1/agents", {"name": "Calculator", "capabilities": ["test_math"]})
+    page = ui.open()
+    page.get_by_role("button", name="New session").click()
+    ui.send('add {"a": 2, "b": 3}')
+    log = page.get_by_role("log")
+    log.get_by_role("button", name="Trace").click()
+    agent = ui.server.call("GET", "/v1/agents")[2]["data"][0]
+    session = ui.server.call("GET", f"/v1/agents/{agent['id']}/sessions")[2]["data"][0]
+    trace_id = session["last_turn"]["trace_id"]
+    assert len(trace_id) == 32
+    expect(log.locator(".trace .trace-id")).to_have_text(f"OpenTelemetry trace {trace_id}")
     ui.clean()
 
 

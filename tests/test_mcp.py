@@ -445,3 +445,23 @@ def test_two_apps_in_one_process_never_see_each_others_mcp_servers(make_app, tmp
     two.post_json("/v1/agents", {"name": "a", "capabilities": ["mcp:alpha"]}, status=400)
     one.post_json("/v1/agents", {"name": "a", "capabilities": ["mcp:alpha", "mcp:gamma"]}, status=201)
     assert not {c for c in everruns.CAPABILITIES if c.startswith("mcp:")}  # the built-ins only
+
+
+def test_an_mcp_request_is_a_span_under_its_tool_span(make_app, tmp_path, collector):
+    """With tracing on (SPEC 15): a tools/call is a span under the tool's."""
+    config = tmp_path / "mcp.json"
+    server = {"command": sys.executable, "args": [SERVER, "stdio"]}
+    config.write_text(json.dumps({"mcpServers": {"t": server}}))
+    app = make_app(otlp_endpoint=collector.url, mcp_config=str(config))
+    client = webtest.TestApp(app)
+    api = Api(client)
+    session = api.session(api.agent(capabilities=["mcp:t"])["id"])["id"]
+    api.message(session, 't__add {"a": 2, "b": 3}')
+    assert finish(client, session)[-1]["data"]["status"] == "completed"
+    app.close()
+    spans = {s["name"]: s for s in collector.spans()}
+    tool, request = spans["execute_tool t__add"], spans["tools/call add"]
+    assert request["parent"] == tool["span_id"] and tool["parent"] == spans["invoke_agent"]["span_id"]
+    assert request["attributes"] == {"mcp.method.name": "tools/call", "gen_ai.tool.name": "add",
+                                     "everruns.mcp.server": "t", "network.transport": "pipe"}  # fmt: skip
+    assert tool["attributes"]["everruns.capability"] == "mcp:t"

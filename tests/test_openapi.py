@@ -72,6 +72,7 @@ def test_real_responses_match_their_documented_schemas(client, api, doc):
         return response
 
     call("GET", "/health", "/health")
+    call("GET", "/metrics", "/metrics")
     provider = call(
         "POST", "/v1/llm-providers", "/v1/llm-providers", params={"name": "p", "provider_type": "anthropic"}
     ).json

@@ -118,7 +118,7 @@ def test_session_usage_and_last_turn(api, client):
     second = finish(client, session["id"], after=4)[-1]["data"]
     got = client.get(f"/v1/sessions/{session['id']}").json
     assert got["status"] == "idle"
-    assert got["last_turn"] == {"id": second["turn_id"], "status": "completed", "error": None}
+    assert got["last_turn"] == {"id": second["turn_id"], "status": "completed", "error": None, "trace_id": None}
     total = {k: done["usage"][k] + second["usage"][k] for k in ("input_tokens", "output_tokens")}
     assert got["usage"] == total
 
