@@ -1102,14 +1102,22 @@ _LOG_IDS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("everruns
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
+_REQUESTS = itertools.count(1)
+
+
 def _request_id(given: str | None) -> str:
-    """The client's X-Request-Id when it is 1-128 characters of [A-Za-z0-9._-], else a new one."""
-    return given if given and REQUEST_ID.fullmatch(given) else os.urandom(16).hex()
+    """The client's X-Request-Id when it is 1-128 characters of [A-Za-z0-9._-], else a new one
+    (32 hex digits: this process's INSTANCE and a count, unique without asking for randomness)."""
+    return given if given and REQUEST_ID.fullmatch(given) else f"{INSTANCE}{next(_REQUESTS):016x}"
 
 
 def _log_ids(**ids: str) -> None:
     """Name what this greenlet's log lines are about (request_id, session_id, turn_id)."""
-    _LOG_IDS.set({**(_LOG_IDS.get() or {}), **ids})
+    current = _LOG_IDS.get()
+    if current is None:
+        _LOG_IDS.set(ids)
+    else:
+        current.update(ids)  # a request's own dict (the HTTP layer sets a new one per request)
 
 
 class _LogIds(logging.Filter):
