@@ -985,6 +985,7 @@ def _route_label(rule: str) -> str:
 
 _CURRENT: contextvars.ContextVar[tuple[Any, Any] | None] = contextvars.ContextVar("everruns_span", default=None)
 OTLP_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+TRACE_FLUSH_S = 2.0  # at close, how long the spans still queued have to reach the collector
 
 
 class _Tracing:
@@ -1002,8 +1003,8 @@ class _Tracing:
             endpoint = endpoint.rstrip("/") + "/v1/traces"  # as OTEL_EXPORTER_OTLP_ENDPOINT: the collector's base
         resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME") or "everruns",
                                     "service.version": __version__, "service.instance.id": INSTANCE})  # fmt: skip
-        self.provider = TracerProvider(resource=resource)
-        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        self.provider, self.exporter = TracerProvider(resource=resource), OTLPSpanExporter(endpoint=endpoint)
+        self.provider.add_span_processor(BatchSpanProcessor(self.exporter))
         self.tracer = self.provider.get_tracer("everruns", __version__)
 
     def start(self, name: str, attributes: dict, parent: Any = None, kind: str = "INTERNAL") -> Any:
@@ -1043,7 +1044,14 @@ class _Tracing:
         return f"{context.trace_id:032x}", f"{context.span_id:016x}"
 
     def close(self) -> None:
-        self.provider.shutdown()  # what is queued is sent first
+        """Send what is queued, for TRACE_FLUSH_S at most (a collector that is down holds up no stop)."""
+        flush = gevent.spawn(self.provider.force_flush)  # (its timeout is not one: a send retries for 10 s)
+        flush.join(TRACE_FLUSH_S)
+        if not flush.ready():
+            _log.warning("traces: the collector did not take the last spans within %g s: dropped", TRACE_FLUSH_S)
+            self.exporter.shutdown()  # a send still retrying gives up at once
+            self.exporter.shutdown = lambda: None  # (the provider's shutdown would say it again)
+        self.provider.shutdown()
 
 
 def _attributes(attributes: dict) -> dict:
@@ -1061,6 +1069,8 @@ def _tracing(config: dict, env: Mapping[str, str]) -> _Tracing | None:
     """The app's tracing: on with --otlp-endpoint (the extra missing: StartupError), or with
     the OTEL_* variables (the extra missing: a warning, and no traces)."""
     endpoint = config["otlp_endpoint"]
+    if endpoint and not re.fullmatch(r"https?://[^\s/?#@]+(/[^\s?#]*)?", endpoint):
+        raise StartupError("--otlp-endpoint must be an http:// or https:// URL (a collector's OTLP/HTTP address)", 2)
     wanted = endpoint or any(env.get(v) for v in OTLP_VARIABLES)
     if not wanted or env.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return None

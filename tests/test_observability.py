@@ -5,6 +5,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 
 import gevent
 import gevent.event
@@ -296,6 +297,23 @@ def test_a_turn_that_waits_for_a_person_stays_one_trace(make_app, collector):
     assert waiting["trace_id"] == completed["trace_id"] == first["trace_id"] == then["trace_id"]
     tool = next(s for s in collector.spans() if s["name"] == "execute_tool add")
     assert tool["parent"] == then["span_id"]  # it ran once approved
+
+
+def test_a_collector_that_is_down_holds_up_neither_turns_nor_a_stop(make_app, monkeypatch):
+    monkeypatch.setattr(everruns, "TRACE_FLUSH_S", 0.2)
+    app = make_app(otlp_endpoint=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    client = webtest.TestApp(app)
+    api = Api(client)
+    session = api.session()["id"]
+    for text in ("one", "two"):
+        api.message(session, text, status=201)
+        assert finish(client, session)[-1]["data"]["status"] == "completed"
+    started = time.monotonic()
+    app.close()  # its sends retry for 10 s: the spans are dropped instead
+    assert time.monotonic() - started < 3
+    for bad in ("127.0.0.1:4318", "ftp://collector", "http://", "http://user:secret@collector:4318"):
+        with pytest.raises(everruns.StartupError, match="--otlp-endpoint must be an http"):
+            make_app(db=":memory:", otlp_endpoint=bad)
 
 
 def test_without_the_extra_nothing_is_imported_and_the_flag_says_what_to_install(tmp_path):
