@@ -36,7 +36,8 @@ defined above it. Each starts with a banner ``# N. Name`` between two rules
                      capability mcp:NAME); the --mcp-config file
  12. Turn engine     the states of a turn and a session, and the signals (two
                      tables); running a tool; the transcript; _Scheduler (which
-                     turn runs next, cancel, recovery); _TurnRun (one turn's work)
+                     turn runs next, cancel, recovery); ---- context windows and
+                     compaction (_History, the summary); _TurnRun (one turn's work)
  13. HTTP layer      the guard (host, CORS, cross-site writes), auth, the routes
                      (@_route into _ROUTES), parsing; handlers by resource: ----
                      health, LLM providers, agents, sessions, messages, events
@@ -265,6 +266,18 @@ PAGE_DEFAULT, PAGE_MAX = 20, 100
 MAX_SEQ = 2**63 - 1  # SQLite's largest integer
 MAX_PATH = 4096  # a session file path
 
+# Context windows in tokens (SPEC 16): a provider's `context_window` setting, else the first
+# family here whose pattern the model's name matches (case ignored), else the type's default.
+MIN_CONTEXT_WINDOW = 512
+CONTEXT_WINDOWS: tuple[tuple[str, int], ...] = (
+    (r"^(gpt-4\.1|gpt-5|o[134]\b)", 200_000), (r"^(gpt-4o|gpt-4-turbo|chatgpt)", 128_000), (r"^gpt-4\b", 8_192),
+    (r"^gpt-3\.5", 16_385), (r"claude", 200_000), (r"gemini", 1_000_000),
+    (r"llama-?3\.[1-9]|llama-?4", 131_072), (r"llama", 8_192), (r"qwen", 32_768), (r"mistral-(large|small)", 131_072),
+    (r"mistral|mixtral", 32_768), (r"gemma-?3", 131_072), (r"gemma", 8_192), (r"phi-?3", 4_096),
+    (r"phi", 16_384), (r"deepseek", 65_536),
+)  # fmt: skip
+DEFAULT_WINDOWS = {"llmsim": 8_192, "anthropic": 200_000, "openai": 8_192}  # a model no family names
+
 ERROR_CODES = {
     400: "BAD_REQUEST",
     401: "UNAUTHORIZED",
@@ -424,7 +437,8 @@ SETTINGS = (
         "--context-budget",
         "EVERRUNS_CONTEXT_BUDGET",
         1024 * 1024,
-        "Bytes of stored history sent to the model per call; the oldest turns are left out first.",
+        "The most bytes of stored history a model call reads (what it sends is decided by the model's context "
+        "window, in tokens: see the README).",
         int,
         minimum=1024,
     ),
@@ -1326,16 +1340,33 @@ def _names_and_values(schema: dict) -> None:
     schema.update(propertyNames={"pattern": pattern}, additionalProperties=value)
 
 
+def _window_map(value: Any) -> Any:
+    if isinstance(value, dict) and not value:
+        raise ValueError("name at least one model, or `default`")
+    return value
+
+
+Tokens = Annotated[JsonInt, Field(ge=MIN_CONTEXT_WINDOW, le=10_000_000)]
+ContextWindow = Annotated[
+    Tokens | Annotated[dict[ModelName, Tokens], Field(max_length=256), AfterValidator(_window_map)],
+    Field(description="The model's context window in tokens: one number, or one per model name "
+                      '({"default": 8192, "llama3.2": 131072}); unset: a known default for the model\'s family.'),
+]  # fmt: skip
+
+
 class LlmsimSettings(_In):
     """Settings of the built-in simulator."""
 
     token_delay_ms: JsonInt = Field(0, ge=0, le=10000, description="Pause before each streamed word.")
     reply: str | None = Field(None, max_length=MAX_MESSAGE_TEXT, description="A fixed answer.")
+    context_window: ContextWindow | None = None
+    echo_context: bool = Field(False, description="Answer with the role and first words of each message sent to it.")
 
 
 class RemoteSettings(_In):
     """Settings of an OpenAI-compatible or Anthropic provider."""
 
+    context_window: ContextWindow | None = None
     timeout_s: float = Field(60, gt=0, le=3600, description="The longest wait for progress (a connection, new text).")
     max_call_s: float = Field(1800, gt=0, le=86400, description="The longest a model call may take in all.")
     max_tokens: JsonInt = Field(4096, ge=1, le=1_000_000)
@@ -1570,6 +1601,16 @@ class Session(_Out):
     updated_at: Timestamp
     last_turn: LastTurn | None
     usage: Usage
+
+
+class SessionContext(_Out):
+    """What the session's next model call would send (SPEC 16), before its new message."""
+
+    system_prompt: str
+    summary: str | None = Field(description="What compaction wrote of the older turns (sent after the system prompt).")
+    turn_ids: list[str] = Field(description="The turns sent whole, oldest first.")
+    tokens_estimate: int = Field(description="The call's estimated size: system prompt, tools, summary and turns.")
+    context_window: int = Field(description="The model's window, in tokens.")
 
 
 class CancelResult(Session):
@@ -2034,6 +2075,13 @@ class ToolResultData(_EventData):
     duration_ms: int
 
 
+class ContextCompactedData(_EventData):
+    summary: str = Field(description="What the model wrote of the turns it replaces (and of the summary before).")
+    turn_ids: list[str] = Field(description="The turns this summary replaces in later model calls.")
+    tokens_before: int = Field(description="The history's estimated size before, in tokens.")
+    tokens_after: int
+
+
 class SessionCompletedData(_EventData):
     turn_id: str
     status: Literal[TURN_COMPLETED, TURN_FAILED, TURN_CANCELLED]
@@ -2054,6 +2102,7 @@ EVENTS: dict[str, type[_EventData]] = {
     "tool.approval_requested": ToolApprovalRequestedData,
     "tool.approval_resolved": ToolApprovalResolvedData,
     "tool.result": ToolResultData,
+    "context.compacted": ContextCompactedData,
     "session.completed": SessionCompletedData,
 }
 EVENT_TYPES = tuple(EVENTS)
@@ -2239,6 +2288,13 @@ _MIGRATIONS: list[list[str]] = [
         "ALTER TABLE turn ADD COLUMN span_id TEXT",
         f"CREATE INDEX turn_waiting ON turn (status) WHERE status = '{TURN_WAITING}'",
     ],
+    [  # 10: what compaction wrote of a session's older turns (SPEC 16): later calls send it instead of them
+        """CREATE TABLE summary (
+            id TEXT PRIMARY KEY, session_id TEXT NOT NULL REFERENCES session (id) ON DELETE CASCADE,
+            turn_id TEXT, through TEXT NOT NULL, turn_ids TEXT NOT NULL, text TEXT NOT NULL,
+            tokens INTEGER NOT NULL, created_at TEXT NOT NULL)""",
+        "CREATE INDEX summary_session ON summary (session_id, id)",
+    ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -2351,6 +2407,20 @@ class _MessageTable(pw.Model):
         table_name = "message"
 
 
+class _SummaryTable(pw.Model):
+    id = pw.TextField(primary_key=True)
+    session_id = pw.TextField()
+    turn_id = pw.TextField(null=True)  # the turn that wrote it
+    through = pw.TextField()  # the newest turn it covers: later calls send the turns after it
+    turn_ids = _JSONField()  # the turns this compaction summarised (those before are in the summary it took in)
+    text = pw.TextField()
+    tokens = pw.IntegerField()  # its estimated size
+    created_at = pw.TextField()
+
+    class Meta:
+        table_name = "summary"
+
+
 class _EventTable(pw.Model):
     id = pw.TextField(primary_key=True)
     session_id = pw.TextField()
@@ -2419,6 +2489,7 @@ class _Models:
     IdempotencyKey: type[_IdempotencyKeyTable]
     File: type[_FileTable]
     McpServer: type[_McpServerTable]
+    Summary: type[_SummaryTable]
 
 
 def _build_models(db: pw.Database) -> _Models:
@@ -3160,8 +3231,9 @@ _SQL = {
     " s.client_tools AS session_client_tools FROM session s JOIN agent a ON a.id = s.agent_id WHERE s.id = ?",
     "provider": "SELECT id, provider_type, base_url, default_model, api_key, settings FROM provider"
     " WHERE id = ? OR (CAST(? AS TEXT) IS NULL AND is_default)",
-    "transcript": "SELECT role, content, turn_id FROM message WHERE session_id = ? AND turn_id IS NOT NULL"
+    "transcript": "SELECT role, content, turn_id FROM message WHERE session_id = ? AND turn_id > ?"
     " ORDER BY turn_id DESC, role != 'user' DESC, id DESC",
+    "summary": "SELECT text, through, tokens FROM summary WHERE session_id = ? ORDER BY id DESC LIMIT 1",
     "insert_turn": "INSERT INTO turn (id, session_id, status, provider_id, model, started_at, owner, trace_id,"
     f" span_id) VALUES (?, ?, '{TURN_RUNNING}', ?, ?, ?, ?, ?, ?)",
     "turn_owned": f"SELECT 1 FROM turn WHERE id = ? AND status = '{TURN_RUNNING}' AND owner = ?",
@@ -3326,22 +3398,34 @@ def _provider_spec(m: _Models, provider_id: str | None) -> _ProviderSpec | None:
     return None if row is None else _ProviderSpec(**{**row, "settings": json.loads(row["settings"])})
 
 
-def _history(m: _Models, session_id: str, budget: int) -> list[tuple[str, list]]:
-    """(role, content) of the answered messages: turns in order, user messages first in each.
+@dataclasses.dataclass
+class _Block:
+    """One turn's stored messages, in order (role, content as JSON text), and their size in bytes."""
 
-    Only the newest turns whose stored JSON fits in `budget` bytes are read (the
-    newest turn always): a long session costs a turn no more than that.
-    """
-    cursor, kept, used = _sql(m, "transcript", session_id), [], 0
-    for _, rows in itertools.groupby(_rows(cursor), key=lambda row: row["turn_id"]):
+    turn_id: str
+    rows: list[tuple[str, str]]
+    size: int
+
+
+def _history(m: _Models, session_id: str, budget: int, after: str = "") -> list[_Block]:
+    """The turns after `after` (the newest turn a summary covers), oldest first, user messages
+    first in each. Only the newest turns whose stored JSON fits in `budget` bytes are read
+    (the newest turn always): a long session costs a turn no more than that."""
+    cursor, kept, used = _sql(m, "transcript", session_id, after), [], 0
+    for turn_id, rows in itertools.groupby(_rows(cursor), key=lambda row: row["turn_id"]):
         block = [(row["role"], row["content"]) for row in rows]
         size = sum(len(content) for _, content in block)
         if kept and used + size > budget:
             break
-        kept.append(block)
+        kept.append(_Block(turn_id, block[::-1], size))
         used += size
     cursor.close()
-    return [(role, json.loads(content)) for block in reversed(kept) for role, content in reversed(block)]
+    return kept[::-1]
+
+
+def _summary(m: _Models, session_id: str) -> dict | None:
+    """The session's latest summary (text, through, tokens), if compaction wrote one."""
+    return _sql_row(m, "summary", session_id)
 
 
 # =============================================================================
@@ -3732,6 +3816,7 @@ class LLMRequest:
     api_key: str | None = None
     temperature: float | None = None
     secrets: tuple[str, ...] = ()  # blanked out of anything the provider answers
+    summary: str | None = None  # of the turns before `messages` (SPEC 16): sent right after the system prompt
 
 
 def _llm_request(provider: Any, secrets: _Secrets, **fields: Any) -> LLMRequest:
@@ -4081,6 +4166,8 @@ class _OpenAI(_RemoteAdapter):
     def body(self, request: LLMRequest) -> dict:
         """The request body of a streamed chat completion."""
         messages = [{"role": "system", "content": request.system}] if request.system else []
+        if request.summary:
+            messages.append({"role": "system", "content": _summary_message(request.summary)})
         for m in request.messages:
             if m["role"] == "user":
                 messages.append({"role": "user", "content": m["text"]})
@@ -4175,8 +4262,9 @@ class _Anthropic(_RemoteAdapter):
                 turns.append({"role": role, "content": blocks})
         body: dict = {"model": request.model, "max_tokens": request.settings.get("max_tokens", 4096)}
         body.update(messages=turns, stream=True)
-        if request.system:
-            body["system"] = request.system
+        if request.system or request.summary:
+            summary = _summary_message(request.summary) if request.summary else ""
+            body["system"] = "\n\n".join(filter(None, [request.system, summary]))
         if request.tools:
             body["tools"] = [
                 {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in request.tools
@@ -4278,6 +4366,10 @@ def _tools_named_in(text: str, tools: list[ToolSpec]) -> list[str]:
 
 def _llmsim_answer(request: LLMRequest) -> tuple[str, list[dict]]:
     """The simulator's deterministic answer: text, or tool calls."""
+    if request.system.startswith(SUMMARY_PROMPT[:40]):  # a summary that compaction asks for (SPEC 16)
+        return _sim_summary(request.messages[-1]["text"], (request.settings["max_tokens"] - 1) * 3), []
+    if request.settings.get("echo_context"):
+        return _sim_echo(request), []
     if request.settings.get("reply") is not None:
         return request.settings["reply"], []
     last = request.messages[-1] if request.messages else {"role": "user", "text": ""}
@@ -4306,7 +4398,8 @@ class _Llmsim(_Adapter):
             if delay:
                 gevent.sleep(delay)  # also a point where a cancel can land
             on_text(word)
-        prompt = request.system + " ".join(m.get("text") or _dumps(m.get("result")) for m in request.messages)
+        said = " ".join(m.get("text") or _dumps(m.get("result")) for m in request.messages)
+        prompt = f"{request.system} {request.summary} {said}" if request.summary else request.system + said
         return LLMReply(text, tool_calls, len(prompt.split()), len(_words(text)) + len(tool_calls))
 
     def models(self, request: LLMRequest) -> list[str]:
@@ -5976,10 +6069,10 @@ def _system_prompt(registry: Mapping[str, Any], agent: Any) -> str:
     return "\n\n".join(p for p in [agent.system_prompt, *additions] if p)
 
 
-def _transcript(m: _Models, session_id: str, budget: int) -> list[dict]:
-    """The history a provider sees: the newest answered turns that fit the budget, in
-    order, user messages first within each turn, and never a tool call without its result."""
-    rows = _history(m, session_id, budget)
+def _transcript(blocks: list[_Block]) -> list[dict]:
+    """Turns as a provider sees them: in order, user messages first within each turn, and
+    never a tool call without its result."""
+    rows = [(role, json.loads(content)) for block in blocks for role, content in block.rows]
     results = {p["tool_call_id"]: p for _, content in rows for p in content if p["type"] == "tool_result"}
     return [message for role, content in rows for message in _provider_messages(role, content, results)]
 
@@ -6347,6 +6440,127 @@ class _Scheduler:
         return sessions
 
 
+# ---- context windows and compaction (SPEC 16): each model call is built within its model's
+# window, estimated in tokens; history that does not fit is summarised by the turn's own
+# model (_TurnRun._compact, a step of the turn), and later calls send the summary instead.
+
+SUMMARY_PROMPT = (
+    "You summarise a conversation for the assistant that will continue it. Write a summary of the conversation "
+    "below (and of the summary before it, if there is one): the user's goals, facts and decisions, tool results "
+    "that matter, and what is still open. At most {words} words. Write only the summary."
+)
+SUMMARY_HEADING = "A summary of the earlier conversation:"
+SIM_ANSWER_TOKENS = 256  # the simulator's room for its answer (it has no max_tokens)
+MAX_COMPACTIONS = 8  # summaries one model call may ask for before it leaves the oldest turns out
+SUMMARISED_TEXT = 2000  # characters of each message a summary is asked to read
+
+
+def _tokens(size: int) -> int:
+    """Tokens in `size` bytes of text or JSON: one per 3 bytes, which errs on the large side
+    (English runs about 4 bytes a token), so that an estimate never lets a call overflow."""
+    return size // 3 + 1
+
+
+def _block_tokens(block: _Block) -> int:
+    return _tokens(block.size) + 4 * len(block.rows)  # and a few for each message's framing
+
+
+def _context_window(request: LLMRequest, provider_type: str) -> int:
+    """The model's window: the provider's `context_window` setting (for this model, or its
+    default), else its family's (not the simulator's), else the provider type's default."""
+    setting = request.settings.get("context_window")
+    if isinstance(setting, dict):
+        setting = setting.get(request.model, setting.get("default"))
+    if setting:
+        return setting
+    if provider_type != "llmsim":
+        for pattern, window in CONTEXT_WINDOWS:
+            if re.search(pattern, request.model, re.IGNORECASE):
+                return window
+    return DEFAULT_WINDOWS.get(provider_type, DEFAULT_WINDOWS["openai"])
+
+
+def _read_budget(config: dict, window: int) -> int:
+    """Bytes of history a call reads at most: what its summaries could take in (--context-budget
+    the ceiling), so that a long session's turn reads a bounded part of it."""
+    return min(config["context_budget"], window * 3 * (MAX_COMPACTIONS + 1))
+
+
+def _fixed_tokens(request: LLMRequest) -> int:
+    """What every call sends: the system prompt and the tools' schemas."""
+    return _tokens(len(request.system.encode())) + sum(_tokens(len(t.model_dump_json())) for t in request.tools)
+
+
+def _room(request: LLMRequest, provider_type: str) -> tuple[int, int]:
+    """(the window, what of it the history may use): the answer's room (max_tokens, at most half
+    the window), the system prompt and the tools' schemas taken out."""
+    window = _context_window(request, provider_type)
+    answer = SIM_ANSWER_TOKENS if provider_type == "llmsim" else request.settings.get("max_tokens", 4096)
+    return window, window - min(answer, window // 2) - _fixed_tokens(request)
+
+
+@dataclasses.dataclass
+class _History:
+    """What a model call may send of a session: its summary (text and tokens) and the turns after it."""
+
+    summary: str | None
+    summary_tokens: int
+    blocks: list[_Block]
+
+    def tokens(self) -> int:
+        return self.summary_tokens + sum(map(_block_tokens, self.blocks))
+
+    def newest(self, room: int) -> list[_Block]:
+        """The newest turns that fit in `room` tokens (at least the newest one)."""
+        kept, used = [], 0
+        for block in reversed(self.blocks):
+            used += _block_tokens(block)
+            if kept and used > room:
+                break
+            kept.append(block)
+        return kept[::-1]
+
+
+def _session_history(m: _Models, session_id: str, budget: int) -> _History:
+    summary = _summary(m, session_id)
+    after, text, tokens = (summary["through"], summary["text"], summary["tokens"]) if summary else ("", None, 0)
+    return _History(text, tokens, _history(m, session_id, budget, after))
+
+
+def _summary_message(summary: str) -> str:
+    return f"{SUMMARY_HEADING}\n{summary}"
+
+
+def _summarised_text(history: _History, blocks: list[_Block], limit: int) -> str:
+    """What a summary is asked to read: the summary before, then the turns, at most `limit` bytes."""
+    lines = [f"Summary so far: {history.summary}"] if history.summary else []
+    for message in _transcript(blocks):
+        said = message.get("text") or ""
+        if message["role"] == "assistant" and message["tool_calls"]:
+            said += " " + "; ".join(f"called {c['name']} {_dumps(c['arguments'])}" for c in message["tool_calls"])
+        elif message["role"] == "tool":
+            said = f"{message['name']} {'failed' if message['is_error'] else 'returned'} {_dumps(message['result'])}"
+        lines.append(f"{message['role']}: {said.strip()[:SUMMARISED_TEXT]}")
+    return "\n".join(lines).encode()[:limit].decode(errors="ignore")
+
+
+def _sim_summary(text: str, limit: int) -> str:
+    """The simulator's summary: a fixed function of the text (each line's first words), at most
+    `limit` bytes."""
+    lines = [" ".join(line.split()[:8]) for line in text.splitlines() if line.strip()]
+    return f"Summary of {len(lines)} lines: {'; '.join(lines)}".encode()[:limit].decode(errors="ignore")
+
+
+def _sim_echo(request: LLMRequest) -> str:
+    """The simulator's `echo_context` answer: the role and first words of each message it was sent."""
+    sent = [("system", request.system)] if request.system else []
+    sent += [("system", _summary_message(request.summary))] if request.summary else []
+    for message in request.messages:
+        said = message.get("text") or (_dumps(message["result"]) if message["role"] == "tool" else "")
+        sent.append((message["role"], said))
+    return "\n".join(f"{role}: {' '.join(text.split()[:12])}" for role, text in sent)
+
+
 class _TurnRun:
     """One turn's work, in its worker's greenlet, to its one session.completed (or to a pause):
     resolve its tools, then call the model, run the tools it asked for, call it again ...
@@ -6480,10 +6694,10 @@ class _TurnRun:
             self.store.secrets,
             model=turn.model,
             system=turn.system,
-            messages=_transcript(self.m, turn.session_id, self.config["context_budget"]),
             tools=[*(t.spec for t in turn.tools.values()), *turn.client.values()],
             temperature=turn.temperature,
         )
+        self._context(request, adapter)
         self.store.release()  # no connection is held across a slow network call
 
         published, check, metrics = itertools.count(1), self.journal.check, self.store.obs.metrics
@@ -6507,6 +6721,92 @@ class _TurnRun:
         turn.input_tokens += reply.input_tokens
         turn.output_tokens += reply.output_tokens
         return message_id, reply
+
+    def _context(self, request: LLMRequest, adapter: Any) -> None:
+        """The call's history within the model's window (SPEC 16): the session's summary and the
+        turns after it, compacted first while they do not fit; if a summary cannot be written,
+        the oldest turns are left out. CONTEXT_TOO_LARGE when this turn alone does not fit."""
+        turn = self.turn
+        window, room = _room(request, turn.provider.provider_type)
+        budget = _read_budget(self.config, window)
+        history = _session_history(self.m, turn.session_id, budget)
+        for _ in range(MAX_COMPACTIONS):
+            if history.tokens() <= room:
+                break
+            if (size := _block_tokens(history.blocks[-1])) > room:
+                raise TurnFailed("CONTEXT_TOO_LARGE", f"this turn (about {size} tokens) does not fit in the model's "
+                                 f"context window ({window} tokens, {room} of them for the conversation)")  # fmt: skip
+            compacted = self._compact(request, adapter, history, room, window)
+            if compacted is None:
+                break
+            history = compacted
+        summary, left = history.summary, room - history.summary_tokens
+        if history.tokens() > room and history.summary_tokens + _block_tokens(history.blocks[-1]) > room:
+            summary, left = None, room  # no room for the summary beside this turn
+        kept = history.newest(left) if history.tokens() > room else history.blocks
+        if len(kept) < len(history.blocks):
+            _log.warning(
+                "turn %s: the %d oldest turns are left out of its model call (they do not fit in the "
+                "window, and no summary of them was written)",
+                turn.id,
+                len(history.blocks) - len(kept),
+            )
+        request.summary, request.messages = summary, _transcript(kept)
+
+    def _compact(self, request: LLMRequest, adapter: Any, history: _History, room: int,
+                 window: int) -> _History | None:  # fmt: skip
+        """Summarise the oldest turns (with the summary before) so that the newest fit beside the
+        summary: a call of the turn's own model, stoppable like any other, then the summary and
+        its context.compacted in one write; the history with it. None (logged) when no summary
+        could be written."""
+        turn = self.turn
+        keep = history.newest(room - room // 4)  # a quarter of the room, at least, for the summary
+        older, allowance = history.blocks[: len(history.blocks) - len(keep)], room - sum(map(_block_tokens, keep))
+        if not older or allowance < 64:
+            return None
+        allowance = min(allowance, window // 4)
+        prompt = SUMMARY_PROMPT.format(words=allowance * 3 // 5)
+        limit = (window - allowance - _tokens(len(prompt)) - 16) * 3  # bytes the summariser can read
+        chunk, used = [], len((history.summary or "").encode())
+        for block in older:  # the oldest turns that it can read (at least one: cut short if need be)
+            if chunk and used + block.size > limit:
+                break
+            chunk.append(block)
+            used += block.size
+        ask = dataclasses.replace(
+            request,
+            system=prompt,
+            messages=[{"role": "user", "text": _summarised_text(history, chunk, limit)}],
+            tools=[],
+            summary=None,
+            settings={**request.settings, "max_tokens": allowance},
+        )
+        self.store.release()  # no connection is held across a slow network call
+        try:
+            reply = self._model_call(adapter, ask, lambda delta: None)  # its text is not streamed to anyone
+        except Exception as e:  # a cancel (a BaseException) ends the turn as it would any call
+            _log.warning("turn %s: the summary of older turns failed: %s", turn.id, e)
+            return None
+        turn.input_tokens += reply.input_tokens
+        turn.output_tokens += reply.output_tokens
+        summary = _clean_text(reply.text.strip()).encode()[: allowance * 3].decode(errors="ignore")
+        if not summary:
+            _log.warning("turn %s: the summary of older turns came back empty", turn.id)
+            return None
+        compacted = _History(summary, _tokens(len(summary.encode())), history.blocks[len(chunk) :])
+        self._store_summary(compacted, chunk, history)
+        return compacted
+
+    def _store_summary(self, compacted: _History, chunk: list[_Block], history: _History) -> None:
+        """The summary (a record of the session, SPEC 16) and its context.compacted, in one write."""
+        turn, covered = self.turn, [block.turn_id for block in chunk]
+        data = {"summary": compacted.summary, "turn_ids": covered, "tokens_before": history.tokens(),
+                "tokens_after": compacted.tokens()}  # fmt: skip
+        with self.journal.tx(turn.session_id, turn.id) as tx:
+            tx.m.Summary.insert(id=_uuid7(), session_id=turn.session_id, turn_id=turn.id, through=covered[-1],
+                                turn_ids=covered, text=compacted.summary, tokens=compacted.summary_tokens,
+                                created_at=_now_iso()).execute()  # fmt: skip
+            tx.emit("context.compacted", data, turn.id)
 
     def _model_call(self, adapter: Any, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
         """The provider's streamed answer, counted and traced (a span `chat MODEL`)."""
@@ -7541,6 +7841,25 @@ def _new_session(ctx: _Ctx, agent_id: str, fields: dict, files: Iterable[dict] =
 @_route("GET", "/v1/sessions/<session_id>", "Get a session", "sessions", response=Session, errors=(404,))
 def _get_session(ctx: _Ctx, req: _Request, session_id: str) -> BaseModel:
     return _session_out(_get(ctx.store.m.Session, session_id, "session"))
+
+
+@_route("GET", "/v1/sessions/<session_id>/context", "What the next model call would send: the summary and turns "
+        "that fit in the model's window", "sessions", response=SessionContext, errors=(404,))  # fmt: skip
+def _session_context(ctx: _Ctx, req: _Request, session_id: str) -> BaseModel:
+    m = ctx.store.m
+    setup = _turn_setup(m, session_id)
+    if setup is None:
+        raise _NotFound(f"session {session_id} not found")
+    turn = _prepared_turn(m, ctx.capabilities, session_id, setup, "", {})
+    tools = [*(t.spec for t in _agent_tools(ctx.capabilities, turn.capabilities).values()), *turn.client.values()]
+    request = LLMRequest(turn.model, turn.system, [], tools, turn.provider.settings if turn.provider else {})
+    kind = turn.provider.provider_type if turn.provider else "llmsim"
+    window, room = _room(request, kind)
+    history = _session_history(m, session_id, _read_budget(ctx.config, window))
+    kept = history.newest(room - history.summary_tokens)
+    used = _fixed_tokens(request) + history.summary_tokens + sum(map(_block_tokens, kept))
+    return SessionContext(system_prompt=turn.system, summary=history.summary, turn_ids=[b.turn_id for b in kept],
+                          tokens_estimate=used, context_window=window)  # fmt: skip
 
 
 @_route(
@@ -10906,6 +11225,11 @@ async function trace(turnId, box) {
   const decided = {}, items = [];
   for (const e of events) if (e.type === "tool.approval_resolved") decided[e.data.tool_call_id] = e.data.approved;
   for (const e of events) {
+    if (e.type === "context.compacted") {
+      items.push(el("li", { class: "compaction" }, el("strong", {}, "Context compacted"),
+        ` ${e.data.turn_ids.length} earlier turns summarised, about ${e.data.tokens_before} → ` +
+        `${e.data.tokens_after} tokens`, el("pre", {}, e.data.summary)));
+    }
     if (e.type === "message.created" && e.data.message.role === "assistant") items.push(modelCall(e.data.message));
     if (e.type === "tool.result") {
       const approval = e.data.tool_call_id in decided ? (decided[e.data.tool_call_id] ? ", approved" : ", denied") : "";
@@ -11414,6 +11738,8 @@ class _Chat:
             self._decide(data["tool_call"])
         elif kind == "tool.result":
             self.say(f"← {'✗ ' if data['is_error'] else ''}{_shown(data['result'])}")
+        elif kind == "context.compacted":
+            self.note(f"(the {len(data['turn_ids'])} earliest turns now sent as a summary)")
         elif kind == "session.completed":
             if data["status"] == "failed":
                 self.note(f"✗ the turn failed: {data['error']['message']} ({data['error']['code']})")

@@ -363,6 +363,28 @@ def test_a_turn_s_trace_shows_its_model_calls_and_tool_call_as_the_api_stores_th
     ui.clean()
 
 
+def test_a_turn_s_trace_shows_a_compaction(console):
+    from playwright.sync_api import expect
+
+    ui = console()
+    page = simulated(ui, "Forgetful", context_window=1200)
+    for i in range(6):  # each turn about 200 tokens: the history outgrows the window
+        ui.send(f"Turn {i}: " + " ".join(f"word{i}x{j}" for j in range(40)))
+        page.get_by_role("log").get_by_text(f"You said: Turn {i}:").wait_for()
+    log = page.get_by_role("log")
+    agent = next(a for a in ui.server.call("GET", "/v1/agents")[2]["data"] if a["name"] == "Forgetful")
+    session = ui.server.call("GET", f"/v1/agents/{agent['id']}/sessions")[2]["data"][0]
+    events = ui.server.call("GET", f"/v1/sessions/{session['id']}/events?format=json&types=context.compacted")[2]
+    compacted = events["data"][0]
+    turns = [e["turn_id"] for e in ui.server.call("GET", f"/v1/sessions/{session['id']}/events?format=json&types="
+                                                         "session.completed&limit=100")[2]["data"]]  # fmt: skip
+    log.get_by_role("button", name="Trace").nth(turns.index(compacted["turn_id"])).click()
+    line = log.locator(".trace li.compaction")
+    expect(line).to_contain_text(f"Context compacted {len(compacted['data']['turn_ids'])} earlier turns summarised")
+    expect(line.locator("pre")).to_have_text(compacted["data"]["summary"])
+    ui.clean()
+
+
 def test_a_traced_turn_s_trace_shows_its_opentelemetry_trace_id(console, collector):
     from playwright.sync_api import expect
 

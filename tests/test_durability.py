@@ -103,7 +103,7 @@ def test_the_transcript_never_has_a_dangling_tool_call(make_app, db_path):
     sid = crashed_mid_tool(make_app, db_path)
     app = make_app(db_path)
     webtest.TestApp(app).post_json(f"/v1/sessions/{sid}/messages", {"content": "next"})
-    transcript = everruns._transcript(app.everruns.store.m, sid, 1 << 20)
+    transcript = everruns._transcript(everruns._history(app.everruns.store.m, sid, 1 << 20))
     calls = [c["id"] for m in transcript if m["role"] == "assistant" for c in m["tool_calls"]]
     answered = [m["tool_call_id"] for m in transcript if m["role"] == "tool"]
     assert calls == answered == ["call_1"]

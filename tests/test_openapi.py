@@ -92,6 +92,7 @@ def test_real_responses_match_their_documented_schemas(client, api, doc):
     sid = session["id"]
     call("GET", "/v1/agents/{agent_id}/sessions", f"/v1/agents/{aid}/sessions")
     call("GET", "/v1/sessions/{session_id}", f"/v1/sessions/{sid}")
+    call("GET", "/v1/sessions/{session_id}/context", f"/v1/sessions/{sid}/context")
     call("PATCH", "/v1/sessions/{session_id}", f"/v1/sessions/{sid}", params={"title": "t"})
     messages = "/v1/sessions/{session_id}/messages"
     call("POST", messages, f"/v1/sessions/{sid}/messages", params={"content": "hi"}, headers={"Idempotency-Key": "a"})
@@ -290,7 +291,7 @@ def test_a_generated_client_round_trips_a_remote_provider_and_lists_events(tmp_p
         again = get_provider.sync(client=client, provider_id=created.id)
         assert isinstance(again, OpenAIProvider)
         assert again.settings.to_dict() == {"timeout_s": 30, "max_call_s": 1800, "max_tokens": 100,
-                                            "extra_headers": {"X-Team": "blue"}}  # fmt: skip
+                                            "extra_headers": {"X-Team": "blue"}, "context_window": None}  # fmt: skip
         agent = server.call("POST", "/v1/agents", {"name": "a"})[2]
         sid = server.call("POST", f"/v1/agents/{agent['id']}/sessions", {})[2]["id"]
         server.call("POST", f"/v1/sessions/{sid}/messages", {"content": "hi"})

@@ -13,13 +13,15 @@ def test_fresh_database_has_the_simulator_as_default(api, client):
     assert [(p["name"], p["provider_type"], p["is_default"]) for p in providers] == [
         ("Built-in simulator", "llmsim", True)
     ]
-    assert providers[0]["settings"] == {"token_delay_ms": 0, "reply": None}
+    assert providers[0]["settings"] == {"token_delay_ms": 0, "reply": None, "context_window": None,
+                                        "echo_context": False}  # fmt: skip
 
 
 def test_create_get_patch_delete(api, client):
     created = api.provider(name="Local Ollama", base_url="http://127.0.0.1:11434/v1", default_model="llama3")
     assert created["api_key_set"] is False and created["is_default"] is False
-    assert created["settings"] == {"timeout_s": 60, "max_call_s": 1800, "max_tokens": 4096, "extra_headers": {}}
+    assert created["settings"] == {"timeout_s": 60, "max_call_s": 1800, "max_tokens": 4096, "extra_headers": {},
+                                   "context_window": None}  # fmt: skip
     assert client.get(f"/v1/llm-providers/{created['id']}").json == created
     patched = client.patch_json(f"/v1/llm-providers/{created['id']}", {"default_model": "qwen3"}).json
     assert patched["default_model"] == "qwen3" and patched["name"] == "Local Ollama"
@@ -61,7 +63,7 @@ def test_settings_are_validated_per_type(api, client):
         "VALIDATION_ERROR",
     )
     created = client.post_json("/v1/llm-providers", {**sim, "settings": {"token_delay_ms": 25, "reply": "hi"}}).json
-    assert created["settings"] == {"token_delay_ms": 25, "reply": "hi"}
+    assert created["settings"] == {"token_delay_ms": 25, "reply": "hi", "context_window": None, "echo_context": False}
     response = client.patch_json(f"/v1/llm-providers/{created['id']}", {"settings": {"max_tokens": 5}}, status="*")
     error_of(response, 400, "VALIDATION_ERROR")
     error_of(

@@ -92,10 +92,11 @@ def test_a_version_1_database_is_migrated_in_place(db_path):
     assert [a["name"] for a in client.get("/v1/agents").json["data"]] == ["old"]
     session = client.post_json("/v1/agents/01890000-0000-7000-8000-000000000001/sessions", {}).json
     client.put_json(f"/v1/sessions/{session['id']}/fs/new.txt", {"content": "v2 works"}, status=201)
+    client.post_json("/v1/llm-providers", {"name": "sim", "provider_type": "llmsim", "is_default": True})
     client.post_json(f"/v1/sessions/{session['id']}/messages", {"content": "and a turn"}, status=201)
     assert finish(client, session["id"])[-1]["data"]["status"] == "completed"  # on every column a turn writes
     app.close()
-    assert sqlite3.connect(db_path).execute("PRAGMA user_version").fetchone()[0] == everruns.SCHEMA_VERSION == 9
+    assert sqlite3.connect(db_path).execute("PRAGMA user_version").fetchone()[0] == everruns.SCHEMA_VERSION == 10
 
 
 def test_health_names_the_backend(client, backend):

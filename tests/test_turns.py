@@ -331,7 +331,8 @@ def test_a_lone_surrogate_in_tool_arguments_is_an_error_result(api, client, upst
 
 
 def test_deeply_nested_json_in_a_message_does_not_break_the_simulator(api, client):
-    session = api.session(api.agent(capabilities=["test_math"])["id"])
+    big = simulator(api, context_window=65536)  # (about 15,000 tokens: more than the default window of 8,192)
+    session = api.session(api.agent(capabilities=["test_math"], provider_id=big)["id"])
     api.message(session["id"], "add " + '{"a": ' * 5000 + "1" + "}" * 5000, status=201)
     events = finish(client, session["id"])
     result = next(e["data"] for e in events if e["type"] == "tool.result")
