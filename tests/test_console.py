@@ -330,18 +330,23 @@ def test_markdown_and_html_attacks_run_nothing(console):
     ui.clean()
 
 
-def test_a_turn_s_trace_shows_its_model_calls_and_tool_call_as_the_api_stores_them(console):
-    ui = console()
+def traced_tool_turn(ui):
+    """A tool turn of a new session of a Calculator agent, its Trace opened: (page, the log, the session)."""
     ui.server.call("POST", "/v1/agents", {"name": "Calculator", "capabilities": ["test_math"]})
     page = ui.open()
     page.get_by_role("button", name="New session").click()
     ui.send('add {"a": 2, "b": 3}')
     log = page.get_by_role("log")
     log.get_by_role("button", name="Trace").click()
+    agent = ui.server.call("GET", "/v1/agents")[2]["data"][0]
+    return page, log, ui.server.call("GET", f"/v1/agents/{agent['id']}/sessions")[2]["data"][0]
+
+
+def test_a_turn_s_trace_shows_its_model_calls_and_tool_call_as_the_api_stores_them(console):
+    ui = console()
+    page, log, session = traced_tool_turn(ui)
     trace = log.locator(".trace")
     trace.locator("li").nth(2).wait_for()
-    agent = ui.server.call("GET", "/v1/agents")[2]["data"][0]
-    session = ui.server.call("GET", f"/v1/agents/{agent['id']}/sessions")[2]["data"][0]
     messages = ui.server.call("GET", f"/v1/sessions/{session['id']}/messages")[2]["data"]
     events = ui.server.call("GET", f"/v1/sessions/{session['id']}/events?format=json")[2]["data"]
     calls = [m for m in messages if m["role"] == "assistant"]
@@ -389,14 +394,7 @@ def test_a_traced_turn_s_trace_shows_its_opentelemetry_trace_id(console, collect
     from playwright.sync_api import expect
 
     ui = console("--otlp-endpoint", collector.url)
-    ui.server.call("POST", "/v1/agents", {"name": "Calculator", "capabilities": ["test_math"]})
-    page = ui.open()
-    page.get_by_role("button", name="New session").click()
-    ui.send('add {"a": 2, "b": 3}')
-    log = page.get_by_role("log")
-    log.get_by_role("button", name="Trace").click()
-    agent = ui.server.call("GET", "/v1/agents")[2]["data"][0]
-    session = ui.server.call("GET", f"/v1/agents/{agent['id']}/sessions")[2]["data"][0]
+    _, log, session = traced_tool_turn(ui)
     trace_id = session["last_turn"]["trace_id"]
     assert len(trace_id) == 32
     expect(log.locator(".trace .trace-id")).to_have_text(f"OpenTelemetry trace {trace_id}")
