@@ -10606,14 +10606,57 @@ def serve(
         raise StartupError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     if ready:
         ready()
+    _sd_notify(f"READY=1\nSTATUS=listening on {host}:{port}\nMAINPID={os.getpid()}")
+    interval = _watchdog_interval(os.environ)
+    watchdog = gevent.spawn(_watchdog, interval) if interval else None
     stopping.wait()
     for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C: stop now (the next start recovers)
         gevent.signal_handler(sig, functools.partial(os._exit, 128 + sig))
     _log.info("shutting down (Ctrl-C again to stop at once)")
+    _sd_notify("STOPPING=1")
     server.close()  # no new connections; running requests and streams go on
     app.close()
     server.stop(timeout=1)
+    if watchdog is not None:
+        watchdog.kill()
     _log.info("stopped")
+
+
+# ---- systemd: readiness and the watchdog through the notification socket (sd_notify(3)),
+# for a unit with Type=notify and WatchdogSec= (the README has one); nothing without it.
+
+
+def _sd_notify(state: str) -> bool:
+    """Send systemd one notification (READY=1, WATCHDOG=1, STOPPING=1, ...) when it asked for
+    them (NOTIFY_SOCKET: a path, or @ for an abstract socket); whether it was sent."""
+    path = os.environ.get("NOTIFY_SOCKET", "")
+    if not path.startswith(("/", "@")):
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect("\0" + path[1:] if path.startswith("@") else path)
+            s.sendall(state.encode())
+    except OSError as e:
+        _log.warning("could not notify systemd (%s): %s", path, e)
+        return False
+    return True
+
+
+def _watchdog_interval(env: Mapping[str, str]) -> float | None:
+    """Seconds between watchdog pings: half of WATCHDOG_USEC (sd_watchdog_enabled(3)), when it is
+    set for this process; None without a watchdog."""
+    usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2_000_000
+
+
+def _watchdog(interval: float) -> None:
+    """Ping systemd's watchdog while the event loop runs (a blocked loop misses its pings:
+    systemd restarts the service)."""
+    while True:
+        _sd_notify("WATCHDOG=1")
+        gevent.sleep(interval)
 
 
 # =============================================================================
