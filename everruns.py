@@ -509,6 +509,28 @@ SETTINGS = (
         choices=("debug", "info", "warning", "error"),
     ),
     Setting(
+        "retention_days",
+        "--retention-days",
+        "EVERRUNS_RETENTION_DAYS",
+        None,
+        "Delete idle sessions whose last activity is older than this many days, with their messages, events and "
+        "files (checked every minute, in small batches; off by default).",
+        float,
+        minimum=0,
+        above=True,
+    ),
+    Setting(
+        "max_db_mb",
+        "--max-db-mb",
+        "EVERRUNS_MAX_DB_MB",
+        None,
+        "Refuse new sessions and messages (507) once the database holds this many MB (off by default): a device's "
+        "disk never fills up.",
+        float,
+        minimum=0,
+        above=True,
+    ),
+    Setting(
         "log_format",
         "--log-format",
         "EVERRUNS_LOG_FORMAT",
@@ -662,6 +684,12 @@ def _os_thread() -> int:
     from gevent import monkey
 
     return monkey.get_original("threading", "get_ident")()
+
+
+def _iso_time(seconds: float) -> str:
+    """A time (seconds since the epoch) as ISO 8601 UTC with milliseconds and a Z."""
+    ms = int(seconds * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
 def _now_iso() -> str:
@@ -911,6 +939,8 @@ METRICS: dict[str, _Metric] = {
     "everruns_messages_queued": _Metric("gauge", "User messages no turn has taken up yet."),
     "everruns_http_requests_total": _Metric("counter", "HTTP requests answered, by route template and status.",
                                             ("route", "status")),
+    "everruns_sessions_deleted_total": _Metric("counter", "Sessions deleted by the server itself, by reason "
+                                               "(retention: --retention-days).", ("reason",), zero=(("retention",),)),
     "everruns_db_write_seconds": _Metric("histogram", "Database writes, from asking for the write lock to their "
                                          "commit.", buckets=_FAST),
 }  # fmt: skip
@@ -1155,16 +1185,11 @@ class _LogIds(logging.Filter):
         return True
 
 
-def _log_time(created: float) -> str:
-    ms = int(created * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
-
-
 class _JsonLines(logging.Formatter):
     """One JSON object per line: time, level, logger, message, the ids, the traceback."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = {"time": _log_time(record.created), "level": record.levelname.lower(), "logger": record.name,
+        line = {"time": _iso_time(record.created), "level": record.levelname.lower(), "logger": record.name,
                 "message": record.getMessage()}  # fmt: skip
         for key in ("request_id", "session_id", "turn_id"):
             if hasattr(record, key):
@@ -2295,6 +2320,9 @@ _MIGRATIONS: list[list[str]] = [
             tokens INTEGER NOT NULL, created_at TEXT NOT NULL)""",
         "CREATE INDEX summary_session ON summary (session_id, id)",
     ],
+    [  # 11: the idle sessions by last activity, for --retention-days
+        f"CREATE INDEX session_idle ON session (updated_at) WHERE status = '{SESSION_IDLE}'",
+    ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -2829,6 +2857,9 @@ def _payloads(sender: str, items: list[list]) -> list[str]:
     return [f'{{"from":{_dumps(sender)},"items":[{",".join(batch)}]}}' for batch in payloads if batch]
 
 
+SIZE_EVERY_S = 2.0  # how often --max-db-mb reads the database's size
+
+
 class _Store:
     """One app's database: its models, its write lock, its migrations and its secrets."""
 
@@ -2867,6 +2898,7 @@ class _Store:
         self.deltas: dict[tuple[str, str, str], list[str]] = {}  # streamed text, by (session, turn, message)
         self.fault: EverrunsError | None = None  # why the database cannot be used now (see noticed)
         self._probed = 0.0  # when /health last tried a write while the database was at fault
+        self._sized = (-math.inf, 0.0)  # when used_mb() last read the size, and what it read
 
     def noticed(self, error: BaseException) -> EverrunsError | None:
         """Note a database error: a fault (see _db_fault) is logged once, when the database goes
@@ -3090,6 +3122,16 @@ class _Store:
         finally:
             state.conn, state.closed, state.ctx, state.transactions = saved
 
+    def used_mb(self) -> float:
+        """What the database holds, in MB (SQLite: its pages in use; PostgreSQL: pg_database_size),
+        read at most once every SIZE_EVERY_S."""
+        if time.monotonic() - self._sized[0] >= SIZE_EVERY_S:
+            sql = ("SELECT pg_database_size(current_database())" if self.postgres else
+                   "SELECT (p.page_count - f.freelist_count) * s.page_size FROM pragma_page_count() p,"
+                   " pragma_freelist_count() f, pragma_page_size() s")  # fmt: skip
+            self._sized = (time.monotonic(), self.db.execute_sql(sql).fetchone()[0] / 1_048_576)
+        return self._sized[1]
+
     def release(self) -> None:
         """Return this greenlet's connection to the pool (not for :memory:)."""
         if not self.memory and self._writing is not gevent.getcurrent() and not self.db.is_closed():
@@ -3240,13 +3282,18 @@ _SQL = {
     "claim_message": "UPDATE message SET turn_id = ? WHERE id = ?",
     "pause_turn": f"UPDATE turn SET status = '{TURN_WAITING}', iterations = ?, input_tokens = ?, output_tokens = ?"
     " WHERE id = ?",
-    "pause_session": f"UPDATE session SET status = '{SESSION_WAITING}', last_turn = ? WHERE id = ?",
+    "pause_session": f"UPDATE session SET status = '{SESSION_WAITING}', last_turn = ?, updated_at = ? WHERE id = ?",
     "resume_turn": f"UPDATE turn SET status = '{TURN_RUNNING}', owner = ? WHERE id = ?",
-    "start_session": f"UPDATE session SET status = '{SESSION_RUNNING}', last_turn = ? WHERE id = ?",
+    "start_session": f"UPDATE session SET status = '{SESSION_RUNNING}', last_turn = ?, updated_at = ? WHERE id = ?",
     "close_turn": "UPDATE turn SET status = ?, error = ?, iterations = ?, input_tokens = ?, output_tokens = ?,"
     " ended_at = ? WHERE id = ?",
     "close_session": f"UPDATE session SET status = '{SESSION_IDLE}', last_turn = ?, input_tokens = input_tokens + ?,"
-    " output_tokens = output_tokens + ? WHERE id = ?",
+    " output_tokens = output_tokens + ?, updated_at = ? WHERE id = ?",
+    "expired": f"SELECT id FROM session s WHERE status = '{SESSION_IDLE}' AND updated_at < ? AND NOT EXISTS"
+    " (SELECT 1 FROM message m WHERE m.session_id = s.id AND m.turn_id IS NULL AND m.role = 'user')"
+    " ORDER BY updated_at LIMIT ?",
+    "expire": f"DELETE FROM session WHERE id = ? AND status = '{SESSION_IDLE}' AND updated_at < ? AND NOT EXISTS"
+    " (SELECT 1 FROM message m WHERE m.session_id = session.id AND m.turn_id IS NULL AND m.role = 'user')",
     "count_waiting": f"SELECT COUNT(*) FROM turn WHERE status = '{TURN_WAITING}'",  # GET /metrics
     "count_queued": "SELECT COUNT(*) FROM message WHERE turn_id IS NULL AND role = 'user'",
 }
@@ -6157,7 +6204,7 @@ def _close_turn(tx: _Tx, turn: Any, status: str, error: dict | None, duration_ms
     error_json = None if error is None else _dumps(error)
     _sql(m, "close_turn", status, error_json, turn.iterations, *usage.values(), _now_iso(), turn_id)
     last_turn = _dumps({"id": turn_id, "status": status, "error": error, "trace_id": turn.trace_id})
-    _sql(m, "close_session", last_turn, *usage.values(), tx.session_id)
+    _sql(m, "close_session", last_turn, *usage.values(), _now_iso(), tx.session_id)
     data = {
         "turn_id": turn_id,
         "status": status,
@@ -6269,7 +6316,7 @@ class _Scheduler:
                 if turn is None:
                     return None
                 last_turn = {"id": turn.id, "status": TURN_RUNNING, "error": None, "trace_id": turn.trace_id}
-                _sql(m, "start_session", _dumps(last_turn), session_id)
+                _sql(m, "start_session", _dumps(last_turn), _now_iso(), session_id)
                 turn.ended, turn.wake = gevent.event.Event(), gevent.event.Event()
                 self._turns[session_id] = registered = turn  # before the commit: a cancel meanwhile reaches it
         except BaseException:
@@ -6890,7 +6937,7 @@ class _TurnRun:
             if waits:
                 _sql(tx.m, "pause_turn", turn.iterations, turn.input_tokens, turn.output_tokens, turn.id)
                 last_turn = _dumps({"id": turn.id, "status": TURN_WAITING, "error": None, "trace_id": turn.trace_id})
-                _sql(tx.m, "pause_session", last_turn, turn.session_id)
+                _sql(tx.m, "pause_session", last_turn, _now_iso(), turn.session_id)
         return PAUSED if waits else None
 
     def _run_approved(self) -> None:
@@ -7040,6 +7087,7 @@ class _Ctx:
     log_filter: logging.Filter | None = None
     no_statements: logging.Filter = dataclasses.field(default_factory=_NoStatements)
     cluster: Any = None  # _Cluster: this process among others on one PostgreSQL database (section 15)
+    retention: Any = None  # the greenlet of --retention-days
     mcp: list = dataclasses.field(default_factory=list)  # the MCP servers of --mcp-config (capabilities mcp:NAME)
     mcp_api: dict = dataclasses.field(default_factory=dict)  # those added through the API, by id
     watermarks: dict[str, int] = dataclasses.field(default_factory=dict)  # see CONVERSATION_ORDER
@@ -7828,6 +7876,7 @@ def _new_session(ctx: _Ctx, agent_id: str, fields: dict, files: Iterable[dict] =
     """Open a session with an agent (a named provider must exist), its agent's starter files
     and then `files` written into its file system, in one transaction; the row."""
     m, ts = ctx.store.m, _now_iso()
+    _room_left(ctx)
     with ctx.store.write():
         agent = _get(m.Agent, agent_id, "agent")
         _check_provider(ctx, fields.get("provider_id"), ["provider_id"])
@@ -7893,6 +7942,59 @@ def _remove_session(ctx: _Ctx, session: Any) -> None:
     """Delete a session (its turn stopped first, its streams ended)."""
     with _sessions_going(ctx, [session.id]), ctx.store.write(session.id):
         session.delete_instance()
+
+
+def _room_left(ctx: _Ctx) -> None:
+    """507 once the database holds --max-db-mb (SPEC 17): no new session or message then."""
+    limit = ctx.config["max_db_mb"]
+    if limit and (used := ctx.store.used_mb()) >= limit:
+        raise _InsufficientStorage(f"the database holds {used:.1f} MB, the limit (--max-db-mb) is {limit:g} MB: "
+                                   "delete sessions (or raise the limit) to add more")  # fmt: skip
+
+
+# ---- retention (SPEC 17): --retention-days deletes the idle sessions last active before the
+# cutoff, a batch per write (the conditions checked again in it: a message posted meanwhile
+# keeps its session), the other turns going on between batches.
+
+RETENTION_EVERY_S = 60.0
+RETENTION_BATCH = 100
+
+
+def _retention(ctx: _Ctx) -> None:
+    """The retention greenlet: a sweep now and then every RETENTION_EVERY_S."""
+    with contextlib.suppress(_Stop):  # the app closes (a greenlet must not end with a SystemExit)
+        while True:
+            try:
+                _sweep(ctx, _iso_time(time.time() - ctx.config["retention_days"] * 86400))
+            except Exception as e:
+                if ctx.store.noticed(e) is None:
+                    _log.exception("retention failed")
+            finally:
+                ctx.store.release()
+            gevent.sleep(RETENTION_EVERY_S)
+
+
+def _sweep(ctx: _Ctx, cutoff: str) -> int:
+    """Delete the idle sessions last active before `cutoff`, in batches; how many."""
+    m, total = ctx.store.m, 0
+    while ids := [row[0] for row in _sql(m, "expired", cutoff, RETENTION_BATCH).fetchall()]:
+        ctx.store.release()
+        gone = []
+        with ctx.store.write():
+            for session_id in ids:
+                with ctx.store.write(session_id):  # (on PostgreSQL: the session's lock too)
+                    if _sql(m, "expire", session_id, cutoff).rowcount:
+                        gone.append(session_id)
+        for session_id in gone:
+            ctx.bus.close(session_id)
+            ctx.store.tell("gone", session_id)  # the other processes end its streams
+        ctx.obs.metrics.inc("everruns_sessions_deleted_total", "retention", by=len(gone))
+        _log.info("retention: deleted %d sessions idle since before %s", len(gone), cutoff)
+        total += len(gone)
+        if len(gone) < RETENTION_BATCH:
+            break
+        gevent.sleep(0)  # the turns and requests waiting get their turn
+    return total
 
 
 @_route(
@@ -8080,6 +8182,7 @@ def _user_message(ctx: _Ctx, session_id: str, parts: list[dict], controls: dict 
     first under the same Idempotency-Key)."""
     m = ctx.store.m
     request_hash = _digest({"content": parts, "controls": controls})
+    _room_left(ctx)
     with ctx.journal.tx(session_id) as tx:
         titled = _sql(m, "session_title", session_id).fetchone()
         if titled is None:
@@ -10224,6 +10327,8 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
     ctx = _Ctx(store=store, config=config, journal=journal, scheduler=scheduler, capabilities=capabilities, mcp=mcp)
     obs.metrics.instance = INSTANCE if store.postgres else None  # several processes: told apart
     obs.metrics.gauges = functools.partial(_gauges, ctx)
+    if config["retention_days"]:
+        ctx.retention = gevent.spawn(_retention, ctx)
     _sync_mcp(ctx)  # the MCP servers of the API too, before any turn may need them
     ctx.cluster = _Cluster(store, journal.bus, scheduler) if store.postgres else None
     if ctx.cluster is not None:
@@ -10249,6 +10354,8 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
 
 def _close(ctx: _Ctx) -> None:
     """Give running turns the grace period, interrupt the rest, end the streams, close the database."""
+    if ctx.retention is not None:
+        ctx.retention.kill(_Stop)
     ctx.scheduler.shutdown(float(ctx.config["shutdown_grace"]))
     ctx.journal.hooks.close(HOOKS_GRACE_S)  # the hooks of the turns' last events
     if ctx.cluster is not None:
