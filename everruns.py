@@ -125,10 +125,10 @@ RECIPES: where to change what, in order.
 import os as _os
 import sys as _sys
 
-# A run as a script outside the environment it was installed into: one line that
-# says what to install, not a traceback from the first import that fails.
+# A run (as a script, or the `everruns` command) outside the environment it was installed
+# into: one line that says what to install, not a traceback from the first import that fails.
 _REQUIRED = ("bottle", "gevent", "peewee", "pydantic")
-if __name__ == "__main__":
+if __name__ == "__main__" or _os.path.basename(_sys.argv[0]) == "everruns":
     import importlib.util as _util
 
     _missing = [name for name in _REQUIRED if _util.find_spec(name) is None]

@@ -62,6 +62,16 @@ def test_without_systemd_nothing_is_sent_and_a_watchdog_for_another_process_is_n
     assert everruns._watchdog_interval({"WATCHDOG_USEC": "0"}) is None
 
 
+def test_a_missing_dependency_is_one_line_not_a_traceback():
+    """Python without the packages (-S: no site-packages), as a script and as the `everruns` command."""
+    command = f"import sys; sys.argv[0] = '/usr/local/bin/everruns'; sys.path.insert(0, {str(ROOT)!r}); import everruns"
+    for run in ([str(ROOT / "everruns.py"), "--version"], ["-c", command]):
+        out = subprocess.run([sys.executable, "-S", *run], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and out.stdout == ""
+        assert out.stderr.startswith("everruns: missing Python packages: bottle, gevent, peewee, pydantic (pip install")
+        assert out.stderr.count("\n") == 1, out.stderr
+
+
 def test_the_readme_s_unit_file_uses_only_options_the_server_has():
     readme = (ROOT / "README.md").read_text()
     unit = re.search(r"```ini\n(\[Unit\].*?)```", readme, re.S).group(1)
