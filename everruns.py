@@ -1365,15 +1365,10 @@ def _names_and_values(schema: dict) -> None:
     schema.update(propertyNames={"pattern": pattern}, additionalProperties=value)
 
 
-def _window_map(value: Any) -> Any:
-    if isinstance(value, dict) and not value:
-        raise ValueError("name at least one model, or `default`")
-    return value
-
-
-Tokens = Annotated[JsonInt, Field(ge=MIN_CONTEXT_WINDOW, le=10_000_000)]
+# (the bounds before the validator: so they are in the JSON Schema as minimum and maximum)
+Tokens = Annotated[int, Field(ge=MIN_CONTEXT_WINDOW, le=10_000_000), BeforeValidator(_whole_number)]
 ContextWindow = Annotated[
-    Tokens | Annotated[dict[ModelName, Tokens], Field(max_length=256), AfterValidator(_window_map)],
+    Tokens | Annotated[dict[ModelName, Tokens], Field(min_length=1, max_length=256)],
     Field(description="The model's context window in tokens: one number, or one per model name "
                       '({"default": 8192, "llama3.2": 131072}); unset: a known default for the model\'s family.'),
 ]  # fmt: skip

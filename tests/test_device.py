@@ -119,10 +119,15 @@ def test_retention_deletes_exactly_the_idle_sessions_past_the_age_in_batches(mak
     slow = api.provider(name="slow", provider_type="llmsim", settings={"token_delay_ms": 30})["id"]
     streaming = api.session(api.agent(provider_id=slow)["id"])["id"]
     age(app, [*old, waiting, streaming])
+    server = everruns._Server(("127.0.0.1", 0), app, app.everruns.config)
+    server.start()
+    stream = SSEStream(f"http://127.0.0.1:{server.server_port}", f"/v1/sessions/{streaming}/events")
     api.message(streaming, " ".join(f"w{i}" for i in range(40)), status=201)  # a turn runs all along
     wait_until(lambda: all(client.get(f"/v1/sessions/{s}", status="*").status_int == 404 for s in old),
                what="the old idle sessions to go")  # fmt: skip
-    events = finish(client, streaming)
+    events = [item["data"] for item in stream.until(lambda e: e["type"] == "session.completed")]
+    stream.close()
+    server.stop(timeout=1)
     stored = [e["seq"] for e in events if e["seq"] is not None]
     assert stored == list(range(1, len(stored) + 1)) and events[-1]["data"]["status"] == "completed"  # no gap
     answer = events[-2]["data"]["message"]["content"][0]["text"]

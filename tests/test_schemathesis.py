@@ -60,7 +60,10 @@ def schemathesis(server, tmp_path, *filters):
     cmd = [
         sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
         f"{server.url}/api-doc/openapi.json",
-        "--checks", "all", "--request-timeout", "5",
+        # All but one: agents and sessions are reachable through two surfaces (/v1 and /api/v1),
+        # and the links the stateful phase infers mix them; one deleted through the other surface
+        # is rightly 404, which that check takes for "a created resource not found".
+        "--checks", "all", "--exclude-checks", "ensure_resource_availability", "--request-timeout", "5",
         "--seed", "1", "--max-examples", "25", "--no-shrink", "--workers", "1",
         *filters,
     ]  # fmt: skip
