@@ -11983,6 +11983,9 @@ def _chat(argv: list[str]) -> int:
     """`everruns chat`: see _chat_parser."""
     args = _chat_parser().parse_args(argv)
     gevent.get_hub().NOT_ERROR += (KeyboardInterrupt,)  # Ctrl-C cancels a turn: not an error to print
+    # Ctrl-C lands in the main greenlet whichever one runs when it comes (Python raises it in the
+    # greenlet running then: the reader of the input, say, which would swallow it).
+    gevent.signal_handler(signal.SIGINT, functools.partial(gevent.kill, gevent.getcurrent(), KeyboardInterrupt))
     port = os.environ.get("EVERRUNS_PORT", "").strip()
     url = args.url or os.environ.get("EVERRUNS_URL") or (f"http://127.0.0.1:{port}" if port.isdigit() else CHAT_URL)
     api = _ApiClient(url, args.api_key or os.environ.get("EVERRUNS_API_KEY"))
