@@ -40,10 +40,12 @@ defined above it. Each starts with a banner ``# N. Name`` between two rules
                      compaction (_History, the summary); _TurnRun (one turn's work)
  13. HTTP layer      the guard (host, CORS, cross-site writes), auth, the routes
                      (@_route into _ROUTES), parsing; handlers by resource: ----
-                     health, LLM providers, agents, sessions, messages, events
+                     health and metrics, LLM providers, agents, sessions (their
+                     context), messages, events
                      (SSE: one stream, _stream, two renderers), session files,
                      capabilities, MCP servers (and before them ---- helpers
-                     shared by handlers: _get, _patch, _changes); ---- the
+                     shared by handlers: _get, _patch, _changes; ---- retention
+                     and --max-db-mb, after the sessions' handlers); ---- the
                      official SDKs' surface (/api/v1: their shapes over the
                      same handlers' helpers, the stream in their vocabulary,
                      SDK_MISSING's 501s); ---- channels (the SDK's AgentClient)
@@ -53,7 +55,8 @@ defined above it. Each starts with a banner ``# N. Name`` between two rules
  16. In-process client  app.client: the routes' handlers called without HTTP
                      (_call), resources, session handles (send, stream, ask, ...)
  17. App factory     create_app (the one place that wires everything), the HTTP
-                     server (deadlines, strict framing, a connection cap), serve
+                     server (deadlines, strict framing, a connection cap), serve;
+                     ---- systemd (readiness, the watchdog)
  18. Console         the web page: its HTML, CSS and JavaScript, a route each
  19. CLI             main(): `serve` (the default) and `chat`
 
