@@ -8320,7 +8320,14 @@ def _stream(ctx: _Ctx, session_id: str, cursor: int, frames: _SseFrames, until: 
                     fresh, known = item.seq > max(known, cursor), max(known, item.seq)
                 if fresh and (frame := frames.live(item)):
                     out.append(frame)
-                if until and item.type == "session.completed" and _settled(m, session_id):
+                # settled, and all of it sent: on PostgreSQL the database may be ahead of this
+                # stream (events another process wrote come through notifications)
+                if (
+                    until
+                    and item.type == "session.completed"
+                    and _settled(m, session_id)
+                    and (known >= _last_seq(m, session_id))
+                ):
                     out.append(frames.done)
                     ended = True
                     break
