@@ -195,6 +195,7 @@ def fill(where):
     return path
 
 
+@pytest.mark.slow  # (run once, not on every interpreter)
 @pytest.mark.sqlite
 def test_a_full_disk_gives_507s_reads_go_on_and_it_recovers_when_space_frees(start_server, small_disk):
     db = str(small_disk / "everruns.db")

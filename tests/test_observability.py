@@ -120,6 +120,7 @@ def test_the_gauges_follow_streams_waiting_turns_and_queued_messages(api, client
     wait_until(lambda: value(scrape(client), "everruns_streams_open") == 0, what="the stream to close")
 
 
+@pytest.mark.slow  # (run once, not on every interpreter)
 def test_the_series_do_not_grow_with_what_clients_send(api, client):
     """Model names in controls and client tool names are never label values."""
 
