@@ -3249,6 +3249,8 @@ def _message_out(row: Any) -> Message:
 # These statements run several times per turn. They are plain SQL because
 # peewee builds every query anew (about 0.25 ms each, most of a turn's CPU).
 
+# A user message of session {} (a table or its alias) that no turn has taken up yet.
+_OWED = "EXISTS (SELECT 1 FROM message m WHERE m.session_id = {}.id AND m.role = 'user' AND m.turn_id IS NULL)"
 _SQL = {
     "session_exists": "SELECT 1 FROM session WHERE id = ?",
     "session_title": "SELECT title FROM session WHERE id = ?",
@@ -3263,8 +3265,7 @@ _SQL = {
     "next_work": "SELECT s.status, m.id, m.controls FROM session s LEFT JOIN message m ON m.id ="
     " (SELECT id FROM message WHERE session_id = s.id AND role = 'user' AND turn_id IS NULL ORDER BY id LIMIT 1)"
     " WHERE s.id = ?",
-    "settled": f"SELECT status = '{SESSION_IDLE}' AND NOT EXISTS (SELECT 1 FROM message m WHERE m.session_id = s.id"
-    " AND m.role = 'user' AND m.turn_id IS NULL) AS settled FROM session s WHERE s.id = ?",
+    "settled": f"SELECT status = '{SESSION_IDLE}' AND NOT {_OWED.format('s')} AS settled FROM session s WHERE s.id = ?",
     "turn_setup": "SELECT s.status, s.provider_id AS session_provider, s.model AS session_model,"
     " a.provider_id AS agent_provider, a.model AS agent_model, a.system_prompt, a.capabilities, a.max_iterations,"
     " a.require_approval, a.client_tools, s.capabilities AS session_capabilities,"
@@ -3287,11 +3288,10 @@ _SQL = {
     " ended_at = ? WHERE id = ?",
     "close_session": f"UPDATE session SET status = '{SESSION_IDLE}', last_turn = ?, input_tokens = input_tokens + ?,"
     " output_tokens = output_tokens + ?, updated_at = ? WHERE id = ?",
-    "expired": f"SELECT id FROM session s WHERE status = '{SESSION_IDLE}' AND updated_at < ? AND NOT EXISTS"
-    " (SELECT 1 FROM message m WHERE m.session_id = s.id AND m.turn_id IS NULL AND m.role = 'user')"
-    " ORDER BY updated_at LIMIT ?",
-    "expire": f"DELETE FROM session WHERE id = ? AND status = '{SESSION_IDLE}' AND updated_at < ? AND NOT EXISTS"
-    " (SELECT 1 FROM message m WHERE m.session_id = session.id AND m.turn_id IS NULL AND m.role = 'user')",
+    "expired": f"SELECT id FROM session s WHERE status = '{SESSION_IDLE}' AND updated_at < ?"
+    f" AND NOT {_OWED.format('s')} ORDER BY updated_at LIMIT ?",
+    "expire": f"DELETE FROM session WHERE id = ? AND status = '{SESSION_IDLE}' AND updated_at < ?"
+    f" AND NOT {_OWED.format('session')}",
     "count_waiting": f"SELECT COUNT(*) FROM turn WHERE status = '{TURN_WAITING}'",  # GET /metrics
     "count_queued": "SELECT COUNT(*) FROM message WHERE turn_id IS NULL AND role = 'user'",
 }
@@ -6306,7 +6306,7 @@ class _Scheduler:
                 elif status != SESSION_IDLE or owed is None or (setup := _turn_setup(m, session_id)) is None:
                     return None  # a turn runs (maybe in another process), or nothing is owed
                 else:
-                    turn = self._traced(_prepared_turn(m, self.capabilities, session_id, setup, *owed))
+                    turn = self._with_span(_prepared_turn(m, self.capabilities, session_id, setup, *owed))
                     _sql(m, "insert_turn", turn.id, session_id, turn.provider_id, turn.model, _now_iso(),
                          self.store.lease, turn.trace_id, turn.span_id)  # fmt: skip
                     _sql(m, "claim_message", turn.id, owed[0])
@@ -6334,14 +6334,14 @@ class _Scheduler:
         message = m.Message.get(m.Message.turn_id == row.id, m.Message.role == "user")
         turn = _prepared_turn(m, self.capabilities, session_id, setup, message.id, message.controls or {})
         _sql(m, "resume_turn", self.store.lease, row.id)
-        return self._traced(dataclasses.replace(
+        return self._with_span(dataclasses.replace(
             turn, id=row.id, provider=_provider_spec(m, row.provider_id), provider_id=row.provider_id,
             model=row.model, iterations=row.iterations, input_tokens=row.input_tokens, resumed=True,
             output_tokens=row.output_tokens, started=time.monotonic() - _since(row.started_at) / 1000,
             trace_id=row.trace_id, span_id=row.span_id,
         ))  # fmt: skip
 
-    def _traced(self, turn: _Turn) -> _Turn:
+    def _with_span(self, turn: _Turn) -> _Turn:
         """With tracing on, the turn's span for this run (a resumed turn's: a child of its
         first run's), its ids kept on the turn (stored, and in session.completed)."""
         tracing = self.store.obs.tracing
@@ -6565,6 +6565,13 @@ class _History:
             kept.append(block)
         return kept[::-1]
 
+    def fitted(self, room: int) -> tuple[str | None, list[_Block]]:
+        """What a call sends in `room` tokens: the summary (unless it does not fit beside the
+        newest turn) and the newest turns that fit beside it."""
+        if self.blocks and self.summary_tokens + _block_tokens(self.blocks[-1]) > room:
+            return None, self.newest(room)  # no room for the summary beside this turn
+        return self.summary, self.newest(room - self.summary_tokens)
+
 
 def _session_history(m: _Models, session_id: str, budget: int) -> _History:
     summary = _summary(m, session_id)
@@ -6785,10 +6792,7 @@ class _TurnRun:
             if compacted is None:
                 break
             history = compacted
-        summary, left = history.summary, room - history.summary_tokens
-        if history.tokens() > room and history.summary_tokens + _block_tokens(history.blocks[-1]) > room:
-            summary, left = None, room  # no room for the summary beside this turn
-        kept = history.newest(left) if history.tokens() > room else history.blocks
+        summary, kept = history.fitted(room)
         if len(kept) < len(history.blocks):
             _log.warning(
                 "turn %s: the %d oldest turns are left out of its model call (they do not fit in the "
@@ -6874,8 +6878,10 @@ class _TurnRun:
 
     def _call_attributes(self, request: LLMRequest) -> dict:
         """A model call's span attributes (GenAI semantic conventions); its text only with
-        --otel-capture-content."""
-        content = self.store.obs.tracing is not None and self.store.obs.tracing.capture
+        --otel-capture-content (nothing is built without tracing: this is on every call)."""
+        if self.store.obs.tracing is None:
+            return {}
+        content = self.store.obs.tracing.capture
         return {"gen_ai.operation.name": "chat", "gen_ai.provider.name": self.turn.provider.provider_type,
                 "gen_ai.request.model": request.model, "gen_ai.request.temperature": request.temperature,
                 "gen_ai.system_instructions": request.system if content else None,
@@ -6966,7 +6972,9 @@ class _TurnRun:
         return result, is_error, int(took * 1000)
 
     def _tool_attributes(self, call: dict, capability: str) -> dict:
-        content = self.store.obs.tracing is not None and self.store.obs.tracing.capture
+        if self.store.obs.tracing is None:
+            return {}
+        content = self.store.obs.tracing.capture
         return {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call["name"],
                 "gen_ai.tool.call.id": call["id"], "gen_ai.tool.type": "function", "everruns.capability": capability,
                 "gen_ai.tool.call.arguments": _dumps(call["arguments"]) if content else None}  # fmt: skip
@@ -7903,9 +7911,9 @@ def _session_context(ctx: _Ctx, req: _Request, session_id: str) -> BaseModel:
     kind = turn.provider.provider_type if turn.provider else "llmsim"
     window, room = _room(request, kind)
     history = _session_history(m, session_id, _read_budget(ctx.config, window))
-    kept = history.newest(room - history.summary_tokens)
-    used = _fixed_tokens(request) + history.summary_tokens + sum(map(_block_tokens, kept))
-    return SessionContext(system_prompt=turn.system, summary=history.summary, turn_ids=[b.turn_id for b in kept],
+    summary, kept = history.fitted(room)
+    used = _fixed_tokens(request) + (history.summary_tokens if summary else 0) + sum(map(_block_tokens, kept))
+    return SessionContext(system_prompt=turn.system, summary=summary, turn_ids=[b.turn_id for b in kept],
                           tokens_estimate=used, context_window=window)  # fmt: skip
 
 
