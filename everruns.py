@@ -150,20 +150,52 @@ if _NAME.isidentifier() and __spec__ is None and _os.name == "posix":
     _options = _sys.orig_argv[1 : len(_sys.orig_argv) - len(_sys.argv)]  # -X, -W, ... before the script
     _folder = _os.path.dirname(_os.path.abspath(__file__))
     _boot = "; ".join([
-        "import sys", "from gevent import monkey", "monkey.patch_all(subprocess=False)",
+        "import sys", "sys.argv[0] = 'everruns'",  # a script run: the module patches the process
         f"sys.path.insert(0, {_folder!r})", f"import {_NAME}", f"sys.exit({_NAME}.main())",
     ])  # fmt: skip
     _sys.stdout.flush()
     _os.execv(_sys.executable, [_sys.executable, *_options, "-c", _boot, *_sys.argv[1:]])
 
-# gevent must patch the process before anything imports socket, threading or
-# peewee (peewee keeps one connection per thread: unpatched, every greenlet
-# would share one connection and one transaction). Only a script run patches;
-# an embedding program decides for itself.
-if __name__ == "__main__" or _os.path.basename(_sys.argv[0]) == "everruns":
-    from gevent import monkey as _monkey
 
-    _monkey.patch_all(subprocess=False)  # gevent.subprocess is used where it matters
+def _patch_process() -> None:
+    """gevent's patches, before anything imports socket, threading or peewee (peewee keeps one
+    connection per thread: unpatched, every greenlet would share one connection and one
+    transaction). Only a script run patches; an embedding program decides for itself.
+
+    ssl is imported early (http.client asks for it) but runs, and is patched, only when first
+    used: a server that opens no TLS connection does not load OpenSSL's TLS half (1.1 MB).
+    """
+    import importlib.abc
+    import importlib.util
+
+    from gevent import monkey
+
+    class PatchedWhenRun(importlib.abc.Loader):  # ssl's own loader, then gevent's patch of it
+        def __init__(self, loader: importlib.abc.Loader) -> None:
+            self.loader = loader
+
+        def exec_module(self, module: object) -> None:
+            self.loader.exec_module(module)
+            monkey.patch_ssl()
+
+    class Deferred(importlib.abc.MetaPathFinder):  # only a first import: a later one runs it
+        def find_spec(self, name: str, path: object, target: object = None) -> object:
+            if name != "ssl":
+                return None
+            _sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            if spec is not None and spec.loader is not None:
+                spec.loader = importlib.util.LazyLoader(PatchedWhenRun(spec.loader))
+            return spec
+
+    deferred = "ssl" not in _sys.modules
+    monkey.patch_all(subprocess=False, ssl=not deferred)  # gevent.subprocess is used where it matters
+    if deferred:
+        _sys.meta_path.insert(0, Deferred())
+
+
+if __name__ == "__main__" or _os.path.basename(_sys.argv[0]) == "everruns":
+    _patch_process()
 
 __version__ = "0.1.0"
 INSTANCE = _os.urandom(8).hex()  # this process, in /health (several may serve one database)
@@ -201,6 +233,7 @@ import contextvars
 import dataclasses
 import datetime
 import functools
+import gc
 import hashlib
 import hmac
 import html
@@ -5217,7 +5250,7 @@ class _PythonArgs(BaseModel):
     """Base of a Python tool's argument model: an argument it does not name is an error, as for
     every tool (lax types: the model's JSON 3 is a float's 3.0)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 def _arguments_model(function: Callable, name: str) -> type[BaseModel]:
@@ -5360,7 +5393,7 @@ class _McpFailed(ToolFailed):
 class _AnyArgs(BaseModel):
     """The arguments of an MCP tool: the server checks them against its own schema."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
 
 def _mcp_name(name: str) -> str:
@@ -10359,6 +10392,7 @@ def create_app(db: str = "everruns.db", *, env: Mapping[str, str] | None = None,
     app.access_log = config["access_log"]
     for spec in _ROUTES:
         app.route(spec.path, spec.method, _callback(ctx, spec))
+    re.purge()  # bottle compiles its routes' combined pattern anew for each route added: 0.6 MB of stale ones
     app.everruns = ctx
     app.client = _Client(ctx)
     app.close = lambda: _close(ctx)
@@ -10726,6 +10760,7 @@ def serve(
         raise StartupError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     if ready:
         ready()
+    _give_back_memory()
     _sd_notify(f"READY=1\nSTATUS=listening on {host}:{port}\nMAINPID={os.getpid()}")
     interval = _watchdog_interval(os.environ)
     watchdog = gevent.spawn(_watchdog, interval) if interval else None
@@ -10740,6 +10775,20 @@ def serve(
     if watchdog is not None:
         watchdog.kill()
     _log.info("stopped")
+
+
+def _give_back_memory() -> None:
+    """Return the heap that starting up freed to the system (glibc keeps it otherwise).
+
+    Without a bytecode cache, compiling this module leaves about 17 MB of freed memory in the
+    process: the idle server is then 65 MB instead of 48 (Python 3.11)."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to give back this way
+        pass
 
 
 # ---- systemd: readiness and the watchdog through the notification socket (sd_notify(3)),

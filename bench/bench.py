@@ -19,6 +19,7 @@ one table; run it from the repository root:
     python bench/bench.py --server-arg=--foo --server-arg=bar   # extra server options
     python bench/bench.py --postgres postgresql://postgres@127.0.0.1:5432/postgres  # on PostgreSQL
     python bench/bench.py --postgres URL --processes 1,2,4    # several processes on one database
+    python bench/bench.py --memory --python python3.10 --python python3.11   # idle RSS, base install
 
 Per scenario: server CPU per turn and turns/s with 1, 20 and 100 concurrent
 conversations (each a session of 10 turns, then a new session; the median of
@@ -26,6 +27,12 @@ conversations (each a session of 10 turns, then a new session; the median of
 `message.delta` and POST → `session.completed` over SSE, commit → client
 (from the stored event's `ts`, 1 ms resolution), cold start to the first
 `/health`, RSS idle, after the turns and with 2,000 idle open streams, and the blocking monitor's reports (over 100 ms).
+
+With --memory, instead: the idle RSS of a base install (the built wheel, no extras) in a
+fresh virtual environment per Python given (--python, repeatable; default this one), with
+the bytecode cache pip writes and without any (installed with --no-compile, run with
+PYTHONDONTWRITEBYTECODE: a read-only image), after the first /health and after a first turn
+(the simulator); the lowest of 3 starts each.
 
 With --processes, instead: turns/s of the simulator with 1, 2, 4 ... server processes on one
 PostgreSQL database, 40 conversations spread as a load balancer would (each POST and each
@@ -477,6 +484,77 @@ def machine():
             f"{platform.system()} {platform.release()}, {datetime.date.today()}")  # fmt: skip
 
 
+def memory(pythons):
+    """The --memory table: idle RSS of a base install with and without a bytecode cache."""
+    work = Path(tempfile.mkdtemp(prefix="everruns-memory-"))
+    pip = ["-m", "pip", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([sys.executable, *pip, "wheel", "--no-deps", "-w", str(work), str(ROOT)], check=True)
+    wheel = str(next(work.glob("everruns-*.whl")))
+    columns = []
+    for n, python in enumerate(pythons):
+        column = {}
+        for cached in (True, False):
+            venv = work / f"venv{n}-{'cache' if cached else 'nocache'}"
+            subprocess.run([python, "-m", "venv", str(venv)], check=True)
+            compile_flag = [] if cached else ["--no-compile"]
+            subprocess.run([str(venv / "bin/python"), *pip, "install", *compile_flag, wheel], check=True)
+            if cached:
+                listed = output(venv / "bin/python", "-m", "pip", "list", "--format=freeze").split()
+                version = output(venv / "bin/python", "-c", "import platform; print(platform.python_version())")
+                column["scenario"] = f"Python {version}"
+                column["packages"] = ", ".join(p for p in listed if p.split("==")[0] in MEMORY_PACKAGES)
+            env = {} if cached else {"PYTHONDONTWRITEBYTECODE": "1"}
+            runs = [idle_rss(venv / "bin/everruns", work, env) for _ in range(3)]
+            label = "with a bytecode cache" if cached else "without a bytecode cache"
+            column[f"RSS idle, {label}"] = f"{min(r[0] for r in runs):.1f} MB"
+            column[f"RSS idle after a first turn, {label}"] = f"{min(r[1] for r in runs):.1f} MB"
+        columns.append(column)
+    return columns
+
+
+def output(*command):
+    return subprocess.run([str(part) for part in command], capture_output=True, text=True, check=True).stdout.strip()
+
+
+MEMORY_PACKAGES = ("everruns", "bottle", "gevent", "greenlet", "peewee", "pydantic", "pydantic_core", "pydantic-core")
+
+
+def idle_rss(command, work, env):
+    """Start `everruns`; its RSS 1 s after the first /health, then 1 s after a first turn."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = tempfile.mkdtemp(dir=work)
+    proc = subprocess.Popen(
+        [str(command), "--port", str(port), "--db", f"{db}/everruns.db"],
+        cwd=db,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(400):
+            try:
+                Client(url).call("GET", "/health")
+                break
+            except OSError:
+                time.sleep(0.05)
+        time.sleep(1)
+        idle = rss_mb(proc.pid)
+        client = Client(url)
+        agent = client.call("POST", "/v1/agents", {"name": "a"})
+        session = client.call("POST", f"/v1/agents/{agent['id']}/sessions", {})
+        client.call("POST", f"/v1/sessions/{session['id']}/messages", {"content": MESSAGE})
+        client.conn.request("GET", f"/v1/sessions/{session['id']}/events?until=completed")
+        assert b'"status":"completed"' in client.conn.getresponse().read()
+        time.sleep(1)
+        return idle, rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter runs and 500 idle streams")
@@ -501,7 +579,14 @@ def main():
         metavar="N,N,...",
         help="with --postgres: turns/s with this many server processes on one database (e.g. 1,2,4)",
     )
+    parser.add_argument("--memory", action="store_true", help="instead: idle RSS of a base install (see above)")
+    parser.add_argument("--python", action="append", help="with --memory: an interpreter to measure (repeatable)")
     args = parser.parse_args()
+    if args.memory:
+        pythons = args.python or [sys.executable]
+        print(table(memory(pythons)))
+        print(f"\n`python bench/bench.py --memory{''.join(' --python ' + p for p in pythons)}` on {machine()}")
+        return
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
     # The bytecode cache, as any earlier start leaves it (the first server would otherwise write it).
     subprocess.run([sys.executable, "-m", "py_compile", str(ROOT / "everruns.py")], check=True)

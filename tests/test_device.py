@@ -72,6 +72,41 @@ def test_a_missing_dependency_is_one_line_not_a_traceback():
         assert out.stderr.count("\n") == 1, out.stderr
 
 
+def test_a_script_run_loads_tls_when_first_used_and_it_does_not_block_other_requests(start_server):
+    """ssl runs (and is patched by gevent) at the first TLS connection: here to a peer that reads the
+    client's hello and answers nothing, then closes. The server answers meanwhile; the turn fails."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = start_server()
+    try:
+        status, _, provider = server.call("POST", "/v1/llm-providers", {
+            "name": "tls", "provider_type": "openai", "api_key": "k", "default_model": "m",
+            "base_url": f"https://127.0.0.1:{listener.getsockname()[1]}/v1"})  # fmt: skip
+        assert status == 201
+        agent = server.call("POST", "/v1/agents", {"name": "a", "provider_id": provider["id"]})[2]
+        session = server.call("POST", f"/v1/agents/{agent['id']}/sessions", {})[2]
+        assert server.call("POST", f"/v1/sessions/{session['id']}/messages", {"content": "hi"})[0] == 201
+        listener.settimeout(20)
+        peer, _ = listener.accept()
+        peer.settimeout(20)
+        assert peer.recv(5)[:1] == b"\x16"  # a TLS handshake record: the client's hello
+        for _ in range(5):  # its handshake waits for us: the server is not held by it
+            started = time.monotonic()
+            assert server.call("GET", "/health", timeout=5)[0] == 200
+            assert time.monotonic() - started < 1.0
+        peer.close()
+        listener.close()  # a retry is refused at once
+        done = finish_remote(server, session["id"])
+        assert done["status"] == "failed" and done["error"]["code"].startswith("PROVIDER_"), done
+    finally:
+        listener.close()
+
+
+def finish_remote(server, session_id):
+    """The session's last turn once it is settled (a real server, ?until=completed)."""
+    server.call("GET", f"/v1/sessions/{session_id}/events?until=completed", timeout=60)
+    return server.call("GET", f"/v1/sessions/{session_id}")[2]["last_turn"]
+
+
 def test_the_readme_s_unit_file_uses_only_options_the_server_has():
     readme = (ROOT / "README.md").read_text()
     unit = re.search(r"```ini\n(\[Unit\].*?)```", readme, re.S).group(1)
