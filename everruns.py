@@ -3544,6 +3544,13 @@ class _Subscriber:
         self.queue: Any = gevent.queue.Queue(maxsize=QUEUE_LIMIT)
         self.queued_bytes = 0  # the frames waiting in the queue
         self.dropped = False
+        self.left = False  # its client closed the connection (see _on_leaving)
+
+    def leave(self) -> None:
+        """Its client is gone: the stream ends without another write (None wakes it)."""
+        self.left = True
+        with contextlib.suppress(gevent.queue.Full):  # full: its next write fails anyway
+            self.queue.put_nowait(None)
 
     def take(self, timeout: float) -> list[_Published | None]:
         """The next item and those already waiting behind it, up to TAKE_LIMIT (None: the
@@ -7111,6 +7118,7 @@ class _Request:
     body: Any
     query: Any
     headers: Mapping[str, str]
+    client: Any = None  # a stream's connection (its socket), watched for the client leaving
 
 
 @dataclasses.dataclass
@@ -7280,6 +7288,7 @@ def _callback(ctx: _Ctx, spec: _Route) -> Callable:
                 body=_parse_body(request.environ, spec, ctx.config["request_timeout"], ctx.validation),
                 query=_parse_query(request.query, spec.query),
                 headers=_request_headers(request.environ),
+                client=request.environ.get("everruns.socket") if spec.stream else None,
             )
             return _render(spec, _handled(ctx, spec, req, params))
         except EverrunsError as e:
@@ -8319,14 +8328,50 @@ class _SseFrames:
         return b""
 
 
-def _stream(ctx: _Ctx, session_id: str, cursor: int, frames: _SseFrames, until: bool = False) -> Iterator[Any]:
+def _on_leaving(client: Any, sub: _Subscriber) -> Callable[[], None]:
+    """Wake a stream when its client closes the connection; returns what stops watching.
+
+    A stream that waits would learn it only from its next write: the next event of its
+    session, or a ping. Clients that open a stream per turn and close it at
+    `session.completed` would each leave one behind until then, written to and failing
+    (about 0.3 ms of CPU per turn with 20 such clients). The socket becomes readable when
+    the client closes; a peek tells that from bytes it sent after its request (then the
+    stream is left to its next write, as before).
+    """
+    raw = getattr(client, "_sock", client)  # gevent's socket wraps the system's
+    try:
+        watcher = gevent.get_hub().loop.io(client.fileno(), 1)
+    except (AttributeError, OSError, ValueError):
+        return lambda: None
+
+    def readable() -> None:  # in the event loop: no waiting here
+        watcher.stop()
+        try:
+            gone = not raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            watcher.start(readable)
+            return
+        except OSError:  # reset by the peer
+            gone = True
+        if gone:
+            sub.leave()
+
+    watcher.start(readable)
+    return watcher.close
+
+
+def _stream(
+    ctx: _Ctx, session_id: str, cursor: int, frames: _SseFrames, until: bool = False, client: Any = None
+) -> Iterator[Any]:
     """Replay stored events after the cursor, then go live: no gap, no duplicate; written
-    by `frames` (bytes for HTTP; the in-process client's are event objects).
+    by `frames` (bytes for HTTP; the in-process client's are event objects). `client`: the
+    HTTP connection's socket, watched for the client leaving.
 
     The queue is subscribed before the replay reads the database, so an event
     committed meanwhile is in one or both; seq tells which were sent already.
     """
     m, sub = ctx.store.m, ctx.bus.subscribe(session_id)
+    stop_watching = _on_leaving(client, sub) if client is not None else None
     frames.joined(ctx.bus.texts(session_id))  # read with the subscription: no delta between the two
     try:
         newest = _last_seq(m, session_id)
@@ -8349,6 +8394,8 @@ def _stream(ctx: _Ctx, session_id: str, cursor: int, frames: _SseFrames, until: 
             except gevent.queue.Empty:
                 yield frames.ping
                 continue
+            if sub.left:
+                return
             out, ended = [], False  # what is waiting goes out in one write
             for item in items:
                 if item is None or sub.dropped:
@@ -8381,6 +8428,8 @@ def _stream(ctx: _Ctx, session_id: str, cursor: int, frames: _SseFrames, until: 
         if ctx.store.noticed(e) is None:
             raise
     finally:
+        if stop_watching is not None:
+            stop_watching()
         ctx.bus.unsubscribe(sub)
         if not ctx.scheduler.busy(session_id):
             ctx.bus.forget(session_id)
@@ -8419,7 +8468,8 @@ def _events(ctx: _Ctx, req: _Request, session_id: str) -> bottle.HTTPResponse:
         page = EventPage(**_page(query.order_by(m.Event.seq), limit, lambda r: r.seq, _event_out))
         return _json_response(200, page.model_dump_json(exclude_unset=True))  # each event's data as stored
     headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    stream = _stream(ctx, session_id, _cursor(req), _SseFrames(wanted), req.query.until == "completed")
+    until = req.query.until == "completed"
+    stream = _stream(ctx, session_id, _cursor(req), _SseFrames(wanted), until, req.client)
     return bottle.HTTPResponse(stream, 200, headers)
 
 
@@ -9170,11 +9220,13 @@ def _sdk_events(ctx: _Ctx, session_id: str, q: SdkEventsQuery) -> SdkEventList:
     return SdkEventList(data=out)
 
 
-def _sdk_stream(ctx: _Ctx, session_id: str, q: SdkEventsQuery) -> bottle.HTTPResponse:
+def _sdk_stream(ctx: _Ctx, req: _Request, session_id: str) -> bottle.HTTPResponse:
     _need_session(ctx.store.m, session_id)
+    q = req.query
     frames = _SdkFrames(_sdk_filter(q))
     headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return bottle.HTTPResponse(_stream(ctx, session_id, _sdk_cursor(ctx.store.m, session_id, q), frames), 200, headers)
+    stream = _stream(ctx, session_id, _sdk_cursor(ctx.store.m, session_id, q), frames, client=req.client)
+    return bottle.HTTPResponse(stream, 200, headers)
 
 
 def _sdk_agent_row(ctx: _Ctx, id_or_name: str) -> Any:
@@ -9406,7 +9458,7 @@ def _sdk_list_events(ctx: _Ctx, req: _Request, session_id: str) -> BaseModel:
 @_route("GET", f"{SDK}/sessions/<session_id>/sse", "Stream a session's events (SSE; never ends by itself)",
         "sdk: events", query=SdkEventsQuery, errors=(404,), stream=True, raw=True)  # fmt: skip
 def _sdk_events_stream(ctx: _Ctx, req: _Request, session_id: str) -> bottle.HTTPResponse:
-    return _sdk_stream(ctx, session_id, req.query)
+    return _sdk_stream(ctx, req, session_id)
 
 
 # ---- channels: the SDK's AgentClient, one agent behind a URL -------------------------
@@ -9480,7 +9532,7 @@ def _channel_events(ctx: _Ctx, req: _Request, agent_id: str, session_id: str) ->
         query=SdkEventsQuery, errors=(404,), stream=True, raw=True)  # fmt: skip
 def _channel_stream(ctx: _Ctx, req: _Request, agent_id: str, session_id: str) -> bottle.HTTPResponse:
     _channel_session(ctx, agent_id, session_id)
-    return _sdk_stream(ctx, session_id, req.query)
+    return _sdk_stream(ctx, req, session_id)
 
 
 @_route("POST", f"{CHANNEL}/sessions/<session_id>/tool-approvals", "Approve or deny calls that wait for a person",
@@ -10607,8 +10659,10 @@ class _Handler(gevent.pywsgi.WSGIHandler):
         return str(error.status), _raw_error(error)
 
     def get_environ(self) -> dict:
-        """pywsgi's environ, with a body that is never waited for once the app is done."""
+        """pywsgi's environ, with a body that is never waited for once the app is done, and the
+        connection's socket (a stream watches it for the client leaving)."""
         environ = super().get_environ()
+        environ["everruns.socket"] = self.socket
         if environ["wsgi.input"] is self.wsgi_input:
             self.wsgi_input = environ["wsgi.input"] = _Input(
                 self.rfile,

@@ -9,6 +9,9 @@ server process only). Scenarios:
     openai    an OpenAI-compatible upstream on 127.0.0.1 (bench/upstream.py),
               20 streamed tokens per answer, 0 ms per token
     openai5   the same upstream at 5 ms per token
+    each      the upstream at 0 ms per token, each turn as most clients take one: open
+              the session's stream (Last-Event-ID: the last event seen), wait for its
+              headers, POST the message, read to `session.completed`, close
 
 each with `--sync full` (the default) and `--sync normal`. One command prints
 one table; run it from the repository root:
@@ -71,10 +74,12 @@ ROOT = Path(__file__).resolve().parent.parent
 TURNS_PER_SESSION = 10  # a conversation's length in the throughput runs
 ROUNDS = 3  # throughput runs per point (1 with --quick): the median, and the spread of CPU per turn
 MESSAGE = "the quick brown fox jumps over the lazy dog and then the dog sleeps under the old tree"
-SCENARIOS = {  # name: (what the column says, the agent's provider: None = the simulator, or the upstream's pause)
-    "sim": ("simulator", None),
-    "openai": ("OpenAI-compatible, 0 ms/token", 0),
-    "openai5": ("OpenAI-compatible, 5 ms/token", 5),
+SCENARIOS = {  # name: (what the column says, the agent's provider: None = the simulator, or the upstream's pause,
+    # a stream per turn instead of one kept for the session's turns)
+    "sim": ("simulator", None, False),
+    "openai": ("OpenAI-compatible, 0 ms/token", 0, False),
+    "openai5": ("OpenAI-compatible, 5 ms/token", 5, False),
+    "each": ("OpenAI-compatible, 0 ms/token, a stream per turn", 0, True),
 }
 
 
@@ -97,11 +102,13 @@ class Client:
 class Stream:
     """A live SSE connection to one session's events."""
 
-    def __init__(self, url, session_id):
+    def __init__(self, url, session_id, last_event_id=None):
         self.conn = http.client.HTTPConnection(*url.removeprefix("http://").split(":"), timeout=60)
-        self.conn.request("GET", f"/v1/sessions/{session_id}/events")
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        self.conn.request("GET", f"/v1/sessions/{session_id}/events", headers=headers)
         self.response = self.conn.getresponse()
         assert self.response.status == 200, self.response.status
+        self.last_id = last_event_id
 
     def turn(self, started, timing=None):
         """Read up to `session.completed`; with `timing`, note when the first delta and each
@@ -116,6 +123,8 @@ class Stream:
                 kind = line[7:-1]
                 if kind == b"message.delta" and first_delta is None:
                     first_delta = time.perf_counter()
+            elif line.startswith(b"id: "):
+                self.last_id = line[4:-1].decode()
             elif line.startswith(b"data: ") and kind != b"message.delta":
                 event = json.loads(line[6:])
                 if timing is not None:
@@ -247,10 +256,11 @@ def latency(url, agent_id, turns):
     return timing
 
 
-def throughput(urls, agent_id, sessions, seconds):
+def throughput(urls, agent_id, sessions, seconds, each=False):
     """Turns completed, and the seconds taken, with `sessions` conversations posting back to
     back; each conversation is a session of TURNS_PER_SESSION turns, then a new one. With
-    several servers, each call and each stream goes to one picked at random."""
+    several servers, each call and each stream goes to one picked at random. With `each`, a
+    stream per turn (from the last event seen), else one for the session's turns."""
     count = [0]
     deadline = time.perf_counter() + seconds
 
@@ -259,14 +269,21 @@ def throughput(urls, agent_id, sessions, seconds):
         clients = {url: Client(url) for url in urls}
         while time.perf_counter() < deadline:
             sid = new_session(clients[pick(urls)], agent_id)
-            stream = Stream(pick(urls), sid)
+            stream, last_id = Stream(pick(urls), sid), None
             for _ in range(TURNS_PER_SESSION):
+                if each and stream is None:
+                    stream = Stream(pick(urls), sid, last_id)
                 clients[pick(urls)].call("POST", f"/v1/sessions/{sid}/messages", {"content": MESSAGE})
                 stream.turn(0)
                 count[0] += 1
+                if each:
+                    last_id = stream.last_id
+                    stream.close()
+                    stream = None
                 if time.perf_counter() >= deadline:
                     break
-            stream.close()
+            if stream is not None:
+                stream.close()
 
     started = time.perf_counter()
     gevent.joinall([gevent.spawn(worker, seed) for seed in range(sessions)], raise_error=True)
@@ -323,7 +340,7 @@ def own_cpu():
 
 def run(scenario, sync, upstream, quick, extra_args, profile=False, postgres=None):
     """One column of the table: {row name: text}."""
-    label, pause = SCENARIOS[scenario]
+    label, pause, each = SCENARIOS[scenario]
     heavy = pause  # a paused upstream makes each turn ~100 ms: fewer sequential turns
     turns, seconds, streams = (50 if quick or heavy else 200), (2 if quick else 5), (500 if quick else 2000)
     workdir = tempfile.mkdtemp(prefix="everruns-bench-")
@@ -361,7 +378,7 @@ def run(scenario, sync, upstream, quick, extra_args, profile=False, postgres=Non
                                             "--rate", "1000", "--nonblocking", "-o", f"{workdir}/profile.txt"],
                                            stdout=subprocess.DEVNULL)  # fmt: skip
                 cpu, mine = cpu_seconds(server.pid), own_cpu()
-                count, wall = throughput([server.url], agent_id, n, seconds)
+                count, wall = throughput([server.url], agent_id, n, seconds, each)
                 done += count
                 server_cpu = cpu_seconds(server.pid) - cpu
                 rates.append(count / wall)

@@ -1,10 +1,11 @@
 """Live events (SPEC section 4): SSE over a real socket, replay, filters, drops."""
 
 import json
+import socket
 
 import gevent
 import webtest
-from conftest import SSEStream, error_of, events_of, finish, parse_sse
+from conftest import SSEStream, error_of, events_of, finish, parse_sse, wait_until
 
 import everruns
 
@@ -293,3 +294,27 @@ def test_the_bus_forgets_sessions_nobody_streams(app, api, client):
         while session["id"] in app.everruns.scheduler._workers:  # the worker ends after its turn
             gevent.sleep(0.01)
     assert session["id"] not in app.everruns.bus.last_seq
+
+
+def test_a_stream_whose_client_leaves_is_let_go_at_once(app, api, client, live):
+    """No ping and no event needed (pings are 15 s apart): a client that opens a stream per turn
+    and closes it leaves nothing behind. A client that sends bytes after its request is not
+    taken for gone: its stream goes on."""
+    session = api.session()["id"]
+    streams = [socket.create_connection(("127.0.0.1", live.server_port), timeout=5) for _ in range(3)]
+    for stream in streams:
+        stream.sendall(f"GET /v1/sessions/{session}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        assert stream.recv(4096).startswith(b"HTTP/1.1 200")
+    assert app.everruns.bus.streams() == 3
+    streams[0].close()
+    streams[1].shutdown(socket.SHUT_RDWR)
+    streams[1].close()
+    streams[2].sendall(b"x")  # not a close: the stream stays
+    wait_until(lambda: app.everruns.bus.streams() == 1, timeout=5, what="the streams of the clients that left to end")
+    api.message(session, "hello", status=201)
+    finish(client, session)
+    text = b""
+    with gevent.Timeout(5):
+        while b"session.completed" not in text:
+            text += streams[2].recv(65536)
+    streams[2].close()
