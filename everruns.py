@@ -2848,6 +2848,9 @@ class _Group:
         self.after: list[Callable[[], None]] = []
         self.failed: list[Callable[[], None]] = []
         self.locks: set[str] = set()  # the sessions whose advisory locks it holds (PostgreSQL)
+        self.writes = 0  # begun in it: the first needs no savepoint (its failure rolls back nothing else)
+        self.held = False  # PostgreSQL: the last write's savepoint is not released yet (see _savepoint)
+        self.saved = False  # PostgreSQL: the savepoint of the write beginning is made (with its lock)
 
     def end(self, error: Exception | None = None) -> None:
         self.error = error
@@ -2965,8 +2968,8 @@ class _Store:
     @contextlib.contextmanager
     def write(self, session_id: str | None = None) -> Iterator[_Group]:
         """The one write path: a process-wide lock, then a savepoint in the open group
-        transaction (BEGIN IMMEDIATE on SQLite, BEGIN on PostgreSQL, when there is none);
-        on leaving, wait for its commit.
+        transaction (BEGIN IMMEDIATE on SQLite, BEGIN on PostgreSQL, when there is none;
+        the first write of a transaction needs none); on leaving, wait for its commit.
 
         Nothing inside may wait on anything but the database (no provider call, no tool):
         the lock is held meanwhile. On SQLite nothing inside yields to other greenlets; on
@@ -3001,13 +3004,21 @@ class _Store:
                         except BaseException as e:  # stopped while waiting: the transaction cannot go on
                             self._abandon(self._group, e)
                             raise
-                    self.db.execute_sql("SAVEPOINT w")
+                    first, group.writes = not group.writes, group.writes + 1
+                    if not first and not group.saved:
+                        self._savepoint(group)
+                    group.saved = False
                     try:
                         yield group
                     except BaseException as e:
-                        self._undo(group, e)
+                        if first:  # the transaction holds nothing else: it goes, and the group with it
+                            self._abandon(group, e)
+                        else:
+                            self._undo(group, e)
                         raise
-                    self.db.execute_sql("RELEASE w")
+                    if not first and not self.postgres:
+                        self.db.execute_sql("RELEASE w")
+                    group.held = self.postgres and not first
             finally:
                 self._writing = None
         group.wait()
@@ -3025,7 +3036,7 @@ class _Store:
         if session_id in group.locks:
             return group
         if group.locks and not wait:
-            if self.db.execute_sql("SELECT pg_try_advisory_xact_lock(hashtext(%s))", key).fetchone()[0]:
+            if self._try_lock(group, session_id):
                 group.locks.add(session_id)
                 return group
             self._commit(group)
@@ -3033,6 +3044,20 @@ class _Store:
         self.db.execute_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", key)
         group.locks.add(session_id)
         return group
+
+    def _try_lock(self, group: _Group, session_id: str) -> bool:
+        """Try a session's lock for a write joining a group that has written already, in
+        one round trip with the write's savepoint (made after the lock, so that rolling
+        back to it keeps the lock; the one before is released first)."""
+        key = pw.psycopg.sql.Literal(session_id).as_string(self._writer)
+        lock = f"SELECT pg_try_advisory_xact_lock(hashtext({key}))"
+        with pw.__exception_wrapper__:  # several statements: the simple query protocol (no parameters)
+            cursor = self._writer.execute(f"{'RELEASE w; ' if group.held else ''}{lock}; SAVEPOINT w")
+            while cursor.description is None and cursor.nextset():
+                pass
+            taken = cursor.fetchone()[0]
+        group.held, group.saved = False, True
+        return taken
 
     def _open_group(self) -> _Group:
         try:
@@ -3044,6 +3069,16 @@ class _Store:
         self._group = _Group()
         gevent.spawn(self._commit, self._group)  # runs once this greenlet yields: after the writes ready now
         return self._group
+
+    def _savepoint(self, group: _Group) -> None:
+        """A write's savepoint. On PostgreSQL, where each statement is a round trip, the one
+        before it is released in the same one (the commit releases the last)."""
+        if not self.postgres:
+            self.db.execute_sql("SAVEPOINT w")
+            return
+        with pw.__exception_wrapper__:  # two statements: the simple query protocol (no parameters)
+            self._writer.execute("RELEASE w; SAVEPOINT w" if group.held else "SAVEPOINT w")
+        group.held = False
 
     def _undo(self, group: _Group, error: BaseException) -> None:
         """Roll a failed write back to its savepoint; if the database rolled back the whole
@@ -3287,6 +3322,8 @@ _OWED = "EXISTS (SELECT 1 FROM message m WHERE m.session_id = {}.id AND m.role =
 _SQL = {
     "session_exists": "SELECT 1 FROM session WHERE id = ?",
     "session_title": "SELECT title FROM session WHERE id = ?",
+    "session_title_seq": "SELECT title, (SELECT COALESCE(MAX(seq), 0) FROM event WHERE session_id = s.id)"
+    " FROM session s WHERE id = ?",  # with the last seq when the journal does not know it (PostgreSQL)
     "first_title": "UPDATE session SET title = ?, updated_at = ? WHERE id = ? AND title IS NULL AND NOT EXISTS"
     " (SELECT 1 FROM message WHERE session_id = ? AND role = 'user' AND id <> ?)",
     "last_seq": "SELECT COALESCE(MAX(seq), 0) FROM event WHERE session_id = ?",
@@ -3295,7 +3332,8 @@ _SQL = {
     " WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?",
     "insert_message": "INSERT INTO message (id, session_id, role, content, turn_id, controls, provider_id, model,"
     " created_at, seq, usage, latency_ms, incomplete) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    "next_work": "SELECT s.status, m.id, m.controls FROM session s LEFT JOIN message m ON m.id ="
+    "next_work": "SELECT s.status, m.id, m.controls, (SELECT COALESCE(MAX(seq), 0) FROM event"
+    " WHERE session_id = s.id) AS last_seq FROM session s LEFT JOIN message m ON m.id ="
     " (SELECT id FROM message WHERE session_id = s.id AND role = 'user' AND turn_id IS NULL ORDER BY id LIMIT 1)"
     " WHERE s.id = ?",
     "settled": f"SELECT status = '{SESSION_IDLE}' AND NOT {_OWED.format('s')} AS settled FROM session s WHERE s.id = ?",
@@ -3310,7 +3348,9 @@ _SQL = {
     "summary": "SELECT text, through, tokens FROM summary WHERE session_id = ? ORDER BY id DESC LIMIT 1",
     "insert_turn": "INSERT INTO turn (id, session_id, status, provider_id, model, started_at, owner, trace_id,"
     f" span_id) VALUES (?, ?, '{TURN_RUNNING}', ?, ?, ?, ?, ?, ?)",
-    "turn_owned": f"SELECT 1 FROM turn WHERE id = ? AND status = '{TURN_RUNNING}' AND owner = ?",
+    # PostgreSQL: a turn's write learns it still owns the turn, and the session's last seq, in one round trip
+    "turn_owned_seq": f"SELECT EXISTS (SELECT 1 FROM turn WHERE id = ? AND status = '{TURN_RUNNING}' AND owner = ?),"
+    " (SELECT COALESCE(MAX(seq), 0) FROM event WHERE session_id = ?)",
     "claim_message": "UPDATE message SET turn_id = ? WHERE id = ?",
     "pause_turn": f"UPDATE turn SET status = '{TURN_WAITING}', iterations = ?, input_tokens = ?, output_tokens = ?"
     " WHERE id = ?",
@@ -3441,12 +3481,15 @@ def _insert_message(m: _Models, session_id: str, seq: int, role: str, content: l
     return message
 
 
-def _next_work(m: _Models, session_id: str) -> tuple[str, tuple[str, dict] | None] | None:
+def _next_work(m: _Models, session_id: str, tx: Any = None) -> tuple[str, tuple[str, dict] | None] | None:
     """The session's status and its oldest user message no turn has answered yet (id,
-    controls), or None; None when the session is gone."""
+    controls), or None; None when the session is gone. Read in `tx`, it tells the
+    transaction the session's last seq (one round trip less on PostgreSQL)."""
     row = _sql_row(m, "next_work", session_id)
     if row is None:
         return None
+    if tx is not None and tx.last_seq is None:
+        tx.last_seq = row["last_seq"]
     return row["status"], (row["id"], json.loads(row["controls"]) if row["controls"] else {}) if row["id"] else None
 
 
@@ -3846,9 +3889,12 @@ class _Journal:
         store = self.store
         with store.write(session_id) as group:  # the last seq is read under the lock
             if store.postgres:
-                if turn_id is not None and _sql(store.m, "turn_owned", turn_id, store.lease).fetchone() is None:
-                    raise _Lost
-                tx = _Tx(store.m, session_id, None, self.check)
+                last = None  # read by the first event (the session's advisory lock is held)
+                if turn_id is not None:
+                    owned, last = _sql(store.m, "turn_owned_seq", turn_id, store.lease, session_id).fetchone()
+                    if not owned:
+                        raise _Lost
+                tx = _Tx(store.m, session_id, last, self.check)
             else:
                 last = self._pending.get(session_id)
                 tx = _Tx(store.m, session_id, self.bus.last_seq.get(session_id) if last is None else last, self.check)
@@ -6340,7 +6386,7 @@ class _Scheduler:
         m, registered = self.m, None
         try:
             with self.journal.tx(session_id) as tx:
-                status, owed = _next_work(m, session_id) or ("gone", None)
+                status, owed = _next_work(m, session_id, tx) or ("gone", None)
                 if status == SESSION_WAITING:
                     turn = self._resume(session_id)
                 elif status != SESSION_IDLE or owed is None or (setup := _turn_setup(m, session_id)) is None:
@@ -8229,12 +8275,14 @@ def _user_message(ctx: _Ctx, session_id: str, parts: list[dict], controls: dict 
     """Store a user message and kick its turn: (201, the message), or (200, the message stored
     first under the same Idempotency-Key)."""
     m = ctx.store.m
-    request_hash = _digest({"content": parts, "controls": controls})
+    request_hash = _digest({"content": parts, "controls": controls}) if key is not None else ""
     _room_left(ctx)
     with ctx.journal.tx(session_id) as tx:
-        titled = _sql(m, "session_title", session_id).fetchone()
+        titled = _sql(m, "session_title" if tx.last_seq is not None else "session_title_seq", session_id).fetchone()
         if titled is None:
             raise _NotFound(f"session {session_id} not found")
+        if tx.last_seq is None:
+            tx.last_seq = titled[1]
         if controls:
             _check_provider(ctx, controls.get("provider_id"), ["controls", "provider_id"])
         if key is not None and (first := _replay(m, session_id, key, request_hash)) is not None:
@@ -8384,7 +8432,9 @@ def _stream(
             if out:
                 yield frames.join(out)
             gevent.sleep(0)
-        if until and _settled(m, session_id):
+        # settled, and nothing stored after what the replay read (a turn may have ended since:
+        # its events are in the queue, and the live loop below sends them first)
+        if until and _settled(m, session_id) and known >= _last_seq(m, session_id):
             yield frames.done
             return
         ctx.store.release()
@@ -10651,6 +10701,10 @@ class _Handler(gevent.pywsgi.WSGIHandler):
             raise _BadRequest("malformed HTTP request: a header line that cannot be read")
         _check_framing(list(getattr(headers, "_headers", ())))
         return headers
+
+    def log_request(self) -> None:
+        """Nothing: pywsgi formats a line for every request, which it then drops (its log is off;
+        --access-log writes this server's own lines)."""
 
     def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
         """The answer to a request that could not be read: the envelope, one debug line."""

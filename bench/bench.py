@@ -370,7 +370,7 @@ def run(scenario, sync, upstream, quick, extra_args, profile=False, postgres=Non
         out[f"RSS with {streams:,} idle streams"] = f"{idle_streams(server.url, agent_id, streams, server.pid):.1f} MB"
         client_busy = []
         for n in (1, 20, 100):
-            rates, costs, busy = [], [], []
+            rates, costs, busy, database = [], [], [], []
             for round_ in range(1 if quick else ROUNDS):
                 spy = None
                 if profile and n == 20 and not round_:  # sampled at 1 kHz: this round is slower than the others
@@ -378,9 +378,12 @@ def run(scenario, sync, upstream, quick, extra_args, profile=False, postgres=Non
                                             "--rate", "1000", "--nonblocking", "-o", f"{workdir}/profile.txt"],
                                            stdout=subprocess.DEVNULL)  # fmt: skip
                 cpu, mine = cpu_seconds(server.pid), own_cpu()
+                postgres_cpu = postgres_cpu_seconds() if postgres else 0.0
                 count, wall = throughput([server.url], agent_id, n, seconds, each)
                 done += count
                 server_cpu = cpu_seconds(server.pid) - cpu
+                if postgres:
+                    database.append(1000 * (postgres_cpu_seconds() - postgres_cpu) / max(count, 1))
                 rates.append(count / wall)
                 costs.append(1000 * server_cpu / max(count, 1))
                 busy.append(100 * (own_cpu() - mine) / wall)
@@ -391,6 +394,8 @@ def run(scenario, sync, upstream, quick, extra_args, profile=False, postgres=Non
             spread = f" ({min(costs):.2f} to {max(costs):.2f})" if len(costs) > 1 else ""
             out[f"turns/s, {n} session{'s' * (n > 1)}"] = f"{statistics.median(rates):.0f}"
             out[f"server CPU per turn, {n} session{'s' * (n > 1)}"] = f"{statistics.median(costs):.2f} ms{spread}"
+            if database:
+                out[f"PostgreSQL CPU per turn, {n} session{'s' * (n > 1)}"] = f"{statistics.median(database):.2f} ms"
             client_busy.append(f"{statistics.median(busy):.0f}%")
         out["bench client CPU (1 / 20 / 100)"] = " / ".join(client_busy)
         out[f"RSS after {done:,} turns"] = f"{rss_mb(server.pid):.1f} MB"

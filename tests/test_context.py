@@ -242,7 +242,7 @@ def test_kill_9_during_compaction_stores_nothing_half_and_the_next_turn_compacts
     assert again.call("GET", f"/v1/sessions/{sid}")[2]["last_turn"]["error"]["code"] == "INTERRUPTED"
     again.call("PATCH", f"/v1/sessions/{sid}", {"provider_id": provider["id"]})
     again.call("POST", f"/v1/sessions/{sid}/messages", {"content": sentence(8)})
-    wait_until(lambda: again.call("GET", f"/v1/sessions/{sid}")[2]["status"] == "idle", what="the next turn")
+    again.call("GET", f"/v1/sessions/{sid}/events?until=completed", timeout=60)  # settled: the next turn ran
     _, _, page = again.call("GET", f"/v1/sessions/{sid}/events?format=json&types=context.compacted")
     assert len(page["data"]) == 1 and again.call("GET", f"/v1/sessions/{sid}/context")[2]["summary"]
 

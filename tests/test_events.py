@@ -318,3 +318,23 @@ def test_a_stream_whose_client_leaves_is_let_go_at_once(app, api, client, live):
         while b"session.completed" not in text:
             text += streams[2].recv(65536)
     streams[2].close()
+
+
+def test_until_completed_sends_a_turn_that_ends_while_the_replay_reads(app, api, client, monkeypatch):
+    """The replay has read what was stored; the running turn ends before the stream checks whether
+    the session is settled: it is, and the turn's last events wait in the stream's queue. They are
+    sent before the stream ends."""
+    session = slow_session(api, delay_ms=20)["id"]
+    api.message(session, "tell me about the quick brown fox and the lazy dog", status=201)
+    wait_until(lambda: client.get(f"/v1/sessions/{session}").json["status"] == "running", what="the turn")
+    replay = everruns._stored_batches
+
+    def replay_then_the_turn_ends(*args):
+        yield from replay(*args)
+        wait_until(lambda: everruns._settled(app.everruns.store.m, session), what="the turn to end")
+
+    monkeypatch.setattr(everruns, "_stored_batches", replay_then_the_turn_ends)
+    events = finish(client, session)
+    stored = client.get(f"/v1/sessions/{session}/events?format=json").json["data"]
+    assert [e["seq"] for e in events if e["seq"]] == [e["seq"] for e in stored]
+    assert events[-1]["type"] == "session.completed"
