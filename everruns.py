@@ -3319,24 +3319,29 @@ def _message_out(row: Any) -> Message:
 
 # A user message of session {} (a table or its alias) that no turn has taken up yet.
 _OWED = "EXISTS (SELECT 1 FROM message m WHERE m.session_id = {}.id AND m.role = 'user' AND m.turn_id IS NULL)"
+# The newest seq of session {} (an id column or a parameter): read with a statement made anyway, a round
+# trip less on PostgreSQL, where the journal does not keep it.
+_LAST_SEQ = "(SELECT COALESCE(MAX(seq), 0) FROM event WHERE session_id = {})"
+# What a session waits for; with the last seq when the journal does not know it.
+_NEXT_WORK = ("SELECT s.status, m.id, m.controls{} FROM session s LEFT JOIN message m ON m.id ="
+              " (SELECT id FROM message WHERE session_id = s.id AND role = 'user' AND turn_id IS NULL"
+              " ORDER BY id LIMIT 1) WHERE s.id = ?")  # fmt: skip
 _SQL = {
     "session_exists": "SELECT 1 FROM session WHERE id = ?",
     "session_title": "SELECT title FROM session WHERE id = ?",
-    "session_title_seq": "SELECT title, (SELECT COALESCE(MAX(seq), 0) FROM event WHERE session_id = s.id)"
-    " FROM session s WHERE id = ?",  # with the last seq when the journal does not know it (PostgreSQL)
+    "session_title_seq": f"SELECT title, {_LAST_SEQ.format('s.id')} FROM session s WHERE id = ?",
     "first_title": "UPDATE session SET title = ?, updated_at = ? WHERE id = ? AND title IS NULL AND NOT EXISTS"
     " (SELECT 1 FROM message WHERE session_id = ? AND role = 'user' AND id <> ?)",
-    "last_seq": "SELECT COALESCE(MAX(seq), 0) FROM event WHERE session_id = ?",
+    "last_seq": f"SELECT {_LAST_SEQ.format('?')}",
     "insert_event": "INSERT INTO event (id, session_id, seq, type, turn_id, ts, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
     "events_after": "SELECT id, seq, type, session_id, turn_id, ts, data FROM event"
     " WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?",
     "insert_message": "INSERT INTO message (id, session_id, role, content, turn_id, controls, provider_id, model,"
     " created_at, seq, usage, latency_ms, incomplete) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    "next_work": "SELECT s.status, m.id, m.controls, (SELECT COALESCE(MAX(seq), 0) FROM event"
-    " WHERE session_id = s.id) AS last_seq FROM session s LEFT JOIN message m ON m.id ="
-    " (SELECT id FROM message WHERE session_id = s.id AND role = 'user' AND turn_id IS NULL ORDER BY id LIMIT 1)"
-    " WHERE s.id = ?",
-    "settled": f"SELECT status = '{SESSION_IDLE}' AND NOT {_OWED.format('s')} AS settled FROM session s WHERE s.id = ?",
+    "next_work": _NEXT_WORK.format(""),
+    "next_work_seq": _NEXT_WORK.format(f", {_LAST_SEQ.format('s.id')} AS last_seq"),
+    "settled": f"SELECT status = '{SESSION_IDLE}' AND NOT {_OWED.format('s')} AS settled,"
+    f" {_LAST_SEQ.format('s.id')} AS last_seq FROM session s WHERE s.id = ?",
     "turn_setup": "SELECT s.status, s.provider_id AS session_provider, s.model AS session_model,"
     " a.provider_id AS agent_provider, a.model AS agent_model, a.system_prompt, a.capabilities, a.max_iterations,"
     " a.require_approval, a.client_tools, s.capabilities AS session_capabilities,"
@@ -3348,9 +3353,8 @@ _SQL = {
     "summary": "SELECT text, through, tokens FROM summary WHERE session_id = ? ORDER BY id DESC LIMIT 1",
     "insert_turn": "INSERT INTO turn (id, session_id, status, provider_id, model, started_at, owner, trace_id,"
     f" span_id) VALUES (?, ?, '{TURN_RUNNING}', ?, ?, ?, ?, ?, ?)",
-    # PostgreSQL: a turn's write learns it still owns the turn, and the session's last seq, in one round trip
     "turn_owned_seq": f"SELECT EXISTS (SELECT 1 FROM turn WHERE id = ? AND status = '{TURN_RUNNING}' AND owner = ?),"
-    " (SELECT COALESCE(MAX(seq), 0) FROM event WHERE session_id = ?)",
+    f" {_LAST_SEQ.format('?')}",  # PostgreSQL: a turn's write checks it still owns the turn
     "claim_message": "UPDATE message SET turn_id = ? WHERE id = ?",
     "pause_turn": f"UPDATE turn SET status = '{TURN_WAITING}', iterations = ?, input_tokens = ?, output_tokens = ?"
     " WHERE id = ?",
@@ -3485,18 +3489,20 @@ def _next_work(m: _Models, session_id: str, tx: Any = None) -> tuple[str, tuple[
     """The session's status and its oldest user message no turn has answered yet (id,
     controls), or None; None when the session is gone. Read in `tx`, it tells the
     transaction the session's last seq (one round trip less on PostgreSQL)."""
-    row = _sql_row(m, "next_work", session_id)
+    with_seq = tx is not None and tx.last_seq is None
+    row = _sql_row(m, "next_work_seq" if with_seq else "next_work", session_id)
     if row is None:
         return None
-    if tx is not None and tx.last_seq is None:
+    if with_seq:
         tx.last_seq = row["last_seq"]
     return row["status"], (row["id"], json.loads(row["controls"]) if row["controls"] else {}) if row["id"] else None
 
 
-def _settled(m: _Models, session_id: str) -> bool:
-    """Idle with nothing owed: no running turn and no unanswered user message (or gone)."""
+def _settled(m: _Models, session_id: str, sent: int | None = None) -> bool:
+    """Idle with nothing owed: no running turn and no unanswered user message (or gone); with
+    `sent`, also nothing stored after that seq (a stream has sent all there is)."""
     row = _sql_row(m, "settled", session_id)
-    return row is None or bool(row["settled"])
+    return row is None or (bool(row["settled"]) and (sent is None or sent >= row["last_seq"]))
 
 
 def _turn_setup(m: _Models, session_id: str) -> _TurnSetup | None:
@@ -8434,7 +8440,7 @@ def _stream(
             gevent.sleep(0)
         # settled, and nothing stored after what the replay read (a turn may have ended since:
         # its events are in the queue, and the live loop below sends them first)
-        if until and _settled(m, session_id) and known >= _last_seq(m, session_id):
+        if until and _settled(m, session_id, known):
             yield frames.done
             return
         ctx.store.release()
@@ -8460,12 +8466,7 @@ def _stream(
                     out.append(frame)
                 # settled, and all of it sent: on PostgreSQL the database may be ahead of this
                 # stream (events another process wrote come through notifications)
-                if (
-                    until
-                    and item.type == "session.completed"
-                    and _settled(m, session_id)
-                    and (known >= _last_seq(m, session_id))
-                ):
+                if until and item.type == "session.completed" and _settled(m, session_id, known):
                     out.append(frames.done)
                     ended = True
                     break

@@ -543,9 +543,7 @@ MEMORY_PACKAGES = ("everruns", "bottle", "gevent", "greenlet", "peewee", "pydant
 
 def idle_rss(command, work, env):
     """Start `everruns`; its RSS 1 s after the first /health, then 1 s after a first turn."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     db = tempfile.mkdtemp(dir=work)
     proc = subprocess.Popen(
         [str(command), "--port", str(port), "--db", f"{db}/everruns.db"],
