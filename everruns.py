@@ -858,13 +858,19 @@ _UnsupportedMediaType = _error_class("_UnsupportedMediaType", 415)
 _HeadersTooLarge = _error_class("_HeadersTooLarge", 431)
 
 
+FALLS_OVER = ("PROVIDER_UNAVAILABLE", "PROVIDER_TIMEOUT", "PROVIDER_RATE_LIMITED", "NO_CASSETTE")
+
+
 class ProviderError(EverrunsError):
-    """A provider call failed: a turn ends with this code and message, an API call answers 502."""
+    """A provider call failed: a turn ends with this code and message (or, when `falls_over`
+    and nothing was answered yet, calls its next fallback provider), an API call answers 502."""
 
     status = 502
 
-    def __init__(self, message: str, code: str = "PROVIDER_ERROR") -> None:
+    def __init__(self, message: str, code: str = "PROVIDER_ERROR", falls_over: bool | None = None) -> None:
         super().__init__(message, code=code)
+        # unreachable, reset, a timeout, 429 or 5xx (SPEC 18), or no cassette to replay
+        self.falls_over = code in FALLS_OVER if falls_over is None else falls_over
 
 
 class ToolFailed(EverrunsError):
@@ -1336,6 +1342,12 @@ class ToolSpec(_Out):
 
 
 ClientToolList = Annotated[list[ClientToolIn], Field(max_length=64)]
+MAX_FALLBACKS = 8
+FallbackList = Annotated[
+    list[Id],
+    Field(max_length=MAX_FALLBACKS, description="Providers called in turn, each with its own default model, when a "
+          "model call fails before it answered (unreachable, a timeout, 429 or 5xx); SPEC 18."),
+]  # fmt: skip
 ApprovalList = Annotated[
     list[Annotated[str, StringConstraints(min_length=1, max_length=64)]],
     Field(max_length=64, description='Tools a person must approve before they run: tool names, or "*" for all.'),
@@ -1429,6 +1441,23 @@ class RemoteSettings(_In):
     extra_headers: dict[HeaderName, HeaderValue] = Field(
         default_factory=dict, max_length=32, json_schema_extra=_names_and_values
     )
+    record: bool = Field(
+        False,
+        description="Store each model call it serves as a cassette (SPEC 18): what was "
+        "asked (no key, no header) and the streamed answer with its timing, for a replay provider.",
+    )
+
+
+class ReplaySettings(_In):
+    """Settings of a replay provider: it answers from the cassettes another provider recorded."""
+
+    source_provider_id: Id = Field(description="The provider whose cassettes it plays (one that records).")
+    speed: float = Field(
+        1.0,
+        ge=0,
+        le=100,
+        description="The recorded delays are multiplied by it: 1 as recorded, 0 at once, 0.5 twice as fast.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1460,6 +1489,10 @@ PROVIDER_KINDS: dict[str, _ProviderKind] = {
                       "claude-sonnet-4-5", RemoteSettings,
                       {"name": "Claude", "provider_type": "anthropic", "api_key": "sk-ant-...",
                        "default_model": "claude-sonnet-4-5"}),
+        _ProviderKind("replay", "Replay", "a replay provider", "Replay of recorded calls (offline)", None, "replay",
+                      ReplaySettings, {"name": "Demo, offline", "provider_type": "replay",
+                                       "settings": {"source_provider_id": "0190a000-0000-7000-8000-000000000000",
+                                                    "speed": 0}}),
     )
 }  # fmt: skip
 PROVIDER_DEFAULTS = {kind.type: (kind.default_url, kind.default_model) for kind in PROVIDER_KINDS.values()}
@@ -1484,7 +1517,9 @@ def _kind_model(base: type[BaseModel], name: str, doc: str, kind: _ProviderKind,
 
 _PROVIDER_CREATES = [
     _kind_model(_ProviderCreateCommon, f"{kind.schema_name}ProviderCreate", f"Create {kind.title}.", kind,
-                settings=Field(default_factory=kind.settings), model_config=_examples(kind.example))
+                model_config=_examples(kind.example),
+                **({} if any(f.is_required() for f in kind.settings.model_fields.values())
+                   else {"settings": Field(default_factory=kind.settings)}))  # settings required if a field is
     for kind in PROVIDER_KINDS.values()
 ]  # fmt: skip
 
@@ -1560,6 +1595,7 @@ class AgentCreate(_In):
     capabilities: CapabilityList = []
     provider_id: Id | None = None
     model: ModelName | None = None
+    fallback_provider_ids: FallbackList = []
     tags: Tags = []
     max_iterations: MaxIterations = 10
     require_approval: ApprovalList = []
@@ -1575,6 +1611,7 @@ class AgentUpdate(_In):
     capabilities: CapabilityList = None
     provider_id: Id | None = None
     model: ModelName | None = None
+    fallback_provider_ids: FallbackList = None
     tags: Tags = None
     max_iterations: MaxIterations = None
     require_approval: ApprovalList = None
@@ -1591,6 +1628,7 @@ class Agent(_Out):
     capabilities: list[str]
     provider_id: str | None
     model: str | None
+    fallback_provider_ids: list[str]
     tags: list[str]
     max_iterations: int
     require_approval: list[str]
@@ -1606,6 +1644,7 @@ class SessionCreate(_In):
     tags: Tags = []
     provider_id: Id | None = None
     model: ModelName | None = None
+    fallback_provider_ids: FallbackList | None = Field(None, description="null: its agent's.")
 
 
 class SessionUpdate(_In):
@@ -1615,6 +1654,7 @@ class SessionUpdate(_In):
     tags: Tags = None
     provider_id: Id | None = None
     model: ModelName | None = None
+    fallback_provider_ids: FallbackList | None = Field(None, description="null: its agent's.")
 
 
 class TurnError(_Out):
@@ -1649,6 +1689,7 @@ class Session(_Out):
     tags: list[str]
     provider_id: str | None
     model: str | None
+    fallback_provider_ids: list[str] | None = Field(description="null: its agent's.")
     status: Literal[SESSION_IDLE, SESSION_RUNNING, SESSION_WAITING] = Field(
         description="idle: waiting for input; running: a turn is in progress; waiting: a turn is paused on a tool "
         "approval or a client tool"
@@ -2138,6 +2179,16 @@ class ContextCompactedData(_EventData):
     tokens_after: int
 
 
+class ProviderFallbackData(_EventData):
+    from_provider_id: str
+    to_provider_id: str
+    reason: str = Field(
+        description="Why the call failed: its error code (PROVIDER_UNAVAILABLE, PROVIDER_TIMEOUT, "
+        "PROVIDER_RATE_LIMITED, PROVIDER_ERROR for a 5xx, PROVIDER_STREAM_ERROR, NO_CASSETTE)."
+    )
+    message: str = Field(description="The failure, in words.")
+
+
 class SessionCompletedData(_EventData):
     turn_id: str
     status: Literal[TURN_COMPLETED, TURN_FAILED, TURN_CANCELLED]
@@ -2159,6 +2210,7 @@ EVENTS: dict[str, type[_EventData]] = {
     "tool.approval_resolved": ToolApprovalResolvedData,
     "tool.result": ToolResultData,
     "context.compacted": ContextCompactedData,
+    "provider.fallback": ProviderFallbackData,
     "session.completed": SessionCompletedData,
 }
 EVENT_TYPES = tuple(EVENTS)
@@ -2223,6 +2275,28 @@ class EventsQuery(ListQuery):
 
 
 ProviderPage = _page_model(Provider)
+
+
+class Cassette(_Out):
+    """One model call a recording provider served (SPEC 18): what was asked, normalised (no key,
+    no header, keys in a stable order), and the answer as it streamed."""
+
+    id: str
+    provider_id: str
+    request_hash: str = Field(
+        description="SHA-256 of the normalised request, the model's name left out: what a "
+        "replay provider matches a call by."
+    )
+    model: str
+    request: dict[str, Any] = Field(description="system, summary, messages, tools, temperature.")
+    answer: dict[str, Any] = Field(
+        description="deltas ([ms since the call began, text] each), text, tool_calls, "
+        "input_tokens, output_tokens, total_ms."
+    )
+    created_at: Timestamp
+
+
+CassettePage = _page_model(Cassette)
 AgentPage = _page_model(Agent)
 SessionPage = _page_model(Session)
 MessagePage = _page_model(Message)
@@ -2354,6 +2428,17 @@ _MIGRATIONS: list[list[str]] = [
     [  # 11: the idle sessions by last activity, for --retention-days
         f"CREATE INDEX session_idle ON session (updated_at) WHERE status = '{SESSION_IDLE}'",
     ],
+    [  # 12: the providers a model call falls back to (SPEC 18); a session's null means its agent's
+        "ALTER TABLE agent ADD COLUMN fallback_provider_ids TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE session ADD COLUMN fallback_provider_ids TEXT",
+    ],
+    [  # 13: the model calls a recording provider served, for a replay provider (SPEC 18)
+        """CREATE TABLE cassette (
+            id TEXT PRIMARY KEY, provider_id TEXT NOT NULL REFERENCES provider (id) ON DELETE CASCADE,
+            request_hash TEXT NOT NULL, model TEXT NOT NULL, request TEXT NOT NULL, answer TEXT NOT NULL,
+            created_at TEXT NOT NULL)""",
+        "CREATE INDEX cassette_request ON cassette (provider_id, request_hash, id)",
+    ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -2394,6 +2479,7 @@ class _AgentTable(pw.Model):
     capabilities = _JSONField()
     provider_id = pw.TextField(null=True)
     model = pw.TextField(null=True)
+    fallback_provider_ids = _JSONField(default=list)
     tags = _JSONField()
     max_iterations = pw.IntegerField()
     require_approval = _JSONField(default=list)
@@ -2414,6 +2500,7 @@ class _SessionTable(pw.Model):
     tags = _JSONField()
     provider_id = pw.TextField(null=True)
     model = pw.TextField(null=True)
+    fallback_provider_ids = _JSONField(null=True)  # null: its agent's
     status = pw.TextField(default=SESSION_IDLE)
     last_turn = _JSONField(null=True)
     input_tokens = pw.IntegerField(default=0)
@@ -2520,6 +2607,19 @@ class _FileTable(pw.Model):
         primary_key = pw.CompositeKey("session_id", "path")
 
 
+class _CassetteTable(pw.Model):
+    id = pw.TextField(primary_key=True)
+    provider_id = pw.TextField()
+    request_hash = pw.TextField()
+    model = pw.TextField()
+    request = _JSONField()
+    answer = _JSONField()
+    created_at = pw.TextField()
+
+    class Meta:
+        table_name = "cassette"
+
+
 class _McpServerTable(pw.Model):
     id = pw.TextField(primary_key=True)
     name = pw.TextField(unique=True)
@@ -2549,6 +2649,7 @@ class _Models:
     File: type[_FileTable]
     McpServer: type[_McpServerTable]
     Summary: type[_SummaryTable]
+    Cassette: type[_CassetteTable]
 
 
 def _build_models(db: pw.Database) -> _Models:
@@ -3345,12 +3446,14 @@ _SQL = {
     "turn_setup": "SELECT s.status, s.provider_id AS session_provider, s.model AS session_model,"
     " a.provider_id AS agent_provider, a.model AS agent_model, a.system_prompt, a.capabilities, a.max_iterations,"
     " a.require_approval, a.client_tools, s.capabilities AS session_capabilities,"
-    " s.client_tools AS session_client_tools FROM session s JOIN agent a ON a.id = s.agent_id WHERE s.id = ?",
+    " s.client_tools AS session_client_tools, COALESCE(s.fallback_provider_ids, a.fallback_provider_ids) AS fallbacks"
+    " FROM session s JOIN agent a ON a.id = s.agent_id WHERE s.id = ?",
     "provider": "SELECT id, provider_type, base_url, default_model, api_key, settings FROM provider"
     " WHERE id = ? OR (CAST(? AS TEXT) IS NULL AND is_default)",
     "transcript": "SELECT role, content, turn_id FROM message WHERE session_id = ? AND turn_id > ?"
     " ORDER BY turn_id DESC, role != 'user' DESC, id DESC",
     "summary": "SELECT text, through, tokens FROM summary WHERE session_id = ? ORDER BY id DESC LIMIT 1",
+    "cassette": "SELECT answer FROM cassette WHERE provider_id = ? AND request_hash = ? ORDER BY id LIMIT 1",
     "insert_turn": "INSERT INTO turn (id, session_id, status, provider_id, model, started_at, owner, trace_id,"
     f" span_id) VALUES (?, ?, '{TURN_RUNNING}', ?, ?, ?, ?, ?, ?)",
     "turn_owned_seq": f"SELECT EXISTS (SELECT 1 FROM turn WHERE id = ? AND status = '{TURN_RUNNING}' AND owner = ?),"
@@ -3408,6 +3511,7 @@ class _TurnSetup:
     max_iterations: int
     require_approval: list[str]
     client_tools: list[dict]
+    fallbacks: list[str]  # the session's fallback_provider_ids, else its agent's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -3511,8 +3615,9 @@ def _turn_setup(m: _Models, session_id: str) -> _TurnSetup | None:
     row = _sql_row(m, "turn_setup", session_id)
     if row is None:
         return None
-    parsed = {k: json.loads(row.pop(k)) for k in ("capabilities", "require_approval", "client_tools",
-                                                  "session_capabilities", "session_client_tools")}  # fmt: skip
+    lists = ("capabilities", "require_approval", "client_tools", "session_capabilities", "session_client_tools",
+             "fallbacks")  # fmt: skip
+    parsed = {k: json.loads(row.pop(k)) for k in lists}
     capabilities = list(dict.fromkeys([*parsed.pop("capabilities"), *parsed.pop("session_capabilities")]))
     own = parsed.pop("session_client_tools")
     tools = [t for t in parsed.pop("client_tools") if t["name"] not in {o["name"] for o in own}] + own
@@ -4061,7 +4166,8 @@ def _upstream_message(raw: bytes, secrets: Iterable[str]) -> str:
 
 def _status_error(status: int, raw: bytes, secrets: Iterable[str]) -> ProviderError:
     code = {401: "PROVIDER_AUTH", 403: "PROVIDER_AUTH", 429: "PROVIDER_RATE_LIMITED"}.get(status, "PROVIDER_ERROR")
-    return ProviderError(f"the provider answered {status}: {_upstream_message(raw, secrets)}", code)
+    message = f"the provider answered {status}: {_upstream_message(raw, secrets)}"
+    return ProviderError(message, code, falls_over=status == 429 or status >= 500)
 
 
 def _retry_after(response: Any, attempt: int) -> float:
@@ -4120,7 +4226,7 @@ def _read_upstream(response: Any, cap: int, clock: _Clock, partial: bool = False
         if not partial:
             if isinstance(e, ProviderError):
                 raise
-            raise ProviderError(f"the connection to {clock.what} broke", "PROVIDER_STREAM_ERROR") from None
+            raise ProviderError(f"the connection to {clock.what} broke", "PROVIDER_STREAM_ERROR", True) from None
     if not partial and size > cap:
         raise ProviderError(f"{clock.what} sent a body larger than {cap} bytes", "PROVIDER_ERROR")
     return b"".join(pieces)[:cap]
@@ -4183,7 +4289,9 @@ def _sse_events(response: Any, clock: _Clock, limit: int | None = None) -> Itera
         except TimeoutError:
             raise ProviderError(f"{clock.what} stopped sending for {clock.idle_s:g} s", "PROVIDER_TIMEOUT") from None
         except (OSError, http.client.HTTPException):
-            raise ProviderError(f"the connection to {clock.what} broke mid-stream", "PROVIDER_STREAM_ERROR") from None
+            raise ProviderError(
+                f"the connection to {clock.what} broke mid-stream", "PROVIDER_STREAM_ERROR", True
+            ) from None
         if not block:
             return  # an unfinished last event is not an event
         size += len(block) if b"\n" not in block else 0
@@ -4543,11 +4651,49 @@ class _Llmsim(_Adapter):
         return [PROVIDER_DEFAULTS["llmsim"][1]]
 
 
+# ---- record and replay (SPEC 18) ------------------------------------------------
+# A provider with `record: true` stores each call it serves as a cassette (the turn engine
+# does, around the call: _TurnRun._model_call); a provider of type `replay` answers a call
+# with the cassette of its source whose request_hash matches, which the engine finds and
+# hands to the adapter in its settings ("cassette", "speed").
+
+
+def _cassette_request(request: LLMRequest) -> tuple[str, dict]:
+    """(its hash, the request as a cassette keeps it): what the model is asked, without the
+    key, the headers, the settings or the model's name (a replay provider has its own)."""
+    asked = {"system": request.system, "summary": request.summary, "messages": request.messages,
+             "tools": [tool.model_dump() for tool in request.tools], "temperature": request.temperature}  # fmt: skip
+    text = json.dumps(asked, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest(), asked
+
+
+class _Replay(_Adapter):
+    """A recorded call played back: its text streamed with the recorded delays times `speed`."""
+
+    def stream(self, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
+        answer = request.settings.get("cassette")
+        if answer is None:
+            raise ProviderError("no recorded call matches this one (the conversation differs from the "
+                                "recording, or it was not recorded)", "NO_CASSETTE")  # fmt: skip
+        speed, started = request.settings.get("speed", 1.0), time.monotonic()
+        for at_ms, delta in answer["deltas"]:
+            if (wait := at_ms * speed / 1000 - (time.monotonic() - started)) > 0:
+                gevent.sleep(wait)  # also a point where a cancel can land
+            on_text(delta)
+        if (wait := answer["total_ms"] * speed / 1000 - (time.monotonic() - started)) > 0:
+            gevent.sleep(wait)
+        return LLMReply(answer["text"], answer["tool_calls"], answer["input_tokens"], answer["output_tokens"])
+
+    def models(self, request: LLMRequest) -> list[str]:
+        return [request.model]
+
+
 # The adapter of each provider type of PROVIDER_KINDS (section 6), which builds its schemas.
 ADAPTERS: dict[str, _Adapter] = {
     "openai": _OpenAI(),
     "anthropic": _Anthropic(),
     "llmsim": _Llmsim(),
+    "replay": _Replay(),
 }
 assert ADAPTERS.keys() == PROVIDER_KINDS.keys(), "a provider type needs an entry and an adapter"
 
@@ -6159,6 +6305,7 @@ class _Turn:
     iterations: int = 0
     approval: frozenset[str] = frozenset()  # tools a person must approve ("*": all)
     client: dict[str, ToolSpec] = dataclasses.field(default_factory=dict)  # tools the client runs
+    fallbacks: tuple[str, ...] = ()  # providers a failed model call falls back to, in order (SPEC 18)
     resumed: bool = False  # taken up again after waiting: approved calls run first
     trace_id: str | None = None  # with tracing on: its trace, and the span of its first run
     span_id: str | None = None
@@ -6339,6 +6486,7 @@ def _prepared_turn(m: _Models, registry: Mapping[str, Any], session_id: str, set
         temperature=controls.get("temperature"),
         approval=frozenset(setup.require_approval),
         client={t["name"]: ToolSpec(**t) for t in setup.client_tools},
+        fallbacks=tuple(setup.fallbacks),
     )
 
 
@@ -6723,6 +6871,7 @@ class _TurnRun:
         )
         self.m, self.capabilities = scheduler.m, scheduler.capabilities
         self.streaming: list | None = None  # the model call under way: [message_id, pieces, started, first_token_ms]
+        self.provider, self.model = turn.provider, turn.model  # the model call's: a fallback's after a failure
 
     def run(self) -> None:
         """Run the turn to its end (or its pause), whatever happens."""
@@ -6825,23 +6974,51 @@ class _TurnRun:
             self.store.release()  # the step's greenlet had its own connection
 
     def _call_model(self) -> tuple[str, LLMReply]:
-        """One streamed LLM call; deltas go live, nothing is stored yet."""
-        turn = self.turn
+        """One streamed LLM call (deltas go live, nothing is stored yet): the turn's provider,
+        then each of its fallbacks in turn while a call fails before any text went live
+        (SPEC 18: each with its default model; provider.fallback says so)."""
+        turn, fallbacks = self.turn, list(self.turn.fallbacks)
         if turn.provider is None:
             raise ProviderError("no LLM provider is configured", "PROVIDER_NOT_FOUND")
-        adapter = ADAPTERS.get(turn.provider.provider_type)
+        self.provider, self.model = turn.provider, turn.model
+        while True:
+            try:
+                return self._call_provider()
+            except ProviderError as e:
+                answered = self.streaming is not None and self.streaming[1]
+                successor = None
+                while e.falls_over and not answered and fallbacks and successor is None:
+                    successor = _provider_spec(self.m, fallbacks.pop(0))  # None: deleted meanwhile
+                if successor is None:
+                    raise
+                _log.warning("turn %s: provider %s failed (%s: %s); its fallback %s takes the call", turn.id,
+                             self.provider.id, e.code, e.message, successor.id)  # fmt: skip
+                data = {"from_provider_id": self.provider.id, "to_provider_id": successor.id, "reason": e.code,
+                        "message": e.message}  # fmt: skip
+            with self.journal.tx(turn.session_id, turn.id) as tx:
+                tx.emit("provider.fallback", data, turn.id)
+            self.provider, self.model = successor, successor.default_model
+
+    def _call_provider(self) -> tuple[str, LLMReply]:
+        """One streamed call of the current provider (self.provider, self.model)."""
+        turn, provider = self.turn, self.provider
+        adapter = ADAPTERS.get(provider.provider_type)
         if adapter is None:
-            raise ProviderError(f"provider type {turn.provider.provider_type} is not available", "PROVIDER_ERROR")
-        message_id = _uuid7()
+            raise ProviderError(f"provider type {provider.provider_type} is not available", "PROVIDER_ERROR")
+        message_id, plays = _uuid7(), provider
+        if provider.provider_type == "replay":  # the call is built as its source built the calls it recorded
+            plays = _provider_spec(self.m, provider.settings["source_provider_id"])
+            if plays is None:
+                raise ProviderError("the provider whose calls it replays is gone", "NO_CASSETTE")
         request = _llm_request(
-            turn.provider,
+            plays,
             self.store.secrets,
-            model=turn.model,
+            model=self.model if plays is provider else plays.default_model,
             system=turn.system,
             tools=[*(t.spec for t in turn.tools.values()), *turn.client.values()],
             temperature=turn.temperature,
         )
-        self._context(request, adapter)
+        self._context(request, adapter, plays.provider_type)
         self.store.release()  # no connection is held across a slow network call
 
         published, check, metrics = itertools.count(1), self.journal.check, self.store.obs.metrics
@@ -6866,12 +7043,13 @@ class _TurnRun:
         turn.output_tokens += reply.output_tokens
         return message_id, reply
 
-    def _context(self, request: LLMRequest, adapter: Any) -> None:
-        """The call's history within the model's window (SPEC 16): the session's summary and the
-        turns after it, compacted first while they do not fit; if a summary cannot be written,
-        the oldest turns are left out. CONTEXT_TOO_LARGE when this turn alone does not fit."""
+    def _context(self, request: LLMRequest, adapter: Any, kind: str) -> None:
+        """The call's history within the model's window (SPEC 16; `kind`: the provider type whose
+        window it is): the session's summary and the turns after it, compacted first while they
+        do not fit; if a summary cannot be written, the oldest turns are left out.
+        CONTEXT_TOO_LARGE when this turn alone does not fit."""
         turn = self.turn
-        window, room = _room(request, turn.provider.provider_type)
+        window, room = _room(request, kind)
         budget = _read_budget(self.config, window)
         history = _session_history(self.m, turn.session_id, budget)
         for _ in range(MAX_COMPACTIONS):
@@ -6950,8 +7128,24 @@ class _TurnRun:
             tx.emit("context.compacted", data, turn.id)
 
     def _model_call(self, adapter: Any, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
-        """The provider's streamed answer, counted and traced (a span `chat MODEL`)."""
-        obs, kind = self.store.obs, self.turn.provider.provider_type
+        """The provider's streamed answer, counted and traced (a span `chat MODEL`); stored as a
+        cassette when the provider records, found among its source's when it replays (SPEC 18)."""
+        obs, provider = self.store.obs, self.provider
+        kind, recording = provider.provider_type, provider.settings.get("record")
+        if kind == "replay" or recording:
+            request_hash, asked = _cassette_request(request)
+        if kind == "replay":
+            row = _sql_row(self.m, "cassette", provider.settings["source_provider_id"], request_hash)
+            self.store.release()
+            found = {"cassette": row and json.loads(row["answer"]), "speed": provider.settings.get("speed", 1.0)}
+            request = dataclasses.replace(request, settings={**request.settings, **found})
+        elif recording:
+            started, deltas, forward = time.monotonic(), [], on_text
+
+            def on_text(delta: str) -> None:
+                deltas.append([int((time.monotonic() - started) * 1000), delta])
+                forward(delta)
+
         with obs.span(f"chat {request.model}", self._call_attributes(request), "CLIENT") as span:
             try:
                 reply = self._stoppable(adapter.stream, request, on_text)
@@ -6966,6 +7160,16 @@ class _TurnRun:
             obs.metrics.inc("everruns_tokens_total", kind, "output", by=reply.output_tokens)
             if span is not None:
                 span.set_attributes(self._reply_attributes(reply))
+        if recording:
+            answer = {"deltas": deltas, "text": reply.text, "tool_calls": reply.tool_calls,
+                      "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens,
+                      "total_ms": int((time.monotonic() - started) * 1000)}  # fmt: skip
+            with self.store.write():  # neither key nor header is in it; a secret it says is blanked out
+                self.m.Cassette.insert(id=_uuid7(), provider_id=provider.id, request_hash=request_hash,
+                                       model=request.model, request=_redacted_value(asked, request.secrets),
+                                       answer=_redacted_value(answer, request.secrets),
+                                       created_at=_now_iso()).execute()  # fmt: skip
+            self.store.release()
         return reply
 
     def _call_attributes(self, request: LLMRequest) -> dict:
@@ -6974,7 +7178,7 @@ class _TurnRun:
         if self.store.obs.tracing is None:
             return {}
         content = self.store.obs.tracing.capture
-        return {"gen_ai.operation.name": "chat", "gen_ai.provider.name": self.turn.provider.provider_type,
+        return {"gen_ai.operation.name": "chat", "gen_ai.provider.name": self.provider.provider_type,
                 "gen_ai.request.model": request.model, "gen_ai.request.temperature": request.temperature,
                 "gen_ai.system_instructions": request.system if content else None,
                 "gen_ai.input.messages": _dumps(request.messages) if content else None}  # fmt: skip
@@ -6992,8 +7196,8 @@ class _TurnRun:
         turn, text = self.turn, reply.text
         content = ([{"type": "text", "text": text}] if text else []) + [{"type": "tool_call", **c} for c in calls]
         usage = {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens}
-        tx.add_message("assistant", content, turn.id, message_id=message_id, provider_id=turn.provider_id,
-                       model=turn.model, usage=None if incomplete else usage, latency_ms=reply.latency_ms,
+        tx.add_message("assistant", content, turn.id, message_id=message_id, provider_id=self.provider.id,
+                       model=self.model, usage=None if incomplete else usage, latency_ms=reply.latency_ms,
                        incomplete=incomplete)  # fmt: skip
 
     def _incomplete(self) -> tuple[str, LLMReply]:
@@ -7623,11 +7827,21 @@ def _check_provider(ctx: _Ctx, provider_id: str | None, loc: list) -> None:
         raise _invalid(loc, f"provider {provider_id} does not exist")
 
 
+def _check_providers(ctx: _Ctx, fields: Mapping[str, Any]) -> None:
+    """An agent's or a session's provider_id and fallback_provider_ids (each named once) name
+    providers that exist; 400 otherwise."""
+    _check_provider(ctx, fields.get("provider_id"), ["provider_id"])
+    for i, provider_id in enumerate(fallbacks := fields.get("fallback_provider_ids") or []):
+        if provider_id in fallbacks[:i]:
+            raise _invalid(["fallback_provider_ids", i], f"provider {provider_id} is named twice")
+        _check_provider(ctx, provider_id, ["fallback_provider_ids", i])
+
+
 def _patch(ctx: _Ctx, model: Any, id_: str, what: str, changes: dict[str, Any]) -> Any:
     """Apply a PATCH to an agent or a session (a named provider must exist); the updated row."""
     with ctx.store.write(id_ if model is ctx.store.m.Session else None):
         _get(model, id_, what)
-        _check_provider(ctx, changes.get("provider_id"), ["provider_id"])
+        _check_providers(ctx, changes)
         if changes:
             model.update(**changes, updated_at=_now_iso()).where(model.id == id_).execute()
     return model.get_by_id(id_)
@@ -7740,6 +7954,7 @@ def _make_default(m: _Models, provider_id: str) -> None:
 def _create_provider(ctx: _Ctx, req: _Request) -> BaseModel:
     body, m = req.body.root, ctx.store.m
     with ctx.store.write():
+        _check_source(ctx, body.provider_type, body.settings.model_dump())
         row = ctx.store.add_provider(
             body.name, body.provider_type, api_key=body.api_key, settings=body.settings.model_dump(),
             base_url=body.base_url, default_model=body.default_model,
@@ -7785,9 +8000,13 @@ def _update_provider(ctx: _Ctx, req: _Request, provider_id: str) -> BaseModel:
     with ctx.store.write():
         row = _get(m.Provider, provider_id, "provider")
         if "settings" in changes:
-            changes["settings"] = ctx.store.secrets.seal_settings(
-                _validated_settings(row.provider_type, req.body.settings)
-            )
+            settings = _validated_settings(row.provider_type, req.body.settings)
+            if headers := settings.get("extra_headers"):  # a value sent back as GET masks it: the stored one
+                stored = row.settings.get("extra_headers", {})
+                settings["extra_headers"] = {k: stored[k] if v == "[redacted]" and k in stored else v
+                                             for k, v in headers.items()}  # fmt: skip
+            _check_source(ctx, row.provider_type, settings, provider_id)
+            changes["settings"] = ctx.store.secrets.seal_settings(settings)
         if "api_key" in changes:
             changes["api_key"] = ctx.store.secrets.seal(changes["api_key"])
         make_default = changes.pop("is_default", None)
@@ -7820,6 +8039,15 @@ def _delete_provider(ctx: _Ctx, req: _Request, provider_id: str) -> None:
         )
         if in_use:
             raise _Conflict("the provider is used by agents or sessions")
+        named = pw.Value(f'%"{provider_id}"%', converter=False)  # in a JSON list of ids (no LIKE wildcard in an id)
+        if (
+            m.Agent.select().where(pw.Expression(m.Agent.fallback_provider_ids, pw.OP.ILIKE, named)).exists()
+            or m.Session.select().where(pw.Expression(m.Session.fallback_provider_ids, pw.OP.ILIKE, named)).exists()
+        ):
+            raise _Conflict("the provider is a fallback of agents or sessions (their fallback_provider_ids)")
+        replays = m.Provider.provider_type == "replay"
+        if m.Provider.select().where(replays, pw.Expression(m.Provider.settings, pw.OP.ILIKE, named)).exists():
+            raise _Conflict("a replay provider plays this provider's recorded calls (its source_provider_id)")
         row.delete_instance()
 
 
@@ -7838,6 +8066,34 @@ def _list_models(ctx: _Ctx, req: _Request, provider_id: str) -> BaseModel:
     names = ADAPTERS[provider.provider_type].models(_llm_request(provider, ctx.store.secrets))  # 502s
     page = _names_page(names, req.query)
     return ModelPage(**{**page, "data": [ModelInfo(id=n) for n in page["data"]]})
+
+
+def _check_source(ctx: _Ctx, provider_type: str, settings: dict, provider_id: str | None = None) -> None:
+    """A replay provider's source: another provider, of a type that can record; 400 otherwise."""
+    if provider_type != "replay":
+        return
+    source = ctx.store.m.Provider.get_or_none(ctx.store.m.Provider.id == settings["source_provider_id"])
+    if source is None or source.id == provider_id or source.provider_type in ("replay", "llmsim"):
+        raise _invalid(["settings", "source_provider_id"], "must name an OpenAI-compatible or Anthropic provider "
+                       "(one that can record: settings.record)")  # fmt: skip
+
+
+@_route("GET", "/v1/llm-providers/<provider_id>/cassettes", "List the model calls a provider recorded (oldest "
+        "first)", "llm-providers", response=CassettePage, query=ListQuery, errors=(404,))  # fmt: skip
+def _list_cassettes(ctx: _Ctx, req: _Request, provider_id: str) -> BaseModel:
+    m = ctx.store.m
+    _get(m.Provider, provider_id, "provider")
+    query = _paged_by_id(m.Cassette, m.Cassette.provider_id == provider_id, req.query, newest_first=False)
+    return CassettePage(**_page(query, req.query.limit, lambda r: r.id, functools.partial(_row_out, Cassette)))
+
+
+@_route("DELETE", "/v1/llm-providers/<provider_id>/cassettes", "Delete the model calls a provider recorded",
+        "llm-providers", status=204, errors=(404,))  # fmt: skip
+def _clear_cassettes(ctx: _Ctx, req: _Request, provider_id: str) -> None:
+    m = ctx.store.m
+    with ctx.store.write():
+        _get(m.Provider, provider_id, "provider")
+        m.Cassette.delete().where(m.Cassette.provider_id == provider_id).execute()
 
 
 # ---- agents -----------------------------------------------------------------
@@ -7886,7 +8142,7 @@ def _create_agent(ctx: _Ctx, req: _Request) -> BaseModel:
     fields["require_approval"] = _approvals(ctx, fields["require_approval"], fields["capabilities"])
     _check_client_tools(ctx, fields["client_tools"], fields["capabilities"])
     with ctx.store.write():
-        _check_provider(ctx, body.provider_id, ["provider_id"])
+        _check_providers(ctx, fields)
         row = m.Agent.create(id=_uuid7(), created_at=ts, updated_at=ts, **fields)
     return _agent_out(row)
 
@@ -7979,7 +8235,7 @@ def _new_session(ctx: _Ctx, agent_id: str, fields: dict, files: Iterable[dict] =
     _room_left(ctx)
     with ctx.store.write():
         agent = _get(m.Agent, agent_id, "agent")
-        _check_provider(ctx, fields.get("provider_id"), ["provider_id"])
+        _check_providers(ctx, fields)
         row = m.Session.create(id=_uuid7(), agent_id=agent_id, created_at=ts, updated_at=ts, **fields)
         fs = _Vfs(ctx.store, row.id)
         for file in [*agent.initial_files, *files]:  # a path given twice: the later one wins
@@ -10991,6 +11247,8 @@ _CONSOLE_HTML = r"""<!doctype html>
       <label>Provider <select id="agent-provider"></select></label>
       <label>Model <input id="agent-model" list="models" placeholder="the provider's default"></label>
       <datalist id="models"></datalist>
+      <fieldset><legend>Fallback providers, in order (when a call cannot reach the provider)</legend>
+        <div id="agent-fallbacks"></div></fieldset>
       <label>Tools that need approval
         <input id="agent-approval" placeholder="tool names, comma-separated; * for all"></label>
       <label>Client tools (JSON) <textarea id="agent-client-tools" rows="3" spellcheck="false"
@@ -11051,6 +11309,8 @@ _CONSOLE_HTML = r"""<!doctype html>
     <label>Base URL <input id="provider-url" placeholder="e.g. http://127.0.0.1:11434/v1 for Ollama"></label>
     <label>Default model <input id="provider-model"></label>
     <label>Provider key <input id="provider-key" type="password" autocomplete="off"></label>
+    <label id="provider-record-label"><input id="provider-record" type="checkbox"> Record its calls (to replay them
+      offline)</label>
     <div class="row">
       <button type="submit" id="provider-submit">Add provider</button>
       <button type="button" id="provider-new" hidden>New provider</button>
@@ -11226,6 +11486,11 @@ async function loadProviders() {
       $("models-view").textContent = `${p.name}: ${models.map((m) => m.id).join(", ") || "(none)"}`;
     }) }, "List models"),
     el("button", { type: "button", "aria-label": `Edit ${p.name}`, onclick: () => providerForm(p) }, "Edit"),
+    p.settings.record ? el("button", { type: "button", "aria-label": `Replay ${p.name}`, onclick: guard(async () => {
+      await api("POST", "/v1/llm-providers", { name: `${p.name} (replay)`, provider_type: "replay",
+        settings: { source_provider_id: p.id, speed: 1 } });
+      await loadProviders();
+    }) }, "Make a replay") : "",
     el("button", { type: "button", class: "danger", "aria-label": `Delete ${p.name}`, onclick: guard(async () => {
       if (!confirm(`Delete the provider ${p.name}?`)) return;
       await api("DELETE", `/v1/llm-providers/${p.id}`);
@@ -11264,14 +11529,24 @@ function providerForm(provider) {
   $("provider-submit").textContent = provider ? "Save" : "Add provider";
   $("provider-new").hidden = !provider;
   $("provider-type").disabled = Boolean(provider);
+  form.provider = provider;
+  recordable();
   if (!provider) return;
   $("provider-name").value = provider.name;
   $("provider-type").value = provider.provider_type;
   $("provider-url").value = provider.base_url || "";
   $("provider-model").value = provider.default_model || "";
   $("provider-key").placeholder = provider.api_key_set ? "(kept unless you type a new one)" : "";
+  $("provider-record").checked = Boolean(provider.settings.record);
+  recordable();
   $("provider-name").focus();
 }
+
+// Recording (SPEC 18) is a setting of the remote types only.
+function recordable() {
+  $("provider-record-label").hidden = !["openai", "anthropic"].includes($("provider-type").value);
+}
+$("provider-type").addEventListener("change", recordable);
 
 $("provider-new").addEventListener("click", () => providerForm(null));
 $("provider-form").addEventListener("submit", guard(async () => {
@@ -11281,6 +11556,11 @@ $("provider-form").addEventListener("submit", guard(async () => {
   if ($("provider-url").value || editing) body.base_url = $("provider-url").value || null;
   if ($("provider-model").value) body.default_model = $("provider-model").value;
   if ($("provider-key").value) body.api_key = $("provider-key").value;
+  const record = !$("provider-record-label").hidden && $("provider-record").checked;
+  const settings = editing ? $("provider-form").provider.settings : {};
+  if (!$("provider-record-label").hidden && record !== Boolean(settings.record)) {
+    body.settings = { ...settings, record };  // a masked header value keeps the stored one
+  }
   await api(editing ? "PATCH" : "POST", editing ? `/v1/llm-providers/${editing}` : "/v1/llm-providers", body);
   providerForm(null);
   await loadProviders();
@@ -11308,6 +11588,13 @@ async function agentForm(agent) {
   $("agent-approval").value = agent ? agent.require_approval.join(", ") : "";
   $("agent-client-tools").value = agent && agent.client_tools.length ? JSON.stringify(agent.client_tools, null, 2) : "";
   $("agent-iterations").value = agent ? agent.max_iterations : "";
+  const fallbacks = agent ? agent.fallback_provider_ids : [];
+  $("agent-fallbacks").replaceChildren(...Array.from({ length: Math.max(3, fallbacks.length) }, (_, i) => {
+    const pick = el("select", { "aria-label": `Fallback ${i + 1}` }, el("option", { value: "" }, "(none)"),
+      ...state.providers.map((p) => el("option", { value: p.id }, p.name)));
+    pick.value = fallbacks[i] || "";
+    return pick;
+  }));
   $("capabilities").replaceChildren(...state.capabilities.map((c) => el("label", { title: c.description },
     el("input", Object.assign({ type: "checkbox", value: c.id },
       agent && agent.capabilities.includes(c.id) ? { checked: "" } : {})), c.id)));
@@ -11331,7 +11618,9 @@ $("agent-form").addEventListener("submit", guard(async () => {
     capabilities: [...$("capabilities").querySelectorAll("input:checked")].map((box) => box.value),
     provider_id: $("agent-provider").value || null, model: $("agent-model").value || null,
     require_approval: $("agent-approval").value.split(",").map((name) => name.trim()).filter(Boolean),
-    client_tools: JSON.parse($("agent-client-tools").value.trim() || "[]") };
+    client_tools: JSON.parse($("agent-client-tools").value.trim() || "[]"),
+    fallback_provider_ids: [...new Set([...$("agent-fallbacks").querySelectorAll("select")].map((s) => s.value)
+      .filter(Boolean))] };
   if ($("agent-iterations").value) body.max_iterations = Number($("agent-iterations").value);
   const editing = $("agent-form").dataset.editing;
   const agent = editing ? await api("PATCH", `/v1/agents/${editing}`, body) : await api("POST", "/v1/agents", body);
@@ -11546,6 +11835,12 @@ async function trace(turnId, box) {
   const decided = {}, items = [];
   for (const e of events) if (e.type === "tool.approval_resolved") decided[e.data.tool_call_id] = e.data.approved;
   for (const e of events) {
+    if (e.type === "provider.fallback") {
+      const name = (id) => (state.providers.find((p) => p.id === id) || {}).name || id;
+      items.push(el("li", { class: "compaction" }, el("strong", {}, "Provider fallback"),
+        ` ${name(e.data.from_provider_id)} failed (${e.data.reason}: ${e.data.message}); ` +
+        `${name(e.data.to_provider_id)} took the call`));
+    }
     if (e.type === "context.compacted") {
       items.push(el("li", { class: "compaction" }, el("strong", {}, "Context compacted"),
         ` ${e.data.turn_ids.length} earlier turns summarised, about ${e.data.tokens_before} → ` +
@@ -12059,6 +12354,8 @@ class _Chat:
             self._decide(data["tool_call"])
         elif kind == "tool.result":
             self.say(f"← {'✗ ' if data['is_error'] else ''}{_shown(data['result'])}")
+        elif kind == "provider.fallback":
+            self.note(f"(the provider failed: {data['reason']}; its fallback {data['to_provider_id']} answers)")
         elif kind == "context.compacted":
             self.note(f"(the {len(data['turn_ids'])} earliest turns now sent as a summary)")
         elif kind == "session.completed":

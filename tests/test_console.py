@@ -5,7 +5,7 @@ import os
 import shutil
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = os.environ.get("EVERRUNS_SCREENSHOTS")  # a folder: save the README's screenshots there
@@ -509,4 +509,39 @@ def test_an_mcp_server_that_never_starts_leaves_the_page_usable(console, tmp_pat
     expect(servers).to_contain_text("tickets (http")
     servers.get_by_role("button", name="Remove tickets").click()
     expect(servers).not_to_contain_text("tickets")
+    ui.clean()
+
+
+def test_recording_a_replay_and_fallbacks_are_set_in_the_page(console):
+    from playwright.sync_api import expect
+
+    ui = console()
+    page = ui.open()
+    page.get_by_role("button", name="Providers").click()
+    page.get_by_label("Provider name").fill("Cloud")
+    page.get_by_label("Type").select_option("openai")
+    page.get_by_label("Base URL").fill(f"http://127.0.0.1:{free_port()}/v1")  # nothing listens: it fails
+    page.get_by_label("Record its calls").check()
+    page.get_by_role("button", name="Add provider").click()
+    providers = page.get_by_role("list", name="Providers")
+    providers.get_by_role("button", name="Replay Cloud").click()
+    expect(providers).to_contain_text("Cloud (replay) (replay, replay)")
+    stored = {p["name"]: p for p in ui.server.call("GET", "/v1/llm-providers")[2]["data"]}
+    assert stored["Cloud"]["settings"]["record"] is True
+    assert stored["Cloud (replay)"]["settings"] == {"source_provider_id": stored["Cloud"]["id"], "speed": 1.0}
+    page.get_by_role("button", name="Chat").click()
+    page.get_by_role("button", name="New agent").click()
+    page.get_by_label("Name", exact=True).fill("Offline first")
+    page.locator("#agent-provider").select_option(label="Cloud")
+    page.get_by_label("Fallback 1").select_option(label="Cloud (replay)")
+    page.get_by_label("Fallback 2").select_option(label="Built-in simulator")
+    page.get_by_role("button", name="Create").click()
+    page.get_by_role("button", name="New session").click()
+    agent = ui.server.call("GET", "/v1/agents")[2]["data"][0]
+    assert agent["fallback_provider_ids"] == [stored["Cloud (replay)"]["id"], stored["Built-in simulator"]["id"]]
+    page.get_by_label("Message", exact=True).fill("hello there")
+    page.get_by_role("button", name="Send").click()
+    expect(page.get_by_role("log")).to_contain_text("You said: hello there", timeout=15000)  # the last fallback
+    # picking Cloud asked for its models, which it cannot list (nothing listens): the browser logs that 502
+    ui.errors = [e for e in ui.errors if "502 (Bad Gateway)" not in e]
     ui.clean()

@@ -82,6 +82,8 @@ def test_real_responses_match_their_documented_schemas(client, api, doc):
     call("PATCH", "/v1/llm-providers/{provider_id}", f"/v1/llm-providers/{pid}", params={"name": "q"})
     simulator = api.default_provider()["id"]
     call("GET", "/v1/llm-providers/{provider_id}/models", f"/v1/llm-providers/{simulator}/models")
+    call("GET", "/v1/llm-providers/{provider_id}/cassettes", f"/v1/llm-providers/{pid}/cassettes")
+    call("DELETE", "/v1/llm-providers/{provider_id}/cassettes", f"/v1/llm-providers/{pid}/cassettes")
     agent = call("POST", "/v1/agents", "/v1/agents", params={"name": "a", "capabilities": ["test_math"]}).json
     aid = agent["id"]
     call("POST", "/v1/agents", "/v1/agents", params={"name": ""})
@@ -291,7 +293,8 @@ def test_a_generated_client_round_trips_a_remote_provider_and_lists_events(tmp_p
         again = get_provider.sync(client=client, provider_id=created.id)
         assert isinstance(again, OpenAIProvider)
         assert again.settings.to_dict() == {"timeout_s": 30, "max_call_s": 1800, "max_tokens": 100,
-                                            "extra_headers": {"X-Team": "blue"}, "context_window": None}  # fmt: skip
+                                            "extra_headers": {"X-Team": "blue"}, "context_window": None,
+                                            "record": False}  # fmt: skip
         agent = server.call("POST", "/v1/agents", {"name": "a"})[2]
         sid = server.call("POST", f"/v1/agents/{agent['id']}/sessions", {})[2]["id"]
         server.call("POST", f"/v1/sessions/{sid}/messages", {"content": "hi"})

@@ -21,7 +21,7 @@ def test_create_get_patch_delete(api, client):
     created = api.provider(name="Local Ollama", base_url="http://127.0.0.1:11434/v1", default_model="llama3")
     assert created["api_key_set"] is False and created["is_default"] is False
     assert created["settings"] == {"timeout_s": 60, "max_call_s": 1800, "max_tokens": 4096, "extra_headers": {},
-                                   "context_window": None}  # fmt: skip
+                                   "context_window": None, "record": False}  # fmt: skip
     assert client.get(f"/v1/llm-providers/{created['id']}").json == created
     patched = client.patch_json(f"/v1/llm-providers/{created['id']}", {"default_model": "qwen3"}).json
     assert patched["default_model"] == "qwen3" and patched["name"] == "Local Ollama"

@@ -1,8 +1,8 @@
 """Property-based fuzzing of the live server from its own OpenAPI document.
 
 A fixed seed and a bounded number of examples keep the runs repeatable and
-short. Operations whose body may name a provider accept a 400 for schema-valid
-data: a random provider id is well-formed but does not exist (SPEC: 400), and
+short. Operations whose body may name a provider (a replay provider's source
+too) accept a 400 for schema-valid data: a random provider id is well-formed but does not exist (SPEC: 400), and
 provider settings depend on the provider's type, which the path does not show;
 a file path may climb out of the root with "..", which no pattern can rule out
 (a starter file's of /api/v1 too, where a capability ref or a client tool's name
@@ -30,7 +30,7 @@ checks.negative_data_rejection.expected-statuses = ["400", "401", "403", "404", 
 
 [[operations]]
 include-operation-id = ["create_agent", "update_agent", "create_session", "update_session",
-                        "post_message", "update_provider", "fs_get", "fs_put", "fs_delete",
+                        "post_message", "create_provider", "update_provider", "fs_get", "fs_put", "fs_delete",
                         "decide_tool_call", "post_tool_result", "create_mcp_server", "update_mcp_server",
                         "sdk_create_message", "sdk_tool_results", "channel_create_session", "channel_message",
                         "channel_approvals"]

@@ -96,7 +96,7 @@ def test_a_version_1_database_is_migrated_in_place(db_path):
     client.post_json(f"/v1/sessions/{session['id']}/messages", {"content": "and a turn"}, status=201)
     assert finish(client, session["id"])[-1]["data"]["status"] == "completed"  # on every column a turn writes
     app.close()
-    assert sqlite3.connect(db_path).execute("PRAGMA user_version").fetchone()[0] == everruns.SCHEMA_VERSION == 11
+    assert sqlite3.connect(db_path).execute("PRAGMA user_version").fetchone()[0] == everruns.SCHEMA_VERSION == 13
 
 
 def test_health_names_the_backend(client, backend):
