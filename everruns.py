@@ -28,7 +28,8 @@ defined above it. Each starts with a banner ``# N. Name`` between two rules
                      the app's hooks (_Hooks: @app.on)
   9. Providers       the adapter interface; ---- HTTP for the remote providers
                      (every read bounded: _Clock); OpenAI; Anthropic; ---- the
-                     built-in simulator; ADAPTERS
+                     built-in simulator; ---- record and replay (cassettes, the
+                     replay type); ADAPTERS
  10. Capabilities    _Tool and _Capability; the built-in tools; ---- the session
                      file system; ---- web fetch; CAPABILITIES filled; ---- Python
                      functions as tools (app.tool, everruns.tool: an app's own)
@@ -37,7 +38,8 @@ defined above it. Each starts with a banner ``# N. Name`` between two rules
  12. Turn engine     the states of a turn and a session, and the signals (two
                      tables); running a tool; the transcript; _Scheduler (which
                      turn runs next, cancel, recovery); ---- context windows and
-                     compaction (_History, the summary); _TurnRun (one turn's work)
+                     compaction (_History, the summary); _TurnRun (one turn's work:
+                     its model calls fall back to the next provider, record and replay)
  13. HTTP layer      the guard (host, CORS, cross-site writes), auth, the routes
                      (@_route into _ROUTES), parsing; handlers by resource: ----
                      health and metrics, LLM providers, agents, sessions (their
@@ -3454,6 +3456,8 @@ _SQL = {
     " ORDER BY turn_id DESC, role != 'user' DESC, id DESC",
     "summary": "SELECT text, through, tokens FROM summary WHERE session_id = ? ORDER BY id DESC LIMIT 1",
     "cassette": "SELECT answer FROM cassette WHERE provider_id = ? AND request_hash = ? ORDER BY id LIMIT 1",
+    "insert_cassette": "INSERT INTO cassette (id, provider_id, request_hash, model, request, answer, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)",
     "insert_turn": "INSERT INTO turn (id, session_id, status, provider_id, model, started_at, owner, trace_id,"
     f" span_id) VALUES (?, ?, '{TURN_RUNNING}', ?, ?, ?, ?, ?, ?)",
     "turn_owned_seq": f"SELECT EXISTS (SELECT 1 FROM turn WHERE id = ? AND status = '{TURN_RUNNING}' AND owner = ?),"
@@ -4658,13 +4662,20 @@ class _Llmsim(_Adapter):
 # hands to the adapter in its settings ("cassette", "speed").
 
 
-def _cassette_request(request: LLMRequest) -> tuple[str, dict]:
-    """(its hash, the request as a cassette keeps it): what the model is asked, without the
-    key, the headers, the settings or the model's name (a replay provider has its own)."""
+def _cassette_request(request: LLMRequest) -> tuple[str, str]:
+    """(its hash, the request as a cassette keeps it, JSON text): what the model is asked, without
+    the key, the headers, the settings or the model's name (a replay provider has its own)."""
     asked = {"system": request.system, "summary": request.summary, "messages": request.messages,
              "tools": [tool.model_dump() for tool in request.tools], "temperature": request.temperature}  # fmt: skip
     text = json.dumps(asked, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest(), asked
+    return hashlib.sha256(text.encode()).hexdigest(), text
+
+
+def _blanked(text: str, secrets: tuple[str, ...]) -> str:
+    """A cassette's text with the secrets blanked out (_redact) where one may be in it: a call's
+    history is long, and a look for each secret's start costs far less than the pattern."""
+    lowered = text.lower()
+    return _redact(text, *secrets) if any(s[:8].lower() in lowered for s in secrets) else text
 
 
 class _Replay(_Adapter):
@@ -6872,6 +6883,7 @@ class _TurnRun:
         self.m, self.capabilities = scheduler.m, scheduler.capabilities
         self.streaming: list | None = None  # the model call under way: [message_id, pieces, started, first_token_ms]
         self.provider, self.model = turn.provider, turn.model  # the model call's: a fallback's after a failure
+        self.tapes: list[tuple] = []  # recorded calls, stored with the next write of what they answered
 
     def run(self) -> None:
         """Run the turn to its end (or its pause), whatever happens."""
@@ -6991,6 +7003,7 @@ class _TurnRun:
                     successor = _provider_spec(self.m, fallbacks.pop(0))  # None: deleted meanwhile
                 if successor is None:
                     raise
+                self.streaming = None  # nothing of the failed call is kept (a cancel from here on stores none)
                 _log.warning("turn %s: provider %s failed (%s: %s); its fallback %s takes the call", turn.id,
                              self.provider.id, e.code, e.message, successor.id)  # fmt: skip
                 data = {"from_provider_id": self.provider.id, "to_provider_id": successor.id, "reason": e.code,
@@ -7126,6 +7139,13 @@ class _TurnRun:
                                 turn_ids=covered, text=compacted.summary, tokens=compacted.summary_tokens,
                                 created_at=_now_iso()).execute()  # fmt: skip
             tx.emit("context.compacted", data, turn.id)
+            self._store_tapes(tx)
+
+    def _store_tapes(self, tx: _Tx) -> None:
+        """The calls recorded since the last write (SPEC 18), in this one."""
+        for tape in self.tapes:
+            _sql(tx.m, "insert_cassette", *tape)
+        self.tapes.clear()
 
     def _model_call(self, adapter: Any, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
         """The provider's streamed answer, counted and traced (a span `chat MODEL`); stored as a
@@ -7160,16 +7180,12 @@ class _TurnRun:
             obs.metrics.inc("everruns_tokens_total", kind, "output", by=reply.output_tokens)
             if span is not None:
                 span.set_attributes(self._reply_attributes(reply))
-        if recording:
-            answer = {"deltas": deltas, "text": reply.text, "tool_calls": reply.tool_calls,
-                      "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens,
-                      "total_ms": int((time.monotonic() - started) * 1000)}  # fmt: skip
-            with self.store.write():  # neither key nor header is in it; a secret it says is blanked out
-                self.m.Cassette.insert(id=_uuid7(), provider_id=provider.id, request_hash=request_hash,
-                                       model=request.model, request=_redacted_value(asked, request.secrets),
-                                       answer=_redacted_value(answer, request.secrets),
-                                       created_at=_now_iso()).execute()  # fmt: skip
-            self.store.release()
+        if recording:  # stored with what it answered: neither key nor header is in it, a secret it says is blanked
+            answer = _dumps({"deltas": deltas, "text": reply.text, "tool_calls": reply.tool_calls,
+                             "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens,
+                             "total_ms": int((time.monotonic() - started) * 1000)})  # fmt: skip
+            asked, answer = _blanked(asked, request.secrets), _blanked(answer, request.secrets)
+            self.tapes.append((_uuid7(), provider.id, request_hash, request.model, asked, answer, _now_iso()))
         return reply
 
     def _call_attributes(self, request: LLMRequest) -> dict:
@@ -7199,6 +7215,7 @@ class _TurnRun:
         tx.add_message("assistant", content, turn.id, message_id=message_id, provider_id=self.provider.id,
                        model=self.model, usage=None if incomplete else usage, latency_ms=reply.latency_ms,
                        incomplete=incomplete)  # fmt: skip
+        self._store_tapes(tx)
 
     def _incomplete(self) -> tuple[str, LLMReply]:
         """The answer a cancel cut short: its text as far as it streamed."""

@@ -20,6 +20,7 @@ one table; run it from the repository root:
     python bench/bench.py --quick              # shorter runs, fewer streams
     python bench/bench.py --scenario sim --sync full
     python bench/bench.py --server-arg=--foo --server-arg=bar   # extra server options
+    python bench/bench.py --scenario openai --record   # the upstream's provider records (cassettes)
     python bench/bench.py --postgres postgresql://postgres@127.0.0.1:5432/postgres  # on PostgreSQL
     python bench/bench.py --postgres URL --processes 1,2,4    # several processes on one database
     python bench/bench.py --memory --python python3.10 --python python3.11   # idle RSS, base install
@@ -338,7 +339,7 @@ def own_cpu():
     return usage.ru_utime + usage.ru_stime
 
 
-def run(scenario, sync, upstream, quick, extra_args, profile=False, postgres=None):
+def run(scenario, sync, upstream, quick, extra_args, profile=False, postgres=None, record=False):
     """One column of the table: {row name: text}."""
     label, pause, each = SCENARIOS[scenario]
     heavy = pause  # a paused upstream makes each turn ~100 ms: fewer sequential turns
@@ -355,7 +356,7 @@ def run(scenario, sync, upstream, quick, extra_args, profile=False, postgres=Non
         if pause is not None:
             provider = client.call("POST", "/v1/llm-providers", {
                 "name": "bench upstream", "provider_type": "openai", "base_url": upstream.base_url(pause),
-                "api_key": "bench-key", "default_model": "bench-model"})  # fmt: skip
+                "api_key": "bench-key", "default_model": "bench-model", "settings": {"record": record}})  # fmt: skip
             agent["provider_id"] = provider["id"]
         agent_id = client.call("POST", "/v1/agents", agent)["id"]
         latency(server.url, agent_id, 5)  # warm-up
@@ -599,6 +600,8 @@ def main():
         metavar="N,N,...",
         help="with --postgres: turns/s with this many server processes on one database (e.g. 1,2,4)",
     )
+    parser.add_argument("--record", action="store_true", help="the upstream's provider records every call "
+                        "(settings.record: a cassette per model call)")  # fmt: skip
     parser.add_argument("--memory", action="store_true", help="instead: idle RSS of a base install (see above)")
     parser.add_argument("--python", action="append", help="with --memory: an interpreter to measure (repeatable)")
     args = parser.parse_args()
@@ -621,7 +624,7 @@ def main():
         args.server_arg += ["--otlp-endpoint", f"http://127.0.0.1:{upstream.port}"]
     try:
         syncs = args.sync or (["full"] if args.postgres else ["full", "normal"])  # --sync is SQLite's
-        columns = [run(scenario, sync, upstream, args.quick, args.server_arg, args.profile, args.postgres)
+        columns = [run(scenario, sync, upstream, args.quick, args.server_arg, args.profile, args.postgres, args.record)
                    for sync in syncs
                    for scenario in args.scenario or list(SCENARIOS)]  # fmt: skip
     finally:
