@@ -59,7 +59,7 @@ defined above it. Each starts with a banner ``# N. Name`` between two rules
                      server (deadlines, strict framing, a connection cap), serve;
                      ---- systemd (readiness, the watchdog)
  18. Console         the web page: its HTML, CSS and JavaScript, a route each
- 19. CLI             main(): `serve` (the default) and `chat`
+ 19. CLI             main(): `serve` (the default), `chat` and `backup` (SQLite's online backup)
 
 THE REGISTRIES: plain tables; a new thing is one entry.
 
@@ -12049,8 +12049,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="everruns",
         description="Everruns: a headless runtime for AI agents (REST API + live events).",
-        epilog="Subcommands: `everruns serve` (the default: these options) and `everruns chat [AGENT]` "
-        "(a terminal chat with an agent; see `everruns chat --help`).",
+        epilog="Subcommands: `everruns serve` (the default: these options), `everruns chat [AGENT]` "
+        "(a terminal chat with an agent; see `everruns chat --help`) and `everruns backup DEST` (a copy of "
+        "the SQLite database, even while a server runs on it; see `everruns backup --help`).",
     )
     parser.add_argument("--version", action="version", version=f"everruns {__version__}")
     for s in SETTINGS:
@@ -12437,11 +12438,125 @@ def _chat(argv: list[str]) -> int:
             stop()
 
 
+# ---- backup (SPEC 18): a consistent copy of a SQLite database, while a server runs on it ------
+# SQLite's online backup, a step at a time. A backup that another connection writes under
+# starts again at its next step (with 20 sessions talking it may never end): the copy is read
+# in one read transaction instead, which in WAL mode sees the database as it was when it began
+# and holds up no writer. The source is opened read-only and its `-lock` is left alone (it is
+# the running server's); the copy is written beside DEST, checked, synced, then renamed.
+
+BACKUP_STEP_PAGES = 256  # pages copied per step (1 MiB of 4 KiB pages)
+BACKUP_PAUSE_S = 0.002  # between steps: the disk is shared with the server
+
+
+class _BackupError(Exception):
+    """The backup cannot be made: one line, and the exit status (2: refused as asked)."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _db_setting() -> Setting:
+    return next(s for s in SETTINGS if s.name == "db")
+
+
+def _backup_parser() -> argparse.ArgumentParser:
+    db = _db_setting()
+    parser = _Parser(prog="everruns backup", description="Copy the SQLite database to DEST, consistently, even "
+                     "while a server runs on it (SQLite's online backup). A server started on the copy has "
+                     "everything (keys at rest need the same --secret-key).")  # fmt: skip
+    parser.add_argument("dest", metavar="DEST", help="The copy to write: a new file (an existing one is refused).")
+    parser.add_argument("--db", help=f"The database, found as `everruns` finds it (env: {db.env}; default: "
+                        f"{db.default}).")  # fmt: skip
+    return parser
+
+
+def _backup_checked(db: str, dest: str) -> None:
+    """Refuse, in one line, a backup that cannot be made as asked."""
+    if _is_postgres(db):
+        raise _BackupError(f"{_shown_db(db)} is a PostgreSQL database: back it up with pg_dump")
+    if "://" in db:  # (not echoed: a URL may hold a password)
+        raise _BackupError(f"--db: {db.split('://', 1)[0]}:// is not a SQLite file")
+    if db == ":memory:" or not os.path.isfile(db):
+        raise _BackupError(f"the database {db} does not exist (give --db, or {_db_setting().env})")
+    if os.path.lexists(dest) or os.path.lexists(dest + "-wal"):
+        raise _BackupError(f"{dest} exists: give a new file (a backup never overwrites one)")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(dest))):
+        raise _BackupError(f"the folder of {dest} does not exist")
+
+
+def _backup_copy(db: str, path: str) -> int:
+    """Copy the database into the new file at `path` (see above); the copy's schema version."""
+    import sqlite3
+    from urllib.parse import quote
+
+    source = sqlite3.connect(f"file:{quote(os.path.abspath(db))}?mode=ro", uri=True, isolation_level=None)
+    copy = sqlite3.connect(path, isolation_level=None)
+    try:
+        source.execute("PRAGMA busy_timeout = 5000")
+        source.execute("BEGIN")
+        source.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # the snapshot is taken here
+        source.backup(copy, pages=BACKUP_STEP_PAGES, progress=lambda *_: time.sleep(BACKUP_PAUSE_S))
+        source.execute("ROLLBACK")
+        check = copy.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise _BackupError(f"the copy does not pass SQLite's check ({check})", 1)
+        return copy.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        copy.close()
+        source.close()
+
+
+def _backup(argv: list[str]) -> int:
+    """`everruns backup DEST [--db PATH]`: see _backup_parser."""
+    import sqlite3
+    import tempfile
+
+    args = _backup_parser().parse_args(argv)
+    setting = _db_setting()
+    db, dest = args.db or os.environ.get(setting.env) or setting.default, args.dest
+    folder, path = os.path.dirname(os.path.abspath(dest)), None
+    try:
+        _backup_checked(db, dest)
+        fd, path = tempfile.mkstemp(prefix=f".{os.path.basename(dest)}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        version = _backup_copy(db, path)
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(path, dest)
+        path = None
+        directory = os.open(folder, os.O_RDONLY)  # the rename, durable too
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except _BackupError as e:
+        print(f"everruns backup: {e}", file=sys.stderr)
+        return e.status
+    except sqlite3.Error as e:
+        print(f"everruns backup: {db} cannot be copied: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"everruns backup: {e.filename or dest}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    finally:
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+    size = os.path.getsize(dest)
+    print(f"everruns backup: {db} copied to {dest} ({size / 1_048_576:.1f} MB, schema version {version})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the server (``serve``, the default) or the terminal chat (``chat``); ``--help`` lists the options."""
+    """Run the server (``serve``, the default), the terminal chat (``chat``) or a backup (``backup``);
+    ``--help`` lists the options."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["chat"]:
         return _chat(argv[1:])
+    if argv[:1] == ["backup"]:
+        return _backup(argv[1:])
     args = _parser().parse_args(argv[1:] if argv[:1] == ["serve"] else argv)
     try:
         config = _resolve_settings(args, os.environ)

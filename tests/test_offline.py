@@ -1,16 +1,111 @@
-"""Offline first (SPEC 18), the file is the deployment: a session goes out as JSON Lines
-(GET .../export) and comes back as a new session (POST /v1/agents/{id}/sessions/import)."""
+"""Offline first (SPEC 18), the file is the deployment: `everruns backup` copies a SQLite database
+while a server runs on it; a session goes out as JSON Lines (GET .../export) and comes back as a
+new session (POST /v1/agents/{id}/sessions/import)."""
 
 import json
+import sqlite3
+import subprocess
+import sys
 
 import gevent
 import pytest
 import webtest
-from conftest import SSEStream, error_of, finish, wait_until
+from conftest import ROOT, SSEStream, error_of, finish, wait_until
 
 import everruns
 
 JSONL = {"Content-Type": "application/x-ndjson"}
+
+
+def backup(*args, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "everruns.py"), "backup", *args], capture_output=True,
+                          text=True, timeout=120, env=env)  # fmt: skip
+
+
+def every(call, path):
+    """Every item of a listing of a real server, following its pages."""
+    items, after = [], ""
+    while True:
+        status, _, page = call("GET", f"{path}{'&' if '?' in path else '?'}limit=100{after}")
+        assert status == 200, page
+        items += page["data"]
+        if not page["has_more"]:
+            return items
+        after = f"&after={page['next_after']}"
+
+
+# ---- backup ---------------------------------------------------------------------
+
+
+@pytest.mark.sqlite
+def test_a_backup_taken_while_20_sessions_talk_has_every_acknowledged_message(start_server, tmp_path, backend):
+    server = start_server(str(tmp_path / "live.db"))
+    slow = server.call("POST", "/v1/llm-providers", {"name": "slow", "provider_type": "llmsim",
+                                                     "settings": {"token_delay_ms": 20}})[2]  # fmt: skip
+    agent = server.call("POST", "/v1/agents", {"name": "a", "provider_id": slow["id"]})[2]["id"]
+    filler = server.call("POST", f"/v1/agents/{agent}/sessions", {})[2]["id"]  # pages enough for several steps
+    for i in range(8):
+        assert server.call("POST", f"/v1/sessions/{filler}/messages", {"content": f"{i} " + "x" * 600_000})[0] == 201
+    server.call("GET", f"/v1/sessions/{filler}/events?until=completed", timeout=60)
+    sessions = [server.call("POST", f"/v1/agents/{agent}/sessions", {})[2]["id"] for _ in range(20)]
+    acked, stop = [], gevent.event.Event()
+
+    def talk(session_id):
+        while not stop.is_set():
+            status, _, message = server.call("POST", f"/v1/sessions/{session_id}/messages", {"content": "a b c d e"})
+            assert status == 201
+            acked.append(message["id"])
+            server.call("GET", f"/v1/sessions/{session_id}/events?until=completed", timeout=60)
+
+    talkers = [gevent.spawn(talk, session_id) for session_id in sessions]
+    wait_until(lambda: len(acked) >= 60, timeout=60, what="three turns a session")  # the newest: in the WAL
+    before = list(acked)
+    done = backup(str(tmp_path / "copy.db"), "--db", str(tmp_path / "live.db"))
+    stop.set()
+    gevent.joinall(talkers, timeout=60, raise_error=True)
+    assert done.returncode == 0, done.stderr
+    assert "copy.db" in done.stdout and f"schema version {everruns.SCHEMA_VERSION}" in done.stdout
+    assert len(before) >= 20 and len(acked) > len(before)  # the talk went on while the copy was made
+    with sqlite3.connect(tmp_path / "copy.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+    copy = start_server(str(tmp_path / "copy.db"))  # another port: the first one still runs
+    stored = set()
+    for session_id in [filler, *sessions]:
+        copy.call("GET", f"/v1/sessions/{session_id}/events?until=completed", timeout=60)  # its owed turns run
+        stored |= {m["id"] for m in every(copy.call, f"/v1/sessions/{session_id}/messages")}
+        seqs = [e["seq"] for e in every(copy.call, f"/v1/sessions/{session_id}/events?format=json")]
+        assert seqs == list(range(1, len(seqs) + 1))
+    assert set(before) <= stored
+
+
+def test_backup_refuses_in_one_line_what_it_cannot_do(tmp_path):
+    source = tmp_path / "source.db"
+    everruns.create_app(str(source), env={}).close()
+    (tmp_path / "taken.db").write_text("mine")
+    password = "s3cr3t-pa55"
+    refusals = {
+        "exists": backup(str(tmp_path / "taken.db"), "--db", str(source)),
+        "does not exist": backup(str(tmp_path / "x.db"), "--db", str(tmp_path / "missing.db")),
+        "folder": backup(str(tmp_path / "nowhere" / "x.db"), "--db", str(source)),
+        "pg_dump": backup(str(tmp_path / "x.db"), "--db", f"postgresql://me:{password}@127.0.0.1:1/db"),
+    }
+    for words, done in refusals.items():
+        assert done.returncode == 2, done
+        assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "Traceback" not in done.stderr and password not in done.stderr + done.stdout
+    assert (tmp_path / "taken.db").read_text() == "mine" and not (tmp_path / "x.db").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_backup_finds_the_database_as_the_server_does(tmp_path):
+    everruns.create_app(str(tmp_path / "from-env.db"), env={}).close()
+    env = {"PATH": "/usr/bin:/bin", "EVERRUNS_DB": str(tmp_path / "from-env.db")}
+    done = backup(str(tmp_path / "copy.db"), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "from-env.db" in done.stdout
+    with sqlite3.connect(tmp_path / "copy.db") as conn:
+        assert conn.execute("SELECT name FROM provider").fetchall() == [("Built-in simulator",)]
 
 
 # ---- export and import --------------------------------------------------------------
