@@ -44,7 +44,8 @@ defined above it. Each starts with a banner ``# N. Name`` between two rules
                      (@_route into _ROUTES), parsing; handlers by resource: ----
                      health and metrics, LLM providers, agents, sessions (their
                      context), messages, events
-                     (SSE: one stream, _stream, two renderers), session files,
+                     (SSE: one stream, _stream, two renderers), export and import (a
+                     session as JSON Lines), session files,
                      capabilities, MCP servers (and before them ---- helpers
                      shared by handlers: _get, _patch, _changes; ---- retention
                      and --max-db-mb, after the sessions' handlers); ---- the
@@ -60,7 +61,7 @@ defined above it. Each starts with a banner ``# N. Name`` between two rules
                      server (deadlines, strict framing, a connection cap), serve;
                      ---- systemd (readiness, the watchdog)
  18. Console         the web page: its HTML, CSS and JavaScript, a route each
- 19. CLI             main(): `serve` (the default) and `chat`
+ 19. CLI             main(): `serve` (the default), `chat` and `backup` (SQLite's online backup)
 
 THE REGISTRIES: plain tables; a new thing is one entry.
 
@@ -3306,6 +3307,21 @@ class _Store:
         if not self.memory and self._writing is not gevent.getcurrent() and not self.db.is_closed():
             self.db.close()
 
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads that all see the database as it was at the first of them (one read transaction
+        on this greenlet's connection), for a reader that reads in pages while turns write.
+        Not for :memory:, whose one connection every greenlet shares: its reads are as they come."""
+        if self.memory:
+            yield
+            return
+        self.db.execute_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" if self.postgres else "BEGIN")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(pw.DatabaseError):
+                self.db.execute_sql("ROLLBACK")
+
     def migrate(self) -> int:
         """Bring the schema to SCHEMA_VERSION in place; returns the version found."""
         with self.write():
@@ -3539,10 +3555,11 @@ def _last_seq(m: _Models, session_id: str) -> int:
 
 
 def _append_event(
-    m: _Models, session_id: str, seq: int, type_: str, data: dict, turn_id: str | None
+    m: _Models, session_id: str, seq: int, type_: str, data: dict, turn_id: str | None, ts: str | None = None
 ) -> tuple[dict, str]:
-    """Store one event (call inside a write); the event, and the event as JSON text."""
-    event = {"id": _uuid7(), "seq": seq, "type": type_, "session_id": session_id, "turn_id": turn_id, "ts": _now_iso()}
+    """Store one event (call inside a write; `ts`: now unless given); the event, and the event as JSON text."""
+    event = {"id": _uuid7(), "seq": seq, "type": type_, "session_id": session_id, "turn_id": turn_id,
+             "ts": ts or _now_iso()}  # fmt: skip
     data_text = _dumps(data)
     _sql(m, "insert_event", event["id"], session_id, seq, type_, turn_id, event["ts"], data_text)
     return {**event, "data": data}, _event_text(event, data_text)
@@ -3576,14 +3593,15 @@ def _stored_events(m: _Models, session_id: str, after: int) -> Iterator[tuple[in
 
 
 def _insert_message(m: _Models, session_id: str, seq: int, role: str, content: list, turn_id: str | None = None,
-                    controls: dict | None = None, message_id: str | None = None, **cost: Any) -> dict:  # fmt: skip
-    """Store a message (`seq`: its message.created event's); its public form (as in that event).
-    An assistant message's `cost`: provider_id, model, usage, latency_ms, incomplete."""
+                    controls: dict | None = None, message_id: str | None = None, created_at: str | None = None,
+                    **cost: Any) -> dict:  # fmt: skip
+    """Store a message (`seq`: its message.created event's; `created_at`: now unless given); its public
+    form (as in that event). An assistant message's `cost`: provider_id, model, usage, latency_ms, incomplete."""
     message = {"id": message_id or _uuid7(), "session_id": session_id, "role": role, "content": content,
                "turn_id": turn_id}  # fmt: skip
     if role == "assistant":
         message.update({name: cost.get(name) for name in ASSISTANT_ONLY}, incomplete=bool(cost.get("incomplete")))
-    message["created_at"] = _now_iso()
+    message["created_at"] = created_at or _now_iso()
     controls_json = None if controls is None else _dumps(controls)
     usage, latency = message.get("usage"), message.get("latency_ms")
     _sql(m, "insert_message", message["id"], session_id, role, _dumps(content), turn_id, controls_json,
@@ -3865,6 +3883,7 @@ class _Tx:
         self.m, self.session_id, self.last_seq, self.events = m, session_id, last_seq, []
         self.after: list[Callable[[], None]] = []  # run once committed, after publishing
         self.check = check  # with --check-events: each event's data against its model
+        self.copied = False  # its events are an imported session's: its turns did not end in this process
 
     def add_message(self, role: str, content: list, turn_id: str | None = None, **fields: Any) -> dict:
         """Store a message and its message.created event; the message (it keeps that event's seq)."""
@@ -3874,8 +3893,8 @@ class _Tx:
         self.emit("message.created", {"message": message}, turn_id)
         return message
 
-    def emit(self, type_: str, data: dict, turn_id: str | None = None) -> dict:
-        """Store an event of a type of EVENTS (KeyError for another); the event."""
+    def emit(self, type_: str, data: dict, turn_id: str | None = None, ts: str | None = None) -> dict:
+        """Store an event of a type of EVENTS (KeyError for another; `ts`: now unless given); the event."""
         if type_ not in EVENTS:
             raise KeyError(f"{type_!r} is not an event type of EVENTS")
         if self.check is not None:
@@ -3883,7 +3902,7 @@ class _Tx:
         if self.last_seq is None:
             self.last_seq = _last_seq(self.m, self.session_id)
         self.last_seq += 1
-        event, text = _append_event(self.m, self.session_id, self.last_seq, type_, data, turn_id)
+        event, text = _append_event(self.m, self.session_id, self.last_seq, type_, data, turn_id, ts)
         self.events.append((event, text))
         return event
 
@@ -4027,7 +4046,7 @@ class _Journal:
         session_id = tx.session_id
         for event, text in tx.events:
             self.bus.publish(session_id, event["seq"], event["type"], text)
-            if event["type"] == "session.completed":
+            if event["type"] == "session.completed" and not tx.copied:
                 self.store.obs.turn_ended(event["data"])
         if self.hooks.by_type and tx.events:
             self.hooks.offer(session_id, tx.events)
@@ -7368,6 +7387,7 @@ class _Route:
     in_schema: bool = True
     read_body: bool = True  # False: the body is never read (what the route answers does not depend on it)
     text: str | None = None  # a raw route's media type when it answers text (GET /metrics), for the document
+    media: tuple[str, ...] = ()  # a body that is not JSON (JSON Lines): its media types; the handler gets its bytes
 
 
 _ROUTES: list[_Route] = []
@@ -7491,6 +7511,10 @@ def _parse_body(environ: dict, spec: _Route, deadline: float, context: dict) -> 
     ctype = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
     if spec.method not in STATE_CHANGING or not spec.read_body:
         return None
+    if spec.media:  # a body of another kind: its bytes (within the size limit), for the handler to read
+        if ctype not in spec.media:
+            raise _UnsupportedMediaType(f"the request body must be {' or '.join(spec.media)}")
+        return _read_body(environ, deadline)
     if ctype in FORM_TYPES:  # even without a body: a cross-site form post must fail
         raise _UnsupportedMediaType("the request body must be application/json")
     if spec.method == "DELETE":
@@ -8472,6 +8496,7 @@ def _has_tool_call(m: _Models, session_id: str, tool_call_id: str) -> bool:
 # and a page after that message also has what was written since. Nothing is missed,
 # nothing comes twice.
 CONVERSATION_ORDER = "COALESCE(turn_id, '~'), role != 'user', id"
+LATER_IN_CONVERSATION = f"({CONVERSATION_ORDER}) > (SELECT {CONVERSATION_ORDER} FROM message WHERE id = {{}})"
 WATERMARKS = 4096  # pages ending with a waiting message, remembered per app (the oldest forgotten first)
 
 _IDEMPOTENCY = _Header("Idempotency-Key", "Makes a retried POST safe: the same key returns the first message.", 255)
@@ -8492,7 +8517,7 @@ def _list_messages(ctx: _Ctx, req: _Request, session_id: str) -> BaseModel:
     newest = pw.SQL(f"(SELECT MAX(seq) FROM message WHERE session_id = {param})", [session_id])
     query = m.Message.select(m.Message, newest.alias("newest")).where(m.Message.session_id == session_id)
     if after and m.Message.get_or_none(m.Message.id == after, m.Message.session_id == session_id):
-        later = f"({CONVERSATION_ORDER}) > (SELECT {CONVERSATION_ORDER} FROM message WHERE id = {param})"
+        later = LATER_IN_CONVERSATION.format(param)  # after that message
         mark = ctx.watermarks.get(after)  # a page ended with it while it waited for its turn
         since = [] if mark is None else [mark]
         query = query.where(pw.SQL(f"({later}{f' OR seq > {param}' if since else ''})", [after, *since]))
@@ -8795,6 +8820,227 @@ def _events(ctx: _Ctx, req: _Request, session_id: str) -> bottle.HTTPResponse:
     until = req.query.until == "completed"
     stream = _stream(ctx, session_id, _cursor(req), _SseFrames(wanted), until, req.client)
     return bottle.HTTPResponse(stream, 200, headers)
+
+
+# ---- export and import (SPEC 18): a session as JSON Lines, and back as a new session --------
+# An export's first line is the session ({"kind": "session", "format": 1, ...}: as GET
+# /v1/sessions/{id} shows it), then its messages ({"kind": "message", ...}: as GET .../messages
+# lists them, in that order), then its events ({"kind": "event", ...}: as the JSON listing shows
+# them, by seq). It is read in pages within one read transaction: a session whose turn runs is
+# exported as it was stored when the export began. An import stores one as a new session of an
+# agent, in one write: new ids for the session, its messages, its turns and its events (each
+# kind in the order of the old ones), the events numbered from 1, the times kept; a turn the
+# export caught running is closed as a crash leaves one (failed, INTERRUPTED).
+
+EXPORT_FORMAT = 1
+JSONL_TYPES = ("application/x-ndjson", "application/jsonl")  # what an import's body may be sent as
+EXPORT_PAGE = 100  # rows an export reads per query
+EXPORTED_MID_TURN = {"code": "INTERRUPTED", "message": "the session was exported while this turn ran"}
+
+
+def _export_line(kind: str, text: str, head: str = "") -> bytes:
+    """An object (its JSON text) as a line of an export, its kind first."""
+    return f'{{"kind":"{kind}",{head}{text[1:]}\n'.encode()
+
+
+def _conversation_pages(m: _Models, session_id: str) -> Iterator[list]:
+    """A session's message rows in the order of the conversation (as GET .../messages), a page at a time."""
+    after = None
+    while True:
+        query = m.Message.select().where(m.Message.session_id == session_id)
+        if after is not None:
+            query = query.where(pw.SQL(LATER_IN_CONVERSATION.format(m.db.param), [after]))
+        rows = list(query.order_by(pw.SQL(CONVERSATION_ORDER)).limit(EXPORT_PAGE))
+        if rows:
+            yield rows
+        if len(rows) < EXPORT_PAGE:
+            return
+        after = rows[-1].id
+
+
+def _export_lines(ctx: _Ctx, session_id: str) -> Iterator[bytes]:
+    """A session's export, a page at a time (nothing if it was deleted meanwhile)."""
+    m = ctx.store.m
+    try:
+        with ctx.store.snapshot():
+            row = m.Session.get_or_none(m.Session.id == session_id)
+            if row is None:
+                return
+            yield _export_line("session", _session_out(row).model_dump_json(), f'"format":{EXPORT_FORMAT},')
+            for rows in _conversation_pages(m, session_id):
+                yield b"".join(_export_line("message", _message_out(r).model_dump_json()) for r in rows)
+                gevent.sleep(0)
+            for batch in _stored_batches(m, session_id, 0, EXPORT_PAGE):
+                yield b"".join(_export_line("event", text) for _, _, text in batch)
+                gevent.sleep(0)
+    except Exception as e:  # the database went away: the body ends short (a client sees it cut off)
+        if ctx.store.noticed(e) is None:
+            raise
+    finally:
+        ctx.store.release()
+
+
+@_route("GET", "/v1/sessions/<session_id>/export", "Export a session as JSON Lines: the session, its messages, "
+        "its events", "sessions", errors=(404,), raw=True, text=JSONL_TYPES[0])  # fmt: skip
+def _export_session(ctx: _Ctx, req: _Request, session_id: str) -> bottle.HTTPResponse:
+    _need_session(ctx.store.m, session_id)
+    headers = {"Content-Type": JSONL_TYPES[0],
+               "Content-Disposition": f'attachment; filename="session-{session_id}.jsonl"'}  # fmt: skip
+    return bottle.HTTPResponse(_export_lines(ctx, session_id), 200, headers)
+
+
+def _export_objects(raw: bytes) -> Iterator[tuple[int, str, dict]]:
+    """An export's lines: (line number, kind, the object without its kind); 400 for a line that is not one."""
+    for n, line in enumerate(raw.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = pydantic_core.from_json(line)
+        except ValueError as e:
+            raise _BadRequest(f"line {n} is not JSON ({e}): an export is JSON Lines, an object a line") from None
+        kind = obj.pop("kind", None) if isinstance(obj, dict) else None
+        if kind not in ("session", "message", "event"):
+            raise _invalid(["line", n, "kind"], "must be session, message or event")
+        yield n, kind, obj
+
+
+def _export_item(n: int, kind: str, obj: dict) -> Any:
+    """One line of an export as its model (Session, Message, an event's); 400 if it does not fit."""
+    if kind == "session" and obj.pop("format", None) != EXPORT_FORMAT:
+        raise _invalid(["line", n, "format"], f"must be {EXPORT_FORMAT}, the format of this version's exports")
+    try:
+        item = {"session": Session, "message": Message, "event": Event}[kind].model_validate(obj)
+    except ValidationError as e:
+        raise _validation_error(e, f"line {n}") from None
+    return item.root if kind == "event" else item
+
+
+def _read_export(raw: bytes) -> tuple[Session, list[Message], list[Any]]:
+    """An export's session, its messages and its events, checked; 400 for anything amiss."""
+    found: dict[str, list] = {"session": [], "message": [], "event": []}
+    for n, kind, obj in _export_objects(raw):
+        if (kind == "session") == bool(found["session"]):
+            raise _invalid(["line", n, "kind"], "the first line is the session, and only it")
+        item = _export_item(n, kind, obj)
+        if kind != "session" and item.session_id != found["session"][0].id:
+            raise _invalid(["line", n, "session_id"], "not the session of the first line")
+        if kind == "event" and (item.seq is None or (found["event"] and item.seq <= found["event"][-1].seq)):
+            raise _invalid(["line", n, "seq"], "an export has stored events, in the order of their seq")
+        found[kind].append(item)
+    if not found["session"]:
+        raise _BadRequest("the body is empty: it must be a session's export (JSON Lines)")
+    ids = [message.id for message in found["message"]]
+    created = [e.data.message.id for e in found["event"] if e.type == "message.created"]
+    if len(set(ids)) < len(ids) or sorted(ids) != sorted(created):
+        raise _BadRequest("each message of an export comes once, with its message.created event")
+    return found["session"][0], found["message"], found["event"]
+
+
+def _new_ids(messages: list[Message], events: list[Any]) -> dict[str, str]:
+    """New ids for an export's messages and turns, each kind in the order of the old ones (ids sort
+    in time: the conversation's order, which follows turn and message ids, stays the same)."""
+    turns = {m.turn_id for m in messages} | {e.turn_id for e in events}
+    turns |= {e.data.turn_id for e in events if e.type in ("session.started", "session.completed")}
+    return {old: _uuid7() for old in [*sorted(m.id for m in messages), *sorted(turns - {None})]}
+
+
+def _renamed(value: Any, names: Mapping[str, str], key: str = "") -> Any:
+    """A JSON value with the ids `names` renames replaced where a field named id, *_id or *_ids holds them."""
+    if isinstance(value, dict):
+        return {k: _renamed(v, names, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_renamed(v, names, key) for v in value]
+    if isinstance(value, str) and (key == "id" or key.endswith(("_id", "_ids"))):
+        return names.get(value, value)
+    return value
+
+
+def _imported_fields(ctx: _Ctx, session: Session) -> dict:
+    """What a new session keeps of an exported one: title, tags and usage; its provider and model
+    when that provider is here (an export moves between servers: else the agent's)."""
+    m, provider_id = ctx.store.m, session.provider_id
+    here = provider_id is not None and m.Provider.get_or_none(m.Provider.id == provider_id) is not None
+    kept = {"title": session.title, "tags": session.tags, "provider_id": provider_id if here else None,
+            "model": session.model if here or provider_id is None else None}  # fmt: skip
+    try:
+        SessionCreate.model_validate(kept)  # the limits of a session opened here
+    except ValidationError as e:
+        raise _validation_error(e, "line 1") from None
+    return {**kept, "input_tokens": session.usage.input_tokens, "output_tokens": session.usage.output_tokens}
+
+
+def _copy_event(tx: _Tx, event: Any, names: Mapping[str, str], messages: Mapping[str, Message]) -> None:
+    """Store an exported event in the new session, its ids renamed, with what it records (its message,
+    or the summary compaction wrote)."""
+    data, turn_id = _renamed(event.data.model_dump(mode="json", exclude_unset=True), names), names.get(event.turn_id)
+    if event.type == "message.created":
+        fields = _renamed(messages[event.data.message.id].model_dump(mode="json"), names)
+        cost = {name: fields[name] for name in ASSISTANT_ONLY if name in fields}
+        _insert_message(tx.m, tx.session_id, tx.last_seq + 1, fields["role"], fields["content"], fields["turn_id"],
+                        message_id=fields["id"], created_at=fields["created_at"], **cost)  # fmt: skip
+    elif event.type == "context.compacted" and data["turn_ids"]:
+        text = data["summary"]
+        tx.m.Summary.insert(id=_uuid7(), session_id=tx.session_id, turn_id=turn_id, through=data["turn_ids"][-1],
+                            turn_ids=data["turn_ids"], text=text, tokens=_tokens(len(text.encode())),
+                            created_at=event.ts).execute()  # fmt: skip
+    tx.emit(event.type, data, turn_id, event.ts)
+
+
+def _copied_turns(events: list[Any], names: Mapping[str, str]) -> dict[str, dict]:
+    """An export's turns as turn rows (by new id), from their session.started and session.completed
+    (a turn without the latter was running, or waiting, when it was exported)."""
+    turns: dict[str, dict] = {}
+    for event in events:
+        if event.type == "session.started":
+            turn_id = names[event.data.turn_id]
+            turns[turn_id] = {"id": turn_id, "status": TURN_RUNNING, "started_at": event.ts}
+        elif event.type == "session.completed" and (turn := turns.get(names[event.data.turn_id])):
+            data = event.data
+            turn.update(status=data.status, error=data.error and data.error.model_dump(), provider_id=data.provider_id,
+                        model=data.model, input_tokens=data.usage.input_tokens, iterations=data.iterations,
+                        output_tokens=data.usage.output_tokens, trace_id=data.trace_id, ended_at=event.ts)  # fmt: skip
+    return turns
+
+
+def _store_turns(tx: _Tx, turns: dict[str, dict]) -> None:
+    """An import's turn rows; a turn that had not ended is closed as after a crash (its calls without
+    a result get an error result). The session's last turn is the newest."""
+    m = tx.m
+    for turn in turns.values():
+        m.Turn.insert(session_id=tx.session_id, **turn).execute()
+    for turn_id in (t["id"] for t in turns.values() if t["status"] == TURN_RUNNING):
+        _close_turn(tx, m.Turn.get_by_id(turn_id), TURN_FAILED, EXPORTED_MID_TURN, 0, EXPORTED_MID_TURN["message"])
+    if turns:
+        last = m.Turn.get_by_id(max(turns))
+        last_turn = {"id": last.id, "status": last.status, "error": last.error, "trace_id": last.trace_id}
+        m.Session.update(last_turn=last_turn).where(m.Session.id == tx.session_id).execute()
+
+
+def _store_import(ctx: _Ctx, agent_id: str, session: Session, messages: list[Message], events: list[Any]) -> Any:
+    """Store a checked export as a new session of the agent, in one write; the session's row."""
+    names, fields = _new_ids(messages, events), _imported_fields(ctx, session)
+    with ctx.store.write():
+        row = _new_session(ctx, agent_id, fields)
+        names[session.id] = row.id
+        by_id = {message.id: message for message in messages}
+        with ctx.journal.tx(row.id) as tx:
+            tx.last_seq, tx.copied = 0, True  # a new session: nothing stored before
+            for event in events:
+                _copy_event(tx, event, names, by_id)
+            _store_turns(tx, _copied_turns(events, names))
+    return row
+
+
+@_route("POST", "/v1/agents/<agent_id>/sessions/import", "Import a session's export (JSON Lines) as a new "
+        "session of an agent", "sessions", response=Session, status=201, errors=(404,), media=JSONL_TYPES)  # fmt: skip
+def _import_session(ctx: _Ctx, req: _Request, agent_id: str) -> BaseModel:
+    m = ctx.store.m
+    _get(m.Agent, agent_id, "agent")
+    _refuse_nul(req.body or b"", ["body"])
+    row = _store_import(ctx, agent_id, *_read_export(req.body or b""))
+    session = _session_out(m.Session.get_by_id(row.id))
+    ctx.scheduler.kick(row.id)  # its user messages no turn had taken up yet, answered as after a restart
+    return session
 
 
 # ---- session files ----------------------------------------------------------
@@ -9969,7 +10215,7 @@ def _error_statuses(spec: _Route, auth: bool) -> list[int]:
     statuses = {*_ANY_ROUTE_ERRORS, *spec.errors}
     if spec.method in STATE_CHANGING:  # a form's content type (415); a full disk (507)
         statuses |= {415, 507}
-    if spec.body is not None:
+    if spec.body is not None or spec.media:
         statuses |= {413, 415}
     if auth and _is_api(spec.path):
         statuses.add(401)
@@ -10002,6 +10248,9 @@ def _operation(spec: _Route, refs: dict, auth: bool) -> dict:
             "required": spec.body_required,
             "content": {"application/json": {"schema": refs[(_model(spec.body), "validation")]}},
         }
+    elif spec.media:
+        body = {"type": "string", "description": "JSON Lines: an object a line"}
+        op["requestBody"] = {"required": True, "content": {media: {"schema": body} for media in spec.media}}
     for status in (spec.status, *spec.also):
         if spec.response is None and spec.stream:  # a stream and nothing else
             content = {"text/event-stream": {"schema": {"type": "string", "description": "Server-Sent Events"}}}
@@ -12112,8 +12361,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="everruns",
         description="Everruns: a headless runtime for AI agents (REST API + live events).",
-        epilog="Subcommands: `everruns serve` (the default: these options) and `everruns chat [AGENT]` "
-        "(a terminal chat with an agent; see `everruns chat --help`).",
+        epilog="Subcommands: `everruns serve` (the default: these options), `everruns chat [AGENT]` "
+        "(a terminal chat with an agent; see `everruns chat --help`) and `everruns backup DEST` (a copy of "
+        "the SQLite database, even while a server runs on it; see `everruns backup --help`).",
     )
     parser.add_argument("--version", action="version", version=f"everruns {__version__}")
     for s in SETTINGS:
@@ -12502,11 +12752,125 @@ def _chat(argv: list[str]) -> int:
             stop()
 
 
+# ---- backup (SPEC 18): a consistent copy of a SQLite database, while a server runs on it ------
+# SQLite's online backup, a step at a time. A backup that another connection writes under
+# starts again at its next step (with 20 sessions talking it may never end): the copy is read
+# in one read transaction instead, which in WAL mode sees the database as it was when it began
+# and holds up no writer. The source is opened read-only and its `-lock` is left alone (it is
+# the running server's); the copy is written beside DEST, checked, synced, then renamed.
+
+BACKUP_STEP_PAGES = 256  # pages copied per step (1 MiB of 4 KiB pages)
+BACKUP_PAUSE_S = 0.002  # between steps: the disk is shared with the server
+
+
+class _BackupError(Exception):
+    """The backup cannot be made: one line, and the exit status (2: refused as asked)."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _db_setting() -> Setting:
+    return next(s for s in SETTINGS if s.name == "db")
+
+
+def _backup_parser() -> argparse.ArgumentParser:
+    db = _db_setting()
+    parser = _Parser(prog="everruns backup", description="Copy the SQLite database to DEST, consistently, even "
+                     "while a server runs on it (SQLite's online backup). A server started on the copy has "
+                     "everything (keys at rest need the same --secret-key).")  # fmt: skip
+    parser.add_argument("dest", metavar="DEST", help="The copy to write: a new file (an existing one is refused).")
+    parser.add_argument("--db", help=f"The database, found as `everruns` finds it (env: {db.env}; default: "
+                        f"{db.default}).")  # fmt: skip
+    return parser
+
+
+def _backup_checked(db: str, dest: str) -> None:
+    """Refuse, in one line, a backup that cannot be made as asked."""
+    if _is_postgres(db):
+        raise _BackupError(f"{_shown_db(db)} is a PostgreSQL database: back it up with pg_dump")
+    if "://" in db:  # (not echoed: a URL may hold a password)
+        raise _BackupError(f"--db: {db.split('://', 1)[0]}:// is not a SQLite file")
+    if db == ":memory:" or not os.path.isfile(db):
+        raise _BackupError(f"the database {db} does not exist (give --db, or {_db_setting().env})")
+    if os.path.lexists(dest) or os.path.lexists(dest + "-wal"):
+        raise _BackupError(f"{dest} exists: give a new file (a backup never overwrites one)")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(dest))):
+        raise _BackupError(f"the folder of {dest} does not exist")
+
+
+def _backup_copy(db: str, path: str) -> int:
+    """Copy the database into the new file at `path` (see above); the copy's schema version."""
+    import sqlite3
+    from urllib.parse import quote
+
+    source = sqlite3.connect(f"file:{quote(os.path.abspath(db))}?mode=ro", uri=True, isolation_level=None)
+    copy = sqlite3.connect(path, isolation_level=None)
+    try:
+        source.execute("PRAGMA busy_timeout = 5000")
+        source.execute("BEGIN")
+        source.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # the snapshot is taken here
+        source.backup(copy, pages=BACKUP_STEP_PAGES, progress=lambda *_: time.sleep(BACKUP_PAUSE_S))
+        source.execute("ROLLBACK")
+        check = copy.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise _BackupError(f"the copy does not pass SQLite's check ({check})", 1)
+        return copy.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        copy.close()
+        source.close()
+
+
+def _backup(argv: list[str]) -> int:
+    """`everruns backup DEST [--db PATH]`: see _backup_parser."""
+    import sqlite3
+    import tempfile
+
+    args = _backup_parser().parse_args(argv)
+    setting = _db_setting()
+    db, dest = args.db or os.environ.get(setting.env) or setting.default, args.dest
+    folder, path = os.path.dirname(os.path.abspath(dest)), None
+    try:
+        _backup_checked(db, dest)
+        fd, path = tempfile.mkstemp(prefix=f".{os.path.basename(dest)}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        version = _backup_copy(db, path)
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(path, dest)
+        path = None
+        directory = os.open(folder, os.O_RDONLY)  # the rename, durable too
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except _BackupError as e:
+        print(f"everruns backup: {e}", file=sys.stderr)
+        return e.status
+    except sqlite3.Error as e:
+        print(f"everruns backup: {db} cannot be copied: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"everruns backup: {e.filename or dest}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    finally:
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+    size = os.path.getsize(dest)
+    print(f"everruns backup: {db} copied to {dest} ({size / 1_048_576:.1f} MB, schema version {version})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the server (``serve``, the default) or the terminal chat (``chat``); ``--help`` lists the options."""
+    """Run the server (``serve``, the default), the terminal chat (``chat``) or a backup (``backup``);
+    ``--help`` lists the options."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["chat"]:
         return _chat(argv[1:])
+    if argv[:1] == ["backup"]:
+        return _backup(argv[1:])
     args = _parser().parse_args(argv[1:] if argv[:1] == ["serve"] else argv)
     try:
         config = _resolve_settings(args, os.environ)

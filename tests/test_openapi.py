@@ -105,6 +105,13 @@ def test_real_responses_match_their_documented_schemas(client, api, doc):
     call("GET", events, f"/v1/sessions/{sid}/events?format=json")
     call("GET", events, f"/v1/sessions/{sid}/events?until=completed")
     call("POST", "/v1/sessions/{session_id}/cancel", f"/v1/sessions/{sid}/cancel")
+    export = call("GET", "/v1/sessions/{session_id}/export", f"/v1/sessions/{sid}/export").body
+    call("GET", "/v1/sessions/{session_id}/export", f"/v1/sessions/{everruns._uuid7()}/export")
+    for body in (export, b"not an export"):  # (a body of JSON Lines: not through call's JSON)
+        jsonl = {"Content-Type": "application/x-ndjson"}
+        check(doc, "POST", "/v1/agents/{agent_id}/sessions/import",
+              client.post(f"/v1/agents/{aid}/sessions/import", body, headers=jsonl, status="*"))  # fmt: skip
+    seen.add(("POST", "/v1/agents/{agent_id}/sessions/import"))
     careful = call("POST", "/v1/agents", "/v1/agents", params={"name": "c", "capabilities": ["test_math"],
                    "require_approval": ["add"], "client_tools": [{"name": "ping"}]}).json  # fmt: skip
     wid = call("POST", "/v1/agents/{agent_id}/sessions", f"/v1/agents/{careful['id']}/sessions", params={}).json["id"]
