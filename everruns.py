@@ -8957,11 +8957,15 @@ def _renamed(value: Any, names: Mapping[str, str], key: str = "") -> Any:
 
 def _imported_fields(ctx: _Ctx, session: Session) -> dict:
     """What a new session keeps of an exported one: title, tags and usage; its provider and model
-    when that provider is here (an export moves between servers: else the agent's)."""
-    m, provider_id = ctx.store.m, session.provider_id
-    here = provider_id is not None and m.Provider.get_or_none(m.Provider.id == provider_id) is not None
+    when that provider is here (an export moves between servers: else the agent's), and those of
+    its fallback providers that are here."""
+    m, provider_id, fallbacks = ctx.store.m, session.provider_id, session.fallback_provider_ids
+    named = [provider_id, *(fallbacks or [])]
+    present = {p.id for p in m.Provider.select(m.Provider.id).where(m.Provider.id.in_(named))}
+    here = provider_id in present
     kept = {"title": session.title, "tags": session.tags, "provider_id": provider_id if here else None,
-            "model": session.model if here or provider_id is None else None}  # fmt: skip
+            "model": session.model if here or provider_id is None else None,
+            "fallback_provider_ids": None if fallbacks is None else [p for p in fallbacks if p in present]}  # fmt: skip
     try:
         SessionCreate.model_validate(kept)  # the limits of a session opened here
     except ValidationError as e:

@@ -169,3 +169,18 @@ def test_a_provider_a_list_names_cannot_be_deleted(api, client):
     client.delete(f"/v1/llm-providers/{named_by_session['id']}", status=204)
     client.patch_json(f"/v1/agents/{agent['id']}", {"fallback_provider_ids": []})
     client.delete(f"/v1/llm-providers/{named_by_agent['id']}", status=204)
+
+
+def test_an_imported_session_keeps_the_fallbacks_that_exist_here(api, client):
+    kept, gone = api.provider(name="kept"), api.provider(name="gone")
+    agent = api.agent()
+    session = api.session(agent["id"], fallback_provider_ids=[gone["id"], kept["id"]])
+    export = client.get(f"/v1/sessions/{session['id']}/export").body
+    client.patch_json(f"/v1/sessions/{session['id']}", {"fallback_provider_ids": None})
+    client.delete(f"/v1/llm-providers/{gone['id']}", status=204)
+    jsonl = {"Content-Type": "application/x-ndjson"}
+    imported = client.post(f"/v1/agents/{agent['id']}/sessions/import", export, headers=jsonl, status=201).json
+    assert imported["fallback_provider_ids"] == [kept["id"]]
+    plain = client.get(f"/v1/sessions/{api.session(agent['id'])['id']}/export").body
+    again = client.post(f"/v1/agents/{agent['id']}/sessions/import", plain, headers=jsonl, status=201).json
+    assert again["fallback_provider_ids"] is None  # its agent's, as before
