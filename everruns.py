@@ -3471,7 +3471,7 @@ _SQL = {
     "transcript": "SELECT role, content, turn_id FROM message WHERE session_id = ? AND turn_id > ?"
     " ORDER BY turn_id DESC, role != 'user' DESC, id DESC",
     "summary": "SELECT text, through, tokens FROM summary WHERE session_id = ? ORDER BY id DESC LIMIT 1",
-    "cassette": "SELECT answer FROM cassette WHERE provider_id = ? AND request_hash = ? ORDER BY id LIMIT 1",
+    "cassette": "SELECT answer FROM cassette WHERE provider_id = ? AND request_hash = ? ORDER BY id DESC LIMIT 1",
     "insert_cassette": "INSERT INTO cassette (id, provider_id, request_hash, model, request, answer, created_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)",
     "insert_turn": "INSERT INTO turn (id, session_id, status, provider_id, model, started_at, owner, trace_id,"
@@ -4048,7 +4048,7 @@ class _Journal:
             self.bus.publish(session_id, event["seq"], event["type"], text)
             if event["type"] == "session.completed" and not tx.copied:
                 self.store.obs.turn_ended(event["data"])
-        if self.hooks.by_type and tx.events:
+        if self.hooks.by_type and tx.events and not tx.copied:
             self.hooks.offer(session_id, tx.events)
         if session_id in self._pending and self._pending[session_id] == tx.last_seq:
             del self._pending[session_id]
@@ -4084,9 +4084,11 @@ class LLMRequest:
     summary: str | None = None  # of the turns before `messages` (SPEC 16): sent right after the system prompt
 
 
-def _llm_request(provider: Any, secrets: _Secrets, **fields: Any) -> LLMRequest:
-    """A request to a provider row's endpoint, with its key and credential headers decrypted."""
-    api_key, settings = secrets.open(provider.api_key), secrets.open_settings(provider.settings)
+def _llm_request(provider: Any, secrets: _Secrets, keys: bool = True, **fields: Any) -> LLMRequest:
+    """A request to a provider row's endpoint, with its key and credential headers decrypted
+    (not with `keys` false: neither is opened, nor sent)."""
+    api_key, settings = (secrets.open(provider.api_key), secrets.open_settings(provider.settings)) if keys else (
+        None, {k: v for k, v in provider.settings.items() if k != "extra_headers"})  # fmt: skip
     fields = {"model": provider.default_model, "system": "", "messages": [], "tools": [], **fields}
     return LLMRequest(settings=settings, base_url=provider.base_url, api_key=api_key,
                       secrets=secrets.secrets_of(settings, api_key), **fields)  # fmt: skip
@@ -4400,9 +4402,24 @@ class _RemoteAdapter(_Adapter):
         return _http(method, url, self._headers(request), body, self._timeout(request), request.secrets)
 
     def _failure(self, data: str, request: LLMRequest) -> ProviderError:
-        """An error the provider reported inside its stream, key blanked out."""
+        """An error the provider reported inside its stream, key blanked out (an outage of its
+        own, overloaded or a server error, is one a fallback may take over: SPEC 18)."""
         message = _upstream_message(data.encode(), request.secrets)
-        return ProviderError(f"the provider failed mid-stream: {message}", "PROVIDER_ERROR")
+        error = (_json_chunk(data).get("error") or {}) if data.lstrip().startswith("{") else {}
+        kind = f"{error.get('type')} {error.get('code')}" if isinstance(error, dict) else ""
+        outage = any(word in kind for word in ("overloaded", "server_error", "api_error"))
+        return ProviderError(f"the provider failed mid-stream: {message}", "PROVIDER_ERROR", outage)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _answering(begun: Callable[[], bool]) -> Iterator[None]:
+        """Around reading an answer: a failure once it has begun (`begun`: a tool call arrived)
+        is not one a fallback may take over."""
+        try:
+            yield
+        except ProviderError as e:
+            e.falls_over = e.falls_over and not begun()
+            raise
 
     def stream(self, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
         with self._call(request, "POST", self.chat_path, self.body(request)) as response:
@@ -4468,22 +4485,23 @@ class _OpenAI(_RemoteAdapter):
 
     def _read(self, response: Any, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
         reply, calls, finished, clock = LLMReply(), {}, False, self._clock(request)
-        for _event, data in _sse_events(response, clock):
-            if data.strip() == "[DONE]":
-                finished = True
-                break
-            chunk = _json_chunk(data)
-            if chunk.get("error"):
-                raise self._failure(data, request)
-            usage = chunk.get("usage") or {}
-            reply.input_tokens = usage.get("prompt_tokens", reply.input_tokens)
-            reply.output_tokens = usage.get("completion_tokens", reply.output_tokens)
-            if usage:
-                clock.progress()
-            for choice in chunk.get("choices") or []:
-                finished = self._apply(choice, reply, calls, on_text, clock) or finished
-        if not finished:
-            raise ProviderError("the provider's stream ended before the answer did", "PROVIDER_STREAM_ERROR")
+        with self._answering(lambda: bool(calls)):
+            for _event, data in _sse_events(response, clock):
+                if data.strip() == "[DONE]":
+                    finished = True
+                    break
+                chunk = _json_chunk(data)
+                if chunk.get("error"):
+                    raise self._failure(data, request)
+                usage = chunk.get("usage") or {}
+                reply.input_tokens = usage.get("prompt_tokens", reply.input_tokens)
+                reply.output_tokens = usage.get("completion_tokens", reply.output_tokens)
+                if usage:
+                    clock.progress()
+                for choice in chunk.get("choices") or []:
+                    finished = self._apply(choice, reply, calls, on_text, clock) or finished
+            if not finished:
+                raise ProviderError("the provider's stream ended before the answer did", "PROVIDER_STREAM_ERROR", True)
         reply.tool_calls = [
             {"id": c["id"] or f"call_{i}", "name": c["name"], "arguments": _arguments(c["arguments"])}
             for i, c in sorted(calls.items())
@@ -4555,19 +4573,20 @@ class _Anthropic(_RemoteAdapter):
 
     def _read(self, response: Any, request: LLMRequest, on_text: Callable[[str], None]) -> LLMReply:
         reply, blocks, finished, clock = LLMReply(), {}, False, self._clock(request)
-        for event, data in _sse_events(response, clock):
-            chunk = _json_chunk(data)
-            kind = chunk.get("type", event)
-            if kind != "ping":
-                clock.progress()
-            if kind == "error":
-                raise self._failure(data, request)
-            if kind == "message_stop":
-                finished = True
-                break
-            self._apply(kind, chunk, reply, blocks, on_text)
-        if not finished:
-            raise ProviderError("the provider's stream ended before the answer did", "PROVIDER_STREAM_ERROR")
+        with self._answering(lambda: any(b["type"] == "tool_use" for b in blocks.values())):
+            for event, data in _sse_events(response, clock):
+                chunk = _json_chunk(data)
+                kind = chunk.get("type", event)
+                if kind != "ping":
+                    clock.progress()
+                if kind == "error":
+                    raise self._failure(data, request)
+                if kind == "message_stop":
+                    finished = True
+                    break
+                self._apply(kind, chunk, reply, blocks, on_text)
+            if not finished:
+                raise ProviderError("the provider's stream ended before the answer did", "PROVIDER_STREAM_ERROR", True)
         reply.tool_calls = [
             {"id": b["id"], "name": b["name"], "arguments": _arguments(b["json"])}
             for _, b in sorted(blocks.items())
@@ -7022,6 +7041,8 @@ class _TurnRun:
                     successor = _provider_spec(self.m, fallbacks.pop(0))  # None: deleted meanwhile
                 if successor is None:
                     raise
+                if turn.halted is not None:  # asked to stop meanwhile: no fallback
+                    raise turn.halted() from None
                 self.streaming = None  # nothing of the failed call is kept (a cancel from here on stores none)
                 _log.warning("turn %s: provider %s failed (%s: %s); its fallback %s takes the call", turn.id,
                              self.provider.id, e.code, e.message, successor.id)  # fmt: skip
@@ -7042,10 +7063,12 @@ class _TurnRun:
             plays = _provider_spec(self.m, provider.settings["source_provider_id"])
             if plays is None:
                 raise ProviderError("the provider whose calls it replays is gone", "NO_CASSETTE")
+        replaying = plays is not provider  # the replay's own default model stands for its source's
         request = _llm_request(
             plays,
             self.store.secrets,
-            model=self.model if plays is provider else plays.default_model,
+            keys=not replaying,  # a replay calls nobody: its source's key may be unreadable here
+            model=plays.default_model if replaying and self.model == provider.default_model else self.model,
             system=turn.system,
             tools=[*(t.spec for t in turn.tools.values()), *turn.client.values()],
             temperature=turn.temperature,
@@ -8074,21 +8097,20 @@ def _delete_provider(ctx: _Ctx, req: _Request, provider_id: str) -> None:
         row = _get(m.Provider, provider_id, "provider")
         if row.is_default:
             raise _Conflict("the default provider cannot be deleted; make another one the default first")
-        in_use = (
-            m.Agent.select().where(m.Agent.provider_id == provider_id).exists()
-            or m.Session.select().where(m.Session.provider_id == provider_id).exists()
-        )
-        if in_use:
-            raise _Conflict("the provider is used by agents or sessions")
-        named = pw.Value(f'%"{provider_id}"%', converter=False)  # in a JSON list of ids (no LIKE wildcard in an id)
-        if (
-            m.Agent.select().where(pw.Expression(m.Agent.fallback_provider_ids, pw.OP.ILIKE, named)).exists()
-            or m.Session.select().where(pw.Expression(m.Session.fallback_provider_ids, pw.OP.ILIKE, named)).exists()
-        ):
-            raise _Conflict("the provider is a fallback of agents or sessions (their fallback_provider_ids)")
-        replays = m.Provider.provider_type == "replay"
-        if m.Provider.select().where(replays, pw.Expression(m.Provider.settings, pw.OP.ILIKE, named)).exists():
-            raise _Conflict("a replay provider plays this provider's recorded calls (its source_provider_id)")
+        named = pw.Value(f'%"{provider_id}"%', converter=False)  # in JSON text (no LIKE wildcard in an id)
+        holders = {  # what names a provider, and the 409 that says so
+            "the provider is used by agents or sessions": (
+                (m.Agent, m.Agent.provider_id == provider_id), (m.Session, m.Session.provider_id == provider_id)),
+            "the provider is a fallback of agents or sessions (their fallback_provider_ids)": (
+                (m.Agent, pw.Expression(m.Agent.fallback_provider_ids, pw.OP.ILIKE, named)),
+                (m.Session, pw.Expression(m.Session.fallback_provider_ids, pw.OP.ILIKE, named))),
+            "a replay provider plays this provider's recorded calls (its source_provider_id)": (
+                (m.Provider, (m.Provider.provider_type == "replay")
+                 & pw.Expression(m.Provider.settings, pw.OP.ILIKE, named)),),
+        }  # fmt: skip
+        for message, wheres in holders.items():
+            if any(model.select().where(where).exists() for model, where in wheres):
+                raise _Conflict(message)
         row.delete_instance()
 
 
@@ -11593,7 +11615,11 @@ _CONSOLE_HTML = r"""<!doctype html>
 
 _CONSOLE_HTML = _CONSOLE_HTML.replace(
     "<!-- the provider types -->",
-    "\n      ".join(f'<option value="{k.type}">{html.escape(k.label)}</option>' for k in PROVIDER_KINDS.values()),
+    "\n      ".join(
+        f'<option value="{k.type}"{" data-records" if "record" in k.settings.model_fields else ""}>'
+        f"{html.escape(k.label)}</option>"
+        for k in PROVIDER_KINDS.values()
+    ),
 )
 
 _CONSOLE_CSS = r""":root { color-scheme: light dark; --bg: #f7f7f8; --panel: #fff; --text: #1d1d1f; --muted: #6b6b76;
@@ -11812,9 +11838,9 @@ function providerForm(provider) {
   $("provider-name").focus();
 }
 
-// Recording (SPEC 18) is a setting of the remote types only.
+// Recording (SPEC 18) is a setting of some types (their options are marked data-records).
 function recordable() {
-  $("provider-record-label").hidden = !["openai", "anthropic"].includes($("provider-type").value);
+  $("provider-record-label").hidden = !("records" in $("provider-type").selectedOptions[0].dataset);
 }
 $("provider-type").addEventListener("change", recordable);
 

@@ -184,3 +184,46 @@ def test_an_imported_session_keeps_the_fallbacks_that_exist_here(api, client):
     plain = client.get(f"/v1/sessions/{api.session(agent['id'])['id']}/export").body
     again = client.post(f"/v1/agents/{agent['id']}/sessions/import", plain, headers=jsonl, status=201).json
     assert again["fallback_provider_ids"] is None  # its agent's, as before
+
+
+def test_a_failure_once_a_tool_call_began_does_not_fall_back(api, client, upstream, backup):
+    primary = openai_provider(api, upstream.url + "/v1", "primary-model")
+    second = openai_provider(api, backup.url + "/v1", "second-model")
+    begun = [openai.chunk({"role": "assistant", "content": None}), openai.tool_fragment(0, "call_1", "add", '{"a"')]
+    upstream.sse(begun, drop=True)
+    _, events = turn(api, client, {"provider_id": primary["id"], "fallback_provider_ids": [second["id"]],
+                                   "capabilities": ["test_math"]})  # fmt: skip
+    assert events[-1]["data"]["error"]["code"] == "PROVIDER_STREAM_ERROR" and backup.requests == []
+
+
+def test_an_anthropic_overloaded_event_before_any_text_falls_back(api, client, upstream):
+    import test_anthropic as anthropic
+
+    primary = api.provider(provider_type="anthropic", base_url=upstream.url, api_key=CANARY_KEY)
+    sim = api.provider(name="offline", provider_type="llmsim")
+    overloaded = {"type": "overloaded_error", "message": "Overloaded"}
+    upstream.sse([anthropic.message_start(), anthropic.event("error", error=overloaded)])
+    _, events = turn(api, client, {"provider_id": primary["id"], "fallback_provider_ids": [sim["id"]]})
+    hop = next(e["data"] for e in events if e["type"] == "provider.fallback")
+    assert (hop["reason"], "Overloaded" in hop["message"]) == ("PROVIDER_ERROR", True)
+    assert events[-1]["data"]["status"] == "completed"
+
+
+def test_a_cancel_while_a_call_fails_is_not_a_fallback(api, client, upstream, backup):
+    import gevent
+
+    primary = openai_provider(api, upstream.url + "/v1", "primary-model", timeout_s=30)
+    second = openai_provider(api, backup.url + "/v1", "second-model")
+    gate = gevent.event.Event()
+    upstream.sse([gate], drop=True)  # headers, then nothing until the gate: the cancel comes meanwhile
+    agent = api.agent(provider_id=primary["id"], fallback_provider_ids=[second["id"]])
+    session = api.session(agent["id"])
+    api.message(session["id"], "hi", status=201)
+    from conftest import wait_until
+
+    wait_until(lambda: upstream.requests, what="the call")
+    client.post(f"/v1/sessions/{session['id']}/cancel")
+    gate.set()
+    events = finish(client, session["id"])
+    assert "provider.fallback" not in [e["type"] for e in events] and backup.requests == []
+    assert events[-1]["data"]["status"] == "cancelled"

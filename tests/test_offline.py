@@ -209,6 +209,22 @@ def test_an_imported_session_goes_on_talking(api, client):
     assert messages[-1]["content"][0]["text"] == "You said: and now?"
 
 
+def test_hooks_see_what_an_imported_session_does_not_its_history(app, api, client):
+    seen = []
+    app.on("*")(lambda event: seen.append((event.session_id, event.type)))
+    agent = api.agent()
+    session = api.session(agent["id"])
+    api.message(session["id"], "hello", status=201)
+    finish(client, session["id"])
+    wait_until(lambda: "session.completed" in [t for _, t in seen], what="the first turn's hooks")
+    new = imported(client, agent["id"], export_of(client, session["id"])).json
+    api.message(new["id"], "and now?", status=201)
+    finish(client, new["id"])
+    wait_until(lambda: [t for s, t in seen if s == new["id"]][-1:] == ["session.completed"], what="its turn's hooks")
+    assert [t for s, t in seen if s == new["id"]] == ["message.created", "session.started", "message.created",
+                                                       "session.completed"]  # fmt: skip
+
+
 def test_an_export_moves_to_another_server(api, client, make_app, other_db):
     provider = api.provider(name="only here", provider_type="llmsim")["id"]
     agent = api.agent()

@@ -191,3 +191,21 @@ def test_settings_sent_back_as_shown_keep_the_credential_header(api, client, ups
     conversation(api, client, agent, source["id"], "hi")
     assert upstream.requests[0]["headers"]["x-team-token"] == CREDENTIAL  # not "[redacted]"
     assert len(client.get(f"/v1/llm-providers/{source['id']}/cassettes").json["data"]) == 1
+
+
+def test_a_copy_without_the_secret_key_still_replays(make_app, db_path, upstream):
+    from conftest import Api
+
+    recorder = make_app(secret_key="the recorder's own secret")
+    api, client = Api(webtest.TestApp(recorder)), webtest.TestApp(recorder)
+    source = recording(api, upstream)
+    agent = api.agent(provider_id=source["id"])
+    upstream.sse(openai.text_answer("recorded ", "once"))
+    _, recorded = conversation(api, client, agent, source["id"], "hello")
+    recorder.close()
+    upstream.close()
+    player = make_app(db_path)  # the same database, no secret key: the source's key cannot be opened
+    api, client = Api(webtest.TestApp(player)), webtest.TestApp(player)
+    replay = replaying(api, source)
+    _, replayed = conversation(api, client, agent, replay["id"], "hello")
+    assert shape(replayed) == shape(recorded)
