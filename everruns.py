@@ -8857,6 +8857,7 @@ def _events(ctx: _Ctx, req: _Request, session_id: str) -> bottle.HTTPResponse:
 EXPORT_FORMAT = 1
 JSONL_TYPES = ("application/x-ndjson", "application/jsonl")  # what an import's body may be sent as
 EXPORT_PAGE = 100  # rows an export reads per query
+EXPORTED_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")  # what _now_iso writes
 EXPORTED_MID_TURN = {"code": "INTERRUPTED", "message": "the session was exported while this turn ran"}
 
 
@@ -8934,7 +8935,13 @@ def _export_item(n: int, kind: str, obj: dict) -> Any:
         item = {"session": Session, "message": Message, "event": Event}[kind].model_validate(obj)
     except ValidationError as e:
         raise _validation_error(e, f"line {n}") from None
-    return item.root if kind == "event" else item
+    item = item.root if kind == "event" else item
+    for name in ("ts", "created_at"):  # stored as they are: as this server writes them (_now_iso)
+        if hasattr(item, name) and not EXPORTED_TIME.fullmatch(getattr(item, name)):
+            raise _invalid(
+                ["line", n, name], "must be a UTC time as this server writes them (2026-01-01T12:00:00.000Z)"
+            )
+    return item
 
 
 def _read_export(raw: bytes) -> tuple[Session, list[Message], list[Any]]:

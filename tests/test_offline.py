@@ -314,6 +314,8 @@ BAD = {
     "a bad event data": lambda lines: [*lines[:-1], {**lines[-1], "data": {"status": "great"}}],
     "a title too long": lambda lines: [{**lines[0], "title": "t" * 300}, *lines[1:]],
     "the NUL character": lambda lines: [{**lines[0], "title": "a\u0000b"}, *lines[1:]],
+    "a time that is not one": lambda lines: [lines[0], {**lines[1], "created_at": "yesterday"}, *lines[2:]],
+    "an event's time that is not one": lambda lines: [*lines[:-1], {**lines[-1], "ts": "2026-13-99"}],
 }
 
 
