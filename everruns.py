@@ -8855,7 +8855,8 @@ def _events(ctx: _Ctx, req: _Request, session_id: str) -> bottle.HTTPResponse:
 # export caught running is closed as a crash leaves one (failed, INTERRUPTED).
 
 EXPORT_FORMAT = 1
-JSONL_TYPES = ("application/x-ndjson", "application/jsonl")  # what an import's body may be sent as
+# what an import's body may be sent as (JSON too: a client that labels every body so; never a form's type)
+JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/json")
 EXPORT_PAGE = 100  # rows an export reads per query
 EXPORTED_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")  # what _now_iso writes
 EXPORTED_MID_TURN = {"code": "INTERRUPTED", "message": "the session was exported while this turn ran"}

@@ -400,10 +400,11 @@ def test_a_channel_shows_and_settles_the_calls_that_wait_for_a_person(api, clien
     channel = f"{SDK}/channels/{agent['id']}"
     sid = client.post_json(f"{channel}/sessions", {}, status=201).json["id"]
     client.post_json(f"{channel}/sessions/{sid}/messages", text('add {"a": 2, "b": 3}'), status=201)
-    wait_until(lambda: client.get(f"{channel}/sessions/{sid}").json["pending_approvals"])
+    # the call is asked for with its tool.call; the turn waits once its other calls have run (a commit later)
+    wait_until(lambda: client.get(f"{channel}/sessions/{sid}").json["status"] == "waitingfortoolresults")
     session = client.get(f"{channel}/sessions/{sid}").json
     (pending,) = session["pending_approvals"]
-    assert session["status"] == "waitingfortoolresults" and pending["name"] == "add"
+    assert pending["name"] == "add"
     assert pending["arguments"] == {"a": 2, "b": 3} and session["pending_questions"] == []
     decided = client.post_json(f"{channel}/sessions/{sid}/tool-approvals",
                                {"decisions": [{"tool_call_id": pending["id"], "approved": True}]}).json  # fmt: skip

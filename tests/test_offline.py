@@ -341,9 +341,10 @@ def test_an_export_over_the_body_limit_or_not_json_lines_is_refused(exported, cl
     error_of(client.post(f"/v1/agents/{agent['id']}/sessions/import", body, headers={"Content-Type": "text/plain"},
                          status="*"), 415, "UNSUPPORTED_MEDIA_TYPE")  # fmt: skip
     assert len(client.get(f"/v1/agents/{agent['id']}/sessions").json["data"]) == 1
-    jsonl = client.post(f"/v1/agents/{agent['id']}/sessions/import", body,
-                        headers={"Content-Type": "application/jsonl"}, status=201)  # fmt: skip
-    assert jsonl.json["title"] == lines[0]["title"]
+    for media in ("application/jsonl", "application/json"):
+        taken = client.post(f"/v1/agents/{agent['id']}/sessions/import", body, headers={"Content-Type": media},
+                            status=201)  # fmt: skip
+        assert taken.json["title"] == lines[0]["title"]
 
 
 def test_unknown_agents_and_sessions_are_404(exported, client):
