@@ -770,12 +770,15 @@ def _secrets_pattern(secrets: tuple[str, ...]) -> re.Pattern | None:
     return re.compile("|".join(parts), re.IGNORECASE) if parts else None
 
 
+REDACTED = "[redacted]"  # what stands for a secret blanked out, or a credential not shown
+
+
 def _redact(text: str, *secrets: str | None) -> str:
     """Text with the given secrets (see _secrets_pattern) and anything shaped like an API key blanked out."""
     pattern = _secrets_pattern(tuple(sorted(filter(None, secrets))))
     if pattern is not None:
-        text = pattern.sub("[redacted]", text)
-    return _KEY_SHAPES.sub("[redacted]", text)
+        text = pattern.sub(REDACTED, text)
+    return _KEY_SHAPES.sub(REDACTED, text)
 
 
 def _clean_text(text: str) -> str:
@@ -1499,6 +1502,7 @@ PROVIDER_KINDS: dict[str, _ProviderKind] = {
     )
 }  # fmt: skip
 PROVIDER_DEFAULTS = {kind.type: (kind.default_url, kind.default_model) for kind in PROVIDER_KINDS.values()}
+RECORDING_TYPES = frozenset(kind.type for kind in PROVIDER_KINDS.values() if "record" in kind.settings.model_fields)
 SETTINGS_MODELS: dict[str, type[_In]] = {kind.type: kind.settings for kind in PROVIDER_KINDS.values()}
 ProviderType = Literal[tuple(PROVIDER_KINDS)]
 AnySettings = typing.Union[tuple(dict.fromkeys(SETTINGS_MODELS.values()))]  # noqa: UP007 (built from the registry)
@@ -3396,7 +3400,7 @@ def _provider_out(row: Any) -> Provider:
     settings = dict(row.settings)
     if "extra_headers" in settings:
         settings["extra_headers"] = {
-            k: ("[redacted]" if _looks_like_credential(k) else v) for k, v in settings["extra_headers"].items()
+            k: (REDACTED if _looks_like_credential(k) else v) for k, v in settings["extra_headers"].items()
         }
     return Provider.model_validate(
         {
@@ -4401,11 +4405,12 @@ class _RemoteAdapter(_Adapter):
         url = (request.base_url or PROVIDER_DEFAULTS[self.kind][0]).rstrip("/") + path
         return _http(method, url, self._headers(request), body, self._timeout(request), request.secrets)
 
-    def _failure(self, data: str, request: LLMRequest) -> ProviderError:
-        """An error the provider reported inside its stream, key blanked out (an outage of its
-        own, overloaded or a server error, is one a fallback may take over: SPEC 18)."""
+    def _failure(self, data: str, chunk: dict, request: LLMRequest) -> ProviderError:
+        """An error the provider reported inside its stream (`chunk`: its event, parsed), key
+        blanked out (an outage of its own, overloaded or a server error, is one a fallback may
+        take over: SPEC 18)."""
         message = _upstream_message(data.encode(), request.secrets)
-        error = (_json_chunk(data).get("error") or {}) if data.lstrip().startswith("{") else {}
+        error = chunk.get("error")
         kind = f"{error.get('type')} {error.get('code')}" if isinstance(error, dict) else ""
         outage = any(word in kind for word in ("overloaded", "server_error", "api_error"))
         return ProviderError(f"the provider failed mid-stream: {message}", "PROVIDER_ERROR", outage)
@@ -4492,7 +4497,7 @@ class _OpenAI(_RemoteAdapter):
                     break
                 chunk = _json_chunk(data)
                 if chunk.get("error"):
-                    raise self._failure(data, request)
+                    raise self._failure(data, chunk, request)
                 usage = chunk.get("usage") or {}
                 reply.input_tokens = usage.get("prompt_tokens", reply.input_tokens)
                 reply.output_tokens = usage.get("completion_tokens", reply.output_tokens)
@@ -4580,7 +4585,7 @@ class _Anthropic(_RemoteAdapter):
                 if kind != "ping":
                     clock.progress()
                 if kind == "error":
-                    raise self._failure(data, request)
+                    raise self._failure(data, chunk, request)
                 if kind == "message_stop":
                     finished = True
                     break
@@ -4725,12 +4730,11 @@ class _Replay(_Adapter):
             raise ProviderError("no recorded call matches this one (the conversation differs from the "
                                 "recording, or it was not recorded)", "NO_CASSETTE")  # fmt: skip
         speed, started = request.settings.get("speed", 1.0), time.monotonic()
-        for at_ms, delta in answer["deltas"]:
+        for at_ms, delta in [*answer["deltas"], (answer["total_ms"], None)]:  # each piece, then the end
             if (wait := at_ms * speed / 1000 - (time.monotonic() - started)) > 0:
                 gevent.sleep(wait)  # also a point where a cancel can land
-            on_text(delta)
-        if (wait := answer["total_ms"] * speed / 1000 - (time.monotonic() - started)) > 0:
-            gevent.sleep(wait)
+            if delta is not None:
+                on_text(delta)
         return LLMReply(answer["text"], answer["tool_calls"], answer["input_tokens"], answer["output_tokens"])
 
     def models(self, request: LLMRequest) -> list[str]:
@@ -7036,9 +7040,7 @@ class _TurnRun:
                 return self._call_provider()
             except ProviderError as e:
                 answered = self.streaming is not None and self.streaming[1]
-                successor = None
-                while e.falls_over and not answered and fallbacks and successor is None:
-                    successor = _provider_spec(self.m, fallbacks.pop(0))  # None: deleted meanwhile
+                successor = self._successor(fallbacks) if e.falls_over and not answered else None
                 if successor is None:
                     raise
                 if turn.halted is not None:  # asked to stop meanwhile: no fallback
@@ -7051,6 +7053,13 @@ class _TurnRun:
             with self.journal.tx(turn.session_id, turn.id) as tx:
                 tx.emit("provider.fallback", data, turn.id)
             self.provider, self.model = successor, successor.default_model
+
+    def _successor(self, fallbacks: list[str]) -> _ProviderSpec | None:
+        """The next of the fallbacks that still exists (taken from the list), or None."""
+        while fallbacks:
+            if (provider := _provider_spec(self.m, fallbacks.pop(0))) is not None:
+                return provider
+        return None
 
     def _call_provider(self) -> tuple[str, LLMReply]:
         """One streamed call of the current provider (self.provider, self.model)."""
@@ -8067,7 +8076,7 @@ def _update_provider(ctx: _Ctx, req: _Request, provider_id: str) -> BaseModel:
             settings = _validated_settings(row.provider_type, req.body.settings)
             if headers := settings.get("extra_headers"):  # a value sent back as GET masks it: the stored one
                 stored = row.settings.get("extra_headers", {})
-                settings["extra_headers"] = {k: stored[k] if v == "[redacted]" and k in stored else v
+                settings["extra_headers"] = {k: stored[k] if v == REDACTED and k in stored else v
                                              for k, v in headers.items()}  # fmt: skip
             _check_source(ctx, row.provider_type, settings, provider_id)
             changes["settings"] = ctx.store.secrets.seal_settings(settings)
@@ -8136,7 +8145,7 @@ def _check_source(ctx: _Ctx, provider_type: str, settings: dict, provider_id: st
     if provider_type != "replay":
         return
     source = ctx.store.m.Provider.get_or_none(ctx.store.m.Provider.id == settings["source_provider_id"])
-    if source is None or source.id == provider_id or source.provider_type in ("replay", "llmsim"):
+    if source is None or source.id == provider_id or source.provider_type not in RECORDING_TYPES:
         raise _invalid(["settings", "source_provider_id"], "must name an OpenAI-compatible or Anthropic provider "
                        "(one that can record: settings.record)")  # fmt: skip
 
@@ -11624,7 +11633,7 @@ _CONSOLE_HTML = r"""<!doctype html>
 _CONSOLE_HTML = _CONSOLE_HTML.replace(
     "<!-- the provider types -->",
     "\n      ".join(
-        f'<option value="{k.type}"{" data-records" if "record" in k.settings.model_fields else ""}>'
+        f'<option value="{k.type}"{" data-records" if k.type in RECORDING_TYPES else ""}>'
         f"{html.escape(k.label)}</option>"
         for k in PROVIDER_KINDS.values()
     ),

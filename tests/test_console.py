@@ -63,6 +63,14 @@ class Console:
         page.get_by_role("button", name="New session").click()
         page.get_by_label("Message", exact=True).wait_for()
 
+    def provider_form(self, name, provider_type, base_url):
+        """Open the providers and fill the form's name, type and base URL."""
+        page = self.page
+        page.get_by_role("button", name="Providers").click()
+        page.get_by_label("Provider name").fill(name)
+        page.get_by_label("Type").select_option(provider_type)
+        page.get_by_label("Base URL").fill(base_url)
+
     def send(self, text):
         self.page.get_by_label("Message", exact=True).fill(text)
         self.page.get_by_role("button", name="Send").click()
@@ -433,10 +441,7 @@ def test_a_provider_is_edited_and_deleted(console):
 
     ui = console()
     page = ui.open()
-    page.get_by_role("button", name="Providers").click()
-    page.get_by_label("Provider name").fill("Local")
-    page.get_by_label("Type").select_option("openai")
-    page.get_by_label("Base URL").fill("http://127.0.0.1:11434/v1")
+    ui.provider_form("Local", "openai", "http://127.0.0.1:11434/v1")
     page.get_by_label("Default model").fill("llama3.2")
     page.get_by_label("Provider key").fill("sk-local-secret")
     page.get_by_role("button", name="Add provider").click()
@@ -517,10 +522,7 @@ def test_recording_a_replay_and_fallbacks_are_set_in_the_page(console):
 
     ui = console()
     page = ui.open()
-    page.get_by_role("button", name="Providers").click()
-    page.get_by_label("Provider name").fill("Cloud")
-    page.get_by_label("Type").select_option("openai")
-    page.get_by_label("Base URL").fill(f"http://127.0.0.1:{free_port()}/v1")  # nothing listens: it fails
+    ui.provider_form("Cloud", "openai", f"http://127.0.0.1:{free_port()}/v1")  # nothing listens: it fails
     page.get_by_label("Record its calls").check()
     page.get_by_role("button", name="Add provider").click()
     providers = page.get_by_role("list", name="Providers")
